@@ -1,0 +1,273 @@
+//! `atelier catalog inspect`: what a catalogue holds and whether it is sound.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+use arrow::compute::cast;
+use arrow_array::{Array, BinaryArray, RecordBatch, StringArray};
+use arrow_schema::DataType;
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::error::{CatalogError, Result};
+use crate::reader::{Catalog, ReadRange};
+use crate::schema::{IMAGE, IMAGE_URI, ITEM_ID, LABEL_COLUMNS};
+use crate::sniff::ImageFormat;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InspectReport {
+    pub url: String,
+    pub files: Vec<FileReport>,
+    pub ignored: Vec<String>,
+    pub rows: usize,
+    pub row_groups: usize,
+    pub columns: Vec<(String, String)>,
+    pub duplicate_item_ids: usize,
+    pub labels: BTreeMap<String, LabelDistribution>,
+    pub samples: Vec<SampleRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FileReport {
+    pub url: String,
+    pub bytes: u64,
+    pub rows: usize,
+    pub row_groups: usize,
+    pub max_row_group_rows: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LabelDistribution {
+    pub distinct: usize,
+    pub missing: usize,
+    /// The most frequent values with their counts, most frequent first.
+    pub top: Vec<(String, usize)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SampleRow {
+    pub item_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub image: String,
+}
+
+const TOP_VALUES: usize = 12;
+const SAMPLES: usize = 5;
+
+/// Opens the catalogue, checks every footer, and reads the label columns once.
+pub async fn inspect(url: &str) -> Result<InspectReport> {
+    let catalog = Catalog::open(url).await?;
+    let files = catalog
+        .files
+        .iter()
+        .map(|f| {
+            let groups = f.row_group_rows();
+            FileReport {
+                url: f.location.url(),
+                bytes: f.size,
+                rows: groups.iter().sum(),
+                row_groups: groups.len(),
+                max_row_group_rows: groups.iter().copied().max().unwrap_or(0),
+            }
+        })
+        .collect();
+    let columns = catalog.files[0]
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), f.data_type().to_string()))
+        .collect();
+
+    let mut counts: HashMap<&str, HashMap<String, usize>> = HashMap::new();
+    let mut missing: HashMap<&str, usize> = HashMap::new();
+    let mut ids = HashSet::with_capacity(catalog.num_rows());
+    let mut duplicates = 0;
+    let mut wanted = vec![ITEM_ID];
+    wanted.extend(LABEL_COLUMNS);
+    let mut stream = catalog.stream(catalog.full_ranges(), &wanted, 8192);
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        if let Some(item_ids) = utf8_column(&batch, ITEM_ID)? {
+            for id in item_ids.iter().flatten() {
+                if !ids.insert(id.to_string()) {
+                    duplicates += 1;
+                }
+            }
+        }
+        for label in LABEL_COLUMNS {
+            let Some(values) = utf8_column(&batch, label)? else {
+                continue;
+            };
+            let counter = counts.entry(label).or_default();
+            for value in values.iter() {
+                match value {
+                    Some(v) => *counter.entry(v.to_string()).or_default() += 1,
+                    None => *missing.entry(label).or_default() += 1,
+                }
+            }
+        }
+    }
+    let labels = counts
+        .into_iter()
+        .map(|(label, counter)| {
+            let distinct = counter.len();
+            let mut top: Vec<_> = counter.into_iter().collect();
+            top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            top.truncate(TOP_VALUES);
+            let distribution = LabelDistribution {
+                distinct,
+                missing: missing.get(label).copied().unwrap_or(0),
+                top,
+            };
+            (label.to_string(), distribution)
+        })
+        .collect();
+
+    Ok(InspectReport {
+        url: catalog.location.url(),
+        rows: catalog.num_rows(),
+        row_groups: catalog.num_row_groups(),
+        samples: samples(&catalog).await?,
+        files,
+        ignored: catalog.ignored.clone(),
+        columns,
+        duplicate_item_ids: duplicates,
+        labels,
+    })
+}
+
+async fn samples(catalog: &Catalog) -> Result<Vec<SampleRow>> {
+    let mut wanted = vec![ITEM_ID, IMAGE, IMAGE_URI];
+    wanted.extend(LABEL_COLUMNS);
+    let first = ReadRange {
+        file: 0,
+        row_groups: vec![0],
+    };
+    let mut stream = catalog.stream(vec![first], &wanted, SAMPLES);
+    let Some(batch) = stream.next().await.transpose()? else {
+        return Ok(Vec::new());
+    };
+    let ids =
+        utf8_column(&batch, ITEM_ID)?.ok_or_else(|| CatalogError::Internal("no item_id".into()))?;
+    let images = match batch.column_by_name(IMAGE) {
+        Some(column) => Some(cast(column, &DataType::Binary)?),
+        None => None,
+    };
+    let images = images
+        .as_ref()
+        .and_then(|c| c.as_any().downcast_ref::<BinaryArray>());
+    let uris = utf8_column(&batch, IMAGE_URI)?;
+    let mut rows = Vec::new();
+    for row in 0..batch.num_rows().min(SAMPLES) {
+        let mut labels = BTreeMap::new();
+        for label in LABEL_COLUMNS {
+            if let Some(values) = utf8_column(&batch, label)? {
+                if values.is_valid(row) {
+                    labels.insert(label.to_string(), values.value(row).to_string());
+                }
+            }
+        }
+        let image = match (images.filter(|i| i.is_valid(row)), &uris) {
+            (Some(images), _) => describe_image(images.value(row)),
+            (None, Some(uris)) if uris.is_valid(row) => uris.value(row).to_string(),
+            _ => "no image".to_string(),
+        };
+        rows.push(SampleRow {
+            item_id: ids.value(row).to_string(),
+            labels,
+            image,
+        });
+    }
+    Ok(rows)
+}
+
+/// "jpeg 384x512, 31204 bytes", or what is wrong with the bytes.
+pub fn describe_image(bytes: &[u8]) -> String {
+    match ImageFormat::detect(bytes) {
+        None => format!("unrecognised image, {} bytes", bytes.len()),
+        Some(format) => match format.dimensions(bytes) {
+            Ok((w, h)) => format!("{} {w}x{h}, {} bytes", format.name(), bytes.len()),
+            Err(e) => format!(
+                "{} with a bad header ({e}), {} bytes",
+                format.name(),
+                bytes.len()
+            ),
+        },
+    }
+}
+
+fn utf8_column(batch: &RecordBatch, name: &str) -> Result<Option<StringArray>> {
+    let Some(column) = batch.column_by_name(name) else {
+        return Ok(None);
+    };
+    let column = cast(column, &DataType::Utf8)?;
+    Ok(column.as_any().downcast_ref::<StringArray>().cloned())
+}
+
+impl fmt::Display for InspectReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "catalogue {}", self.url)?;
+        writeln!(
+            f,
+            "  {} rows in {} files, {} row groups",
+            self.rows,
+            self.files.len(),
+            self.row_groups
+        )?;
+        writeln!(f, "\nfiles")?;
+        for file in &self.files {
+            writeln!(
+                f,
+                "  {:<60} {:>9} rows {:>4} row groups (max {:>5} rows) {:>8.1} MB",
+                file.url,
+                file.rows,
+                file.row_groups,
+                file.max_row_group_rows,
+                file.bytes as f64 / 1e6
+            )?;
+        }
+        for ignored in &self.ignored {
+            writeln!(f, "  {ignored:<60} ignored: not *.parquet")?;
+        }
+        writeln!(f, "\nschema: ok")?;
+        for (name, data_type) in &self.columns {
+            writeln!(f, "  {name:<20} {data_type}")?;
+        }
+        if self.duplicate_item_ids > 0 {
+            writeln!(
+                f,
+                "  WARNING: {} duplicate item_id values",
+                self.duplicate_item_ids
+            )?;
+        } else {
+            writeln!(f, "  item_id: unique")?;
+        }
+        for (label, distribution) in &self.labels {
+            writeln!(
+                f,
+                "\n{label}: {} distinct, {} missing",
+                distribution.distinct, distribution.missing
+            )?;
+            for (value, count) in &distribution.top {
+                let share = 100.0 * *count as f64 / self.rows.max(1) as f64;
+                writeln!(f, "  {value:<40} {count:>9} {share:>5.1}%")?;
+            }
+        }
+        writeln!(f, "\nsample rows")?;
+        for row in &self.samples {
+            let labels: Vec<String> = row
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v:?}"))
+                .collect();
+            writeln!(
+                f,
+                "  {}  [{}]  {}",
+                row.item_id,
+                row.image,
+                labels.join(" ")
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,277 @@
+//! Opening catalogues from their footers and streaming selected row groups.
+
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+use parquet::errors::ParquetError;
+
+use crate::error::{CatalogError, Result};
+use crate::object_reader::ObjectFileReader;
+use crate::schema::{self, CatalogColumns};
+use crate::store::StoreLocation;
+
+/// Footers are small; reading a few at once hides object-store latency.
+const FOOTER_CONCURRENCY: usize = 16;
+
+/// One Parquet file of a catalogue, known from its footer alone.
+#[derive(Debug, Clone)]
+pub struct CatalogFile {
+    pub location: StoreLocation,
+    pub size: u64,
+    pub metadata: ArrowReaderMetadata,
+    pub columns: CatalogColumns,
+}
+
+impl CatalogFile {
+    pub fn num_rows(&self) -> usize {
+        self.row_group_rows().iter().sum()
+    }
+
+    pub fn row_group_rows(&self) -> Vec<usize> {
+        self.metadata
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|rg| usize::try_from(rg.num_rows()).unwrap_or(0))
+            .collect()
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        self.metadata.schema()
+    }
+
+    /// Opens the footer of one object and checks it against the column contract.
+    pub async fn open(location: StoreLocation, size: Option<u64>) -> Result<Self> {
+        let size = match size {
+            Some(size) => size,
+            None => {
+                location
+                    .store
+                    .head(&location.path)
+                    .await
+                    .map_err(|e| CatalogError::store(location.url(), e))?
+                    .size
+            }
+        };
+        let file = location.url();
+        if size < 12 {
+            return Err(CatalogError::NotParquet {
+                file,
+                reason: format!("only {size} bytes, too short for a Parquet footer"),
+            });
+        }
+        let mut reader =
+            ObjectFileReader::new(Arc::clone(&location.store), location.path.clone(), size);
+        let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
+            .await
+            .map_err(|e| footer_error(&file, e))?;
+        let columns = schema::validate(metadata.schema(), &file)?;
+        Ok(Self {
+            location,
+            size,
+            metadata,
+            columns,
+        })
+    }
+}
+
+fn footer_error(file: &str, error: ParquetError) -> CatalogError {
+    match error {
+        ParquetError::External(inner) => match inner.downcast::<object_store::Error>() {
+            Ok(store) => CatalogError::store(file, *store),
+            Err(other) => CatalogError::NotParquet {
+                file: file.to_string(),
+                reason: other.to_string(),
+            },
+        },
+        other => CatalogError::NotParquet {
+            file: file.to_string(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// The row groups of one file to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRange {
+    pub file: usize,
+    pub row_groups: Vec<usize>,
+}
+
+/// A catalogue: every `*.parquet` object under a prefix, or one object.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pub location: StoreLocation,
+    pub files: Vec<CatalogFile>,
+    /// Objects under the prefix that are not `*.parquet` and were left out.
+    pub ignored: Vec<String>,
+}
+
+impl Catalog {
+    /// Lists the prefix and reads every footer; never reads image bytes.
+    pub async fn open(url: &str) -> Result<Self> {
+        let location = StoreLocation::parse(url)?;
+        Self::open_location(location).await
+    }
+
+    pub async fn open_location(location: StoreLocation) -> Result<Self> {
+        let listed: Vec<_> = match location
+            .store
+            .list(Some(&location.path))
+            .try_collect::<Vec<_>>()
+            .await
+        {
+            Ok(objects) => objects,
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(CatalogError::store(location.url(), e)),
+        };
+        let mut parquet = Vec::new();
+        let mut ignored = Vec::new();
+        for object in listed {
+            let name = object.location.filename().unwrap_or_default();
+            if name.starts_with('_') || name.starts_with('.') {
+                continue;
+            }
+            if name.ends_with(".parquet") {
+                parquet.push((object.location, object.size));
+            } else {
+                ignored.push(location.url_of(&object.location));
+            }
+        }
+        parquet.sort();
+        ignored.sort();
+
+        if parquet.is_empty() {
+            // The URL may name a single file rather than a prefix.
+            return match location.store.head(&location.path).await {
+                Ok(meta) => {
+                    let file = CatalogFile::open(location.clone(), Some(meta.size)).await?;
+                    Ok(Self {
+                        location,
+                        files: vec![file],
+                        ignored,
+                    })
+                }
+                Err(object_store::Error::NotFound { .. }) if ignored.is_empty() => {
+                    Err(CatalogError::NotFound {
+                        url: location.url(),
+                    })
+                }
+                Err(object_store::Error::NotFound { .. }) => Err(CatalogError::Empty {
+                    url: format!("{} (found only: {})", location.url(), ignored.join(", ")),
+                }),
+                Err(e) => Err(CatalogError::store(location.url(), e)),
+            };
+        }
+
+        let files: Vec<CatalogFile> = stream::iter(parquet)
+            .map(|(path, size)| CatalogFile::open(location.with_path(path), Some(size)))
+            .buffered(FOOTER_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let catalog = Self {
+            location,
+            files,
+            ignored,
+        };
+        if catalog.num_rows() == 0 {
+            return Err(CatalogError::Empty {
+                url: catalog.location.url(),
+            });
+        }
+        Ok(catalog)
+    }
+
+    pub fn num_rows(&self) -> usize {
+        self.files.iter().map(CatalogFile::num_rows).sum()
+    }
+
+    pub fn num_row_groups(&self) -> usize {
+        self.files
+            .iter()
+            .map(|f| f.metadata.metadata().num_row_groups())
+            .sum()
+    }
+
+    /// Every row group of every file, in order.
+    pub fn full_ranges(&self) -> Vec<ReadRange> {
+        self.files
+            .iter()
+            .enumerate()
+            .map(|(file, f)| ReadRange {
+                file,
+                row_groups: (0..f.metadata.metadata().num_row_groups()).collect(),
+            })
+            .collect()
+    }
+
+    /// Streams `ranges` in order, reading only `columns` that each file has.
+    pub fn stream(
+        &self,
+        ranges: Vec<ReadRange>,
+        columns: &[&str],
+        batch_rows: usize,
+    ) -> BoxStream<'static, Result<RecordBatch>> {
+        let files = self.files.clone();
+        let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+        stream::iter(ranges)
+            .then(move |range| {
+                let file = files.get(range.file).cloned();
+                let columns = columns.clone();
+                async move {
+                    let file = file.ok_or_else(|| {
+                        CatalogError::InvalidArgument(format!(
+                            "no file {} in catalogue",
+                            range.file
+                        ))
+                    })?;
+                    open_range(file, range.row_groups, &columns, batch_rows)
+                }
+            })
+            .try_flatten()
+            .boxed()
+    }
+}
+
+fn open_range(
+    file: CatalogFile,
+    row_groups: Vec<usize>,
+    columns: &[String],
+    batch_rows: usize,
+) -> Result<BoxStream<'static, Result<RecordBatch>>> {
+    let url = file.location.url();
+    let reader = ObjectFileReader::new(
+        Arc::clone(&file.location.store),
+        file.location.path.clone(),
+        file.size,
+    );
+    let arrow_schema = Arc::clone(file.schema());
+    let roots: Vec<usize> = columns
+        .iter()
+        .filter_map(|c| arrow_schema.index_of(c).ok())
+        .collect();
+    let mask = ProjectionMask::roots(
+        file.metadata.metadata().file_metadata().schema_descr(),
+        roots,
+    );
+    let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, file.metadata.clone())
+        .with_projection(mask)
+        .with_row_groups(row_groups)
+        .with_batch_size(batch_rows.max(1))
+        .build()
+        .map_err(|source| CatalogError::Parquet {
+            file: url.clone(),
+            source,
+        })?;
+    Ok(stream
+        .map_err(move |source| CatalogError::Parquet {
+            file: url.clone(),
+            source,
+        })
+        .boxed())
+}

@@ -1,0 +1,105 @@
+//! `atelier pipeline`: stream a catalogue through decode, resize and normalise.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use atelier_catalog::Catalog;
+use atelier_pipeline::{Augment, ImageLoader, LoaderOptions};
+use clap::{Args, ValueEnum};
+use tokio::runtime::Handle;
+
+use crate::progress;
+
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
+    /// Catalogue prefix or file: a path or an object-store URL.
+    #[arg(long)]
+    pub catalog: String,
+    #[arg(long, default_value_t = 224)]
+    pub image_size: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Decode threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Batches in flight between reader and consumer (default: 2 per thread).
+    #[arg(long)]
+    pub prefetch: Option<usize>,
+    #[arg(long, value_enum, default_value_t = AugmentArg::Center)]
+    pub augment: AugmentArg,
+    /// Also build the tch tensor of every batch, as training and tagging do.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub tensors: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AugmentArg {
+    /// Centre crop (evaluation and tagging).
+    Center,
+    /// Random resized crop and flip (training).
+    Train,
+}
+
+pub fn run(args: &PipelineArgs, handle: &Handle) -> anyhow::Result<()> {
+    let catalog = handle.block_on(Catalog::open(&args.catalog))?;
+    let defaults = LoaderOptions::default();
+    let threads = args.threads.unwrap_or(defaults.threads);
+    let options = LoaderOptions {
+        image_size: args.image_size,
+        batch_size: args.batch_size,
+        threads,
+        prefetch: args.prefetch.unwrap_or(threads * 2),
+        augment: match args.augment {
+            AugmentArg::Center => Augment::CenterCrop,
+            AugmentArg::Train => Augment::TRAIN_DEFAULT,
+        },
+        ..defaults
+    };
+    let total = catalog.num_rows() as u64;
+    let bar = progress::bar(total, "pipeline");
+    let started = Instant::now();
+    let loader = ImageLoader::all(&catalog, options, handle.clone())?;
+    let stats = loader.stats();
+    let mut errors_by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut examples = Vec::new();
+    let mut items = 0u64;
+    let mut checksum = 0f64;
+    for batch in loader {
+        let batch = batch?;
+        items += batch.items.len() as u64;
+        for failure in batch.failures() {
+            *errors_by_kind.entry(failure.error.kind()).or_default() += 1;
+            if examples.len() < 5 {
+                examples.push(failure.to_string());
+            }
+        }
+        if args.tensors && batch.ok_count() > 0 {
+            // Reading one value keeps the tensor from being optimised away.
+            checksum += batch.tensor().double_value(&[0, 0, 0, 0]);
+        }
+        bar.set_position(items);
+    }
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let snapshot = stats.snapshot();
+    let errors: u64 = errors_by_kind.values().sum();
+    println!(
+        "pipeline: {items} items ({} ok, {errors} errors) at {}px in {seconds:.2}s: {:.1} images/s on {threads} threads ({:.1} per thread)",
+        items - errors,
+        args.image_size,
+        items as f64 / seconds,
+        items as f64 / seconds / threads as f64,
+    );
+    println!(
+        "  stage time (summed over threads): read {:.2}s, fetch {:.2}s, decode {:.2}s, resize+normalise {:.2}s",
+        snapshot.read_s, snapshot.fetch_s, snapshot.decode_s, snapshot.transform_s
+    );
+    for (kind, count) in &errors_by_kind {
+        println!("  errors {kind}: {count}");
+    }
+    for example in &examples {
+        println!("  e.g. {example}");
+    }
+    tracing::debug!(checksum, "pipeline finished");
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! `atelier`: the one user-facing binary.
+
+mod commands;
+mod progress;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "atelier",
+    version,
+    about = "Tags a fashion catalogue with colour, brand, clothing type and a caption"
+)]
+struct Cli {
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ATELIER_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Make, import and check catalogues.
+    #[command(subcommand)]
+    Catalog(commands::catalog::CatalogCommand),
+    /// Run the image pipeline over a catalogue and report its throughput.
+    Pipeline(commands::pipeline::PipelineArgs),
+    /// The whole job on this machine with local files: the README's first command.
+    Local(commands::local::LocalArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("atelier-io")
+        .build()?;
+    let handle = runtime.handle().clone();
+    // Commands block on compute; they run on this thread and use the runtime for I/O.
+    let result = match cli.command {
+        Command::Catalog(command) => commands::catalog::run(command, &handle),
+        Command::Pipeline(args) => commands::pipeline::run(&args, &handle),
+        Command::Local(args) => commands::local::run(&args, &handle),
+    };
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    result
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,261 @@
+//! Decoding JPEG, PNG and WebP into RGB, strictly and within limits.
+//!
+//! JPEGs go through libjpeg-turbo (via mozjpeg) and are decoded at a reduced
+//! DCT scale whenever the source is larger than the pipeline needs: an 8×8
+//! block is inverse-transformed straight to M×M pixels, which skips most of the
+//! decode work for large photos. Truncated or corrupt entropy data, which
+//! libjpeg only warns about and pads with grey, is treated as an error so a
+//! damaged photo never reaches a model silently.
+
+use std::io::Cursor;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use atelier_catalog::sniff::ImageFormat;
+use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr, jpeg_std_error};
+
+use crate::error::ItemError;
+
+/// An RGB image, row-major, 3 bytes per pixel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    pub width: usize,
+    pub height: usize,
+    pub pixels: Vec<u8>,
+}
+
+/// Guards against decompression bombs: a header is checked before any allocation.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    pub max_side: u64,
+    pub max_pixels: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_side: 16_384,
+            max_pixels: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl DecodeLimits {
+    fn check(&self, width: u64, height: u64) -> Result<(), ItemError> {
+        if width == 0 || height == 0 {
+            return Err(ItemError::Corrupt {
+                format: "image",
+                reason: format!("header claims {width}x{height} pixels"),
+            });
+        }
+        if width > self.max_side || height > self.max_side || width * height > self.max_pixels {
+            return Err(ItemError::TooLarge {
+                width,
+                height,
+                limit: format!("{} per side, {} pixels", self.max_side, self.max_pixels),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Decodes `bytes`, shrinking JPEGs by DCT scaling while the shorter side stays
+/// at least `min_short_side` (0 decodes at full size).
+pub fn decode(
+    bytes: &[u8],
+    min_short_side: u32,
+    limits: &DecodeLimits,
+) -> Result<RgbImage, ItemError> {
+    if bytes.is_empty() {
+        return Err(ItemError::Empty);
+    }
+    match ImageFormat::detect(bytes) {
+        Some(ImageFormat::Jpeg) => decode_jpeg(bytes, min_short_side, limits),
+        Some(format) => decode_with_image(bytes, format, limits),
+        None => Err(ItemError::UnsupportedFormat(
+            bytes
+                .iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        )),
+    }
+}
+
+/// The smallest `M` (of M/8) that keeps the shorter side at least `min_short_side`.
+pub fn dct_scale(width: usize, height: usize, min_short_side: u32) -> u8 {
+    let short = width.min(height);
+    (1..=8u8)
+        .find(|&m| (short * usize::from(m)).div_ceil(8) >= min_short_side as usize)
+        .unwrap_or(8)
+}
+
+fn decode_jpeg(
+    bytes: &[u8],
+    min_short_side: u32,
+    limits: &DecodeLimits,
+) -> Result<RgbImage, ItemError> {
+    let result = catch_unwind(AssertUnwindSafe(|| -> Result<RgbImage, ItemError> {
+        let corrupt = |reason: String| ItemError::Corrupt {
+            format: "jpeg",
+            reason,
+        };
+        let mut decompress = mozjpeg::Decompress::with_err(*strict_error_manager())
+            .from_mem(bytes)
+            .map_err(|e| corrupt(e.to_string()))?;
+        let (width, height) = decompress.size();
+        limits.check(width as u64, height as u64)?;
+        match decompress.color_space() {
+            mozjpeg::ColorSpace::JCS_CMYK | mozjpeg::ColorSpace::JCS_YCCK => {
+                return Err(corrupt("CMYK JPEGs are not supported".into()));
+            }
+            _ => {}
+        }
+        decompress.scale(dct_scale(width, height, min_short_side));
+        let mut started = decompress.rgb().map_err(|e| corrupt(e.to_string()))?;
+        let (width, height) = (started.width(), started.height());
+        let pixels: Vec<u8> = started
+            .read_scanlines()
+            .map_err(|e| corrupt(e.to_string()))?;
+        started.finish().map_err(|e| corrupt(e.to_string()))?;
+        if pixels.len() != width * height * 3 {
+            return Err(corrupt(format!(
+                "decoded {} bytes for {width}x{height}",
+                pixels.len()
+            )));
+        }
+        Ok(RgbImage {
+            width,
+            height,
+            pixels,
+        })
+    }));
+    match result {
+        Ok(decoded) => decoded,
+        Err(payload) => Err(ItemError::Corrupt {
+            format: "jpeg",
+            reason: payload
+                .downcast_ref::<String>()
+                .map(|m| m.trim_start_matches("libjpeg fatal error: ").to_string())
+                .unwrap_or_else(|| "decoder failed".into()),
+        }),
+    }
+}
+
+fn strict_error_manager() -> Box<jpeg_error_mgr> {
+    // SAFETY: jpeg_error_mgr is a plain C struct; jpeg_std_error fills every field.
+    let mut manager: Box<jpeg_error_mgr> = Box::new(unsafe { std::mem::zeroed() });
+    unsafe { jpeg_std_error(&mut manager) };
+    manager.error_exit = Some(unwind_with_message);
+    manager.emit_message = Some(escalate_corruption_warnings);
+    manager
+}
+
+/// Warnings that mean pixels are missing or garbage (truncation, bad entropy
+/// data); others, such as stray bytes between markers, are common in real
+/// catalogue photos and harmless.
+const FATAL_WARNINGS: [i32; 4] = [
+    mozjpeg_sys::JWRN_JPEG_EOF as i32,
+    mozjpeg_sys::JWRN_HIT_MARKER as i32,
+    mozjpeg_sys::JWRN_HUFF_BAD_CODE as i32,
+    mozjpeg_sys::JWRN_MUST_RESYNC as i32,
+];
+
+unsafe extern "C-unwind" fn escalate_corruption_warnings(
+    cinfo: &mut jpeg_common_struct,
+    level: std::os::raw::c_int,
+) {
+    // SAFETY: libjpeg passes its own live common struct with `err` set.
+    let code = unsafe { (*cinfo.err).msg_code };
+    if level < 0 && FATAL_WARNINGS.contains(&code) {
+        unsafe { unwind_with_message(cinfo) };
+    }
+}
+
+unsafe extern "C-unwind" fn unwind_with_message(cinfo: &mut jpeg_common_struct) {
+    // SAFETY: as above; libjpeg's message buffer is JMSG_LENGTH_MAX (200) bytes,
+    // so 256 leaves room whatever the binding declares.
+    let message = unsafe {
+        let err = &*cinfo.err;
+        match err.format_message {
+            Some(format) => {
+                let mut buffer = [0u8; 256];
+                let format: unsafe extern "C-unwind" fn(&mut jpeg_common_struct, *mut u8) =
+                    std::mem::transmute(format);
+                format(cinfo, buffer.as_mut_ptr());
+                let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+                String::from_utf8_lossy(&buffer[..end]).into_owned()
+            }
+            None => format!("libjpeg error {}", err.msg_code),
+        }
+    };
+    std::panic::resume_unwind(Box::new(message));
+}
+
+fn decode_with_image(
+    bytes: &[u8],
+    format: ImageFormat,
+    limits: &DecodeLimits,
+) -> Result<RgbImage, ItemError> {
+    let corrupt = |reason: String| ItemError::Corrupt {
+        format: format.name(),
+        reason,
+    };
+    let (width, height) = format.dimensions(bytes).map_err(corrupt)?;
+    limits.check(u64::from(width), u64::from(height))?;
+    let mut reader = image::ImageReader::with_format(
+        Cursor::new(bytes),
+        match format {
+            ImageFormat::Png => image::ImageFormat::Png,
+            ImageFormat::Webp => image::ImageFormat::WebP,
+            ImageFormat::Jpeg => image::ImageFormat::Jpeg,
+        },
+    );
+    let mut image_limits = image::Limits::default();
+    image_limits.max_image_width = Some(u32::try_from(limits.max_side).unwrap_or(u32::MAX));
+    image_limits.max_image_height = Some(u32::try_from(limits.max_side).unwrap_or(u32::MAX));
+    image_limits.max_alloc = Some(limits.max_pixels * 8);
+    reader.limits(image_limits);
+    let decoded = catch_unwind(AssertUnwindSafe(|| reader.decode()))
+        .map_err(|_| corrupt("decoder panicked".into()))?
+        .map_err(|e| corrupt(e.to_string()))?;
+    let (width, height) = (decoded.width() as usize, decoded.height() as usize);
+    let pixels = if decoded.color().has_alpha() {
+        // Product cut-outs are shown on white; transparent pixels become white.
+        decoded
+            .to_rgba8()
+            .pixels()
+            .flat_map(|p| {
+                let alpha = u16::from(p[3]);
+                let blend = |c: u8| ((u16::from(c) * alpha + 255 * (255 - alpha)) / 255) as u8;
+                [blend(p[0]), blend(p[1]), blend(p[2])]
+            })
+            .collect()
+    } else {
+        decoded.to_rgb8().into_raw()
+    };
+    Ok(RgbImage {
+        width,
+        height,
+        pixels,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dct_scale_keeps_the_short_side_above_the_target() {
+        assert_eq!(dct_scale(384, 512, 224), 5); // 240x320
+        assert_eq!(dct_scale(384, 512, 64), 2); // 96x128
+        assert_eq!(dct_scale(60, 80, 64), 8); // never upscales
+        assert_eq!(dct_scale(384, 512, 0), 1);
+    }
+
+    #[test]
+    fn limits_reject_huge_headers_before_decoding() {
+        let err = DecodeLimits::default().check(50_000, 50_000).unwrap_err();
+        assert!(matches!(err, ItemError::TooLarge { width: 50_000, .. }));
+    }
+}

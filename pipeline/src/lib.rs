@@ -1,0 +1,22 @@
+//! The image pipeline that training and tagging share.
+//!
+//! Parquet row groups stream in with only the needed columns; `image_uri`
+//! objects are fetched concurrently; decode, crop/resize and normalisation run
+//! on dedicated OS threads; batches come out in input order as NCHW float
+//! tensors. At most `prefetch` batches exist between the reader and the
+//! consumer, whatever the catalogue size. A bad image becomes an
+//! [`ItemError`] on its own row; the rest of its batch comes through.
+
+pub mod batch;
+pub mod decode;
+pub mod error;
+pub mod loader;
+pub mod stats;
+pub mod transform;
+
+pub use batch::{Batch, BatchItem};
+pub use decode::{decode, DecodeLimits, RgbImage};
+pub use error::{ItemError, ItemFailure, PipelineError, Result};
+pub use loader::{ImageLoader, LoaderOptions};
+pub use stats::{PipelineStats, StatsSnapshot};
+pub use transform::{Augment, Normalization, Transformer};

@@ -1,0 +1,386 @@
+//! The streaming loader: Parquet → raw items → (threads) decode and transform → batches.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::compute::cast;
+use arrow_array::{Array, BinaryArray, RecordBatch, StringArray};
+use arrow_schema::DataType;
+use atelier_catalog::ordered_pool::OrderedPool;
+use atelier_catalog::schema::{self, LABEL_COLUMNS};
+use atelier_catalog::store::StoreCache;
+use atelier_catalog::{stable_hash, Catalog, CatalogError, Labels, ReadRange};
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt};
+use object_store::ObjectStoreExt;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tokio::runtime::{Handle, RuntimeFlavor};
+
+use crate::batch::{Batch, BatchItem};
+use crate::decode::{decode, DecodeLimits};
+use crate::error::{ItemError, PipelineError, Result};
+use crate::stats::{PipelineStats, Stage};
+use crate::transform::{Augment, Normalization, Transformer};
+
+#[derive(Debug, Clone)]
+pub struct LoaderOptions {
+    /// Side of the square model input.
+    pub image_size: usize,
+    pub batch_size: usize,
+    /// Decode threads.
+    pub threads: usize,
+    /// Batches allowed between the reader and the consumer; bounds memory.
+    pub prefetch: usize,
+    pub augment: Augment,
+    pub normalization: Normalization,
+    /// Seeds augmentation; item `id` always draws from `(seed, id)`.
+    pub seed: u64,
+    pub limits: DecodeLimits,
+    /// `image_uri` objects fetched at once.
+    pub fetch_concurrency: usize,
+    /// Columns outside the contract to carry into [`BatchItem::extra`].
+    pub extra_columns: Vec<String>,
+}
+
+impl Default for LoaderOptions {
+    fn default() -> Self {
+        let threads = std::thread::available_parallelism().map_or(2, usize::from);
+        Self {
+            image_size: 224,
+            batch_size: 32,
+            threads,
+            prefetch: threads * 2,
+            augment: Augment::CenterCrop,
+            normalization: Normalization::IMAGENET,
+            seed: 0,
+            limits: DecodeLimits::default(),
+            fetch_concurrency: 32,
+            extra_columns: Vec::new(),
+        }
+    }
+}
+
+/// Where one item's image comes from, once read.
+#[derive(Debug)]
+enum Source {
+    Bytes(Bytes),
+    Failed(ItemError),
+}
+
+#[derive(Debug)]
+struct RawItem {
+    item_id: String,
+    labels: Labels,
+    extra: Vec<Option<String>>,
+    source: Source,
+}
+
+/// Iterator of batches in input order. Needs a handle to a multi-thread tokio
+/// runtime for its reads, and may be consumed from any non-async thread.
+pub struct ImageLoader {
+    pool: OrderedPool<Result<Batch>>,
+    stats: Arc<PipelineStats>,
+}
+
+impl std::fmt::Debug for ImageLoader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageLoader").finish_non_exhaustive()
+    }
+}
+
+impl ImageLoader {
+    /// Loads every row of `catalog`.
+    pub fn all(catalog: &Catalog, options: LoaderOptions, handle: Handle) -> Result<Self> {
+        Self::new(catalog, catalog.full_ranges(), options, handle)
+    }
+
+    /// Loads the row groups in `ranges`, in order.
+    pub fn new(
+        catalog: &Catalog,
+        ranges: Vec<ReadRange>,
+        options: LoaderOptions,
+        handle: Handle,
+    ) -> Result<Self> {
+        validate(&options, &handle)?;
+        let mut columns: Vec<&str> = vec![schema::ITEM_ID, schema::IMAGE, schema::IMAGE_URI];
+        columns.extend(LABEL_COLUMNS);
+        columns.extend(options.extra_columns.iter().map(String::as_str));
+        let read_rows = options.batch_size.clamp(64, 1024);
+        let stream = catalog.stream(ranges, &columns, read_rows);
+        let stats = Arc::new(PipelineStats::default());
+        let reader = RawBatches {
+            stream,
+            handle,
+            pending: Vec::new(),
+            done: false,
+            options: options.clone(),
+            stores: Arc::new(StoreCache::default()),
+            stats: Arc::clone(&stats),
+        };
+        let worker_stats = Arc::clone(&stats);
+        let pool = OrderedPool::new(
+            "decode",
+            reader,
+            options.threads,
+            options.prefetch,
+            move |raw: Result<Vec<RawItem>>| {
+                raw.map(|items| process(items, &options, &worker_stats))
+            },
+        );
+        Ok(Self { pool, stats })
+    }
+
+    pub fn stats(&self) -> Arc<PipelineStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// The most batches that were ever in flight at once; at most `prefetch`.
+    pub fn high_water(&self) -> usize {
+        self.pool.high_water()
+    }
+}
+
+impl Iterator for ImageLoader {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.pool.next().map(|result| {
+            result
+                .map_err(|panic| PipelineError::Worker(panic.0))
+                .and_then(|r| r)
+        })
+    }
+}
+
+fn validate(options: &LoaderOptions, handle: &Handle) -> Result<()> {
+    let invalid = |m: &str| Err(PipelineError::InvalidOptions(m.to_string()));
+    if options.image_size == 0 || options.image_size > 4096 {
+        return invalid("image size must be between 1 and 4096");
+    }
+    if options.batch_size == 0 {
+        return invalid("batch size must be positive");
+    }
+    if options.threads == 0 || options.prefetch == 0 {
+        return invalid("threads and prefetch must be positive");
+    }
+    if handle.runtime_flavor() != RuntimeFlavor::MultiThread {
+        return invalid("the loader needs a multi-thread tokio runtime for its reads");
+    }
+    Ok(())
+}
+
+/// Decodes and transforms one batch; runs on a pool thread.
+fn process(items: Vec<RawItem>, options: &LoaderOptions, stats: &PipelineStats) -> Batch {
+    let size = options.image_size;
+    let plane = 3 * size * size;
+    let mut transformer = Transformer::new(size, options.augment, options.normalization);
+    let mut pixels = vec![0f32; items.len() * plane];
+    let mut ok = 0;
+    let mut out = Vec::with_capacity(items.len());
+    for raw in items {
+        let slot = match raw.source {
+            Source::Failed(error) => Err(error),
+            Source::Bytes(bytes) => {
+                let started = Instant::now();
+                let decoded = decode(&bytes, size as u32, &options.limits);
+                stats.add_time(Stage::Decode, started.elapsed());
+                decoded.and_then(|image| {
+                    let started = Instant::now();
+                    let mut rng =
+                        ChaCha8Rng::seed_from_u64(options.seed ^ stable_hash(&raw.item_id));
+                    let crop = transformer.crop(image.width, image.height, &mut rng);
+                    let target = &mut pixels[ok * plane..(ok + 1) * plane];
+                    let result = transformer
+                        .apply(&image, crop, target)
+                        .map(|()| ok)
+                        .map_err(|reason| ItemError::Corrupt {
+                            format: "image",
+                            reason,
+                        });
+                    stats.add_time(Stage::Transform, started.elapsed());
+                    result
+                })
+            }
+        };
+        if slot.is_ok() {
+            ok += 1;
+        }
+        out.push(BatchItem {
+            item_id: raw.item_id,
+            labels: raw.labels,
+            extra: raw.extra,
+            slot,
+        });
+    }
+    pixels.truncate(ok * plane);
+    stats.add_outcomes(ok as u64, (out.len() - ok) as u64);
+    Batch {
+        items: out,
+        pixels,
+        size,
+    }
+}
+
+/// Reads record batches and regroups their rows into batches of raw items,
+/// fetching `image_uri` objects on the way. Runs on the pool's feeder thread.
+struct RawBatches {
+    stream: BoxStream<'static, atelier_catalog::Result<RecordBatch>>,
+    handle: Handle,
+    pending: Vec<RawItem>,
+    done: bool,
+    options: LoaderOptions,
+    stores: Arc<StoreCache>,
+    stats: Arc<PipelineStats>,
+}
+
+impl Iterator for RawBatches {
+    type Item = Result<Vec<RawItem>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let batch_size = self.options.batch_size;
+        while !self.done && self.pending.len() < batch_size {
+            let started = Instant::now();
+            let next = self.handle.block_on(self.stream.next());
+            self.stats.add_time(Stage::Read, started.elapsed());
+            match next {
+                None => self.done = true,
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(e.into()));
+                }
+                Some(Ok(record_batch)) => match self.rows(&record_batch) {
+                    Ok(items) => {
+                        self.stats.add_rows(items.len() as u64);
+                        self.pending.extend(items);
+                    }
+                    Err(e) => {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                },
+            }
+        }
+        if self.pending.is_empty() {
+            return None;
+        }
+        let take = batch_size.min(self.pending.len());
+        Some(Ok(self.pending.drain(..take).collect()))
+    }
+}
+
+impl RawBatches {
+    fn rows(&self, batch: &RecordBatch) -> Result<Vec<RawItem>> {
+        let ids = utf8(batch, schema::ITEM_ID)?
+            .ok_or_else(|| CatalogError::Internal("record batch without item_id".into()))?;
+        let images = binary(batch, schema::IMAGE)?;
+        let uris = utf8(batch, schema::IMAGE_URI)?;
+        let labels: Vec<Option<StringArray>> = LABEL_COLUMNS
+            .iter()
+            .map(|c| utf8(batch, c))
+            .collect::<Result<_>>()?;
+        let extras: Vec<Option<StringArray>> = self
+            .options
+            .extra_columns
+            .iter()
+            .map(|c| utf8(batch, c))
+            .collect::<Result<_>>()?;
+        let value = |array: &Option<StringArray>, row: usize| -> Option<String> {
+            array
+                .as_ref()
+                .filter(|a| a.is_valid(row))
+                .map(|a| a.value(row).to_string())
+        };
+
+        let mut items = Vec::with_capacity(batch.num_rows());
+        let mut fetches = Vec::new();
+        for row in 0..batch.num_rows() {
+            let item_id = if ids.is_valid(row) {
+                ids.value(row).to_string()
+            } else {
+                format!("<null item_id at row {row}>")
+            };
+            let source = match (&images, &uris) {
+                (Some(images), _) if images.is_valid(row) => {
+                    Source::Bytes(Bytes::copy_from_slice(images.value(row)))
+                }
+                (_, Some(uris)) if uris.is_valid(row) => {
+                    fetches.push((items.len(), uris.value(row).to_string()));
+                    Source::Failed(ItemError::NoImage)
+                }
+                _ => Source::Failed(ItemError::NoImage),
+            };
+            items.push(RawItem {
+                item_id,
+                labels: Labels {
+                    color: value(&labels[0], row),
+                    brand: value(&labels[1], row),
+                    category: value(&labels[2], row),
+                    caption: value(&labels[3], row),
+                },
+                extra: extras.iter().map(|e| value(e, row)).collect(),
+                source,
+            });
+        }
+        if !fetches.is_empty() {
+            let started = Instant::now();
+            let fetched = self.handle.block_on(fetch_all(
+                fetches,
+                Arc::clone(&self.stores),
+                self.options.fetch_concurrency,
+            ));
+            self.stats.add_time(Stage::Fetch, started.elapsed());
+            for (index, source) in fetched {
+                items[index].source = source;
+            }
+        }
+        Ok(items)
+    }
+}
+
+async fn fetch_all(
+    uris: Vec<(usize, String)>,
+    stores: Arc<StoreCache>,
+    concurrency: usize,
+) -> Vec<(usize, Source)> {
+    stream::iter(uris)
+        .map(|(index, uri)| {
+            let stores = Arc::clone(&stores);
+            async move { (index, fetch(&stores, uri).await) }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await
+}
+
+async fn fetch(stores: &StoreCache, uri: String) -> Source {
+    let failed = |reason: String, uri: String| Source::Failed(ItemError::Fetch { uri, reason });
+    let location = match stores.resolve(&uri) {
+        Ok(location) => location,
+        Err(e) => return failed(e.to_string(), uri),
+    };
+    match location.store.get(&location.path).await {
+        Ok(result) => match result.bytes().await {
+            Ok(bytes) => Source::Bytes(bytes),
+            Err(e) => failed(e.to_string(), uri),
+        },
+        Err(object_store::Error::NotFound { .. }) => failed("not found".into(), uri),
+        Err(e) => failed(e.to_string(), uri),
+    }
+}
+
+fn utf8(batch: &RecordBatch, name: &str) -> Result<Option<StringArray>> {
+    let Some(column) = batch.column_by_name(name) else {
+        return Ok(None);
+    };
+    let column = cast(column, &DataType::Utf8).map_err(CatalogError::from)?;
+    Ok(column.as_any().downcast_ref::<StringArray>().cloned())
+}
+
+fn binary(batch: &RecordBatch, name: &str) -> Result<Option<BinaryArray>> {
+    let Some(column) = batch.column_by_name(name) else {
+        return Ok(None);
+    };
+    let column = cast(column, &DataType::Binary).map_err(CatalogError::from)?;
+    Ok(column.as_any().downcast_ref::<BinaryArray>().cloned())
+}

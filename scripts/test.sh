@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Every test: installs what it needs (see setup.sh), builds, then runs the suite.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. scripts/setup.sh
+
+cargo fmt --all -- --check
+# The end-to-end tests run the real `atelier` binary, so build it first.
+cargo build --workspace --bins
+cargo test --workspace --no-fail-fast

@@ -1,0 +1,73 @@
+//! Shared helpers for the end-to-end tests.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// The real product photos shipped beside the checkout (`../shared/data/fashion-products`),
+/// or wherever `ATELIER_FASHION_DATA` points.
+pub fn fashion_data() -> PathBuf {
+    std::env::var_os("ATELIER_FASHION_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared/data/fashion-products"))
+}
+
+/// The `atelier` binary built beside the test executables (`cargo build` first),
+/// or `ATELIER_BIN`.
+pub fn atelier_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("ATELIER_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> -> target/<profile>/atelier
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    profile_dir.join("atelier")
+}
+
+/// Runs `atelier` with `args`; returns its output, whatever the exit code.
+pub fn atelier(args: &[&str]) -> Output {
+    let bin = atelier_bin();
+    Command::new(&bin)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} (build it with `cargo build --bins`): {e}",
+                bin.display()
+            )
+        })
+}
+
+/// Runs `atelier` and fails the test, showing its output, unless it exits 0.
+pub fn atelier_ok(args: &[&str]) -> String {
+    let output = atelier(args);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "atelier {args:?} failed with {}\nstdout:\n{stdout}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// A multi-thread runtime, as the image loader needs for its reads.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("cannot build a runtime: {e}"))
+}

@@ -1,0 +1,152 @@
+//! generate → inspect → read batches: counts, shapes and label values survive.
+
+use atelier_catalog::inspect::inspect;
+use atelier_catalog::synthetic::{self, generate, GenerateOptions};
+use atelier_catalog::{Catalog, StoreLocation, WriterOptions};
+use atelier_pipeline::{ImageLoader, LoaderOptions};
+use atelier_tests::runtime;
+
+fn small_catalog(dir: &std::path::Path, items: usize, seed: u64) -> GenerateOptions {
+    let options = GenerateOptions {
+        items,
+        seed,
+        width: 96,
+        height: 128,
+        threads: 2,
+        writer: WriterOptions {
+            rows_per_group: 50,
+            groups_per_file: 3,
+            ..WriterOptions::default()
+        },
+        ..GenerateOptions::default()
+    };
+    let rt = runtime();
+    let out = StoreLocation::parse(dir.to_str().unwrap()).unwrap();
+    let summary = generate(&options, out, rt.handle(), |_| {}).unwrap();
+    assert_eq!(summary.items, items);
+    options
+}
+
+#[test]
+fn generated_catalogue_inspects_and_reads_back_with_its_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = small_catalog(dir.path(), 333, 7);
+    let rt = runtime();
+
+    let report = rt.block_on(inspect(dir.path().to_str().unwrap())).unwrap();
+    assert_eq!(report.rows, 333);
+    // 150 rows per file in row groups of 50: 3 files, 7 row groups.
+    assert_eq!(report.files.len(), 3);
+    assert_eq!(report.row_groups, 7);
+    assert!(report.files.iter().all(|f| f.max_row_group_rows <= 50));
+    assert_eq!(report.duplicate_item_ids, 0);
+    let colors = &report.labels["color"];
+    assert_eq!(colors.missing, 0);
+    assert!(colors.distinct >= 10, "{colors:?}");
+    assert!(report.labels["category"].distinct >= 8);
+    assert!(report.labels["brand"].distinct >= 8);
+    assert!(
+        report.samples[0].image.starts_with("jpeg 96x128"),
+        "{:?}",
+        report.samples[0]
+    );
+
+    let catalog = rt
+        .block_on(Catalog::open(dir.path().to_str().unwrap()))
+        .unwrap();
+    let loader = ImageLoader::all(
+        &catalog,
+        LoaderOptions {
+            image_size: 64,
+            batch_size: 32,
+            threads: 2,
+            prefetch: 3,
+            ..LoaderOptions::default()
+        },
+        rt.handle().clone(),
+    )
+    .unwrap();
+    let mut seen = 0u64;
+    for batch in loader {
+        let batch = batch.unwrap();
+        let tensor = batch.tensor();
+        assert_eq!(tensor.size(), vec![batch.items.len() as i64, 3, 64, 64]);
+        for item in &batch.items {
+            assert_eq!(
+                item.item_id,
+                format!("syn7-{seen:08}"),
+                "input order is kept"
+            );
+            let (product, _) = synthetic::product(options.seed, seen);
+            assert_eq!(item.labels.color.as_deref(), Some(product.color_name()));
+            assert_eq!(item.labels.brand.as_deref(), Some(product.brand_name()));
+            assert_eq!(
+                item.labels.category.as_deref(),
+                Some(product.category.name())
+            );
+            assert_eq!(
+                item.labels.caption.as_deref(),
+                Some(product.caption().as_str())
+            );
+            assert!(item.slot.is_ok());
+            seen += 1;
+        }
+        // Normalised ImageNet values stay within about [-2.2, 2.7].
+        let max = tensor.max().double_value(&[]);
+        let min = tensor.min().double_value(&[]);
+        assert!(max <= 2.7 && min >= -2.2 && max > min, "{min}..{max}");
+    }
+    assert_eq!(seen, 333);
+}
+
+#[test]
+fn generation_is_deterministic_across_runs() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    small_catalog(a.path(), 40, 3);
+    small_catalog(b.path(), 40, 3);
+    let read = |p: &std::path::Path| std::fs::read(p.join("part-00000.parquet")).unwrap();
+    assert_eq!(read(a.path()), read(b.path()));
+}
+
+#[test]
+fn generate_refuses_to_mix_into_an_existing_catalogue() {
+    let dir = tempfile::tempdir().unwrap();
+    small_catalog(dir.path(), 10, 0);
+    let rt = runtime();
+    let out = StoreLocation::parse(dir.path().to_str().unwrap()).unwrap();
+    let options = GenerateOptions {
+        items: 5,
+        width: 64,
+        height: 64,
+        ..GenerateOptions::default()
+    };
+    let err = generate(&options, out.clone(), rt.handle(), |_| {}).unwrap_err();
+    assert!(err.to_string().contains("--overwrite"), "{err}");
+    let again = GenerateOptions {
+        overwrite: true,
+        ..options
+    };
+    generate(&again, out, rt.handle(), |_| {}).unwrap();
+    let catalog = rt
+        .block_on(Catalog::open(dir.path().to_str().unwrap()))
+        .unwrap();
+    assert_eq!(catalog.num_rows(), 5, "old parts were removed");
+}
+
+#[test]
+fn memory_urls_round_trip_in_process() {
+    let rt = runtime();
+    let options = GenerateOptions {
+        items: 20,
+        width: 64,
+        height: 64,
+        ..GenerateOptions::default()
+    };
+    let out = StoreLocation::parse("memory://roundtrip/catalog").unwrap();
+    generate(&options, out, rt.handle(), |_| {}).unwrap();
+    let catalog = rt
+        .block_on(Catalog::open("memory://roundtrip/catalog"))
+        .unwrap();
+    assert_eq!(catalog.num_rows(), 20);
+}

@@ -1,0 +1,137 @@
+//! The `atelier` binary end to end: generate, inspect, pipeline, and clear
+//! errors for catalogues that are wrong.
+
+use std::sync::Arc;
+
+use arrow_array::{Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use atelier_tests::{atelier, atelier_ok};
+
+#[test]
+fn generate_inspect_and_pipeline_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cat");
+    let out = out.to_str().unwrap();
+    let stdout = atelier_ok(&[
+        "catalog", "generate", "--items", "120", "--out", out, "--size", "128x160", "--seed", "5",
+    ]);
+    assert!(stdout.contains("generated 120 items (128x160)"), "{stdout}");
+    assert!(stdout.contains("items/s"), "{stdout}");
+
+    let report = atelier_ok(&["catalog", "inspect", out]);
+    assert!(report.contains("120 rows in 1 files"), "{report}");
+    assert!(report.contains("schema: ok"), "{report}");
+    assert!(report.contains("item_id: unique"), "{report}");
+    assert!(report.contains("jpeg 128x160"), "{report}");
+
+    let json = atelier_ok(&["catalog", "inspect", out, "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["rows"], 120);
+
+    let run = atelier_ok(&[
+        "pipeline",
+        "--catalog",
+        out,
+        "--image-size",
+        "64",
+        "--threads",
+        "2",
+    ]);
+    assert!(
+        run.contains("pipeline: 120 items (120 ok, 0 errors)"),
+        "{run}"
+    );
+    assert!(run.contains("images/s"), "{run}");
+}
+
+fn write_parquet(path: &std::path::Path, batch: &RecordBatch) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    writer.write(batch).unwrap();
+    writer.close().unwrap();
+}
+
+fn inspect_error(path: &std::path::Path) -> String {
+    let output = atelier(&["catalog", "inspect", path.to_str().unwrap()]);
+    assert!(
+        !output.status.success(),
+        "inspect of a bad catalogue must fail"
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_missing_column_is_named_with_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new("sku", DataType::Utf8, false)]));
+    let batch = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec!["a"]))]).unwrap();
+    write_parquet(&dir.path().join("part-0.parquet"), &batch);
+    let err = inspect_error(dir.path());
+    assert!(
+        err.contains("part-0.parquet") && err.contains("missing required column \"item_id\""),
+        "{err}"
+    );
+    assert!(err.contains("found: sku"), "{err}");
+}
+
+#[test]
+fn a_wrongly_typed_column_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("item_id", DataType::Utf8, false),
+        Field::new("image", DataType::Int64, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(vec!["a"])),
+            Arc::new(Int64Array::from(vec![1])),
+        ],
+    )
+    .unwrap();
+    write_parquet(&dir.path().join("x.parquet"), &batch);
+    let err = inspect_error(dir.path());
+    assert!(
+        err.contains("x.parquet") && err.contains("\"image\" has type Int64, expected binary"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_parquet_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("part-0.parquet"),
+        b"this is a csv, really\n1,2,3\n",
+    )
+    .unwrap();
+    let err = inspect_error(dir.path());
+    assert!(
+        err.contains("part-0.parquet is not a Parquet file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn empty_and_missing_catalogues_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = inspect_error(&dir.path().join("nowhere"));
+    assert!(
+        err.contains("not found") && err.contains("nowhere"),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("notes.txt"), b"hello").unwrap();
+    let err = inspect_error(dir.path());
+    assert!(
+        err.contains("holds no Parquet files") && err.contains("notes.txt"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unsupported_urls_are_refused_by_scheme() {
+    let output = atelier(&["catalog", "inspect", "ftp://host/catalog"]);
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("unsupported scheme \"ftp\""), "{err}");
+}
