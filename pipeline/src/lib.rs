@@ -17,6 +17,6 @@ pub mod transform;
 pub use batch::{Batch, BatchItem};
 pub use decode::{decode, DecodeLimits, RgbImage};
 pub use error::{ItemError, ItemFailure, PipelineError, Result};
-pub use loader::{ImageLoader, LoaderOptions};
+pub use loader::{ImageLoader, ItemFilter, LoaderOptions};
 pub use stats::{PipelineStats, StatsSnapshot};
 pub use transform::{Augment, Normalization, Transformer};

@@ -41,6 +41,24 @@ pub struct LoaderOptions {
     pub fetch_concurrency: usize,
     /// Columns outside the contract to carry into [`BatchItem::extra`].
     pub extra_columns: Vec<String>,
+    /// Rows whose item id this rejects are left out (train/validation splits).
+    pub keep: Option<ItemFilter>,
+}
+
+/// A predicate on item ids.
+#[derive(Clone)]
+pub struct ItemFilter(pub Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for ItemFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ItemFilter")
+    }
+}
+
+impl ItemFilter {
+    pub fn new(keep: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(keep))
+    }
 }
 
 impl Default for LoaderOptions {
@@ -57,6 +75,7 @@ impl Default for LoaderOptions {
             limits: DecodeLimits::default(),
             fetch_concurrency: 32,
             extra_columns: Vec::new(),
+            keep: None,
         }
     }
 }
@@ -300,6 +319,11 @@ impl RawBatches {
             } else {
                 format!("<null item_id at row {row}>")
             };
+            if let Some(keep) = &self.options.keep {
+                if !(keep.0)(&item_id) {
+                    continue;
+                }
+            }
             let source = match (&images, &uris) {
                 (Some(images), _) if images.is_valid(row) => {
                     Source::Bytes(Bytes::copy_from_slice(images.value(row)))

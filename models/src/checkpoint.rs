@@ -1,0 +1,221 @@
+//! Checkpoints under an object-store prefix.
+//!
+//! ```text
+//! <prefix>/manifest.json              what the run is and where it stands (written last)
+//! <prefix>/weights-<step>.safetensors model variables, batch-norm buffers included
+//! <prefix>/optimizer-<step>.safetensors
+//! <prefix>/metrics.jsonl              one JSON object per logged step or epoch
+//! ```
+//!
+//! The manifest names the weight files of its step, and it is written only after
+//! they are complete, so a reader never sees a half-written checkpoint; files of
+//! earlier steps are removed afterwards.
+
+use std::collections::BTreeMap;
+
+use atelier_catalog::StoreLocation;
+use bytes::Bytes;
+use object_store::{ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::error::{ModelError, Result};
+use crate::model::ModelSpec;
+use crate::optim::{OptimizerConfig, Schedule};
+
+pub const MANIFEST: &str = "manifest.json";
+pub const METRICS: &str = "metrics.jsonl";
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub atelier_version: String,
+    pub model: ModelSpec,
+    pub image_size: usize,
+    pub normalization: Normalization,
+    /// Epochs fully done.
+    pub epoch: usize,
+    /// Batches done within the current epoch (0 at an epoch boundary).
+    pub batch_in_epoch: usize,
+    /// Optimizer steps done.
+    pub step: i64,
+    pub weights: String,
+    pub optimizer_state: Option<String>,
+    pub optimizer: Option<OptimizerConfig>,
+    pub schedule: Option<Schedule>,
+    /// The latest validation metrics, by name.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+    /// The training options the run started with, for resuming with the same ones.
+    #[serde(default)]
+    pub train: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+/// A checkpoint prefix and the operations on it.
+#[derive(Debug, Clone)]
+pub struct CheckpointDir {
+    pub location: StoreLocation,
+}
+
+impl CheckpointDir {
+    pub fn parse(url: &str) -> Result<Self> {
+        Ok(Self {
+            location: StoreLocation::parse(url)?,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        self.location.url()
+    }
+
+    fn error(&self, reason: impl Into<String>) -> ModelError {
+        ModelError::Checkpoint {
+            url: self.url(),
+            reason: reason.into(),
+        }
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Option<Bytes>> {
+        let location = self.location.child(name);
+        match location.store.get(&location.path).await {
+            Ok(result) => Ok(Some(
+                result
+                    .bytes()
+                    .await
+                    .map_err(|e| self.error(format!("{name}: {e}")))?,
+            )),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(format!("{name}: {e}"))),
+        }
+    }
+
+    pub async fn put(&self, name: &str, bytes: Bytes) -> Result<()> {
+        let location = self.location.child(name);
+        location
+            .store
+            .put(&location.path, PutPayload::from_bytes(bytes))
+            .await
+            .map_err(|e| self.error(format!("writing {name}: {e}")))?;
+        Ok(())
+    }
+
+    async fn delete(&self, name: &str) {
+        let location = self.location.child(name);
+        if let Err(e) = location.store.delete(&location.path).await {
+            tracing::warn!(checkpoint = %self.url(), file = name, error = %e, "could not remove an old checkpoint file");
+        }
+    }
+
+    /// The manifest, or `None` when the prefix holds no checkpoint yet.
+    pub async fn manifest(&self) -> Result<Option<Manifest>> {
+        let Some(bytes) = self.get(MANIFEST).await? else {
+            return Ok(None);
+        };
+        let mut manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| self.error(format!("{MANIFEST} is not valid: {e}")))?;
+        if manifest.format_version != FORMAT_VERSION {
+            return Err(self.error(format!(
+                "format version {} (this atelier reads {FORMAT_VERSION})",
+                manifest.format_version
+            )));
+        }
+        manifest.model = manifest.model.reindexed();
+        Ok(Some(manifest))
+    }
+
+    /// The manifest, failing when there is none.
+    pub async fn require_manifest(&self) -> Result<Manifest> {
+        self.manifest()
+            .await?
+            .ok_or_else(|| self.error(format!("no {MANIFEST}: not a checkpoint")))
+    }
+
+    pub async fn read_tensors(&self, name: &str) -> Result<Vec<(String, Tensor)>> {
+        let bytes = self
+            .get(name)
+            .await?
+            .ok_or_else(|| self.error(format!("{name} is missing")))?;
+        tensors_from_bytes(&bytes).map_err(|e| self.error(format!("{name}: {e}")))
+    }
+
+    /// Writes weights and optimizer state, then the manifest naming them, then
+    /// removes the previous step's files.
+    pub async fn save(
+        &self,
+        manifest: &mut Manifest,
+        weights: &[(String, Tensor)],
+        optimizer: Option<&[(String, Tensor)]>,
+    ) -> Result<()> {
+        let previous = self.manifest().await.ok().flatten();
+        let weights_name = format!("weights-{:08}.safetensors", manifest.step);
+        self.put(&weights_name, tensors_to_bytes(weights)?).await?;
+        manifest.weights = weights_name;
+        manifest.optimizer_state = match optimizer {
+            Some(state) => {
+                let name = format!("optimizer-{:08}.safetensors", manifest.step);
+                self.put(&name, tensors_to_bytes(state)?).await?;
+                Some(name)
+            }
+            None => None,
+        };
+        let json = serde_json::to_vec_pretty(manifest).map_err(|e| self.error(e.to_string()))?;
+        self.put(MANIFEST, Bytes::from(json)).await?;
+        if let Some(previous) = previous {
+            for old in [Some(previous.weights), previous.optimizer_state]
+                .into_iter()
+                .flatten()
+            {
+                if Some(&old) != Some(&manifest.weights)
+                    && Some(&old) != manifest.optimizer_state.as_ref()
+                {
+                    self.delete(&old).await;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serialises named tensors as safetensors (through a temporary file, as tch writes files).
+pub fn tensors_to_bytes(tensors: &[(String, Tensor)]) -> Result<Bytes> {
+    let dir = tempfile::tempdir().map_err(|source| ModelError::Io {
+        path: "temporary directory".into(),
+        source,
+    })?;
+    let path = dir.path().join("t.safetensors");
+    let cpu: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.to_device(tch::Device::Cpu).contiguous()))
+        .collect();
+    Tensor::write_safetensors(&cpu, &path)?;
+    let bytes = std::fs::read(&path).map_err(|source| ModelError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(Bytes::from(bytes))
+}
+
+pub fn tensors_from_bytes(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
+    let dir = tempfile::tempdir().map_err(|source| ModelError::Io {
+        path: "temporary directory".into(),
+        source,
+    })?;
+    let path = dir.path().join("t.safetensors");
+    std::fs::write(&path, bytes).map_err(|source| ModelError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(Tensor::read_safetensors(&path)?)
+}
+
+/// Reads a local safetensors file (bring-your-own backbone weights).
+pub fn read_safetensors_file(path: &str) -> Result<Vec<(String, Tensor)>> {
+    Tensor::read_safetensors(path).map_err(|e| ModelError::Weights(format!("{path}: {e}")))
+}

@@ -1,0 +1,44 @@
+use atelier_catalog::CatalogError;
+use tonic::Code;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("invalid model specification: {0}")]
+    Spec(String),
+    #[error("weights do not fit the model: {0}")]
+    Weights(String),
+    #[error("checkpoint {url}: {reason}")]
+    Checkpoint { url: String, reason: String },
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("torch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+impl ModelError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ModelError::Catalog(e) => e.is_retryable(),
+            ModelError::Io { .. } => true,
+            _ => false,
+        }
+    }
+
+    pub fn grpc_code(&self) -> Code {
+        match self {
+            ModelError::Spec(_) | ModelError::Weights(_) => Code::InvalidArgument,
+            ModelError::Checkpoint { .. } => Code::FailedPrecondition,
+            ModelError::Catalog(e) => e.grpc_code(),
+            ModelError::Torch(_) => Code::Internal,
+            ModelError::Io { .. } => Code::Unavailable,
+        }
+    }
+}

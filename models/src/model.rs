@@ -1,0 +1,243 @@
+//! A whole model: backbone plus classifier heads or the captioner.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+use crate::annotator::Annotator;
+use crate::error::{ModelError, Result};
+use crate::labels::{LabelMap, IGNORE_INDEX};
+use crate::resnet::{Arch, ResNet};
+use crate::task::Task;
+use crate::vocab::Vocab;
+
+/// Everything needed to rebuild a model's structure; stored in the checkpoint manifest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub arch: Arch,
+    pub task: Task,
+    /// One label map per predicted attribute (classifiers).
+    #[serde(default)]
+    pub labels: BTreeMap<String, LabelMap>,
+    /// The caption vocabulary (captioner).
+    #[serde(default)]
+    pub vocab: Option<Vocab>,
+    /// Train the backbone too; otherwise only the heads learn and the backbone
+    /// runs frozen (eval-mode batch norm, no gradients), as the research code's
+    /// `features(x).detach()`.
+    pub finetune: bool,
+    #[serde(default = "default_max_caption_len")]
+    pub max_caption_len: usize,
+}
+
+fn default_max_caption_len() -> usize {
+    16
+}
+
+impl ModelSpec {
+    /// Restores lookup tables after deserialising.
+    pub fn reindexed(mut self) -> Self {
+        self.labels = self
+            .labels
+            .into_iter()
+            .map(|(k, v)| (k, v.reindexed()))
+            .collect();
+        self.vocab = self.vocab.map(Vocab::reindexed);
+        self
+    }
+}
+
+/// The outputs of one forward pass of a classifier: logits per attribute.
+pub type Logits = Vec<(String, Tensor)>;
+
+pub struct Model {
+    pub spec: ModelSpec,
+    pub vs: nn::VarStore,
+    backbone: ResNet,
+    heads: Vec<(String, nn::Linear)>,
+    annotator: Option<Annotator>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Variable names: backbone under `cnn.`, heads under `heads.<attribute>.`,
+/// the captioner under `annotator.`.
+pub const BACKBONE_PREFIX: &str = "cnn";
+
+impl Model {
+    pub fn new(spec: ModelSpec, device: Device) -> Result<Self> {
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let backbone = ResNet::new(&(&root / BACKBONE_PREFIX), spec.arch);
+        let feature_dim = spec.arch.feature_dim();
+        let mut heads = Vec::new();
+        for attribute in spec.task.attributes() {
+            let labels = spec
+                .labels
+                .get(*attribute)
+                .ok_or_else(|| ModelError::Spec(format!("no label map for {attribute}")))?;
+            let head = nn::linear(
+                &root / "heads" / *attribute,
+                feature_dim,
+                labels.len() as i64,
+                Default::default(),
+            );
+            heads.push((attribute.to_string(), head));
+        }
+        let annotator = match spec.task {
+            Task::Caption => {
+                let vocab = spec
+                    .vocab
+                    .as_ref()
+                    .ok_or_else(|| ModelError::Spec("a captioner needs a vocabulary".into()))?;
+                Some(Annotator::new(
+                    &(&root / "annotator"),
+                    vocab.len() as i64,
+                    feature_dim,
+                ))
+            }
+            _ => None,
+        };
+        Ok(Self {
+            spec,
+            vs,
+            backbone,
+            heads,
+            annotator,
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// Image features; frozen (no gradient, eval batch norm) unless finetuning.
+    pub fn features(&self, images: &Tensor, train: bool) -> Tensor {
+        if self.spec.finetune {
+            self.backbone.features(images, train)
+        } else {
+            tch::no_grad(|| self.backbone.features(images, false))
+        }
+    }
+
+    pub fn logits(&self, features: &Tensor) -> Logits {
+        self.heads
+            .iter()
+            .map(|(name, head)| (name.clone(), head.forward(features)))
+            .collect()
+    }
+
+    /// Summed cross-entropy over attributes; targets are `[N]` per attribute with
+    /// [`IGNORE_INDEX`] for missing labels. Returns the loss and per-attribute
+    /// (correct, counted) pairs for accuracy.
+    pub fn classification_loss(
+        &self,
+        logits: &Logits,
+        targets: &BTreeMap<String, Tensor>,
+    ) -> (Tensor, Vec<(i64, i64)>) {
+        let mut total: Option<Tensor> = None;
+        let mut accuracy = Vec::new();
+        for (name, logit) in logits {
+            let Some(target) = targets.get(name) else {
+                continue;
+            };
+            let counted = target.ne(IGNORE_INDEX);
+            let n = counted.sum(Kind::Int64).int64_value(&[]);
+            let correct = logit
+                .argmax(-1, false)
+                .eq_tensor(target)
+                .logical_and(&counted)
+                .sum(Kind::Int64)
+                .int64_value(&[]);
+            accuracy.push((correct, n));
+            if n == 0 {
+                continue;
+            }
+            let loss = logit.cross_entropy_loss::<Tensor>(
+                target,
+                None,
+                tch::Reduction::Mean,
+                IGNORE_INDEX,
+                0.0,
+            );
+            total = Some(match total {
+                Some(t) => t + loss,
+                None => loss,
+            });
+        }
+        let loss = total.unwrap_or_else(|| Tensor::zeros([], (Kind::Float, self.device())));
+        (loss, accuracy)
+    }
+
+    pub fn annotator(&self) -> Option<&Annotator> {
+        self.annotator.as_ref()
+    }
+
+    /// Trainable variables, by name, in a stable order.
+    pub fn trainable(&self) -> Vec<(String, Tensor)> {
+        let mut vars: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(name, t)| {
+                t.requires_grad() && (self.spec.finetune || !name.starts_with(BACKBONE_PREFIX))
+            })
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+
+    /// Every variable (parameters and batch-norm buffers), by name, sorted.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+
+    /// Copies `tensors` into the variables of the same name. With `prefix`,
+    /// tensor `x` is loaded into variable `prefix.x` (backbone weights).
+    /// Returns how many variables were loaded; every name of `tensors` outside
+    /// `skip` must exist with the right shape.
+    pub fn load(
+        &mut self,
+        tensors: &[(String, Tensor)],
+        prefix: Option<&str>,
+        skip: &[&str],
+    ) -> Result<usize> {
+        let mut vars = self.vs.variables();
+        let mut loaded = 0;
+        for (name, tensor) in tensors {
+            if skip
+                .iter()
+                .any(|s| name.starts_with(s) || name.ends_with(s))
+            {
+                continue;
+            }
+            let full = match prefix {
+                Some(prefix) => format!("{prefix}.{name}"),
+                None => name.clone(),
+            };
+            let var = vars.get_mut(&full).ok_or_else(|| {
+                ModelError::Weights(format!("unexpected tensor {name:?} (no variable {full:?})"))
+            })?;
+            if var.size() != tensor.size() {
+                return Err(ModelError::Weights(format!(
+                    "{full}: shape {:?} in the file, {:?} in the model",
+                    tensor.size(),
+                    var.size()
+                )));
+            }
+            tch::no_grad(|| var.f_copy_(&tensor.to_kind(var.kind())))?;
+            loaded += 1;
+        }
+        Ok(loaded)
+    }
+}

@@ -1,0 +1,126 @@
+//! Splits and label vocabularies, read from the label columns alone.
+
+use std::collections::BTreeMap;
+
+use arrow::compute::cast;
+use arrow_array::{Array, StringArray};
+use arrow_schema::DataType;
+use atelier_catalog::schema::{CAPTION, ITEM_ID, LABEL_COLUMNS};
+use atelier_catalog::{stable_hash, Catalog, CatalogError};
+use atelier_models::{LabelMap, Task, Vocab};
+use futures::StreamExt;
+
+use crate::error::Result;
+
+/// Whether an item belongs to the validation split: a stable hash of its id,
+/// so the split is the same on every run and machine and needs no list.
+pub fn in_validation(item_id: &str, fraction: f64) -> bool {
+    ((stable_hash(item_id) % 10_000) as f64) < fraction * 10_000.0
+}
+
+/// What a pass over the label columns found.
+#[derive(Debug, Clone)]
+pub struct LabelScan {
+    pub train_items: usize,
+    pub validation_items: usize,
+    pub labels: BTreeMap<String, LabelMap>,
+    pub vocab: Option<Vocab>,
+    /// The most frequent training caption (the trivial captioning baseline).
+    pub most_common_caption: Option<String>,
+}
+
+/// Builds label maps (and the vocabulary for captions) from the training split.
+pub async fn scan_labels(
+    catalog: &Catalog,
+    task: Task,
+    val_fraction: f64,
+    min_label_count: usize,
+    min_word_count: usize,
+) -> Result<LabelScan> {
+    let mut columns = vec![ITEM_ID];
+    columns.extend(LABEL_COLUMNS);
+    let mut stream = catalog.stream(catalog.full_ranges(), &columns, 8192);
+    let mut values: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let (mut train_items, mut validation_items) = (0, 0);
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let column = |name: &str| -> Result<Option<StringArray>> {
+            match batch.column_by_name(name) {
+                None => Ok(None),
+                Some(c) => Ok(cast(c, &DataType::Utf8)
+                    .map_err(CatalogError::from)?
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .cloned()),
+            }
+        };
+        let Some(ids) = column(ITEM_ID)? else {
+            continue;
+        };
+        let labels: Vec<(&str, Option<StringArray>)> = LABEL_COLUMNS
+            .iter()
+            .map(|c| column(c).map(|a| (*c, a)))
+            .collect::<Result<_>>()?;
+        for row in 0..batch.num_rows() {
+            if in_validation(ids.value(row), val_fraction) {
+                validation_items += 1;
+                continue;
+            }
+            train_items += 1;
+            for (name, array) in &labels {
+                if let Some(array) = array.as_ref().filter(|a| a.is_valid(row)) {
+                    values
+                        .entry(name)
+                        .or_default()
+                        .push(array.value(row).to_string());
+                }
+            }
+        }
+    }
+    let mut maps = BTreeMap::new();
+    for attribute in task.attributes() {
+        let seen = values.get(attribute).map(Vec::as_slice).unwrap_or_default();
+        if seen.is_empty() {
+            return Err(crate::WorkerError::Data(format!(
+                "{}: no training item has a {attribute:?} label",
+                catalog.location
+            )));
+        }
+        maps.insert(
+            attribute.to_string(),
+            LabelMap::build(seen.iter().map(String::as_str), min_label_count),
+        );
+    }
+    let captions = values.get(CAPTION).map(Vec::as_slice).unwrap_or_default();
+    let vocab = if task == Task::Caption {
+        if captions.is_empty() {
+            return Err(crate::WorkerError::Data(format!(
+                "{}: no training item has a caption",
+                catalog.location
+            )));
+        }
+        Some(Vocab::build(
+            captions.iter().map(String::as_str),
+            min_word_count,
+        ))
+    } else {
+        None
+    };
+    let most_common_caption = {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for caption in captions {
+            *counts.entry(caption.as_str()).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .max_by_key(|(_, c)| *c)
+            .map(|(c, _)| c.to_string())
+    };
+    Ok(LabelScan {
+        train_items,
+        validation_items,
+        labels: maps,
+        vocab,
+        most_common_caption,
+    })
+}

@@ -1,0 +1,43 @@
+use atelier_catalog::CatalogError;
+use atelier_models::ModelError;
+use atelier_pipeline::PipelineError;
+use tonic::Code;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("torch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
+    #[error("{0}")]
+    Data(String),
+}
+
+pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
+
+impl WorkerError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            WorkerError::Catalog(e) => e.is_retryable(),
+            WorkerError::Pipeline(e) => e.is_retryable(),
+            WorkerError::Model(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+
+    pub fn grpc_code(&self) -> Code {
+        match self {
+            WorkerError::Catalog(e) => e.grpc_code(),
+            WorkerError::Pipeline(e) => e.grpc_code(),
+            WorkerError::Model(e) => e.grpc_code(),
+            WorkerError::Torch(_) => Code::Internal,
+            WorkerError::InvalidOptions(_) | WorkerError::Data(_) => Code::InvalidArgument,
+        }
+    }
+}

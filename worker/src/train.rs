@@ -1,0 +1,535 @@
+//! The training loop: one process, CPU or one GPU. Resumes from its checkpoint.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use atelier_catalog::{Catalog, ReadRange};
+use atelier_models::checkpoint::{
+    CheckpointDir, Manifest, Normalization as SavedNormalization, FORMAT_VERSION, METRICS,
+};
+use atelier_models::optim::{Optimizer, OptimizerConfig, OptimizerKind, Schedule, ScheduleKind};
+use atelier_models::{Arch, Model, ModelSpec, Task};
+use atelier_pipeline::{Augment, ImageLoader, ItemFilter, LoaderOptions, Normalization};
+use bytes::Bytes;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind};
+use tokio::runtime::Handle;
+
+use crate::dataset::{in_validation, scan_labels};
+use crate::device::device_name;
+use crate::error::{Result, WorkerError};
+use crate::targets::inputs;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainOptions {
+    pub catalog: String,
+    pub checkpoint: String,
+    pub task: Task,
+    pub arch: Arch,
+    pub lr: f64,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub image_size: usize,
+    /// Train the backbone; default: on from random weights, off with `backbone_weights`.
+    pub finetune: Option<bool>,
+    /// A safetensors file of torchvision backbone weights.
+    pub backbone_weights: Option<String>,
+    pub optimizer: OptimizerKind,
+    pub weight_decay: f64,
+    pub momentum: f64,
+    pub schedule: ScheduleKind,
+    pub warmup_steps: i64,
+    pub step_every: i64,
+    pub gamma: f64,
+    /// Random resized crop and horizontal flip.
+    pub augment: bool,
+    pub val_fraction: f64,
+    pub seed: u64,
+    pub device: String,
+    /// Decode threads.
+    pub threads: usize,
+    pub min_label_count: usize,
+    pub min_word_count: usize,
+    pub max_caption_len: usize,
+    /// Also checkpoint every this many steps (0: only at epoch ends).
+    pub checkpoint_every: usize,
+    /// Log a training metrics line every this many steps.
+    pub log_every: usize,
+}
+
+/// What the loop reports while it runs.
+#[derive(Debug, Clone)]
+pub enum TrainEvent {
+    Started {
+        total_steps: i64,
+        resumed_at_step: i64,
+        train_items: usize,
+        validation_items: usize,
+    },
+    Step {
+        epoch: usize,
+        step: i64,
+        loss: f64,
+        lr: f64,
+        images_per_s: f64,
+    },
+    Epoch {
+        epoch: usize,
+        metrics: BTreeMap<String, f64>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub steps: i64,
+    pub epochs: usize,
+    pub metrics: BTreeMap<String, f64>,
+    pub images_per_s: f64,
+    pub checkpoint: String,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetricsLine {
+    pub step: i64,
+    pub epoch: f64,
+    pub split: String,
+    pub loss: f64,
+    pub accuracy: Option<f64>,
+    pub lr: f64,
+    pub images_per_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub detail: BTreeMap<String, f64>,
+}
+
+struct Run {
+    model: Model,
+    optimizer: Optimizer,
+    schedule: Schedule,
+    manifest: Manifest,
+    metrics: Vec<MetricsLine>,
+}
+
+pub fn train(
+    options: &TrainOptions,
+    handle: &Handle,
+    on_event: &mut dyn FnMut(&TrainEvent),
+) -> Result<TrainSummary> {
+    validate(options)?;
+    let device = crate::device::parse_device(&options.device)?;
+    let catalog = handle.block_on(Catalog::open(&options.catalog))?;
+    let checkpoint = CheckpointDir::parse(&options.checkpoint)?;
+    let scan = handle.block_on(scan_labels(
+        &catalog,
+        options.task,
+        options.val_fraction,
+        options.min_label_count,
+        options.min_word_count,
+    ))?;
+    if scan.train_items == 0 {
+        return Err(WorkerError::Data(format!(
+            "{}: no training items after the validation split",
+            catalog.location
+        )));
+    }
+    let steps_per_epoch = scan.train_items.div_ceil(options.batch_size) as i64;
+    let mut run = start_or_resume(
+        options,
+        &checkpoint,
+        handle,
+        &scan,
+        steps_per_epoch * options.epochs as i64,
+        device,
+    )?;
+    on_event(&TrainEvent::Started {
+        total_steps: run.schedule.total_steps,
+        resumed_at_step: run.manifest.step,
+        train_items: scan.train_items,
+        validation_items: scan.validation_items,
+    });
+
+    let started = Instant::now();
+    let mut images_seen = 0usize;
+    while run.manifest.epoch < options.epochs {
+        let epoch = run.manifest.epoch;
+        let skip = run.manifest.batch_in_epoch;
+        let loader = epoch_loader(options, &catalog, handle, epoch, false)?;
+        let mut window_loss = 0.0;
+        let mut window_images = 0usize;
+        let mut window_start = Instant::now();
+        for (index, batch) in loader.enumerate() {
+            let batch = batch?;
+            if index < skip {
+                continue;
+            }
+            let inputs = inputs(&run.model.spec, &batch, device);
+            if inputs.count == 0 {
+                continue;
+            }
+            let lr = run.schedule.lr(run.optimizer.steps);
+            run.optimizer.zero_grad();
+            let loss = loss(&run.model, &inputs, true);
+            loss.backward();
+            run.optimizer.step(lr);
+            let loss = loss.double_value(&[]);
+            if !loss.is_finite() {
+                return Err(WorkerError::Data(format!(
+                    "loss became {loss} at step {}; lower --lr",
+                    run.optimizer.steps
+                )));
+            }
+            run.manifest.step = run.optimizer.steps;
+            run.manifest.batch_in_epoch = index + 1;
+            window_loss += loss * inputs.count as f64;
+            window_images += inputs.count;
+            images_seen += inputs.count;
+            if run.manifest.step % options.log_every.max(1) as i64 == 0 {
+                let rate = window_images as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
+                let mean = window_loss / window_images.max(1) as f64;
+                run.metrics.push(MetricsLine {
+                    step: run.manifest.step,
+                    epoch: epoch as f64 + (index + 1) as f64 / steps_per_epoch as f64,
+                    split: "train".into(),
+                    loss: mean,
+                    accuracy: None,
+                    lr,
+                    images_per_s: Some(rate),
+                    detail: BTreeMap::new(),
+                });
+                on_event(&TrainEvent::Step {
+                    epoch,
+                    step: run.manifest.step,
+                    loss: mean,
+                    lr,
+                    images_per_s: rate,
+                });
+                window_loss = 0.0;
+                window_images = 0;
+                window_start = Instant::now();
+            }
+            if options.checkpoint_every > 0
+                && run.manifest.step % options.checkpoint_every as i64 == 0
+            {
+                save(&mut run, &checkpoint, handle)?;
+            }
+        }
+        let metrics = validate_epoch(options, &catalog, handle, &run.model, epoch, device)?;
+        run.manifest.epoch = epoch + 1;
+        run.manifest.batch_in_epoch = 0;
+        run.manifest.metrics = metrics.clone();
+        run.metrics.push(MetricsLine {
+            step: run.manifest.step,
+            epoch: (epoch + 1) as f64,
+            split: "validation".into(),
+            loss: metrics.get("loss").copied().unwrap_or(f64::NAN),
+            accuracy: metrics.get("accuracy").copied(),
+            lr: run.schedule.lr(run.optimizer.steps.saturating_sub(1)),
+            images_per_s: None,
+            detail: metrics.clone(),
+        });
+        save(&mut run, &checkpoint, handle)?;
+        on_event(&TrainEvent::Epoch {
+            epoch: epoch + 1,
+            metrics,
+        });
+    }
+    Ok(TrainSummary {
+        steps: run.manifest.step,
+        epochs: run.manifest.epoch,
+        metrics: run.manifest.metrics.clone(),
+        images_per_s: images_seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
+        checkpoint: checkpoint.url(),
+    })
+}
+
+fn validate(options: &TrainOptions) -> Result<()> {
+    let invalid = |m: String| Err(WorkerError::InvalidOptions(m));
+    if !(options.lr > 0.0 && options.lr.is_finite()) {
+        return invalid(format!("--lr must be positive, got {}", options.lr));
+    }
+    if options.batch_size == 0 || options.epochs == 0 {
+        return invalid("--batch-size and --n-epochs must be positive".into());
+    }
+    if !(0.0..1.0).contains(&options.val_fraction) {
+        return invalid(format!(
+            "--val-fraction must be in [0, 1), got {}",
+            options.val_fraction
+        ));
+    }
+    if options.image_size < 32 {
+        return invalid(format!(
+            "--image-size must be at least 32, got {}",
+            options.image_size
+        ));
+    }
+    Ok(())
+}
+
+fn start_or_resume(
+    options: &TrainOptions,
+    checkpoint: &CheckpointDir,
+    handle: &Handle,
+    scan: &crate::dataset::LabelScan,
+    total_steps: i64,
+    device: Device,
+) -> Result<Run> {
+    tch::manual_seed(options.seed as i64);
+    let config = OptimizerConfig {
+        momentum: options.momentum,
+        ..OptimizerConfig::new(options.optimizer, options.weight_decay)
+    };
+    let schedule = Schedule {
+        kind: options.schedule,
+        base_lr: options.lr,
+        warmup_steps: options.warmup_steps,
+        total_steps,
+        step_every: options.step_every,
+        gamma: options.gamma,
+    };
+    if let Some(manifest) = handle.block_on(checkpoint.manifest())? {
+        let spec = manifest.model.clone();
+        if spec.task != options.task || spec.arch != options.arch {
+            return Err(WorkerError::InvalidOptions(format!(
+                "{} holds a {} {} model; use another --checkpoint for a {} {} model",
+                checkpoint.url(),
+                spec.arch.name(),
+                spec.task.name(),
+                options.arch.name(),
+                options.task.name()
+            )));
+        }
+        let mut model = Model::new(spec, device)?;
+        let weights = handle.block_on(checkpoint.read_tensors(&manifest.weights))?;
+        model.load(&weights, None, &[])?;
+        let mut optimizer = Optimizer::new(manifest.optimizer.unwrap_or(config), model.trainable());
+        if let Some(name) = &manifest.optimizer_state {
+            let state = handle.block_on(checkpoint.read_tensors(name))?;
+            optimizer.restore(&state, manifest.step).map_err(|reason| {
+                atelier_models::ModelError::Checkpoint {
+                    url: checkpoint.url(),
+                    reason,
+                }
+            })?;
+        }
+        optimizer.steps = manifest.step;
+        let metrics = read_metrics(checkpoint, handle, manifest.step)?;
+        tracing::info!(checkpoint = %checkpoint.url(), step = manifest.step, epoch = manifest.epoch, "resuming");
+        let schedule = Schedule {
+            total_steps,
+            ..manifest.schedule.unwrap_or(schedule)
+        };
+        return Ok(Run {
+            model,
+            optimizer,
+            schedule,
+            manifest,
+            metrics,
+        });
+    }
+
+    let finetune = options
+        .finetune
+        .unwrap_or(options.backbone_weights.is_none());
+    let spec = ModelSpec {
+        arch: options.arch,
+        task: options.task,
+        labels: scan.labels.clone(),
+        vocab: scan.vocab.clone(),
+        finetune,
+        max_caption_len: options.max_caption_len,
+    };
+    let mut model = Model::new(spec.clone(), device)?;
+    if let Some(path) = &options.backbone_weights {
+        let tensors = atelier_models::checkpoint::read_safetensors_file(path)?;
+        let loaded = model.load(
+            &tensors,
+            Some(atelier_models::model::BACKBONE_PREFIX),
+            &["fc.", "num_batches_tracked"],
+        )?;
+        tracing::info!(path = %path, tensors = loaded, "backbone weights loaded");
+    }
+    let optimizer = Optimizer::new(config, model.trainable());
+    let normalization = Normalization::IMAGENET;
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        atelier_version: env!("CARGO_PKG_VERSION").to_string(),
+        model: spec,
+        image_size: options.image_size,
+        normalization: SavedNormalization {
+            mean: normalization.mean,
+            std: normalization.std,
+        },
+        epoch: 0,
+        batch_in_epoch: 0,
+        step: 0,
+        weights: String::new(),
+        optimizer_state: None,
+        optimizer: Some(config),
+        schedule: Some(schedule),
+        metrics: BTreeMap::new(),
+        train: serde_json::to_value(options).unwrap_or_default(),
+    };
+    tracing::info!(checkpoint = %checkpoint.url(), device = %device_name(device), finetune, "starting a new run");
+    Ok(Run {
+        model,
+        optimizer,
+        schedule,
+        manifest,
+        metrics: Vec::new(),
+    })
+}
+
+fn read_metrics(
+    checkpoint: &CheckpointDir,
+    handle: &Handle,
+    up_to_step: i64,
+) -> Result<Vec<MetricsLine>> {
+    let Some(bytes) = handle.block_on(checkpoint.get(METRICS))? else {
+        return Ok(Vec::new());
+    };
+    // Lines past the checkpoint's step were logged by a run that died before saving.
+    Ok(String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<MetricsLine>(l).ok())
+        .filter(|m| m.step <= up_to_step)
+        .collect())
+}
+
+fn save(run: &mut Run, checkpoint: &CheckpointDir, handle: &Handle) -> Result<()> {
+    let lines: String = run
+        .metrics
+        .iter()
+        .filter_map(|m| serde_json::to_string(m).ok())
+        .map(|l| l + "\n")
+        .collect();
+    handle.block_on(checkpoint.put(METRICS, Bytes::from(lines)))?;
+    let weights = run.model.state();
+    let optimizer = run.optimizer.state();
+    run.manifest.schedule = Some(run.schedule);
+    handle.block_on(checkpoint.save(&mut run.manifest, &weights, Some(&optimizer)))?;
+    Ok(())
+}
+
+/// The loader of one epoch: training items in a seeded row-group order with
+/// augmentation, or validation items in catalogue order.
+pub fn epoch_loader(
+    options: &TrainOptions,
+    catalog: &Catalog,
+    handle: &Handle,
+    epoch: usize,
+    validation: bool,
+) -> Result<ImageLoader> {
+    let fraction = options.val_fraction;
+    let keep = ItemFilter::new(move |id| in_validation(id, fraction) == validation);
+    let mut ranges: Vec<ReadRange> = catalog
+        .full_ranges()
+        .into_iter()
+        .flat_map(|r| {
+            r.row_groups.into_iter().map(move |g| ReadRange {
+                file: r.file,
+                row_groups: vec![g],
+            })
+        })
+        .collect();
+    if !validation {
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            options.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        ranges.shuffle(&mut rng);
+    }
+    let defaults = LoaderOptions::default();
+    let loader_options = LoaderOptions {
+        image_size: options.image_size,
+        batch_size: options.batch_size,
+        threads: options.threads.max(1),
+        prefetch: options.threads.max(1) * 2,
+        augment: if options.augment && !validation {
+            Augment::TRAIN_DEFAULT
+        } else {
+            Augment::CenterCrop
+        },
+        seed: options.seed.wrapping_add(epoch as u64),
+        keep: Some(keep),
+        ..defaults
+    };
+    Ok(ImageLoader::new(
+        catalog,
+        ranges,
+        loader_options,
+        handle.clone(),
+    )?)
+}
+
+/// The training loss of a batch (classification or captioning).
+pub fn loss(model: &Model, inputs: &crate::targets::Inputs, train: bool) -> tch::Tensor {
+    let features = model.features(&inputs.images, train);
+    match (model.annotator(), &inputs.tokens) {
+        (Some(annotator), Some(tokens)) => annotator.loss(&features, tokens),
+        _ => {
+            model
+                .classification_loss(&model.logits(&features), &inputs.classes)
+                .0
+        }
+    }
+}
+
+/// Loss and accuracy on the validation split.
+fn validate_epoch(
+    options: &TrainOptions,
+    catalog: &Catalog,
+    handle: &Handle,
+    model: &Model,
+    epoch: usize,
+    device: Device,
+) -> Result<BTreeMap<String, f64>> {
+    let mut metrics = BTreeMap::new();
+    if options.val_fraction == 0.0 {
+        return Ok(metrics);
+    }
+    let loader = epoch_loader(options, catalog, handle, epoch, true)?;
+    let mut loss_sum = 0.0;
+    let mut count = 0usize;
+    let mut correct: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    let _guard = tch::no_grad_guard();
+    for batch in loader {
+        let batch = batch?;
+        let inputs = inputs(&model.spec, &batch, device);
+        if inputs.count == 0 {
+            continue;
+        }
+        let features = model.features(&inputs.images, false);
+        let loss = match (model.annotator(), &inputs.tokens) {
+            (Some(annotator), Some(tokens)) => annotator.loss(&features, tokens),
+            _ => {
+                let logits = model.logits(&features);
+                let (loss, accuracy) = model.classification_loss(&logits, &inputs.classes);
+                for ((name, _), (c, n)) in logits.iter().zip(accuracy) {
+                    let entry = correct.entry(name.clone()).or_default();
+                    entry.0 += c;
+                    entry.1 += n;
+                }
+                loss
+            }
+        };
+        loss_sum += loss.to_kind(Kind::Double).double_value(&[]) * inputs.count as f64;
+        count += inputs.count;
+    }
+    metrics.insert("loss".into(), loss_sum / count.max(1) as f64);
+    let mut accuracies = Vec::new();
+    for (name, (c, n)) in correct {
+        let accuracy = c as f64 / n.max(1) as f64;
+        accuracies.push(accuracy);
+        metrics.insert(format!("accuracy_{name}"), accuracy);
+    }
+    if !accuracies.is_empty() {
+        metrics.insert(
+            "accuracy".into(),
+            accuracies.iter().sum::<f64>() / accuracies.len() as f64,
+        );
+    }
+    metrics.insert("items".into(), count as f64);
+    Ok(metrics)
+}
