@@ -33,6 +33,10 @@ enum Command {
     Catalog(commands::catalog::CatalogCommand),
     /// Run the image pipeline over a catalogue and report its throughput.
     Pipeline(commands::pipeline::PipelineArgs),
+    /// Train a classifier (color, brand, category, pool) or the captioner.
+    Train(Box<commands::train::TrainArgs>),
+    /// Evaluate a checkpoint: accuracy, top-5, per-class P/R/F1, confusion; BLEU for captions.
+    Test(commands::test::TestArgs),
     /// The whole job on this machine with local files: the README's first command.
     Local(commands::local::LocalArgs),
 }
@@ -50,6 +54,8 @@ fn main() -> anyhow::Result<()> {
         Command::Catalog(command) => commands::catalog::run(command, &handle),
         Command::Pipeline(args) => commands::pipeline::run(&args, &handle),
         Command::Local(args) => commands::local::run(&args, &handle),
+        Command::Train(args) => commands::train::run(&args, &handle),
+        Command::Test(args) => commands::test::run(&args, &handle),
     };
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     result

@@ -9,6 +9,7 @@ pub mod dataset;
 pub mod device;
 pub mod error;
 pub mod evaluate;
+pub mod metrics;
 pub mod tag;
 pub mod targets;
 pub mod train;

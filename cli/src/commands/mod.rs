@@ -1,3 +1,5 @@
 pub mod catalog;
 pub mod local;
 pub mod pipeline;
+pub mod test;
+pub mod train;

@@ -1,0 +1,90 @@
+//! `atelier test`: the research code's test mode.
+
+use atelier_worker::evaluate::{evaluate, EvaluateOptions};
+use clap::Args;
+use tokio::runtime::Handle;
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Checkpoint prefix written by `atelier train`.
+    #[arg(long)]
+    pub checkpoint: String,
+    /// Catalogue to evaluate on.
+    #[arg(long)]
+    pub catalog: String,
+    /// Evaluate every item rather than only the run's validation split.
+    #[arg(long)]
+    pub all: bool,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Beam width for captions (1: greedy decoding).
+    #[arg(long, default_value_t = 1)]
+    pub beams: usize,
+    /// Classes shown per attribute in the terminal table.
+    #[arg(long, default_value_t = 15)]
+    pub top_classes: usize,
+}
+
+pub fn run(args: &TestArgs, handle: &Handle) -> anyhow::Result<()> {
+    let report = evaluate(
+        &EvaluateOptions {
+            checkpoint: args.checkpoint.clone(),
+            catalog: args.catalog.clone(),
+            validation_only: !args.all,
+            batch_size: args.batch_size,
+            threads: args
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)),
+            device: args.device.clone(),
+            beams: args.beams,
+        },
+        handle,
+    )?;
+    println!(
+        "evaluated {} items ({} split) of {}; {} image errors",
+        report.items, report.split, report.catalog, report.image_errors
+    );
+    for (name, r) in &report.attributes {
+        println!(
+            "\n{name}: accuracy {:.4}  top-5 {:.4}  macro-F1 {:.4}  (majority baseline {:.4}, {} items)",
+            r.accuracy, r.top5_accuracy, r.macro_f1, r.majority_baseline, r.items
+        );
+        println!(
+            "  {:<28} {:>9} {:>9} {:>9} {:>8}",
+            "class", "precision", "recall", "f1", "support"
+        );
+        let mut classes: Vec<_> = r.per_class.iter().filter(|c| c.support > 0).collect();
+        classes.sort_by(|a, b| b.support.cmp(&a.support));
+        for c in classes.iter().take(args.top_classes) {
+            println!(
+                "  {:<28} {:>9.3} {:>9.3} {:>9.3} {:>8}",
+                c.class, c.precision, c.recall, c.f1, c.support
+            );
+        }
+        if classes.len() > args.top_classes {
+            println!(
+                "  ... {} more classes in the report",
+                classes.len() - args.top_classes
+            );
+        }
+    }
+    if let Some(c) = &report.caption {
+        println!(
+            "\ncaptions: BLEU-1 {:.4}  BLEU-2 {:.4}  BLEU-3 {:.4}  BLEU-4 {:.4}  exact match {:.4}  ({} items)",
+            c.bleu[0], c.bleu[1], c.bleu[2], c.bleu[3], c.exact_match, c.items
+        );
+        println!(
+            "  baseline (always {:?}): BLEU-4 {:.4}, exact match {:.4}",
+            c.baseline_caption, c.baseline_bleu4, c.baseline_exact_match
+        );
+        for (reference, generated) in &c.examples {
+            println!("  {reference:?} -> {generated:?}");
+        }
+    }
+    println!("\nreport: {}", report.report_url);
+    Ok(())
+}
