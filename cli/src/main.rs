@@ -37,12 +37,25 @@ enum Command {
     Train(Box<commands::train::TrainArgs>),
     /// Evaluate a checkpoint: accuracy, top-5, per-class P/R/F1, confusion; BLEU for captions.
     Test(commands::test::TestArgs),
+    /// Tag every item of a catalogue with a trained model, into Parquet.
+    Tag(commands::tag::TagArgs),
     /// The whole job on this machine with local files: the README's first command.
     Local(commands::local::LocalArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // The cause chain on one line; no backtrace, whatever RUST_BACKTRACE says.
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     init_tracing(cli.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -56,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         Command::Local(args) => commands::local::run(&args, &handle),
         Command::Train(args) => commands::train::run(&args, &handle),
         Command::Test(args) => commands::test::run(&args, &handle),
+        Command::Tag(args) => commands::tag::run(&args, &handle),
     };
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     result

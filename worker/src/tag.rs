@@ -1,1 +1,320 @@
+//! Bulk tagging: every catalogue row in, one tag row out, in input order.
+//!
+//! Output: one Parquet file per input file, with the same name, under the output
+//! prefix. Columns: `item_id`; per attribute `<attr>` (label), `<attr>_prob`,
+//! `<attr>_top3` and `<attr>_top3_prob`; `caption`; `model_version`; and
+//! `error`, set (and the tags null) for items whose image could not be used.
 
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow_array::builder::{Float32Builder, ListBuilder, StringBuilder};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use atelier_catalog::{Catalog, ReadRange, StoreLocation};
+use atelier_models::checkpoint::{CheckpointDir, Manifest};
+use atelier_models::Model;
+use atelier_pipeline::{Batch, ImageLoader};
+use object_store::buffered::BufWriter;
+use parquet::arrow::AsyncArrowWriter;
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+use tokio::runtime::Handle;
+
+use crate::error::{Result, WorkerError};
+use crate::evaluate::{inference_loader_options, load_model};
+
+#[derive(Debug, Clone)]
+pub struct TagOptions {
+    /// A classifier checkpoint, a captioner checkpoint, or one of each.
+    pub checkpoints: Vec<String>,
+    pub catalog: String,
+    pub out: String,
+    pub batch_size: usize,
+    pub threads: usize,
+    pub device: String,
+    pub beams: usize,
+    pub overwrite: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TagSummary {
+    pub items: usize,
+    pub errors: usize,
+    pub files: Vec<String>,
+    pub seconds: f64,
+    pub model_version: String,
+}
+
+/// Models loaded for tagging, with what they predict.
+struct Taggers {
+    models: Vec<(Manifest, Model)>,
+    attributes: Vec<(String, usize)>,
+    captions: Option<usize>,
+    version: String,
+}
+
+impl Taggers {
+    fn load(checkpoints: &[String], handle: &Handle, device: Device) -> Result<Self> {
+        if checkpoints.is_empty() || checkpoints.len() > 2 {
+            return Err(WorkerError::InvalidOptions(
+                "give one or two --checkpoint (a classifier and/or a captioner)".into(),
+            ));
+        }
+        let mut models = Vec::new();
+        let mut attributes = Vec::new();
+        let mut captions = None;
+        let mut versions = Vec::new();
+        for (index, url) in checkpoints.iter().enumerate() {
+            let dir = CheckpointDir::parse(url)?;
+            let (manifest, model) = load_model(&dir, handle, device)?;
+            for attribute in model.spec.task.attributes() {
+                if attributes.iter().any(|(a, _)| a == attribute) {
+                    return Err(WorkerError::InvalidOptions(format!(
+                        "two checkpoints predict {attribute}"
+                    )));
+                }
+                attributes.push((attribute.to_string(), index));
+            }
+            if model.annotator().is_some() {
+                if captions.is_some() {
+                    return Err(WorkerError::InvalidOptions(
+                        "two captioner checkpoints".into(),
+                    ));
+                }
+                captions = Some(index);
+            }
+            versions.push(format!("{}#step={}", dir.url(), manifest.step));
+            models.push((manifest, model));
+        }
+        let (first, rest) = models
+            .split_first()
+            .ok_or_else(|| WorkerError::InvalidOptions("no checkpoint".into()))?;
+        for (manifest, _) in rest {
+            if manifest.image_size != first.0.image_size
+                || manifest.normalization != first.0.normalization
+            {
+                return Err(WorkerError::InvalidOptions(
+                    "the checkpoints were trained at different image sizes or normalisations; tag with each separately".into(),
+                ));
+            }
+        }
+        Ok(Self {
+            models,
+            attributes,
+            captions,
+            version: versions.join(" "),
+        })
+    }
+
+    fn schema(&self) -> SchemaRef {
+        let mut fields = vec![Field::new("item_id", DataType::Utf8, false)];
+        for (attribute, _) in &self.attributes {
+            fields.push(Field::new(attribute, DataType::Utf8, true));
+            fields.push(Field::new(
+                format!("{attribute}_prob"),
+                DataType::Float32,
+                true,
+            ));
+            fields.push(Field::new(
+                format!("{attribute}_top3"),
+                DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+                true,
+            ));
+            fields.push(Field::new(
+                format!("{attribute}_top3_prob"),
+                DataType::List(Arc::new(Field::new("item", DataType::Float32, true))),
+                true,
+            ));
+        }
+        fields.push(Field::new("caption", DataType::Utf8, true));
+        fields.push(Field::new("model_version", DataType::Utf8, false));
+        fields.push(Field::new("error", DataType::Utf8, true));
+        Arc::new(Schema::new(fields))
+    }
+
+    /// Predictions for the decoded items of `batch`, then the output rows for all of them.
+    fn tag(
+        &self,
+        batch: &Batch,
+        schema: &SchemaRef,
+        device: Device,
+        beams: usize,
+    ) -> Result<RecordBatch> {
+        let _guard = tch::no_grad_guard();
+        let images = (batch.ok_count() > 0).then(|| batch.tensor().to_device(device));
+        let mut features: Vec<Option<Tensor>> = Vec::new();
+        for (_, model) in &self.models {
+            features.push(images.as_ref().map(|x| model.features(x, false)));
+        }
+        let mut ids = StringBuilder::new();
+        let mut versions = StringBuilder::new();
+        let mut errors = StringBuilder::new();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        for item in &batch.items {
+            ids.append_value(&item.item_id);
+            versions.append_value(&self.version);
+            match &item.slot {
+                Ok(_) => errors.append_null(),
+                Err(e) => errors.append_value(e.to_string()),
+            }
+        }
+        columns.push(Arc::new(ids.finish()));
+        for (attribute, index) in &self.attributes {
+            let (_, model) = &self.models[*index];
+            let map = &model.spec.labels[attribute];
+            let top = features[*index].as_ref().map(|f| {
+                let logits = model
+                    .logits(f)
+                    .into_iter()
+                    .find(|(n, _)| n == attribute)
+                    .map(|(_, l)| l);
+                logits.map(|l| {
+                    let probs = l.softmax(-1, Kind::Float);
+                    let (values, indices) = probs.topk(3.min(map.len() as i64), -1, true, true);
+                    (
+                        Vec::<Vec<f32>>::try_from(&values).unwrap_or_default(),
+                        Vec::<Vec<i64>>::try_from(&indices).unwrap_or_default(),
+                    )
+                })
+            });
+            let (values, indices) = top.flatten().unwrap_or_default();
+            let mut label = StringBuilder::new();
+            let mut prob = Float32Builder::new();
+            let mut top3 = ListBuilder::new(StringBuilder::new());
+            let mut top3_prob = ListBuilder::new(Float32Builder::new());
+            for item in &batch.items {
+                match item
+                    .slot
+                    .as_ref()
+                    .ok()
+                    .and_then(|&slot| Some((values.get(slot)?, indices.get(slot)?)))
+                {
+                    Some((v, i)) => {
+                        label.append_value(map.name(i[0]));
+                        prob.append_value(v[0]);
+                        for &class in i {
+                            top3.values().append_value(map.name(class));
+                        }
+                        top3.append(true);
+                        for &p in v {
+                            top3_prob.values().append_value(p);
+                        }
+                        top3_prob.append(true);
+                    }
+                    None => {
+                        label.append_null();
+                        prob.append_null();
+                        top3.append(false);
+                        top3_prob.append(false);
+                    }
+                }
+            }
+            columns.push(Arc::new(label.finish()));
+            columns.push(Arc::new(prob.finish()));
+            columns.push(Arc::new(top3.finish()));
+            columns.push(Arc::new(top3_prob.finish()));
+        }
+        let mut captions = StringBuilder::new();
+        let decoded = match (self.captions, images.is_some()) {
+            (Some(index), true) => {
+                let (_, model) = &self.models[index];
+                let annotator = model
+                    .annotator()
+                    .ok_or_else(|| WorkerError::Data("captioner without annotator".into()))?;
+                let feats = features[index]
+                    .as_ref()
+                    .ok_or_else(|| WorkerError::Data("no features".into()))?;
+                let tokens = if beams > 1 {
+                    annotator.beam_search(feats, beams, model.spec.max_caption_len)
+                } else {
+                    annotator.annotate(feats, model.spec.max_caption_len)
+                };
+                let vocab = model
+                    .spec
+                    .vocab
+                    .as_ref()
+                    .ok_or_else(|| WorkerError::Data("captioner without vocabulary".into()))?;
+                Some(tokens.iter().map(|t| vocab.decode(t)).collect::<Vec<_>>())
+            }
+            _ => None,
+        };
+        for item in &batch.items {
+            match (&decoded, &item.slot) {
+                (Some(d), Ok(slot)) => captions.append_option(d.get(*slot)),
+                _ => captions.append_null(),
+            }
+        }
+        columns.push(Arc::new(captions.finish()));
+        columns.push(Arc::new(versions.finish()));
+        columns.push(Arc::new(errors.finish()));
+        Ok(RecordBatch::try_new(Arc::clone(schema), columns)
+            .map_err(atelier_catalog::CatalogError::from)?)
+    }
+}
+
+pub fn tag(
+    options: &TagOptions,
+    handle: &Handle,
+    mut progress: impl FnMut(usize),
+) -> Result<TagSummary> {
+    let started = Instant::now();
+    let device = crate::device::parse_device(&options.device)?;
+    let taggers = Taggers::load(&options.checkpoints, handle, device)?;
+    let catalog = handle.block_on(Catalog::open(&options.catalog))?;
+    let out = StoreLocation::parse(&options.out)?;
+    handle.block_on(atelier_catalog::synthetic::prepare_output(
+        &out,
+        options.overwrite,
+    ))?;
+    let schema = taggers.schema();
+    let mut summary = TagSummary {
+        model_version: taggers.version.clone(),
+        ..TagSummary::default()
+    };
+    let loader_options =
+        inference_loader_options(&taggers.models[0].0, options.batch_size, options.threads);
+    for (index, file) in catalog.files.iter().enumerate() {
+        let range = ReadRange {
+            file: index,
+            row_groups: (0..file.metadata.metadata().num_row_groups()).collect(),
+        };
+        let target = out.child(&file.location.file_name());
+        let loader = ImageLoader::new(
+            &catalog,
+            vec![range],
+            loader_options.clone(),
+            handle.clone(),
+        )?;
+        let writer = BufWriter::new(Arc::clone(&target.store), target.path.clone());
+        let mut writer =
+            AsyncArrowWriter::try_new(writer, Arc::clone(&schema), None).map_err(|source| {
+                atelier_catalog::CatalogError::Parquet {
+                    file: target.url(),
+                    source,
+                }
+            })?;
+        for batch in loader {
+            let batch = batch?;
+            let rows = taggers.tag(&batch, &schema, device, options.beams)?;
+            summary.items += rows.num_rows();
+            summary.errors += batch.items.len() - batch.ok_count();
+            handle.block_on(writer.write(&rows)).map_err(|source| {
+                atelier_catalog::CatalogError::Parquet {
+                    file: target.url(),
+                    source,
+                }
+            })?;
+            progress(summary.items);
+        }
+        handle.block_on(writer.close()).map_err(|source| {
+            atelier_catalog::CatalogError::Parquet {
+                file: target.url(),
+                source,
+            }
+        })?;
+        summary.files.push(target.url());
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}

@@ -1,5 +1,6 @@
 pub mod catalog;
 pub mod local;
 pub mod pipeline;
+pub mod tag;
 pub mod test;
 pub mod train;

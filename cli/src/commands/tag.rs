@@ -1,0 +1,63 @@
+//! `atelier tag`: single-process bulk tagging into Parquet.
+
+use atelier_worker::tag::{tag, TagOptions};
+use clap::Args;
+use tokio::runtime::Handle;
+
+use crate::progress;
+
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// Checkpoint prefix; give it twice to combine a classifier and a captioner.
+    #[arg(long, required = true)]
+    pub checkpoint: Vec<String>,
+    #[arg(long)]
+    pub catalog: String,
+    /// Output prefix for the tag Parquet files.
+    #[arg(long)]
+    pub out: String,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Beam width for captions (1: greedy).
+    #[arg(long, default_value_t = 1)]
+    pub beams: usize,
+    /// Replace existing output under --out.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+pub fn run(args: &TagArgs, handle: &Handle) -> anyhow::Result<()> {
+    let catalog = handle.block_on(atelier_catalog::Catalog::open(&args.catalog))?;
+    let bar = progress::bar(catalog.num_rows() as u64, "tag");
+    let summary = tag(
+        &TagOptions {
+            checkpoints: args.checkpoint.clone(),
+            catalog: args.catalog.clone(),
+            out: args.out.clone(),
+            batch_size: args.batch_size,
+            threads: args
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)),
+            device: args.device.clone(),
+            beams: args.beams,
+            overwrite: args.overwrite,
+        },
+        handle,
+        |done| bar.set_position(done as u64),
+    )?;
+    bar.finish_and_clear();
+    println!(
+        "tagged {} items ({} with errors) in {:.1}s, {:.1} items/s, into {} files under {}",
+        summary.items,
+        summary.errors,
+        summary.seconds,
+        summary.items as f64 / summary.seconds.max(1e-9),
+        summary.files.len(),
+        args.out
+    );
+    Ok(())
+}
