@@ -46,11 +46,15 @@ impl StoreLocation {
         Ok(Self { store, path, base })
     }
 
-    /// The location of `name` below this one.
+    /// The location of `name` below this one; `/` in `name` separates folders.
     pub fn child(&self, name: &str) -> Self {
+        let path = name
+            .split('/')
+            .filter(|part| !part.is_empty())
+            .fold(self.path.clone(), |path, part| path.join(part));
         Self {
             store: Arc::clone(&self.store),
-            path: self.path.clone().join(name),
+            path,
             base: self.base.clone(),
         }
     }
@@ -266,6 +270,15 @@ mod tests {
         let b = StoreLocation::parse("memory://shared-test/y").unwrap();
         assert!(Arc::ptr_eq(&a.store, &b.store));
         assert_eq!(b.url(), "memory://shared-test/y");
+    }
+
+    #[test]
+    fn children_may_name_nested_folders() {
+        let location = StoreLocation::parse("memory://nested/ckpt").unwrap();
+        assert_eq!(
+            location.child("plots/curves.png").url(),
+            "memory://nested/ckpt/plots/curves.png"
+        );
     }
 
     #[test]

@@ -39,6 +39,8 @@ enum Command {
     Test(commands::test::TestArgs),
     /// Tag every item of a catalogue with a trained model, into Parquet.
     Tag(commands::tag::TagArgs),
+    /// Draw training curves and confusion heatmaps (PNG and SVG) under the checkpoint.
+    Plot(commands::plot::PlotArgs),
     /// The whole job on this machine with local files: the README's first command.
     Local(commands::local::LocalArgs),
 }
@@ -70,6 +72,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => commands::train::run(&args, &handle),
         Command::Test(args) => commands::test::run(&args, &handle),
         Command::Tag(args) => commands::tag::run(&args, &handle),
+        Command::Plot(args) => commands::plot::run(&args, &handle),
     };
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     result
