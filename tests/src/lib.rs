@@ -71,3 +71,22 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap_or_else(|e| panic!("cannot build a runtime: {e}"))
 }
+
+/// The project venv's Python (with torch and torchvision), as set up by `scripts/setup.sh`.
+pub fn venv_python() -> PathBuf {
+    let venv = std::env::var_os("ATELIER_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            home.join(".cache/atelier/venv-torch-2.11.0")
+        });
+    let python = venv.join("bin/python");
+    assert!(
+        python.exists(),
+        "no Python at {} (run the tests through scripts/test.sh, which creates the venv)",
+        python.display()
+    );
+    python
+}
