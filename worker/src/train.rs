@@ -97,12 +97,20 @@ pub struct MetricsLine {
     pub step: i64,
     pub epoch: f64,
     pub split: String,
+    /// JSON has no NaN; a diverged loss is written as null and read back as NaN.
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
     pub accuracy: Option<f64>,
     pub lr: f64,
     pub images_per_s: Option<f64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub detail: BTreeMap<String, f64>,
+}
+
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
 }
 
 struct Run {
@@ -219,7 +227,12 @@ pub fn train(
         let metrics = validate_epoch(options, &catalog, handle, &run.model, epoch, device)?;
         run.manifest.epoch = epoch + 1;
         run.manifest.batch_in_epoch = 0;
-        run.manifest.metrics = metrics.clone();
+        // JSON cannot hold NaN or infinity (a diverged validation loss); leave those out.
+        run.manifest.metrics = metrics
+            .iter()
+            .filter(|(_, v)| v.is_finite())
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
         run.metrics.push(MetricsLine {
             step: run.manifest.step,
             epoch: (epoch + 1) as f64,

@@ -1,0 +1,378 @@
+//! Training on a tiny catalogue: the loss falls, resuming equals an
+//! uninterrupted run, and test, plot and tag produce their outputs.
+
+use std::collections::HashMap;
+
+use arrow_array::{Array, StringArray};
+use atelier_catalog::synthetic::{generate, render_item, GenerateOptions};
+use atelier_catalog::{CatalogItem, CatalogWriter, StoreLocation, WriterOptions};
+use atelier_models::checkpoint::CheckpointDir;
+use atelier_models::optim::{OptimizerKind, ScheduleKind};
+use atelier_models::{Arch, Task};
+use atelier_tests::{atelier_ok, runtime};
+use atelier_worker::train::{train, TrainEvent, TrainOptions};
+use tch::Tensor;
+
+/// libtorch's random generator is global to the process: tests that initialise
+/// models in this process take turns, or their seeds would interleave.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn torch_turn() -> std::sync::MutexGuard<'static, ()> {
+    TORCH_RNG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn catalogue(dir: &std::path::Path, items: usize) -> String {
+    let rt = runtime();
+    let url = dir.join("catalog").to_str().unwrap().to_string();
+    generate(
+        &GenerateOptions {
+            items,
+            seed: 11,
+            width: 64,
+            height: 80,
+            threads: 2,
+            writer: WriterOptions {
+                rows_per_group: 64,
+                groups_per_file: 2,
+                ..WriterOptions::default()
+            },
+            ..GenerateOptions::default()
+        },
+        StoreLocation::parse(&url).unwrap(),
+        rt.handle(),
+        |_| {},
+    )
+    .unwrap();
+    url
+}
+
+fn options(catalog: &str, checkpoint: &str, task: Task, epochs: usize) -> TrainOptions {
+    TrainOptions {
+        catalog: catalog.to_string(),
+        checkpoint: checkpoint.to_string(),
+        task,
+        arch: Arch::Resnet18,
+        lr: 0.05,
+        epochs,
+        batch_size: 16,
+        image_size: 32,
+        finetune: None,
+        backbone_weights: None,
+        optimizer: OptimizerKind::Sgd,
+        weight_decay: 1e-4,
+        momentum: 0.9,
+        schedule: ScheduleKind::Constant,
+        warmup_steps: 0,
+        step_every: 100,
+        gamma: 0.1,
+        augment: true,
+        val_fraction: 0.2,
+        seed: 3,
+        device: "cpu".into(),
+        threads: 2,
+        min_label_count: 1,
+        min_word_count: 1,
+        max_caption_len: 8,
+        checkpoint_every: 0,
+        log_every: 1,
+    }
+}
+
+fn weights(checkpoint: &str) -> HashMap<String, Tensor> {
+    let rt = runtime();
+    let dir = CheckpointDir::parse(checkpoint).unwrap();
+    let manifest = rt.block_on(dir.require_manifest()).unwrap();
+    rt.block_on(dir.read_tensors(&manifest.weights))
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn the_loss_falls_on_a_tiny_catalogue() {
+    let _turn = torch_turn();
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalogue(dir.path(), 192);
+    let checkpoint = dir.path().join("ckpt").to_str().unwrap().to_string();
+    let rt = runtime();
+    let mut losses = Vec::new();
+    // Head-only training on frozen random features: a convex problem whose loss must fall.
+    let mut opts = options(&catalog, &checkpoint, Task::Color, 6);
+    opts.finetune = Some(false);
+    opts.optimizer = OptimizerKind::Adam;
+    opts.lr = 0.01;
+    train(&opts, rt.handle(), &mut |event| {
+        if let TrainEvent::Step { loss, .. } = event {
+            losses.push(*loss);
+        }
+    })
+    .unwrap();
+    let head: f64 = losses[..5].iter().sum::<f64>() / 5.0;
+    let tail: f64 = losses[losses.len() - 5..].iter().sum::<f64>() / 5.0;
+    assert!(
+        tail < head * 0.8,
+        "loss went from {head:.3} to {tail:.3}: {losses:?}"
+    );
+}
+
+#[test]
+fn resuming_gives_the_same_state_as_an_uninterrupted_run() {
+    let _turn = torch_turn();
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalogue(dir.path(), 96);
+    let rt = runtime();
+    // A small step size keeps the float noise of parallel test threads from being amplified.
+    let options = |catalog: &str, checkpoint: &str, task: Task, epochs: usize| TrainOptions {
+        lr: 0.005,
+        ..options(catalog, checkpoint, task, epochs)
+    };
+    let straight = dir.path().join("straight").to_str().unwrap().to_string();
+    let resumed = dir.path().join("resumed").to_str().unwrap().to_string();
+    train(
+        &options(&catalog, &straight, Task::Pool, 2),
+        rt.handle(),
+        &mut |_| {},
+    )
+    .unwrap();
+    train(
+        &options(&catalog, &resumed, Task::Pool, 1),
+        rt.handle(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let mut resumed_at = None;
+    train(
+        &options(&catalog, &resumed, Task::Pool, 2),
+        rt.handle(),
+        &mut |event| {
+            if let TrainEvent::Started {
+                resumed_at_step, ..
+            } = event
+            {
+                resumed_at = Some(*resumed_at_step);
+            }
+        },
+    )
+    .unwrap();
+    assert!(resumed_at.unwrap() > 0, "the second run resumed");
+    let (a, b) = (weights(&straight), weights(&resumed));
+    assert_eq!(a.len(), b.len());
+    for (name, tensor) in &a {
+        let diff = (tensor - &b[name]).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "{name} differs by {diff}");
+    }
+}
+
+#[test]
+fn a_checkpoint_of_another_task_is_not_resumed() {
+    let _turn = torch_turn();
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalogue(dir.path(), 64);
+    let checkpoint = dir.path().join("ckpt").to_str().unwrap().to_string();
+    let rt = runtime();
+    train(
+        &options(&catalog, &checkpoint, Task::Color, 1),
+        rt.handle(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let err = train(
+        &options(&catalog, &checkpoint, Task::Brand, 1),
+        rt.handle(),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("holds a resnet18 color model"),
+        "{err}"
+    );
+}
+
+#[test]
+fn test_plot_and_tag_produce_their_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalogue(dir.path(), 128);
+    let ckpt = dir.path().join("ckpt");
+    let ckpt_url = ckpt.to_str().unwrap();
+    let trained = atelier_ok(&[
+        "train",
+        "--model-type",
+        "pool",
+        "--arch",
+        "resnet18",
+        "--catalog",
+        &catalog,
+        "--checkpoint",
+        ckpt_url,
+        "--n-epochs",
+        "2",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--lr",
+        "0.01",
+    ]);
+    assert!(trained.contains("epoch 2: validation"), "{trained}");
+    assert!(ckpt.join("manifest.json").exists() && ckpt.join("metrics.jsonl").exists());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ckpt.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["model"]["arch"], "resnet18");
+    assert_eq!(
+        manifest["model"]["labels"]["color"]["classes"][0],
+        "<unknown>"
+    );
+    assert!(ckpt.join(manifest["weights"].as_str().unwrap()).exists());
+
+    let tested = atelier_ok(&["test", "--checkpoint", ckpt_url, "--catalog", &catalog]);
+    assert!(
+        tested.contains("color: accuracy") && tested.contains("top-5"),
+        "{tested}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ckpt.join("test-report.json")).unwrap()).unwrap();
+    let accuracy = report["attributes"]["category"]["accuracy"]
+        .as_f64()
+        .unwrap();
+    assert!((0.0..=1.0).contains(&accuracy));
+    let n = report["attributes"]["color"]["classes"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(
+        report["attributes"]["color"]["confusion"]
+            .as_array()
+            .unwrap()
+            .len(),
+        n
+    );
+
+    atelier_ok(&["plot", "--checkpoint", ckpt_url]);
+    for name in ["curves", "confusion-color", "confusion-category"] {
+        let png = image::open(ckpt.join("plots").join(format!("{name}.png"))).unwrap();
+        assert!(png.width() > 300 && png.height() > 300);
+        let svg = std::fs::read_to_string(ckpt.join("plots").join(format!("{name}.svg"))).unwrap();
+        assert!(
+            svg.contains("<svg") && svg.contains("<text"),
+            "{name}.svg has text"
+        );
+    }
+
+    // A catalogue with broken images in the middle of good ones.
+    let rt = runtime();
+    let broken_url = dir.path().join("broken").to_str().unwrap().to_string();
+    let mut writer = CatalogWriter::new(
+        StoreLocation::parse(&broken_url).unwrap(),
+        WriterOptions::default(),
+    )
+    .unwrap();
+    let render = GenerateOptions {
+        width: 64,
+        height: 80,
+        ..GenerateOptions::default()
+    };
+    let mut items: Vec<CatalogItem> = (0..40).map(|i| render_item(&render, i).unwrap()).collect();
+    items[3].image = Some(b"not an image".to_vec());
+    items[17].image = Some(Vec::new());
+    items[39].image = Some(items[39].image.as_ref().unwrap()[..100].to_vec());
+    let ids: Vec<String> = items.iter().map(|i| i.item_id.clone()).collect();
+    rt.block_on(writer.write(items)).unwrap();
+    rt.block_on(writer.finish()).unwrap();
+    let out = dir.path().join("tags");
+    let tagged = atelier_ok(&[
+        "tag",
+        "--checkpoint",
+        ckpt_url,
+        "--catalog",
+        &broken_url,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        tagged.contains("tagged 40 items (3 with errors)"),
+        "{tagged}"
+    );
+
+    let file = std::fs::File::open(out.join("part-00000.parquet")).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut seen = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .unwrap()
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .clone()
+        };
+        let (item_ids, colors, errors) = (col("item_id"), col("color"), col("error"));
+        for row in 0..batch.num_rows() {
+            let broken = [3, 17, 39].contains(&seen.len());
+            assert_eq!(errors.is_valid(row), broken, "row {}", seen.len());
+            assert_eq!(colors.is_valid(row), !broken, "row {}", seen.len());
+            seen.push(item_ids.value(row).to_string());
+        }
+        assert!(
+            batch.column_by_name("category_top3").is_some()
+                && batch.column_by_name("model_version").is_some()
+        );
+    }
+    assert_eq!(seen, ids, "one row per input item, in input order");
+}
+
+#[test]
+fn the_captioner_trains_and_reports_bleu() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalogue(dir.path(), 96);
+    let ckpt = dir.path().join("cap");
+    let ckpt_url = ckpt.to_str().unwrap();
+    atelier_ok(&[
+        "train",
+        "--model-type",
+        "caption",
+        "--arch",
+        "resnet18",
+        "--catalog",
+        &catalog,
+        "--checkpoint",
+        ckpt_url,
+        "--n-epochs",
+        "2",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.003",
+    ]);
+    let tested = atelier_ok(&[
+        "test",
+        "--checkpoint",
+        ckpt_url,
+        "--catalog",
+        &catalog,
+        "--beams",
+        "3",
+    ]);
+    assert!(tested.contains("captions: BLEU-1"), "{tested}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ckpt.join("test-report.json")).unwrap()).unwrap();
+    let bleu = report["caption"]["bleu"].as_array().unwrap();
+    assert_eq!(bleu.len(), 4);
+    assert!(bleu
+        .iter()
+        .all(|b| (0.0..=1.0).contains(&b.as_f64().unwrap())));
+    assert!(report["caption"]["baseline_caption"]
+        .as_str()
+        .unwrap()
+        .contains(" by "));
+}
