@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Issue-3 acceptance on the real Fashion Product Images sample: atelier against a
+# plain PyTorch script, same split, same model (ResNet-18 from random init, one
+# head per attribute), same schedule (SGD, one-cycle, 8 epochs, 64 px, batch 64),
+# same machine, run back to back. Prints validation accuracy and wall time.
+#
+#   bench/real_sample.sh [EPOCHS]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. scripts/setup.sh
+
+epochs="${1:-8}"
+data="${ATELIER_FASHION_DATA:-../shared/data/fashion-products}"
+work="$ATELIER_CACHE/bench/real-sample"
+cargo build --release -q -p atelier-cli
+atelier="$CARGO_TARGET_DIR/release/atelier"
+if [ ! -f "$work/catalog/part-00000.parquet" ]; then
+  "$atelier" catalog import --images "$data/images" --labels "$data/styles.csv" --out "$work/catalog" --overwrite
+fi
+rm -rf "$work/ckpt"
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+echo "== atelier"
+start=$(date +%s)
+RUST_LOG=warn "$atelier" train --model-type pool --arch resnet18 --image-size 64 --batch-size 64 \
+  --catalog "$work/catalog" --checkpoint "$work/ckpt" --n-epochs "$epochs" --lr 0.1 \
+  --schedule onecycle --weight-decay 5e-4 --optimizer sgd
+echo "atelier wall seconds: $(( $(date +%s) - start ))"
+"$atelier" test --checkpoint "$work/ckpt" --catalog "$work/catalog" --top-classes 0 | grep -E "accuracy|evaluated"
+echo "== PyTorch peer"
+start=$(date +%s)
+python bench/train_peer.py --catalog "$work/catalog" --epochs "$epochs" --image-size 64 --batch-size 64 --lr 0.1
+echo "peer wall seconds: $(( $(date +%s) - start ))"

@@ -1,0 +1,137 @@
+"""Peer for the training comparison: the plain PyTorch script a user would write.
+
+torchvision ResNet-18 from random init, one head per attribute (colour, brand,
+category: the same pool model atelier trains), SGD with momentum and a
+one-cycle schedule, RandomResizedCrop + flip for training and a centre crop for
+validation, on the same Parquet catalogue and the same validation split
+(FNV-1a hash of item_id, as atelier). Prints per-epoch validation accuracy and a
+final JSON line.
+"""
+
+import argparse
+import io
+import json
+import time
+from collections import Counter
+
+import pyarrow.parquet as pq
+import torch
+import torchvision
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+ATTRIBUTES = ["color", "brand", "category"]
+IGNORE = -100
+
+
+def fnv1a(text: str) -> int:
+    h = 0xCBF29CE484222325
+    for b in text.encode():
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def in_validation(item_id: str, fraction: float) -> bool:
+    return (fnv1a(item_id) % 10_000) < fraction * 10_000
+
+
+class Items(Dataset):
+    def __init__(self, rows, maps, transform):
+        self.rows, self.maps, self.transform = rows, maps, transform
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        row = self.rows[i]
+        image = Image.open(io.BytesIO(row["image"])).convert("RGB")
+        targets = [
+            IGNORE if row[a] is None else self.maps[a].get(row[a], 0) for a in ATTRIBUTES
+        ]
+        return self.transform(image), torch.tensor(targets)
+
+
+class Pool(torch.nn.Module):
+    def __init__(self, sizes):
+        super().__init__()
+        self.cnn = torchvision.models.resnet18()
+        self.cnn.fc = torch.nn.Identity()
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(512, n) for n in sizes)
+
+    def forward(self, x):
+        features = self.cnn(x)
+        return [head(features) for head in self.heads]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--catalog", required=True)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    table = pq.read_table(args.catalog, columns=["item_id", "image"] + ATTRIBUTES)
+    rows = table.to_pylist()
+    train_rows = [r for r in rows if not in_validation(r["item_id"], args.val_fraction)]
+    val_rows = [r for r in rows if in_validation(r["item_id"], args.val_fraction)]
+    maps = {}
+    for a in ATTRIBUTES:
+        counts = Counter(r[a] for r in train_rows if r[a] is not None)
+        ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        maps[a] = {label: i + 1 for i, (label, _) in enumerate(ordered)}  # 0 = unknown
+    normalize = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    train_tf = transforms.Compose([
+        transforms.RandomResizedCrop(args.image_size, scale=(0.35, 1.0)),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        normalize,
+    ])
+    val_tf = transforms.Compose([
+        transforms.Resize(args.image_size),
+        transforms.CenterCrop(args.image_size),
+        transforms.ToTensor(),
+        normalize,
+    ])
+    train = DataLoader(Items(train_rows, maps, train_tf), batch_size=args.batch_size, shuffle=True, num_workers=1)
+    val = DataLoader(Items(val_rows, maps, val_tf), batch_size=128, num_workers=1)
+    model = Pool([len(maps[a]) + 1 for a in ATTRIBUTES])
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.epochs * len(train))
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
+    started = time.perf_counter()
+    images = 0
+    for epoch in range(args.epochs):
+        model.train()
+        for x, y in train:
+            optimizer.zero_grad()
+            outputs = model(x)
+            loss = sum(loss_fn(o, y[:, i]) for i, o in enumerate(outputs) if (y[:, i] != IGNORE).any())
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            images += len(x)
+        model.eval()
+        correct, counted = [0] * 3, [0] * 3
+        with torch.no_grad():
+            for x, y in val:
+                for i, o in enumerate(model(x)):
+                    mask = y[:, i] != IGNORE
+                    correct[i] += int((o.argmax(1)[mask] == y[:, i][mask]).sum())
+                    counted[i] += int(mask.sum())
+        accuracy = {a: correct[i] / max(counted[i], 1) for i, a in enumerate(ATTRIBUTES)}
+        print(f"epoch {epoch + 1}: " + ", ".join(f"{a} {v:.4f}" for a, v in accuracy.items()), flush=True)
+    seconds = time.perf_counter() - started
+    print(json.dumps({"seconds": seconds, "images_per_s": images / seconds, "accuracy": accuracy}))
+
+
+if __name__ == "__main__":
+    main()
