@@ -15,6 +15,8 @@ export ATELIER_CACHE ATELIER_VENV
 need_apt=()
 command -v nasm >/dev/null 2>&1 || need_apt+=(nasm)
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+# `atelier plot` draws its text in DejaVu Sans.
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing system packages: ${need_apt[*]}" >&2
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi

@@ -19,4 +19,4 @@ pub use decode::{decode, DecodeLimits, RgbImage};
 pub use error::{ItemError, ItemFailure, PipelineError, Result};
 pub use loader::{ImageLoader, ItemFilter, LoaderOptions};
 pub use stats::{PipelineStats, StatsSnapshot};
-pub use transform::{Augment, Normalization, Transformer};
+pub use transform::{Augment, Normalization, RandomAffine, Transformer};

@@ -33,13 +33,25 @@ impl Normalization {
 pub enum Augment {
     /// Centre crop of the shorter side: the evaluation and tagging transform.
     CenterCrop,
-    /// Random resized crop (area share and aspect-ratio ranges) and a random
-    /// horizontal flip with probability `flip`: the training transform.
+    /// Random resized crop (area share and aspect-ratio ranges), a random
+    /// horizontal flip with probability `flip`, and an optional random affine
+    /// warp: the training transform.
     RandomResizedCrop {
         scale: (f32, f32),
         ratio: (f32, f32),
         flip: f32,
+        affine: Option<RandomAffine>,
     },
+}
+
+/// torchvision's RandomAffine, minus shear: rotation within ±`degrees`,
+/// translation within ±`translate` of the side, scaling within 1 ± `scale`.
+/// Pixels warped in from outside the image repeat the nearest edge.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RandomAffine {
+    pub degrees: f32,
+    pub translate: f32,
+    pub scale: f32,
 }
 
 impl Augment {
@@ -47,6 +59,7 @@ impl Augment {
         scale: (0.35, 1.0),
         ratio: (0.75, 1.333),
         flip: 0.5,
+        affine: None,
     };
 }
 
@@ -76,6 +89,8 @@ pub struct Crop {
     pub width: f64,
     pub height: f64,
     pub flip: bool,
+    /// Output-to-input affine map `[a, b, c, d, tx, ty]` around the centre, if warping.
+    pub warp: Option<[f32; 6]>,
 }
 
 impl Transformer {
@@ -105,10 +120,17 @@ impl Transformer {
                     width: side,
                     height: side,
                     flip: false,
+                    warp: None,
                 }
             }
-            Augment::RandomResizedCrop { scale, ratio, flip } => {
+            Augment::RandomResizedCrop {
+                scale,
+                ratio,
+                flip,
+                affine,
+            } => {
                 let flip = rng.random::<f32>() < flip;
+                let warp = affine.map(|a| warp_matrix(a, self.size as f32, rng));
                 let area = w * h;
                 // torchvision's algorithm: ten tries at a random window, then the centre.
                 for _ in 0..10 {
@@ -124,6 +146,7 @@ impl Transformer {
                             width: cw,
                             height: ch,
                             flip,
+                            warp,
                         };
                     }
                 }
@@ -134,6 +157,7 @@ impl Transformer {
                     width: side,
                     height: side,
                     flip,
+                    warp,
                 }
             }
         }
@@ -162,7 +186,14 @@ impl Transformer {
         self.resizer
             .resize(&source, &mut self.resized, &options)
             .map_err(|e| e.to_string())?;
-        let pixels = self.resized.buffer();
+        let warped;
+        let pixels = match crop.warp {
+            Some(matrix) => {
+                warped = warp(self.resized.buffer(), self.size, matrix);
+                &warped[..]
+            }
+            None => self.resized.buffer(),
+        };
         let (r, rest) = out.split_at_mut(plane);
         let (g, b) = rest.split_at_mut(plane);
         let [tr, tg, tb] = &self.tables;
@@ -177,5 +208,102 @@ impl Transformer {
             }
         }
         Ok(())
+    }
+}
+
+/// Draws an output-to-input affine map for a `side`×`side` image.
+fn warp_matrix(affine: RandomAffine, side: f32, rng: &mut impl Rng) -> [f32; 6] {
+    fn symmetric(rng: &mut impl Rng, limit: f32) -> f32 {
+        if limit > 0.0 {
+            rng.random_range(-limit..=limit)
+        } else {
+            0.0
+        }
+    }
+    let angle = symmetric(rng, affine.degrees).to_radians();
+    let scale = 1.0 + symmetric(rng, affine.scale);
+    let tx = symmetric(rng, affine.translate) * side;
+    let ty = symmetric(rng, affine.translate) * side;
+    // Inverse of rotate-and-scale, so each output pixel looks up its source.
+    let (sin, cos) = angle.sin_cos();
+    [cos / scale, sin / scale, -sin / scale, cos / scale, tx, ty]
+}
+
+/// Bilinear warp of an RGB `side`×`side` image, clamping at the edges.
+fn warp(pixels: &[u8], side: usize, [a, b, c, d, tx, ty]: [f32; 6]) -> Vec<u8> {
+    let mut out = vec![0u8; pixels.len()];
+    let centre = (side as f32 - 1.0) / 2.0;
+    let last = side as f32 - 1.0;
+    for y in 0..side {
+        for x in 0..side {
+            let (dx, dy) = (x as f32 - centre - tx, y as f32 - centre - ty);
+            let sx = (a * dx + b * dy + centre).clamp(0.0, last);
+            let sy = (c * dx + d * dy + centre).clamp(0.0, last);
+            let (x0, y0) = (sx.floor() as usize, sy.floor() as usize);
+            let (x1, y1) = ((x0 + 1).min(side - 1), (y0 + 1).min(side - 1));
+            let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
+            for ch in 0..3 {
+                let at = |xx: usize, yy: usize| f32::from(pixels[(yy * side + xx) * 3 + ch]);
+                let top = at(x0, y0) * (1.0 - fx) + at(x1, y0) * fx;
+                let bottom = at(x0, y1) * (1.0 - fx) + at(x1, y1) * fx;
+                out[(y * side + x) * 3 + ch] = (top * (1.0 - fy) + bottom * fy).round() as u8;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn image(side: usize) -> RgbImage {
+        RgbImage {
+            width: side,
+            height: side,
+            pixels: (0..side * side * 3).map(|i| (i % 256) as u8).collect(),
+        }
+    }
+
+    #[test]
+    fn identity_warp_changes_nothing() {
+        let source = image(8);
+        assert_eq!(
+            warp(&source.pixels, 8, [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]),
+            source.pixels
+        );
+    }
+
+    #[test]
+    fn a_half_turn_reverses_the_image() {
+        let source = image(5);
+        let turned = warp(&source.pixels, 5, [-1.0, 0.0, 0.0, -1.0, 0.0, 0.0]);
+        assert_eq!(&turned[..3], &source.pixels[source.pixels.len() - 3..]);
+    }
+
+    #[test]
+    fn training_crops_are_reproducible_per_seed() {
+        let augment = Augment::RandomResizedCrop {
+            scale: (0.35, 1.0),
+            ratio: (0.75, 1.333),
+            flip: 0.5,
+            affine: Some(RandomAffine {
+                degrees: 15.0,
+                translate: 0.1,
+                scale: 0.1,
+            }),
+        };
+        let mut transformer = Transformer::new(16, augment, Normalization::IMAGENET);
+        let source = image(40);
+        let run = |t: &mut Transformer, seed: u64| {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let crop = t.crop(40, 40, &mut rng);
+            let mut out = vec![0f32; 3 * 16 * 16];
+            t.apply(&source, crop, &mut out).unwrap();
+            out
+        };
+        assert_eq!(run(&mut transformer, 1), run(&mut transformer, 1));
+        assert_ne!(run(&mut transformer, 1), run(&mut transformer, 2));
     }
 }

@@ -9,7 +9,9 @@ use atelier_models::checkpoint::{
 };
 use atelier_models::optim::{Optimizer, OptimizerConfig, OptimizerKind, Schedule, ScheduleKind};
 use atelier_models::{Arch, Model, ModelSpec, Task};
-use atelier_pipeline::{Augment, ImageLoader, ItemFilter, LoaderOptions, Normalization};
+use atelier_pipeline::{
+    Augment, ImageLoader, ItemFilter, LoaderOptions, Normalization, RandomAffine,
+};
 use bytes::Bytes;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -46,6 +48,14 @@ pub struct TrainOptions {
     pub gamma: f64,
     /// Random resized crop and horizontal flip.
     pub augment: bool,
+    /// Random affine warp on top (0 turns each part off): rotation in degrees,
+    /// translation and scaling as fractions.
+    #[serde(default)]
+    pub affine_degrees: f32,
+    #[serde(default)]
+    pub affine_translate: f32,
+    #[serde(default)]
+    pub affine_scale: f32,
     pub val_fraction: f64,
     pub seed: u64,
     pub device: String,
@@ -460,7 +470,7 @@ pub fn epoch_loader(
         threads: options.threads.max(1),
         prefetch: options.threads.max(1) * 2,
         augment: if options.augment && !validation {
-            Augment::TRAIN_DEFAULT
+            train_augment(options)
         } else {
             Augment::CenterCrop
         },
@@ -474,6 +484,28 @@ pub fn epoch_loader(
         loader_options,
         handle.clone(),
     )?)
+}
+
+fn train_augment(options: &TrainOptions) -> Augment {
+    let affine = (options.affine_degrees > 0.0
+        || options.affine_translate > 0.0
+        || options.affine_scale > 0.0)
+        .then_some(RandomAffine {
+            degrees: options.affine_degrees,
+            translate: options.affine_translate,
+            scale: options.affine_scale,
+        });
+    match Augment::TRAIN_DEFAULT {
+        Augment::RandomResizedCrop {
+            scale, ratio, flip, ..
+        } => Augment::RandomResizedCrop {
+            scale,
+            ratio,
+            flip,
+            affine,
+        },
+        other => other,
+    }
 }
 
 /// The training loss of a batch (classification or captioning).

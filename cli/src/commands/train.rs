@@ -54,6 +54,15 @@ pub struct TrainArgs {
     /// Random resized crop and horizontal flip.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub augment: bool,
+    /// Random affine on top of the crop: rotation within ± this many degrees (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub affine_degrees: f32,
+    /// Random affine: translation within ± this share of the side (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub affine_translate: f32,
+    /// Random affine: scaling within 1 ± this (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub affine_scale: f32,
     /// Share of items (by a stable hash of item_id) held out for validation.
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
@@ -151,6 +160,9 @@ impl TrainArgs {
             step_every: self.step_every,
             gamma: self.gamma,
             augment: self.augment,
+            affine_degrees: self.affine_degrees,
+            affine_translate: self.affine_translate,
+            affine_scale: self.affine_scale,
             val_fraction: self.val_fraction,
             seed: self.seed,
             device: self.device.clone(),
