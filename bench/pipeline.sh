@@ -23,14 +23,21 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 echo "torch: $(python -c 'import torch; print(torch.__version__)'), PIL: $(python -c 'import PIL; print(PIL.__version__)')"
 echo "workload: $items synthetic 384x512 JPEGs -> ${size}x${size} float tensors, batch 32, 1 decode thread each"
 
+# Throughput per CPU-second (user + system time of the whole process) is the
+# per-core figure: atelier's reader and consumer threads count against it too.
+cpu_rate() { awk -v n="$items" -v u="$1" -v s="$2" 'BEGIN {printf "%.1f", n / (u + s)}'; }
 ours=()
 peer=()
 for run in $(seq "$repeats"); do
-  a=$("$atelier" pipeline --catalog "$catalog" --image-size "$size" --threads 1 --prefetch 2 \
-      | sed -n 's/.* \([0-9.]*\) images\/s on.*/\1/p')
-  p=$(python bench/pipeline_peer.py --catalog "$catalog" --image-size "$size" --threads 1 \
-      | sed -n 's/images_per_s=\([0-9.]*\).*/\1/p')
-  echo "run $run: atelier $a images/s, PIL+torchvision $p images/s"
+  /usr/bin/time -f "%U %S" -o /tmp/atelier-bench-time "$atelier" pipeline --catalog "$catalog" \
+      --image-size "$size" --threads 1 --prefetch 2 > /tmp/atelier-bench-out
+  a=$(cpu_rate $(cat /tmp/atelier-bench-time))
+  wall_a=$(sed -n 's/.* \([0-9.]*\) images\/s on.*/\1/p' /tmp/atelier-bench-out)
+  /usr/bin/time -f "%U %S" -o /tmp/atelier-bench-time python bench/pipeline_peer.py --catalog "$catalog" \
+      --image-size "$size" --threads 1 > /tmp/atelier-bench-out
+  p=$(cpu_rate $(cat /tmp/atelier-bench-time))
+  wall_p=$(sed -n 's/images_per_s=\([0-9.]*\).*/\1/p' /tmp/atelier-bench-out)
+  echo "run $run: atelier $a images per CPU-second ($wall_a/s wall), PIL+torchvision $p ($wall_p/s wall)"
   ours+=("$a")
   peer+=("$p")
 done
@@ -38,5 +45,5 @@ done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 m_ours=$(median "${ours[@]}")
 m_peer=$(median "${peer[@]}")
-echo "median: atelier $m_ours images/s per core, PIL+torchvision $m_peer images/s per core"
+echo "median: atelier $m_ours images per CPU-second, PIL+torchvision $m_peer images per CPU-second"
 echo "ratio: $(awk -v a="$m_ours" -v b="$m_peer" 'BEGIN {printf "%.2f", a / b}')x"

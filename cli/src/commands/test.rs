@@ -53,6 +53,9 @@ pub fn run(args: &TestArgs, handle: &Handle) -> anyhow::Result<()> {
             "\n{name}: accuracy {:.4}  top-5 {:.4}  macro-F1 {:.4}  (majority baseline {:.4}, {} items)",
             r.accuracy, r.top5_accuracy, r.macro_f1, r.majority_baseline, r.items
         );
+        if args.top_classes == 0 {
+            continue;
+        }
         println!(
             "  {:<28} {:>9} {:>9} {:>9} {:>8}",
             "class", "precision", "recall", "f1", "support"
