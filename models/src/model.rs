@@ -58,6 +58,16 @@ pub struct Model {
     backbone: ResNet,
     heads: Vec<(String, nn::Linear)>,
     annotator: Option<Annotator>,
+    /// Element type the backbone computes in (float, or bfloat16 for inference).
+    backbone_kind: Kind,
+    channels_last: bool,
+}
+
+/// The same tensor with channels-last (NHWC) strides; shape and values unchanged.
+/// Convolutions on such inputs and weights run oneDNN's and cuDNN's faster
+/// NHWC kernels.
+pub fn channels_last(tensor: &Tensor) -> Tensor {
+    tensor.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
 impl std::fmt::Debug for Model {
@@ -112,7 +122,32 @@ impl Model {
             backbone,
             heads,
             annotator,
+            backbone_kind: Kind::Float,
+            channels_last: false,
         })
+    }
+
+    /// Stores convolution weights channels-last and feeds images that way.
+    pub fn use_channels_last(&mut self) {
+        for (_, mut var) in self.vs.variables() {
+            if var.dim() == 4 {
+                let converted = channels_last(&var);
+                tch::no_grad(|| var.set_data(&converted));
+            }
+        }
+        self.channels_last = true;
+    }
+
+    /// Runs the backbone in bfloat16 for inference; heads and the captioner
+    /// stay in float, on float features.
+    pub fn use_bf16_backbone(&mut self) {
+        for (name, mut var) in self.vs.variables() {
+            if name.starts_with(BACKBONE_PREFIX) && var.is_floating_point() {
+                let converted = var.to_kind(Kind::BFloat16);
+                tch::no_grad(|| var.set_data(&converted));
+            }
+        }
+        self.backbone_kind = Kind::BFloat16;
     }
 
     pub fn device(&self) -> Device {
@@ -121,11 +156,16 @@ impl Model {
 
     /// Image features; frozen (no gradient, eval batch norm) unless finetuning.
     pub fn features(&self, images: &Tensor, train: bool) -> Tensor {
-        if self.spec.finetune {
-            self.backbone.features(images, train)
-        } else {
-            tch::no_grad(|| self.backbone.features(images, false))
+        let mut images = images.to_kind(self.backbone_kind);
+        if self.channels_last {
+            images = channels_last(&images);
         }
+        let features = if self.spec.finetune {
+            self.backbone.features(&images, train)
+        } else {
+            tch::no_grad(|| self.backbone.features(&images, false))
+        };
+        features.to_kind(Kind::Float)
     }
 
     pub fn logits(&self, features: &Tensor) -> Logits {
@@ -239,5 +279,86 @@ impl Model {
             loaded += 1;
         }
         Ok(loaded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool_model() -> Model {
+        let map = |names: &[&str]| LabelMap::from_classes(names.iter().map(|s| s.to_string()).collect());
+        let spec = ModelSpec {
+            arch: Arch::Resnet18,
+            task: Task::Pool,
+            labels: [
+                ("color".to_string(), map(&["<unknown>", "red", "blue"])),
+                ("brand".to_string(), map(&["<unknown>", "Norda"])),
+                ("category".to_string(), map(&["<unknown>", "cap", "dress", "skirt"])),
+            ]
+            .into_iter()
+            .collect(),
+            vocab: None,
+            finetune: true,
+            max_caption_len: 16,
+        };
+        Model::new(spec, Device::Cpu).unwrap()
+    }
+
+    fn twin(model: &Model) -> Model {
+        let mut other = pool_model();
+        other.load(&model.state(), None, &[]).unwrap();
+        other
+    }
+
+    #[test]
+    fn channels_last_gives_the_same_features() {
+        let model = pool_model();
+        let mut nhwc = twin(&model);
+        nhwc.use_channels_last();
+        let images = Tensor::randn([3, 3, 64, 64], (Kind::Float, Device::Cpu));
+        let a = model.features(&images, false);
+        let b = nhwc.features(&images, false);
+        let diff = (&a - &b).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "features differ by {diff}");
+        // Saved weights come out in the ordinary layout.
+        let back = twin(&nhwc);
+        let diff = (back.features(&images, false) - a).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "reloaded features differ by {diff}");
+    }
+
+    #[test]
+    fn a_bf16_backbone_stays_close_and_heads_get_float() {
+        let model = pool_model();
+        let mut half = twin(&model);
+        half.use_bf16_backbone();
+        let images = Tensor::randn([2, 3, 64, 64], (Kind::Float, Device::Cpu));
+        let a = model.features(&images, false);
+        let b = half.features(&images, false);
+        assert_eq!(b.kind(), Kind::Float);
+        let scale = a.abs().max().double_value(&[]).max(1e-6);
+        let diff = (&a - &b).abs().max().double_value(&[]) / scale;
+        assert!(diff < 0.1, "relative difference {diff}");
+        let logits = half.logits(&b);
+        assert_eq!(logits.len(), 3);
+        assert_eq!(logits[2].1.size(), vec![2, 4]);
+    }
+
+    #[test]
+    fn the_pool_loss_counts_only_labelled_items() {
+        let model = pool_model();
+        let images = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let logits = model.logits(&model.features(&images, true));
+        let targets: BTreeMap<String, Tensor> = [
+            ("color".to_string(), Tensor::from_slice(&[1i64, 2, IGNORE_INDEX, 0])),
+            ("brand".to_string(), Tensor::from_slice(&[IGNORE_INDEX; 4])),
+            ("category".to_string(), Tensor::from_slice(&[1i64, 2, 3, 3])),
+        ]
+        .into_iter()
+        .collect();
+        let (loss, accuracy) = model.classification_loss(&logits, &targets);
+        assert!(loss.double_value(&[]).is_finite());
+        let counted: Vec<i64> = accuracy.iter().map(|(_, n)| *n).collect();
+        assert_eq!(counted, vec![3, 0, 4]);
     }
 }

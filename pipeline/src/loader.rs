@@ -13,7 +13,7 @@ use atelier_catalog::{stable_hash, Catalog, CatalogError, Labels, ReadRange};
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 use object_store::ObjectStoreExt;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::runtime::{Handle, RuntimeFlavor};
 
@@ -43,6 +43,10 @@ pub struct LoaderOptions {
     pub extra_columns: Vec<String>,
     /// Rows whose item id this rejects are left out (train/validation splits).
     pub keep: Option<ItemFilter>,
+    /// Shuffle rows within a buffer of this many (compressed) items, seeded by
+    /// `seed`; 0 keeps input order. Catalogues are often sorted (by id, by
+    /// product family), and SGD needs batches that are not.
+    pub shuffle_window: usize,
 }
 
 /// A predicate on item ids.
@@ -76,6 +80,7 @@ impl Default for LoaderOptions {
             fetch_concurrency: 32,
             extra_columns: Vec::new(),
             keep: None,
+            shuffle_window: 0,
         }
     }
 }
@@ -133,6 +138,7 @@ impl ImageLoader {
             handle,
             pending: Vec::new(),
             done: false,
+            shuffle: ChaCha8Rng::seed_from_u64(options.seed ^ 0x5348_5546_464c_4521),
             options: options.clone(),
             stores: Arc::new(StoreCache::default()),
             stats: Arc::clone(&stats),
@@ -248,6 +254,7 @@ struct RawBatches {
     handle: Handle,
     pending: Vec<RawItem>,
     done: bool,
+    shuffle: ChaCha8Rng,
     options: LoaderOptions,
     stores: Arc<StoreCache>,
     stats: Arc<PipelineStats>,
@@ -258,7 +265,8 @@ impl Iterator for RawBatches {
 
     fn next(&mut self) -> Option<Self::Item> {
         let batch_size = self.options.batch_size;
-        while !self.done && self.pending.len() < batch_size {
+        let buffered = batch_size.max(self.options.shuffle_window);
+        while !self.done && self.pending.len() < buffered {
             let started = Instant::now();
             let next = self.handle.block_on(self.stream.next());
             self.stats.add_time(Stage::Read, started.elapsed());
@@ -284,6 +292,13 @@ impl Iterator for RawBatches {
             return None;
         }
         let take = batch_size.min(self.pending.len());
+        if self.options.shuffle_window > 0 {
+            // A partial Fisher-Yates pass: the first `take` slots get a uniform sample.
+            for i in 0..take {
+                let j = self.shuffle.random_range(i..self.pending.len());
+                self.pending.swap(i, j);
+            }
+        }
         Some(Ok(self.pending.drain(..take).collect()))
     }
 }

@@ -150,3 +150,33 @@ fn memory_urls_round_trip_in_process() {
         .unwrap();
     assert_eq!(catalog.num_rows(), 20);
 }
+
+#[test]
+fn a_shuffle_window_reorders_every_item_exactly_once_and_reproducibly() {
+    let dir = tempfile::tempdir().unwrap();
+    small_catalog(dir.path(), 200, 2);
+    let rt = runtime();
+    let catalog = rt.block_on(Catalog::open(dir.path().to_str().unwrap())).unwrap();
+    let order = |seed: u64| -> Vec<String> {
+        let options = LoaderOptions {
+            image_size: 32,
+            batch_size: 16,
+            threads: 2,
+            shuffle_window: 64,
+            seed,
+            ..LoaderOptions::default()
+        };
+        ImageLoader::all(&catalog, options, rt.handle().clone())
+            .unwrap()
+            .flat_map(|b| b.unwrap().items.into_iter().map(|i| i.item_id))
+            .collect()
+    };
+    let first = order(1);
+    let mut sorted = first.clone();
+    sorted.sort();
+    let input: Vec<String> = (0..200).map(|i| format!("syn2-{i:08}")).collect();
+    assert_eq!(sorted, input, "every item exactly once");
+    assert_ne!(first, input, "shuffled");
+    assert_eq!(order(1), first, "same seed, same order");
+    assert_ne!(order(2), first, "another seed, another order");
+}

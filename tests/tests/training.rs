@@ -80,6 +80,8 @@ fn options(catalog: &str, checkpoint: &str, task: Task, epochs: usize) -> TrainO
         max_caption_len: 8,
         checkpoint_every: 0,
         log_every: 1,
+        channels_last: false,
+        shuffle_window: 256,
     }
 }
 

@@ -29,6 +29,14 @@ pub struct EvaluateOptions {
     pub device: String,
     /// Beam width for captions (1: greedy).
     pub beams: usize,
+    pub layout: Layout,
+}
+
+/// How an inference model is laid out in memory and which precision its backbone runs in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Layout {
+    pub channels_last: bool,
+    pub bf16: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -61,11 +69,18 @@ pub fn load_model(
     checkpoint: &CheckpointDir,
     handle: &Handle,
     device: Device,
+    layout: Layout,
 ) -> Result<(Manifest, Model)> {
     let manifest = handle.block_on(checkpoint.require_manifest())?;
     let mut model = Model::new(manifest.model.clone(), device)?;
     let weights = handle.block_on(checkpoint.read_tensors(&manifest.weights))?;
     model.load(&weights, None, &[])?;
+    if layout.channels_last {
+        model.use_channels_last();
+    }
+    if layout.bf16 {
+        model.use_bf16_backbone();
+    }
     Ok((manifest, model))
 }
 
@@ -92,7 +107,7 @@ pub fn inference_loader_options(
 pub fn evaluate(options: &EvaluateOptions, handle: &Handle) -> Result<EvalReport> {
     let device = crate::device::parse_device(&options.device)?;
     let checkpoint = CheckpointDir::parse(&options.checkpoint)?;
-    let (manifest, model) = load_model(&checkpoint, handle, device)?;
+    let (manifest, model) = load_model(&checkpoint, handle, device, options.layout)?;
     let catalog = handle.block_on(Catalog::open(&options.catalog))?;
     let val_fraction = manifest
         .train

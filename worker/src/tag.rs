@@ -22,7 +22,7 @@ use tch::{Device, Kind, Tensor};
 use tokio::runtime::Handle;
 
 use crate::error::{Result, WorkerError};
-use crate::evaluate::{inference_loader_options, load_model};
+use crate::evaluate::{inference_loader_options, load_model, Layout};
 
 #[derive(Debug, Clone)]
 pub struct TagOptions {
@@ -35,6 +35,7 @@ pub struct TagOptions {
     pub device: String,
     pub beams: usize,
     pub overwrite: bool,
+    pub layout: Layout,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -55,7 +56,7 @@ struct Taggers {
 }
 
 impl Taggers {
-    fn load(checkpoints: &[String], handle: &Handle, device: Device) -> Result<Self> {
+    fn load(checkpoints: &[String], handle: &Handle, device: Device, layout: Layout) -> Result<Self> {
         if checkpoints.is_empty() || checkpoints.len() > 2 {
             return Err(WorkerError::InvalidOptions(
                 "give one or two --checkpoint (a classifier and/or a captioner)".into(),
@@ -67,7 +68,7 @@ impl Taggers {
         let mut versions = Vec::new();
         for (index, url) in checkpoints.iter().enumerate() {
             let dir = CheckpointDir::parse(url)?;
-            let (manifest, model) = load_model(&dir, handle, device)?;
+            let (manifest, model) = load_model(&dir, handle, device, layout)?;
             for attribute in model.spec.task.attributes() {
                 if attributes.iter().any(|(a, _)| a == attribute) {
                     return Err(WorkerError::InvalidOptions(format!(
@@ -260,7 +261,7 @@ pub fn tag(
 ) -> Result<TagSummary> {
     let started = Instant::now();
     let device = crate::device::parse_device(&options.device)?;
-    let taggers = Taggers::load(&options.checkpoints, handle, device)?;
+    let taggers = Taggers::load(&options.checkpoints, handle, device, options.layout)?;
     let catalog = handle.block_on(Catalog::open(&options.catalog))?;
     let out = StoreLocation::parse(&options.out)?;
     handle.block_on(atelier_catalog::synthetic::prepare_output(

@@ -68,6 +68,12 @@ pub struct TrainOptions {
     pub checkpoint_every: usize,
     /// Log a training metrics line every this many steps.
     pub log_every: usize,
+    /// Convolutions in channels-last memory order.
+    #[serde(default)]
+    pub channels_last: bool,
+    /// Training items are shuffled within a buffer of this many.
+    #[serde(default)]
+    pub shuffle_window: usize,
 }
 
 /// What the loop reports while it runs.
@@ -327,6 +333,9 @@ fn start_or_resume(
         let mut model = Model::new(spec, device)?;
         let weights = handle.block_on(checkpoint.read_tensors(&manifest.weights))?;
         model.load(&weights, None, &[])?;
+        if options.channels_last {
+            model.use_channels_last();
+        }
         let mut optimizer = Optimizer::new(manifest.optimizer.unwrap_or(config), model.trainable());
         if let Some(name) = &manifest.optimizer_state {
             let state = handle.block_on(checkpoint.read_tensors(name))?;
@@ -373,6 +382,9 @@ fn start_or_resume(
             &["fc.", "num_batches_tracked"],
         )?;
         tracing::info!(path = %path, tensors = loaded, "backbone weights loaded");
+    }
+    if options.channels_last {
+        model.use_channels_last();
     }
     let optimizer = Optimizer::new(config, model.trainable());
     let normalization = Normalization::IMAGENET;
@@ -476,6 +488,7 @@ pub fn epoch_loader(
         },
         seed: options.seed.wrapping_add(epoch as u64),
         keep: Some(keep),
+        shuffle_window: if validation { 0 } else { options.shuffle_window },
         ..defaults
     };
     Ok(ImageLoader::new(

@@ -15,7 +15,7 @@ use tokio::runtime::Handle;
 use super::catalog::{run_generate, GenerateArgs};
 use super::pipeline::{self, AugmentArg, PipelineArgs};
 use super::plot::{self, PlotArgs};
-use super::tag::{self, TagArgs};
+use super::tag::{self, LayoutArgs, TagArgs};
 use super::test::{self, TestArgs};
 use super::train::{self, ArchArg, ModelType, OptimizerArg, ScheduleArg, TrainArgs};
 
@@ -104,6 +104,8 @@ pub fn run(args: &LocalArgs, handle: &Handle) -> anyhow::Result<()> {
             max_caption_len: 16,
             checkpoint_every: 0,
             log_every: 10,
+            channels_last: false,
+            shuffle_window: 4096,
         },
         handle,
     )?;
@@ -119,6 +121,7 @@ pub fn run(args: &LocalArgs, handle: &Handle) -> anyhow::Result<()> {
             device: "cpu".into(),
             beams: 1,
             top_classes: 0,
+            layout: LayoutArgs::default(),
         },
         handle,
     )?;
@@ -134,6 +137,7 @@ pub fn run(args: &LocalArgs, handle: &Handle) -> anyhow::Result<()> {
             device: "cpu".into(),
             beams: 1,
             overwrite: true,
+            layout: LayoutArgs::default(),
         },
         handle,
     )?;

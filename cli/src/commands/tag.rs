@@ -1,5 +1,6 @@
 //! `atelier tag`: single-process bulk tagging into Parquet.
 
+use atelier_worker::evaluate::Layout;
 use atelier_worker::tag::{tag, TagOptions};
 use clap::Args;
 use tokio::runtime::Handle;
@@ -28,6 +29,28 @@ pub struct TagArgs {
     /// Replace existing output under --out.
     #[arg(long)]
     pub overwrite: bool,
+    #[command(flatten)]
+    pub layout: LayoutArgs,
+}
+
+/// Inference layout flags shared by `tag` and `test`.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct LayoutArgs {
+    /// Convolutions in channels-last memory order.
+    #[arg(long)]
+    pub channels_last: bool,
+    /// Run the backbone in bfloat16 (heads and captioner stay float).
+    #[arg(long)]
+    pub bf16: bool,
+}
+
+impl From<LayoutArgs> for Layout {
+    fn from(args: LayoutArgs) -> Self {
+        Layout {
+            channels_last: args.channels_last,
+            bf16: args.bf16,
+        }
+    }
 }
 
 pub fn run(args: &TagArgs, handle: &Handle) -> anyhow::Result<()> {
@@ -45,6 +68,7 @@ pub fn run(args: &TagArgs, handle: &Handle) -> anyhow::Result<()> {
             device: args.device.clone(),
             beams: args.beams,
             overwrite: args.overwrite,
+            layout: args.layout.into(),
         },
         handle,
         |done| bar.set_position(done as u64),

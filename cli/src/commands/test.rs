@@ -27,6 +27,8 @@ pub struct TestArgs {
     /// Classes shown per attribute in the terminal table.
     #[arg(long, default_value_t = 15)]
     pub top_classes: usize,
+    #[command(flatten)]
+    pub layout: super::tag::LayoutArgs,
 }
 
 pub fn run(args: &TestArgs, handle: &Handle) -> anyhow::Result<()> {
@@ -41,6 +43,7 @@ pub fn run(args: &TestArgs, handle: &Handle) -> anyhow::Result<()> {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)),
             device: args.device.clone(),
             beams: args.beams,
+            layout: args.layout.into(),
         },
         handle,
     )?;

@@ -87,6 +87,13 @@ pub struct TrainArgs {
     pub checkpoint_every: usize,
     #[arg(long, default_value_t = 10)]
     pub log_every: usize,
+    /// Convolutions in channels-last memory order (faster oneDNN/cuDNN kernels).
+    #[arg(long)]
+    pub channels_last: bool,
+    /// Shuffle training items within a buffer of this many (on top of a shuffled
+    /// row-group order); memory grows with it by the size of the compressed images.
+    #[arg(long, default_value_t = 4096)]
+    pub shuffle_window: usize,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -174,6 +181,8 @@ impl TrainArgs {
             max_caption_len: self.max_caption_len,
             checkpoint_every: self.checkpoint_every,
             log_every: self.log_every,
+            channels_last: self.channels_last,
+            shuffle_window: self.shuffle_window,
         }
     }
 }
