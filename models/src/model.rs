@@ -67,7 +67,10 @@ pub struct Model {
 /// Convolutions on such inputs and weights run oneDNN's and cuDNN's faster
 /// NHWC kernels.
 pub fn channels_last(tensor: &Tensor) -> Tensor {
-    tensor.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+    tensor
+        .permute([0, 2, 3, 1])
+        .contiguous()
+        .permute([0, 3, 1, 2])
 }
 
 impl std::fmt::Debug for Model {
@@ -287,14 +290,18 @@ mod tests {
     use super::*;
 
     fn pool_model() -> Model {
-        let map = |names: &[&str]| LabelMap::from_classes(names.iter().map(|s| s.to_string()).collect());
+        let map =
+            |names: &[&str]| LabelMap::from_classes(names.iter().map(|s| s.to_string()).collect());
         let spec = ModelSpec {
             arch: Arch::Resnet18,
             task: Task::Pool,
             labels: [
                 ("color".to_string(), map(&["<unknown>", "red", "blue"])),
                 ("brand".to_string(), map(&["<unknown>", "Norda"])),
-                ("category".to_string(), map(&["<unknown>", "cap", "dress", "skirt"])),
+                (
+                    "category".to_string(),
+                    map(&["<unknown>", "cap", "dress", "skirt"]),
+                ),
             ]
             .into_iter()
             .collect(),
@@ -323,7 +330,10 @@ mod tests {
         assert!(diff < 1e-4, "features differ by {diff}");
         // Saved weights come out in the ordinary layout.
         let back = twin(&nhwc);
-        let diff = (back.features(&images, false) - a).abs().max().double_value(&[]);
+        let diff = (back.features(&images, false) - a)
+            .abs()
+            .max()
+            .double_value(&[]);
         assert!(diff < 1e-4, "reloaded features differ by {diff}");
     }
 
@@ -350,7 +360,10 @@ mod tests {
         let images = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
         let logits = model.logits(&model.features(&images, true));
         let targets: BTreeMap<String, Tensor> = [
-            ("color".to_string(), Tensor::from_slice(&[1i64, 2, IGNORE_INDEX, 0])),
+            (
+                "color".to_string(),
+                Tensor::from_slice(&[1i64, 2, IGNORE_INDEX, 0]),
+            ),
             ("brand".to_string(), Tensor::from_slice(&[IGNORE_INDEX; 4])),
             ("category".to_string(), Tensor::from_slice(&[1i64, 2, 3, 3])),
         ]

@@ -156,7 +156,9 @@ fn a_shuffle_window_reorders_every_item_exactly_once_and_reproducibly() {
     let dir = tempfile::tempdir().unwrap();
     small_catalog(dir.path(), 200, 2);
     let rt = runtime();
-    let catalog = rt.block_on(Catalog::open(dir.path().to_str().unwrap())).unwrap();
+    let catalog = rt
+        .block_on(Catalog::open(dir.path().to_str().unwrap()))
+        .unwrap();
     let order = |seed: u64| -> Vec<String> {
         let options = LoaderOptions {
             image_size: 32,

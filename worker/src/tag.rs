@@ -56,7 +56,12 @@ struct Taggers {
 }
 
 impl Taggers {
-    fn load(checkpoints: &[String], handle: &Handle, device: Device, layout: Layout) -> Result<Self> {
+    fn load(
+        checkpoints: &[String],
+        handle: &Handle,
+        device: Device,
+        layout: Layout,
+    ) -> Result<Self> {
         if checkpoints.is_empty() || checkpoints.len() > 2 {
             return Err(WorkerError::InvalidOptions(
                 "give one or two --checkpoint (a classifier and/or a captioner)".into(),

@@ -488,7 +488,11 @@ pub fn epoch_loader(
         },
         seed: options.seed.wrapping_add(epoch as u64),
         keep: Some(keep),
-        shuffle_window: if validation { 0 } else { options.shuffle_window },
+        shuffle_window: if validation {
+            0
+        } else {
+            options.shuffle_window
+        },
         ..defaults
     };
     Ok(ImageLoader::new(
