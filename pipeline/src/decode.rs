@@ -155,10 +155,10 @@ fn strict_error_manager() -> Box<jpeg_error_mgr> {
 /// data); others, such as stray bytes between markers, are common in real
 /// catalogue photos and harmless.
 const FATAL_WARNINGS: [i32; 4] = [
-    mozjpeg_sys::JWRN_JPEG_EOF as i32,
-    mozjpeg_sys::JWRN_HIT_MARKER as i32,
-    mozjpeg_sys::JWRN_HUFF_BAD_CODE as i32,
-    mozjpeg_sys::JWRN_MUST_RESYNC as i32,
+    mozjpeg_sys::JWRN_JPEG_EOF,
+    mozjpeg_sys::JWRN_HIT_MARKER,
+    mozjpeg_sys::JWRN_HUFF_BAD_CODE,
+    mozjpeg_sys::JWRN_MUST_RESYNC,
 ];
 
 unsafe extern "C-unwind" fn escalate_corruption_warnings(

@@ -1,6 +1,8 @@
 //! A corpus of broken images: each yields its documented per-item error, while
 //! the good items in the same batches come through, in order, none skipped.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use std::collections::HashMap;
 use std::io::Cursor;
 

@@ -1,6 +1,8 @@
 //! A catalogue far larger than the pipeline's buffers streams through in
 //! bounded memory while the consumer is slower than the decoders.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use std::time::Duration;
 
 use atelier_catalog::synthetic::{generate, GenerateOptions};

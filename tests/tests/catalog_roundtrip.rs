@@ -1,5 +1,7 @@
 //! generate → inspect → read batches: counts, shapes and label values survive.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use atelier_catalog::inspect::inspect;
 use atelier_catalog::synthetic::{self, generate, GenerateOptions};
 use atelier_catalog::{Catalog, StoreLocation, WriterOptions};

@@ -1,6 +1,8 @@
 //! The `atelier` binary end to end: generate, inspect, pipeline, and clear
 //! errors for catalogues that are wrong.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use std::sync::Arc;
 
 use arrow_array::{Int64Array, RecordBatch, StringArray};

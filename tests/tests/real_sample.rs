@@ -1,5 +1,7 @@
 //! The real Fashion Product Images sample imports, and every photo decodes.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use atelier_catalog::import::{import, ColumnMapping, ImportOptions};
 use atelier_catalog::{Catalog, StoreLocation, WriterOptions};
 use atelier_pipeline::{ImageLoader, LoaderOptions};

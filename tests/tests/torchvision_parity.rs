@@ -2,6 +2,8 @@
 //! scripts/convert_torchvision.py, loads into atelier's backbone and gives the
 //! same features and logits on the same input.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use std::process::Command;
 
 use atelier_models::labels::LabelMap;

@@ -1,6 +1,8 @@
 //! Training on a tiny catalogue: the loss falls, resuming equals an
 //! uninterrupted run, and test, plot and tag produce their outputs.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use std::collections::HashMap;
 
 use arrow_array::{Array, StringArray};

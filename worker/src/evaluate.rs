@@ -104,6 +104,9 @@ pub fn inference_loader_options(
     }
 }
 
+/// Per attribute: predicted class, target class, and whether the target was in the top five.
+type Predictions = (Vec<i64>, Vec<i64>, Vec<bool>);
+
 pub fn evaluate(options: &EvaluateOptions, handle: &Handle) -> Result<EvalReport> {
     let device = crate::device::parse_device(&options.device)?;
     let checkpoint = CheckpointDir::parse(&options.checkpoint)?;
@@ -123,7 +126,7 @@ pub fn evaluate(options: &EvaluateOptions, handle: &Handle) -> Result<EvalReport
     let loader = ImageLoader::new(&catalog, ranges, loader_options, handle.clone())?;
 
     let spec = &model.spec;
-    let mut predictions: BTreeMap<String, (Vec<i64>, Vec<i64>, Vec<bool>)> = BTreeMap::new();
+    let mut predictions: BTreeMap<String, Predictions> = BTreeMap::new();
     let mut references = Vec::new();
     let mut hypotheses = Vec::new();
     let mut items = 0;

@@ -55,7 +55,7 @@ impl Scene {
         }
     }
 
-    fn to_pixel(&self, [u, v]: [f32; 2]) -> [f32; 2] {
+    fn to_pixel(self, [u, v]: [f32; 2]) -> [f32; 2] {
         let (du, dv) = (u - 0.5, v - 0.5);
         [
             self.center[0] + self.scale * (du * self.cos - dv * self.sin),
@@ -63,7 +63,7 @@ impl Scene {
         ]
     }
 
-    fn to_unit(&self, x: f32, y: f32) -> [f32; 2] {
+    fn to_unit(self, x: f32, y: f32) -> [f32; 2] {
         let (dx, dy) = (
             (x - self.center[0]) / self.scale,
             (y - self.center[1]) / self.scale,

@@ -64,7 +64,7 @@ pub fn run(args: &TestArgs, handle: &Handle) -> anyhow::Result<()> {
             "class", "precision", "recall", "f1", "support"
         );
         let mut classes: Vec<_> = r.per_class.iter().filter(|c| c.support > 0).collect();
-        classes.sort_by(|a, b| b.support.cmp(&a.support));
+        classes.sort_by_key(|c| std::cmp::Reverse(c.support));
         for c in classes.iter().take(args.top_classes) {
             println!(
                 "  {:<28} {:>9.3} {:>9.3} {:>9.3} {:>8}",
