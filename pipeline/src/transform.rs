@@ -93,6 +93,21 @@ pub struct Crop {
     pub warp: Option<[f32; 6]>,
 }
 
+impl Crop {
+    /// The largest centred square.
+    fn center(w: f64, h: f64, flip: bool, warp: Option<[f32; 6]>) -> Self {
+        let side = w.min(h);
+        Self {
+            left: (w - side) / 2.0,
+            top: (h - side) / 2.0,
+            width: side,
+            height: side,
+            flip,
+            warp,
+        }
+    }
+}
+
 impl Transformer {
     pub fn new(size: usize, augment: Augment, normalization: Normalization) -> Self {
         Self {
@@ -112,17 +127,7 @@ impl Transformer {
     pub fn crop(&self, width: usize, height: usize, rng: &mut impl Rng) -> Crop {
         let (w, h) = (width as f64, height as f64);
         match self.augment {
-            Augment::CenterCrop => {
-                let side = w.min(h);
-                Crop {
-                    left: (w - side) / 2.0,
-                    top: (h - side) / 2.0,
-                    width: side,
-                    height: side,
-                    flip: false,
-                    warp: None,
-                }
-            }
+            Augment::CenterCrop => Crop::center(w, h, false, None),
             Augment::RandomResizedCrop {
                 scale,
                 ratio,
@@ -150,15 +155,7 @@ impl Transformer {
                         };
                     }
                 }
-                let side = w.min(h);
-                Crop {
-                    left: (w - side) / 2.0,
-                    top: (h - side) / 2.0,
-                    width: side,
-                    height: side,
-                    flip,
-                    warp,
-                }
+                Crop::center(w, h, flip, warp)
             }
         }
     }

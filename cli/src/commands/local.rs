@@ -15,7 +15,7 @@ use tokio::runtime::Handle;
 use super::catalog::{run_generate, GenerateArgs};
 use super::pipeline::{self, AugmentArg, PipelineArgs};
 use super::plot::{self, PlotArgs};
-use super::tag::{self, LayoutArgs, TagArgs};
+use super::tag::{self, InferenceArgs, TagArgs};
 use super::test::{self, TestArgs};
 use super::train::{self, ArchArg, ModelType, OptimizerArg, ScheduleArg, TrainArgs};
 
@@ -116,12 +116,8 @@ pub fn run(args: &LocalArgs, handle: &Handle) -> anyhow::Result<()> {
             checkpoint: checkpoint.clone(),
             catalog: catalog.clone(),
             all: false,
-            batch_size: 64,
-            threads: None,
-            device: "cpu".into(),
-            beams: 1,
             top_classes: 0,
-            layout: LayoutArgs::default(),
+            inference: InferenceArgs::default(),
         },
         handle,
     )?;
@@ -132,12 +128,8 @@ pub fn run(args: &LocalArgs, handle: &Handle) -> anyhow::Result<()> {
             checkpoint: vec![checkpoint.clone()],
             catalog: catalog.clone(),
             out: tags.clone(),
-            batch_size: 64,
-            threads: None,
-            device: "cpu".into(),
-            beams: 1,
             overwrite: true,
-            layout: LayoutArgs::default(),
+            inference: InferenceArgs::default(),
         },
         handle,
     )?;

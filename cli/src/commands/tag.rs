@@ -17,25 +17,27 @@ pub struct TagArgs {
     /// Output prefix for the tag Parquet files.
     #[arg(long)]
     pub out: String,
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
-    #[arg(long)]
-    pub threads: Option<usize>,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Beam width for captions (1: greedy).
-    #[arg(long, default_value_t = 1)]
-    pub beams: usize,
     /// Replace existing output under --out.
     #[arg(long)]
     pub overwrite: bool,
     #[command(flatten)]
-    pub layout: LayoutArgs,
+    pub inference: InferenceArgs,
 }
 
-/// Inference layout flags shared by `tag` and `test`.
-#[derive(Debug, Clone, Copy, Default, Args)]
-pub struct LayoutArgs {
+/// How `tag` and `test` run a model.
+#[derive(Debug, Clone, Args)]
+pub struct InferenceArgs {
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Decode threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Beam width for captions (1: greedy decoding).
+    #[arg(long, default_value_t = 1)]
+    pub beams: usize,
     /// Convolutions in channels-last memory order.
     #[arg(long)]
     pub channels_last: bool,
@@ -44,11 +46,29 @@ pub struct LayoutArgs {
     pub bf16: bool,
 }
 
-impl From<LayoutArgs> for Layout {
-    fn from(args: LayoutArgs) -> Self {
+impl Default for InferenceArgs {
+    fn default() -> Self {
+        Self {
+            batch_size: 64,
+            threads: None,
+            device: "cpu".into(),
+            beams: 1,
+            channels_last: false,
+            bf16: false,
+        }
+    }
+}
+
+impl InferenceArgs {
+    pub fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from))
+    }
+
+    pub fn layout(&self) -> Layout {
         Layout {
-            channels_last: args.channels_last,
-            bf16: args.bf16,
+            channels_last: self.channels_last,
+            bf16: self.bf16,
         }
     }
 }
@@ -61,14 +81,12 @@ pub fn run(args: &TagArgs, handle: &Handle) -> anyhow::Result<()> {
             checkpoints: args.checkpoint.clone(),
             catalog: args.catalog.clone(),
             out: args.out.clone(),
-            batch_size: args.batch_size,
-            threads: args
-                .threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)),
-            device: args.device.clone(),
-            beams: args.beams,
+            batch_size: args.inference.batch_size,
+            threads: args.inference.threads(),
+            device: args.inference.device.clone(),
+            beams: args.inference.beams,
             overwrite: args.overwrite,
-            layout: args.layout.into(),
+            layout: args.inference.layout(),
         },
         handle,
         |done| bar.set_position(done as u64),

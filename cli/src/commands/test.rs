@@ -15,20 +15,11 @@ pub struct TestArgs {
     /// Evaluate every item rather than only the run's validation split.
     #[arg(long)]
     pub all: bool,
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
-    #[arg(long)]
-    pub threads: Option<usize>,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Beam width for captions (1: greedy decoding).
-    #[arg(long, default_value_t = 1)]
-    pub beams: usize,
     /// Classes shown per attribute in the terminal table.
     #[arg(long, default_value_t = 15)]
     pub top_classes: usize,
     #[command(flatten)]
-    pub layout: super::tag::LayoutArgs,
+    pub inference: super::tag::InferenceArgs,
 }
 
 pub fn run(args: &TestArgs, handle: &Handle) -> anyhow::Result<()> {
@@ -37,13 +28,11 @@ pub fn run(args: &TestArgs, handle: &Handle) -> anyhow::Result<()> {
             checkpoint: args.checkpoint.clone(),
             catalog: args.catalog.clone(),
             validation_only: !args.all,
-            batch_size: args.batch_size,
-            threads: args
-                .threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)),
-            device: args.device.clone(),
-            beams: args.beams,
-            layout: args.layout.into(),
+            batch_size: args.inference.batch_size,
+            threads: args.inference.threads(),
+            device: args.inference.device.clone(),
+            beams: args.inference.beams,
+            layout: args.inference.layout(),
         },
         handle,
     )?;
