@@ -1,7 +1,57 @@
 //! The `atelier.v1` wire protocol between users, the coordinator and workers.
 //!
-//! Only the protocol version lives here so far; the services arrive with the
-//! coordinator and worker (see the README's roadmap).
+//! Generated from `atelier/v1/atelier.proto` at build time. Only the servers'
+//! and clients' edges use these types; the coordinator and workers convert them
+//! to their own domain types.
 
 /// Bumped on every incompatible change; workers send it when they register.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+#[allow(clippy::all, missing_debug_implementations, unreachable_pub)]
+pub mod v1 {
+    tonic::include_proto!("atelier.v1");
+}
+
+/// The encoded file descriptor set, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/atelier_v1_descriptor.bin"));
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::v1::{self, task::Work};
+
+    #[test]
+    fn tasks_round_trip_through_the_wire_format() {
+        let task = v1::Task {
+            lease: Some(v1::LeaseRef {
+                task_id: "job-1/shard-00003".into(),
+                attempt: 2,
+            }),
+            job_id: "job-1".into(),
+            work: Some(Work::Tag(v1::TagShard {
+                catalog: "s3://bucket/catalog".into(),
+                ranges: vec![v1::FileRowGroups {
+                    file: "s3://bucket/catalog/part-00000.parquet".into(),
+                    row_groups: vec![0, 1],
+                }],
+                rows: 4096,
+                ..Default::default()
+            })),
+        };
+        let decoded = v1::Task::decode(task.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(decoded, task);
+    }
+
+    #[test]
+    fn the_descriptor_set_describes_both_services() {
+        let set = prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET).unwrap();
+        let services: Vec<&str> = set
+            .file
+            .iter()
+            .flat_map(|f| f.service.iter().filter_map(|s| s.name.as_deref()))
+            .collect();
+        assert_eq!(services, vec!["JobService", "WorkerService"]);
+    }
+}
