@@ -3,12 +3,15 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-/// The workspace root.
+/// The workspace root, found at run time: a test binary in a shared target
+/// directory may have been compiled from another checkout, so the compile-time
+/// `env!("CARGO_MANIFEST_DIR")` can name a folder that is gone.
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
+    let package = std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
-        .unwrap_or_default()
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_default();
+    package.parent().map(PathBuf::from).unwrap_or(package)
 }
 
 /// The real product photos shipped beside the checkout (`../shared/data/fashion-products`),
