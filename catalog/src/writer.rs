@@ -113,10 +113,6 @@ impl CatalogWriter {
         })
     }
 
-    pub fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
     /// Buffers `items`, writing every complete row group.
     pub async fn write(&mut self, items: impl IntoIterator<Item = CatalogItem>) -> Result<()> {
         self.pending.extend(items);

@@ -12,6 +12,26 @@ pub const UNKNOWN_LABEL: &str = "<unknown>";
 /// Targets for items with no label at all; the loss ignores them.
 pub const IGNORE_INDEX: i64 = -100;
 
+/// Values seen at least `min_count` times, most frequent first, ties by value:
+/// the order of label maps and vocabularies, stable across runs.
+pub(crate) fn rank_by_frequency<'a>(
+    values: impl IntoIterator<Item = &'a str>,
+    min_count: usize,
+) -> Vec<String> {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for value in values {
+        *counts.entry(value).or_default() += 1;
+    }
+    let mut kept: Vec<(&str, usize)> = counts
+        .into_iter()
+        .filter(|(_, c)| *c >= min_count.max(1))
+        .collect();
+    kept.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    kept.into_iter()
+        .map(|(value, _)| value.to_string())
+        .collect()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabelMap {
     /// Class names; `classes[0]` is [`UNKNOWN_LABEL`].
@@ -23,17 +43,8 @@ pub struct LabelMap {
 impl LabelMap {
     /// Classes by descending frequency (ties by name), keeping those seen at least `min_count` times.
     pub fn build<'a>(labels: impl IntoIterator<Item = &'a str>, min_count: usize) -> Self {
-        let mut counts: HashMap<&str, usize> = HashMap::new();
-        for label in labels {
-            *counts.entry(label).or_default() += 1;
-        }
-        let mut kept: Vec<(&str, usize)> = counts
-            .into_iter()
-            .filter(|(_, c)| *c >= min_count.max(1))
-            .collect();
-        kept.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
         let mut classes = vec![UNKNOWN_LABEL.to_string()];
-        classes.extend(kept.into_iter().map(|(l, _)| l.to_string()));
+        classes.extend(rank_by_frequency(labels, min_count));
         Self::from_classes(classes)
     }
 

@@ -78,15 +78,6 @@ impl Optimizer {
         }
     }
 
-    /// The gradients, in parameter order (for all-reduce).
-    pub fn grads(&self) -> Vec<Tensor> {
-        self.params
-            .iter()
-            .map(|(_, p)| p.grad())
-            .filter(Tensor::defined)
-            .collect()
-    }
-
     pub fn step(&mut self, lr: f64) {
         self.steps += 1;
         let c = self.config;

@@ -14,15 +14,6 @@ pub enum Arch {
 }
 
 impl Arch {
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "resnet18" => Some(Self::Resnet18),
-            "resnet34" => Some(Self::Resnet34),
-            "resnet50" => Some(Self::Resnet50),
-            _ => None,
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Self::Resnet18 => "resnet18",

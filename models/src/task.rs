@@ -12,17 +12,6 @@ pub enum Task {
 }
 
 impl Task {
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "color" => Some(Self::Color),
-            "brand" => Some(Self::Brand),
-            "category" => Some(Self::Category),
-            "pool" => Some(Self::Pool),
-            "caption" => Some(Self::Caption),
-            _ => None,
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Self::Color => "color",

@@ -4,6 +4,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::labels::rank_by_frequency;
+
 pub const PAD: i64 = 0;
 pub const UNK: i64 = 1;
 pub const START: i64 = 2;
@@ -29,19 +31,12 @@ pub fn tokenize(text: &str) -> Vec<String> {
 impl Vocab {
     /// Words seen at least `min_count` times, by descending frequency (ties by word).
     pub fn build<'a>(captions: impl IntoIterator<Item = &'a str>, min_count: usize) -> Self {
-        let mut counts: HashMap<String, usize> = HashMap::new();
-        for caption in captions {
-            for word in tokenize(caption) {
-                *counts.entry(word).or_default() += 1;
-            }
-        }
-        let mut kept: Vec<(String, usize)> = counts
-            .into_iter()
-            .filter(|(_, c)| *c >= min_count.max(1))
-            .collect();
-        kept.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let tokens: Vec<String> = captions.into_iter().flat_map(tokenize).collect();
         let mut words: Vec<String> = SPECIALS.iter().map(|s| s.to_string()).collect();
-        words.extend(kept.into_iter().map(|(w, _)| w));
+        words.extend(rank_by_frequency(
+            tokens.iter().map(String::as_str),
+            min_count,
+        ));
         Self::from_words(words)
     }
 

@@ -119,10 +119,6 @@ impl Transformer {
         }
     }
 
-    pub fn size(&self) -> usize {
-        self.size
-    }
-
     /// The crop window for an image of `width`×`height`, drawn from `rng` when training.
     pub fn crop(&self, width: usize, height: usize, rng: &mut impl Rng) -> Crop {
         let (w, h) = (width as f64, height as f64);
