@@ -53,11 +53,12 @@ class Items(Dataset):
 
 
 class Pool(torch.nn.Module):
-    def __init__(self, sizes):
+    def __init__(self, arch, sizes):
         super().__init__()
-        self.cnn = torchvision.models.resnet18()
+        self.cnn = getattr(torchvision.models, arch)()
+        width = self.cnn.fc.in_features
         self.cnn.fc = torch.nn.Identity()
-        self.heads = torch.nn.ModuleList(torch.nn.Linear(512, n) for n in sizes)
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(width, n) for n in sizes)
 
     def forward(self, x):
         features = self.cnn(x)
@@ -75,6 +76,11 @@ def main():
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
+    parser.add_argument("--bf16", action="store_true", help="torch.autocast bf16 (CUDA)")
+    parser.add_argument("--channels-last", action="store_true")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -101,9 +107,14 @@ def main():
         transforms.ToTensor(),
         normalize,
     ])
-    train = DataLoader(Items(train_rows, maps, train_tf), batch_size=args.batch_size, shuffle=True, num_workers=1)
-    val = DataLoader(Items(val_rows, maps, val_tf), batch_size=128, num_workers=1)
-    model = Pool([len(maps[a]) + 1 for a in ATTRIBUTES])
+    pin = args.device.startswith("cuda")
+    train = DataLoader(Items(train_rows, maps, train_tf), batch_size=args.batch_size, shuffle=True,
+                       num_workers=args.workers, pin_memory=pin, persistent_workers=True)
+    val = DataLoader(Items(val_rows, maps, val_tf), batch_size=128, num_workers=args.workers, pin_memory=pin)
+    device = torch.device(args.device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = Pool(args.arch, [len(maps[a]) + 1 for a in ATTRIBUTES]).to(device, memory_format=memory_format)
+    autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.epochs * len(train))
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
@@ -112,9 +123,12 @@ def main():
     for epoch in range(args.epochs):
         model.train()
         for x, y in train:
+            x = x.to(device, non_blocking=True).to(memory_format=memory_format)
+            y = y.to(device, non_blocking=True)
             optimizer.zero_grad()
-            outputs = model(x)
-            loss = sum(loss_fn(o, y[:, i]) for i, o in enumerate(outputs) if (y[:, i] != IGNORE).any())
+            with autocast():
+                outputs = model(x)
+            loss = sum(loss_fn(o.float(), y[:, i]) for i, o in enumerate(outputs) if (y[:, i] != IGNORE).any())
             loss.backward()
             optimizer.step()
             schedule.step()
@@ -123,12 +137,17 @@ def main():
         correct, counted = [0] * 3, [0] * 3
         with torch.no_grad():
             for x, y in val:
-                for i, o in enumerate(model(x)):
+                x, y = x.to(device).to(memory_format=memory_format), y.to(device)
+                with autocast():
+                    outputs = model(x)
+                for i, o in enumerate(outputs):
                     mask = y[:, i] != IGNORE
                     correct[i] += int((o.argmax(1)[mask] == y[:, i][mask]).sum())
                     counted[i] += int(mask.sum())
         accuracy = {a: correct[i] / max(counted[i], 1) for i, a in enumerate(ATTRIBUTES)}
         print(f"epoch {epoch + 1}: " + ", ".join(f"{a} {v:.4f}" for a, v in accuracy.items()), flush=True)
+    if pin:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     print(json.dumps({"seconds": seconds, "images_per_s": images / seconds, "accuracy": accuracy}))
 

@@ -4,6 +4,7 @@
 //! features (`Annotator`). Checkpoints are safetensors plus a JSON manifest.
 
 pub mod annotator;
+pub mod autocast;
 pub mod checkpoint;
 pub mod error;
 pub mod labels;

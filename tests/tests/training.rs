@@ -84,6 +84,7 @@ fn options(catalog: &str, checkpoint: &str, task: Task, epochs: usize) -> TrainO
         log_every: 1,
         channels_last: false,
         shuffle_window: 256,
+        bf16: false,
     }
 }
 

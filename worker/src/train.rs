@@ -8,6 +8,7 @@ use atelier_models::checkpoint::{
     CheckpointDir, Manifest, Normalization as SavedNormalization, FORMAT_VERSION, METRICS,
 };
 use atelier_models::optim::{Optimizer, OptimizerConfig, OptimizerKind, Schedule, ScheduleKind};
+use atelier_models::autocast::Bf16Autocast;
 use atelier_models::{Arch, Model, ModelSpec, Task};
 use atelier_pipeline::{
     Augment, ImageLoader, ItemFilter, LoaderOptions, Normalization, RandomAffine,
@@ -74,6 +75,9 @@ pub struct TrainOptions {
     /// Training items are shuffled within a buffer of this many.
     #[serde(default)]
     pub shuffle_window: usize,
+    /// bf16 autocast for forward passes (CUDA only).
+    #[serde(default)]
+    pub bf16: bool,
 }
 
 /// What the loop reports while it runs.
@@ -144,6 +148,7 @@ pub fn train(
 ) -> Result<TrainSummary> {
     validate(options)?;
     let device = crate::device::parse_device(&options.device)?;
+    let autocast = Bf16Autocast::new(options.bf16, device)?;
     let catalog = handle.block_on(Catalog::open(&options.catalog))?;
     let checkpoint = CheckpointDir::parse(&options.checkpoint)?;
     let scan = handle.block_on(scan_labels(
@@ -195,7 +200,7 @@ pub fn train(
             }
             let lr = run.schedule.lr(run.optimizer.steps);
             run.optimizer.zero_grad();
-            let loss = loss(&run.model, &inputs, true);
+            let loss = autocast.run(|| loss(&run.model, &inputs, true));
             loss.backward();
             run.optimizer.step(lr);
             let loss = loss.double_value(&[]);
@@ -240,7 +245,9 @@ pub fn train(
                 save(&mut run, &checkpoint, handle)?;
             }
         }
-        let metrics = validate_epoch(options, &catalog, handle, &run.model, epoch, device)?;
+        let metrics = autocast.run(|| {
+            validate_epoch(options, &catalog, handle, &run.model, epoch, device)
+        })?;
         run.manifest.epoch = epoch + 1;
         run.manifest.batch_in_epoch = 0;
         // JSON cannot hold NaN or infinity (a diverged validation loss); leave those out.

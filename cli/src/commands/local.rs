@@ -106,6 +106,7 @@ pub fn run(args: &LocalArgs, handle: &Handle) -> anyhow::Result<()> {
             log_every: 10,
             channels_last: false,
             shuffle_window: 4096,
+            bf16: false,
         },
         handle,
     )?;

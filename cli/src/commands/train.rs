@@ -94,6 +94,10 @@ pub struct TrainArgs {
     /// row-group order); memory grows with it by the size of the compressed images.
     #[arg(long, default_value_t = 4096)]
     pub shuffle_window: usize,
+    /// bf16 autocast on CUDA: convolutions and matmuls in bf16, weights,
+    /// gradients and the optimizer in f32.
+    #[arg(long)]
+    pub bf16: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -183,6 +187,7 @@ impl TrainArgs {
             log_every: self.log_every,
             channels_last: self.channels_last,
             shuffle_window: self.shuffle_window,
+            bf16: self.bf16,
         }
     }
 }
