@@ -97,7 +97,7 @@ impl CatalogError {
         }
     }
 
-    pub(crate) fn store(url: impl Into<String>, source: object_store::Error) -> Self {
+    pub fn store(url: impl Into<String>, source: object_store::Error) -> Self {
         let url = url.into();
         match source {
             object_store::Error::NotFound { .. } => CatalogError::NotFound { url },

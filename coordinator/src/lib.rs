@@ -1,4 +1,23 @@
-//! The coordinator: plans catalogue-wide jobs into shards and leases them to
-//! workers over gRPC. Not built yet; see the README's roadmap.
+//! The coordinator: takes jobs from users, plans them into tasks from Parquet
+//! footers, leases the tasks to workers over gRPC, and keeps every job, task
+//! and attempt in a SQLite file so that a restart resumes where it stopped.
+//!
+//! All state changes go through one event loop (`event_loop`) applying a pure
+//! state machine (`state`); the gRPC services (`service`) only convert and
+//! forward.
+
+pub mod config;
+pub mod error;
+pub mod event_loop;
+pub mod manifest;
+pub mod plan;
+pub mod records;
+pub mod server;
+pub mod service;
+pub mod state;
+pub mod store;
 
 pub use atelier_proto::PROTOCOL_VERSION;
+pub use config::CoordinatorConfig;
+pub use error::{CoordinatorError, Result};
+pub use server::serve;

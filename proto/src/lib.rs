@@ -1,8 +1,15 @@
-//! The `atelier.v1` wire protocol between users, the coordinator and workers.
+//! The `atelier.v1` wire protocol between users, the coordinator and workers,
+//! and the domain types the rest of atelier works with.
 //!
-//! Generated from `atelier/v1/atelier.proto` at build time. Only the servers'
-//! and clients' edges use these types; the coordinator and workers convert them
-//! to their own domain types.
+//! The wire code is generated from `atelier/v1/atelier.proto` at build time.
+//! Only the servers' and clients' edges touch it; `convert` turns it into the
+//! types of `domain` and back.
+
+pub mod convert;
+pub mod domain;
+pub mod error;
+
+pub use error::{ProtoError, Result};
 
 /// Bumped on every incompatible change; workers send it when they register.
 pub const PROTOCOL_VERSION: u32 = 1;

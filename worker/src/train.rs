@@ -4,11 +4,11 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use atelier_catalog::{Catalog, ReadRange};
+use atelier_models::autocast::Bf16Autocast;
 use atelier_models::checkpoint::{
     CheckpointDir, Manifest, Normalization as SavedNormalization, FORMAT_VERSION, METRICS,
 };
 use atelier_models::optim::{Optimizer, OptimizerConfig, OptimizerKind, Schedule, ScheduleKind};
-use atelier_models::autocast::Bf16Autocast;
 use atelier_models::{Arch, Model, ModelSpec, Task};
 use atelier_pipeline::{
     Augment, ImageLoader, ItemFilter, LoaderOptions, Normalization, RandomAffine,
@@ -245,9 +245,8 @@ pub fn train(
                 save(&mut run, &checkpoint, handle)?;
             }
         }
-        let metrics = autocast.run(|| {
-            validate_epoch(options, &catalog, handle, &run.model, epoch, device)
-        })?;
+        let metrics = autocast
+            .run(|| validate_epoch(options, &catalog, handle, &run.model, epoch, device))?;
         run.manifest.epoch = epoch + 1;
         run.manifest.batch_in_epoch = 0;
         // JSON cannot hold NaN or infinity (a diverged validation loss); leave those out.

@@ -1,0 +1,31 @@
+use std::time::Duration;
+
+/// How the coordinator paces workers and cuts jobs.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// How often workers heartbeat.
+    pub heartbeat_interval: Duration,
+    /// A lease not renewed for this long expires and its task goes back in the queue.
+    pub lease_timeout: Duration,
+    /// Rows per tag shard when a job does not say.
+    pub default_shard_rows: u64,
+    /// Attempts per task when a job does not say.
+    pub default_max_attempts: u32,
+    /// Longest a LeaseTask call waits for work.
+    pub max_lease_wait: Duration,
+    /// Shared secret that clients send as `authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(2),
+            lease_timeout: Duration::from_secs(10),
+            default_shard_rows: 8192,
+            default_max_attempts: 3,
+            max_lease_wait: Duration::from_secs(20),
+            token: None,
+        }
+    }
+}

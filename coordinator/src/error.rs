@@ -1,0 +1,81 @@
+use atelier_catalog::CatalogError;
+use atelier_proto::ProtoError;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum CoordinatorError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("catalogue rejected: {0}")]
+    BadCatalog(#[source] CatalogError),
+    #[error("job {0} not found")]
+    JobNotFound(String),
+    #[error("worker {0} is not registered (the coordinator may have restarted); register again")]
+    UnknownWorker(String),
+    #[error("worker speaks protocol version {worker}, the coordinator {coordinator}; upgrade the older side")]
+    ProtocolMismatch { worker: u32, coordinator: u32 },
+    #[error("lease {task_id} attempt {attempt} is no longer held: {reason}")]
+    StaleLease {
+        task_id: String,
+        attempt: u32,
+        reason: String,
+    },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("state store {path}: {source}")]
+    Store {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("state record {id} cannot be read: {source}")]
+    Record {
+        id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("output {url}: {reason}")]
+    Output { url: String, reason: String },
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = CoordinatorError> = std::result::Result<T, E>;
+
+impl CoordinatorError {
+    /// Whether the same request can succeed later without being changed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::BadCatalog(e) => e.is_retryable(),
+            Self::ShuttingDown | Self::Output { .. } | Self::Store { .. } => true,
+            _ => false,
+        }
+    }
+
+    pub fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Self::InvalidArgument(_) | Self::BadCatalog(_) => Code::InvalidArgument,
+            Self::JobNotFound(_) | Self::UnknownWorker(_) => Code::NotFound,
+            Self::ProtocolMismatch { .. } | Self::StaleLease { .. } => Code::FailedPrecondition,
+            Self::Unsupported(_) => Code::Unimplemented,
+            Self::Output { .. } => Code::FailedPrecondition,
+            Self::ShuttingDown => Code::Unavailable,
+            Self::Store { .. } | Self::Record { .. } | Self::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<ProtoError> for CoordinatorError {
+    fn from(error: ProtoError) -> Self {
+        Self::InvalidArgument(error.to_string())
+    }
+}
+
+impl From<CoordinatorError> for tonic::Status {
+    fn from(error: CoordinatorError) -> Self {
+        tonic::Status::new(error.grpc_code(), error.to_string())
+    }
+}

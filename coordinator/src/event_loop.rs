@@ -1,0 +1,514 @@
+//! The one event loop through which every state change passes. It runs on its
+//! own OS thread, batches the commands that queued up while it was busy, applies
+//! them to [`State`], commits the batch to the store in one transaction, and
+//! only then answers: an answer never promises a change that a crash could lose.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use atelier_proto::domain::{
+    Assignment, JobSpec, JobState, JobStatus, LeaseRef, Registration, TaskFailure, TaskOutcome,
+    TaskProgressReport, TaskWork,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::error::{CoordinatorError, Result};
+use crate::manifest::write_manifest;
+use crate::state::State;
+use crate::store::StateStore;
+
+/// Commands that queue up while one batch is applied are taken together, up
+/// to this many, and committed in one transaction.
+const MAX_BATCH: usize = 4096;
+const TICK: Duration = Duration::from_millis(100);
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+#[derive(Debug)]
+enum Command {
+    Submit {
+        id: String,
+        spec: JobSpec,
+        works: Vec<TaskWork>,
+        max_attempts: u32,
+        reply: Reply<JobStatus>,
+    },
+    Cancel {
+        job_id: String,
+        reply: Reply<JobStatus>,
+    },
+    Register {
+        registration: Registration,
+        reply: Reply<String>,
+    },
+    Heartbeat {
+        worker_id: String,
+        held: Vec<LeaseRef>,
+        reply: Reply<Vec<LeaseRef>>,
+    },
+    Lease {
+        worker_id: String,
+        wait: Duration,
+        reply: Reply<Option<Assignment>>,
+    },
+    Progress {
+        worker_id: String,
+        lease: LeaseRef,
+        report: TaskProgressReport,
+        reply: Reply<bool>,
+    },
+    Complete {
+        worker_id: String,
+        lease: LeaseRef,
+        outcome: TaskOutcome,
+        reply: Reply<()>,
+    },
+    Fail {
+        worker_id: String,
+        lease: LeaseRef,
+        failure: TaskFailure,
+        reply: Reply<()>,
+    },
+    Finalized {
+        job_id: String,
+        result: std::result::Result<(), String>,
+    },
+}
+
+/// The jobs as they stood after the last committed batch; reads never wait
+/// for the event loop.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    jobs: HashMap<String, JobStatus>,
+    order: Vec<String>,
+}
+
+impl Snapshot {
+    pub fn get(&self, job_id: &str) -> Option<JobStatus> {
+        self.jobs.get(job_id).cloned()
+    }
+
+    /// Newest first.
+    pub fn list(&self, states: &[JobState], limit: usize) -> Vec<JobStatus> {
+        self.order
+            .iter()
+            .rev()
+            .filter_map(|id| self.jobs.get(id))
+            .filter(|job| states.is_empty() || states.contains(&job.state))
+            .take(if limit == 0 { usize::MAX } else { limit })
+            .cloned()
+            .collect()
+    }
+}
+
+/// The way into the event loop, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LoopHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    snapshot: Arc<RwLock<Snapshot>>,
+    events: broadcast::Sender<JobStatus>,
+}
+
+impl LoopHandle {
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .map_err(|_| CoordinatorError::ShuttingDown)?;
+        answer.await.map_err(|_| CoordinatorError::ShuttingDown)?
+    }
+
+    pub async fn submit(
+        &self,
+        id: String,
+        spec: JobSpec,
+        works: Vec<TaskWork>,
+        max_attempts: u32,
+    ) -> Result<JobStatus> {
+        self.ask(|reply| Command::Submit {
+            id,
+            spec,
+            works,
+            max_attempts,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn cancel(&self, job_id: String) -> Result<JobStatus> {
+        self.ask(|reply| Command::Cancel { job_id, reply }).await
+    }
+
+    pub async fn register(&self, registration: Registration) -> Result<String> {
+        self.ask(|reply| Command::Register {
+            registration,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn heartbeat(&self, worker_id: String, held: Vec<LeaseRef>) -> Result<Vec<LeaseRef>> {
+        self.ask(|reply| Command::Heartbeat {
+            worker_id,
+            held,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn lease(&self, worker_id: String, wait: Duration) -> Result<Option<Assignment>> {
+        self.ask(|reply| Command::Lease {
+            worker_id,
+            wait,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn progress(
+        &self,
+        worker_id: String,
+        lease: LeaseRef,
+        report: TaskProgressReport,
+    ) -> Result<bool> {
+        self.ask(|reply| Command::Progress {
+            worker_id,
+            lease,
+            report,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn complete(
+        &self,
+        worker_id: String,
+        lease: LeaseRef,
+        outcome: TaskOutcome,
+    ) -> Result<()> {
+        self.ask(|reply| Command::Complete {
+            worker_id,
+            lease,
+            outcome,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn fail(
+        &self,
+        worker_id: String,
+        lease: LeaseRef,
+        failure: TaskFailure,
+    ) -> Result<()> {
+        self.ask(|reply| Command::Fail {
+            worker_id,
+            lease,
+            failure,
+            reply,
+        })
+        .await
+    }
+
+    pub fn job(&self, job_id: &str) -> Result<JobStatus> {
+        self.read()
+            .get(job_id)
+            .ok_or_else(|| CoordinatorError::JobNotFound(job_id.to_string()))
+    }
+
+    pub fn jobs(&self, states: &[JobState], limit: usize) -> Vec<JobStatus> {
+        self.read().list(states, limit)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Snapshot> {
+        // A panic while holding the lock cannot leave the snapshot half-written
+        // (inserts are single calls), so a poisoned lock is still readable.
+        self.snapshot.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Job updates as they are committed.
+    pub fn subscribe(&self) -> broadcast::Receiver<JobStatus> {
+        self.events.subscribe()
+    }
+}
+
+/// An answer held back until the batch it belongs to is committed.
+type Deferred = Box<dyn FnOnce(Option<&str>) + Send>;
+
+fn defer<T: Send + 'static>(reply: Reply<T>, value: Result<T>) -> Deferred {
+    Box::new(move |store_error| {
+        let value = match store_error {
+            Some(e) => Err(CoordinatorError::Internal(format!("state store: {e}"))),
+            None => value,
+        };
+        let _ = reply.send(value);
+    })
+}
+
+#[derive(Debug)]
+struct Waiter {
+    worker_id: String,
+    deadline: Instant,
+    reply: Reply<Option<Assignment>>,
+}
+
+struct EventLoop {
+    state: State,
+    store: StateStore,
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// Weak, so that the loop ends once the last `LoopHandle` is gone.
+    myself: mpsc::WeakUnboundedSender<Command>,
+    snapshot: Arc<RwLock<Snapshot>>,
+    events: broadcast::Sender<JobStatus>,
+    waiters: VecDeque<Waiter>,
+    max_wait: Duration,
+}
+
+/// Starts the event loop on its own thread. The thread ends, returning its
+/// outcome through the join handle, when every `LoopHandle` is dropped or the
+/// store fails (the in-memory state can then no longer be trusted).
+pub fn start(
+    state: State,
+    store: StateStore,
+    max_wait: Duration,
+) -> std::io::Result<(LoopHandle, std::thread::JoinHandle<Result<()>>)> {
+    let (commands_tx, commands) = mpsc::unbounded_channel();
+    let (events, _) = broadcast::channel(1024);
+    let snapshot = Arc::new(RwLock::new(Snapshot::default()));
+    let handle = LoopHandle {
+        commands: commands_tx.clone(),
+        snapshot: Arc::clone(&snapshot),
+        events: events.clone(),
+    };
+    let mut event_loop = EventLoop {
+        state,
+        store,
+        commands,
+        myself: commands_tx.downgrade(),
+        snapshot,
+        events,
+        waiters: VecDeque::new(),
+        max_wait,
+    };
+    event_loop.publish_all();
+    let thread = std::thread::Builder::new()
+        .name("coordinator-loop".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| CoordinatorError::Internal(format!("event loop runtime: {e}")))?;
+            runtime.block_on(event_loop.run())
+        })?;
+    Ok((handle, thread))
+}
+
+impl EventLoop {
+    async fn run(mut self) -> Result<()> {
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(command) => Some(command),
+                    None => break,
+                },
+                _ = ticker.tick() => None,
+            };
+            let now = Instant::now();
+            let mut deferred = Vec::new();
+            if let Some(command) = first {
+                self.apply(command, now, &mut deferred);
+            }
+            while deferred.len() < MAX_BATCH {
+                match self.commands.try_recv() {
+                    Ok(command) => self.apply(command, now, &mut deferred),
+                    Err(_) => break,
+                }
+            }
+            self.state.expire(now);
+            self.serve_waiters(now, &mut deferred);
+            for job in self.state.take_finalize() {
+                let Some(done) = self.myself.upgrade() else {
+                    break;
+                };
+                tokio::spawn(async move {
+                    let result = write_manifest(&job).await;
+                    if let Err(e) = &result {
+                        tracing::error!(job = %job.job.id, error = %e, "manifest not written");
+                    }
+                    let _ = done.send(Command::Finalized {
+                        job_id: job.job.id.clone(),
+                        result,
+                    });
+                });
+            }
+            let (jobs, tasks) = self.state.take_dirty();
+            let saved = self.store.save(
+                &jobs.iter().collect::<Vec<_>>(),
+                &tasks.iter().collect::<Vec<_>>(),
+            );
+            let error = saved.as_ref().err().map(ToString::to_string);
+            for answer in deferred {
+                answer(error.as_deref());
+            }
+            saved?;
+            self.publish_touched();
+        }
+        tracing::info!("coordinator event loop stopped");
+        Ok(())
+    }
+
+    fn apply(&mut self, command: Command, now: Instant, deferred: &mut Vec<Deferred>) {
+        let state = &mut self.state;
+        match command {
+            Command::Submit {
+                id,
+                spec,
+                works,
+                max_attempts,
+                reply,
+            } => {
+                let status = state.submit(id, spec, works, max_attempts);
+                tracing::info!(job = %status.id, description = %status.description, "job submitted");
+                deferred.push(defer(reply, Ok(status)));
+            }
+            Command::Cancel { job_id, reply } => {
+                let status = state.cancel(&job_id);
+                if status.is_ok() {
+                    tracing::info!(job = %job_id, "job cancelled");
+                }
+                deferred.push(defer(reply, status));
+            }
+            Command::Register {
+                registration,
+                reply,
+            } => {
+                let hostname = registration.hostname.clone();
+                let id = state.register(registration, now);
+                if let Ok(id) = &id {
+                    tracing::info!(worker = %id, %hostname, "worker registered");
+                }
+                deferred.push(defer(reply, id));
+            }
+            Command::Heartbeat {
+                worker_id,
+                held,
+                reply,
+            } => deferred.push(defer(reply, state.heartbeat(&worker_id, &held, now))),
+            Command::Lease {
+                worker_id,
+                wait,
+                reply,
+            } => match state.lease(&worker_id, now) {
+                Ok(None) if !wait.is_zero() => self.waiters.push_back(Waiter {
+                    worker_id,
+                    deadline: now + wait.min(self.max_wait),
+                    reply,
+                }),
+                other => deferred.push(defer(reply, other)),
+            },
+            Command::Progress {
+                worker_id,
+                lease,
+                report,
+                reply,
+            } => deferred.push(defer(
+                reply,
+                state.progress(&worker_id, &lease, report, now),
+            )),
+            Command::Complete {
+                worker_id,
+                lease,
+                outcome,
+                reply,
+            } => deferred.push(defer(
+                reply,
+                state.complete(&worker_id, &lease, outcome, now),
+            )),
+            Command::Fail {
+                worker_id,
+                lease,
+                failure,
+                reply,
+            } => {
+                tracing::warn!(task = %lease.task_id, attempt = lease.attempt, reason = %failure.reason, "worker reported a failed task");
+                deferred.push(defer(reply, state.fail(&worker_id, &lease, failure, now)));
+            }
+            Command::Finalized { job_id, result } => {
+                if result.is_ok() {
+                    tracing::info!(job = %job_id, "job succeeded");
+                }
+                state.finalized(&job_id, result);
+            }
+        }
+    }
+
+    /// Hands queued tasks to waiting workers, and sends away those whose wait is over.
+    fn serve_waiters(&mut self, now: Instant, deferred: &mut Vec<Deferred>) {
+        while self.state.has_queued_work() {
+            let Some(waiter) = self.waiters.pop_front() else {
+                break;
+            };
+            if waiter.reply.is_closed() {
+                continue;
+            }
+            match self.state.lease(&waiter.worker_id, now) {
+                Ok(None) => {
+                    self.waiters.push_front(waiter);
+                    break;
+                }
+                other => deferred.push(defer(waiter.reply, other)),
+            }
+        }
+        let mut kept = VecDeque::with_capacity(self.waiters.len());
+        for waiter in self.waiters.drain(..) {
+            if waiter.reply.is_closed() {
+                continue;
+            }
+            if waiter.deadline <= now {
+                deferred.push(defer(waiter.reply, Ok(None)));
+            } else {
+                kept.push_back(waiter);
+            }
+        }
+        self.waiters = kept;
+    }
+
+    fn publish_touched(&mut self) {
+        let touched = self.state.take_touched();
+        if touched.is_empty() {
+            return;
+        }
+        let statuses: Vec<JobStatus> = touched
+            .iter()
+            .filter_map(|id| self.state.status(id).ok())
+            .collect();
+        {
+            let mut snapshot = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
+            for status in &statuses {
+                if snapshot
+                    .jobs
+                    .insert(status.id.clone(), status.clone())
+                    .is_none()
+                {
+                    snapshot.order.push(status.id.clone());
+                }
+            }
+        }
+        for status in statuses {
+            let _ = self.events.send(status);
+        }
+    }
+
+    fn publish_all(&mut self) {
+        let mut snapshot = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
+        for id in self.state.job_ids() {
+            if let Ok(status) = self.state.status(id) {
+                snapshot.jobs.insert(id.clone(), status);
+                snapshot.order.push(id.clone());
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The coordinator's gRPC server on an already-bound listener.
+
+use std::future::Future;
+use std::path::Path;
+use std::time::Instant;
+
+use atelier_proto::v1::job_service_server::JobServiceServer;
+use atelier_proto::v1::worker_service_server::WorkerServiceServer;
+use atelier_proto::FILE_DESCRIPTOR_SET;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::CoordinatorConfig;
+use crate::error::{CoordinatorError, Result};
+use crate::event_loop;
+use crate::service::auth::BearerAuth;
+use crate::service::jobs::JobApi;
+use crate::service::workers::WorkerApi;
+use crate::state::State;
+use crate::store::StateStore;
+
+/// Serves both services, health and reflection on `listener` until `shutdown`
+/// resolves, with its state in the SQLite file at `state_path` (created if
+/// missing; reloaded, with every job where it was, if not).
+pub async fn serve(
+    listener: TcpListener,
+    state_path: &Path,
+    config: CoordinatorConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let store = StateStore::open(state_path)?;
+    let loaded = store.load()?;
+    tracing::info!(
+        jobs = loaded.jobs.len(),
+        tasks = loaded.tasks.len(),
+        state = %state_path.display(),
+        "coordinator state loaded"
+    );
+    let state = State::restore(config.lease_timeout, loaded, Instant::now());
+    let (handle, loop_thread) = event_loop::start(state, store, config.max_lease_wait)
+        .map_err(|e| CoordinatorError::Internal(format!("starting the event loop: {e}")))?;
+
+    let auth = BearerAuth::new(config.token.as_deref());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<JobServiceServer<JobApi>>().await;
+    health.set_serving::<WorkerServiceServer<WorkerApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| CoordinatorError::Internal(format!("reflection: {e}")))?;
+    let jobs = JobServiceServer::with_interceptor(
+        JobApi {
+            handle: handle.clone(),
+            config: config.clone(),
+        },
+        auth.clone(),
+    );
+    let workers = WorkerServiceServer::with_interceptor(
+        WorkerApi {
+            handle: handle.clone(),
+            config: config.clone(),
+        },
+        auth,
+    );
+    drop(handle);
+    let address = listener.local_addr().ok();
+    tracing::info!(?address, "coordinator serving");
+    let served = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(jobs)
+        .add_service(workers)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    // The services held the last loop handles; with them gone the loop ends.
+    let looped = loop_thread
+        .join()
+        .map_err(|_| CoordinatorError::Internal("the event loop panicked".into()))?;
+    served.map_err(|e| CoordinatorError::Internal(format!("grpc server: {e}")))?;
+    looped
+}

@@ -1,0 +1,5 @@
+//! The gRPC edges: wire messages in, domain values to the event loop, wire out.
+
+pub mod auth;
+pub mod jobs;
+pub mod workers;

@@ -1,0 +1,269 @@
+use std::time::{Duration, Instant};
+
+use atelier_proto::domain::*;
+use atelier_proto::PROTOCOL_VERSION;
+
+use super::State;
+use crate::error::CoordinatorError;
+use crate::records::TaskState;
+use crate::store::{Loaded, StateStore};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn registration() -> Registration {
+    Registration {
+        protocol_version: PROTOCOL_VERSION,
+        hostname: "test".into(),
+        devices: vec![],
+        memory_bytes: 0,
+        cpu_cores: 2,
+        atelier_version: "0".into(),
+    }
+}
+
+fn shard(index: usize) -> TaskWork {
+    TaskWork::Tag(ShardWork {
+        catalog: "file:///c".into(),
+        ranges: vec![FileRowGroups {
+            file: "file:///c/part-00000.parquet".into(),
+            row_groups: vec![index as u32],
+        }],
+        checkpoints: vec!["file:///ck".into()],
+        output: format!("file:///o/part-{index:05}.parquet"),
+        inference: InferenceSettings::default(),
+        rows: 100,
+    })
+}
+
+fn tag_spec() -> JobSpec {
+    JobSpec::Tag(TagJobSpec {
+        catalog: "file:///c".into(),
+        checkpoints: vec!["file:///ck".into()],
+        output: "file:///o".into(),
+        target_shard_rows: 100,
+        max_attempts: 0,
+        inference: InferenceSettings::default(),
+        overwrite: false,
+    })
+}
+
+fn outcome() -> TaskOutcome {
+    TaskOutcome {
+        rows_written: 100,
+        items_failed: 1,
+        ..Default::default()
+    }
+}
+
+fn job_with(state: &mut State, shards: usize, attempts: u32) -> String {
+    let works = (0..shards).map(shard).collect();
+    state.submit("job-1".into(), tag_spec(), works, attempts).id
+}
+
+#[test]
+fn a_job_runs_to_its_manifest_and_counts_its_items() {
+    let now = Instant::now();
+    let mut state = State::new(TIMEOUT);
+    let job = job_with(&mut state, 2, 3);
+    let worker = state.register(registration(), now).unwrap();
+    let a = state.lease(&worker, now).unwrap().unwrap();
+    let b = state.lease(&worker, now).unwrap().unwrap();
+    assert!(state.lease(&worker, now).unwrap().is_none());
+    assert_eq!(state.status(&job).unwrap().state, JobState::Running);
+    state.complete(&worker, &a.lease, outcome(), now).unwrap();
+    // A repeated report of the same attempt changes nothing.
+    state.complete(&worker, &a.lease, outcome(), now).unwrap();
+    assert!(state.take_finalize().is_empty());
+    state.complete(&worker, &b.lease, outcome(), now).unwrap();
+    let finalize = state.take_finalize();
+    assert_eq!(finalize.len(), 1);
+    assert_eq!(finalize[0].parts.len(), 2);
+    state.finalized(&job, Ok(()));
+    let status = state.status(&job).unwrap();
+    assert_eq!(status.state, JobState::Succeeded);
+    let tag = status.tag.unwrap();
+    assert_eq!(
+        (tag.items_done, tag.items_failed, tag.shards_done),
+        (200, 2, 2)
+    );
+}
+
+#[test]
+fn an_expired_lease_is_fenced_off_and_the_task_goes_to_another_worker() {
+    let now = Instant::now();
+    let mut state = State::new(TIMEOUT);
+    let job = job_with(&mut state, 1, 3);
+    let slow = state.register(registration(), now).unwrap();
+    let first = state.lease(&slow, now).unwrap().unwrap();
+    // Heartbeats renew the lease...
+    let later = now + TIMEOUT / 2;
+    assert!(state
+        .heartbeat(&slow, &[first.lease.clone()], later)
+        .unwrap()
+        .is_empty());
+    assert_eq!(state.expire(now + TIMEOUT), 0);
+    // ...until they stop.
+    let expired_at = later + TIMEOUT;
+    assert_eq!(state.expire(expired_at), 1);
+    let fast = state.register(registration(), expired_at).unwrap();
+    let second = state.lease(&fast, expired_at).unwrap().unwrap();
+    assert_eq!(second.lease.attempt, 2);
+    // The stalled worker wakes up: every report it makes is refused.
+    let report = TaskProgressReport::default();
+    let refused = state
+        .progress(&slow, &first.lease, report, expired_at)
+        .unwrap_err();
+    assert!(
+        matches!(refused, CoordinatorError::StaleLease { .. }),
+        "{refused}"
+    );
+    assert!(state
+        .complete(&slow, &first.lease, outcome(), expired_at)
+        .is_err());
+    let revoked = state
+        .heartbeat(&slow, &[first.lease.clone()], expired_at)
+        .unwrap();
+    assert_eq!(revoked, vec![first.lease.clone()]);
+    state
+        .complete(&fast, &second.lease, outcome(), expired_at)
+        .unwrap();
+    state.take_finalize();
+    state.finalized(&job, Ok(()));
+    let status = state.status(&job).unwrap();
+    assert_eq!(status.state, JobState::Succeeded);
+    assert_eq!(status.tag.unwrap().shards_retried, 1);
+}
+
+#[test]
+fn a_task_is_retried_up_to_its_attempts_then_fails_the_job_with_its_reason() {
+    let now = Instant::now();
+    let mut state = State::new(TIMEOUT);
+    let job = job_with(&mut state, 2, 2);
+    let worker = state.register(registration(), now).unwrap();
+    let failure = || TaskFailure {
+        reason: "store unreachable".into(),
+        retryable: true,
+    };
+    let first = state.lease(&worker, now).unwrap().unwrap();
+    state.fail(&worker, &first.lease, failure(), now).unwrap();
+    let other = state.lease(&worker, now).unwrap().unwrap();
+    let again = state.lease(&worker, now).unwrap().unwrap();
+    assert_eq!(again.lease.task_id, first.lease.task_id);
+    state.fail(&worker, &again.lease, failure(), now).unwrap();
+    let status = state.status(&job).unwrap();
+    assert_eq!(status.state, JobState::Failed);
+    let error = status.error.unwrap();
+    assert!(
+        error.contains("after 2 attempts") && error.contains("store unreachable"),
+        "{error}"
+    );
+    // The job's other running task is told to stop.
+    assert!(state
+        .progress(&worker, &other.lease, Default::default(), now)
+        .unwrap());
+}
+
+#[test]
+fn a_non_retryable_failure_ends_the_job_at_once() {
+    let now = Instant::now();
+    let mut state = State::new(TIMEOUT);
+    let job = job_with(&mut state, 1, 5);
+    let worker = state.register(registration(), now).unwrap();
+    let task = state.lease(&worker, now).unwrap().unwrap();
+    let failure = TaskFailure {
+        reason: "checkpoint has no colour head".into(),
+        retryable: false,
+    };
+    state.fail(&worker, &task.lease, failure, now).unwrap();
+    assert_eq!(state.status(&job).unwrap().state, JobState::Failed);
+}
+
+#[test]
+fn cancelling_revokes_leases_and_empties_the_queue() {
+    let now = Instant::now();
+    let mut state = State::new(TIMEOUT);
+    let job = job_with(&mut state, 3, 3);
+    let worker = state.register(registration(), now).unwrap();
+    let running = state.lease(&worker, now).unwrap().unwrap();
+    assert_eq!(state.cancel(&job).unwrap().state, JobState::Cancelled);
+    assert!(state.lease(&worker, now).unwrap().is_none());
+    assert!(state
+        .progress(&worker, &running.lease, Default::default(), now)
+        .unwrap());
+    let revoked = state
+        .heartbeat(&worker, &[running.lease.clone()], now)
+        .unwrap();
+    assert_eq!(revoked.len(), 1);
+    assert!(matches!(
+        state.cancel("job-none").unwrap_err(),
+        CoordinatorError::JobNotFound(_)
+    ));
+}
+
+#[test]
+fn workers_of_another_protocol_version_and_unknown_workers_are_refused() {
+    let now = Instant::now();
+    let mut state = State::new(TIMEOUT);
+    let old = Registration {
+        protocol_version: PROTOCOL_VERSION + 1,
+        ..registration()
+    };
+    assert!(matches!(
+        state.register(old, now).unwrap_err(),
+        CoordinatorError::ProtocolMismatch { .. }
+    ));
+    assert!(matches!(
+        state.lease("w-unknown", now).unwrap_err(),
+        CoordinatorError::UnknownWorker(_)
+    ));
+}
+
+#[test]
+fn a_restart_from_the_store_keeps_attempts_and_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let now = Instant::now();
+    let mut state = State::new(TIMEOUT);
+    let job = job_with(&mut state, 3, 3);
+    let worker = state.register(registration(), now).unwrap();
+    let done = state.lease(&worker, now).unwrap().unwrap();
+    let running = state.lease(&worker, now).unwrap().unwrap();
+    state
+        .complete(&worker, &done.lease, outcome(), now)
+        .unwrap();
+    let mut store = StateStore::open(&path).unwrap();
+    let (jobs, tasks) = state.take_dirty();
+    store
+        .save(
+            &jobs.iter().collect::<Vec<_>>(),
+            &tasks.iter().collect::<Vec<_>>(),
+        )
+        .unwrap();
+    drop(store);
+
+    let loaded: Loaded = StateStore::open(&path).unwrap().load().unwrap();
+    let mut restored = State::restore(TIMEOUT, loaded, now);
+    // The worker comes back under a new id and still holds its lease.
+    let again = restored.register(registration(), now).unwrap();
+    assert!(restored
+        .heartbeat(&again, &[running.lease.clone()], now)
+        .unwrap()
+        .is_empty());
+    let last = restored.lease(&again, now).unwrap().unwrap();
+    assert!(restored.lease(&again, now).unwrap().is_none());
+    restored
+        .complete(&again, &running.lease, outcome(), now)
+        .unwrap();
+    restored
+        .complete(&again, &last.lease, outcome(), now)
+        .unwrap();
+    assert_eq!(restored.take_finalize().len(), 1);
+    restored.finalized(&job, Ok(()));
+    let status = restored.status(&job).unwrap();
+    assert_eq!(status.state, JobState::Succeeded);
+    assert_eq!(status.tag.unwrap().items_done, 300);
+    assert_eq!(
+        restored.task(&done.lease.task_id).unwrap().state,
+        TaskState::Done
+    );
+}

@@ -1,0 +1,308 @@
+//! The domain types that the coordinator, the workers and the CLI work with.
+//! They mirror the wire messages but carry no protobuf baggage (no `Option`
+//! for required parts, no integer enums); `convert` maps between the two.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    Tag,
+    Train,
+    Eval,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl JobKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tag => "tag",
+            Self::Train => "train",
+            Self::Eval => "eval",
+        }
+    }
+}
+
+/// How a worker runs the models.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InferenceSettings {
+    /// 0: the worker's default.
+    pub batch_size: u32,
+    /// Caption beam width; 0 or 1: greedy.
+    pub beams: u32,
+    pub bf16: bool,
+    pub channels_last: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagJobSpec {
+    pub catalog: String,
+    pub checkpoints: Vec<String>,
+    pub output: String,
+    /// 0: the coordinator's default.
+    pub target_shard_rows: u64,
+    /// 0: the coordinator's default.
+    pub max_attempts: u32,
+    pub inference: InferenceSettings,
+    /// Replace whatever is under `output`; otherwise it must be empty.
+    pub overwrite: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvalJobSpec {
+    pub catalog: String,
+    pub checkpoint: String,
+    pub all_items: bool,
+    pub beams: u32,
+}
+
+/// A training run; the fields follow `atelier train`'s flags, and empty or
+/// zero ones take that command's defaults on the worker.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainJobSpec {
+    pub catalog: String,
+    pub checkpoint: String,
+    pub model_type: String,
+    pub arch: String,
+    pub lr: f64,
+    pub n_epochs: u32,
+    pub batch_size: u32,
+    pub image_size: u32,
+    pub finetune: Option<bool>,
+    pub backbone_weights: String,
+    pub optimizer: String,
+    pub weight_decay: f64,
+    pub momentum: f64,
+    pub schedule: String,
+    pub warmup_steps: i64,
+    pub augment: bool,
+    pub val_fraction: f64,
+    pub seed: u64,
+    pub world_size: u32,
+    pub ranks_per_worker: u32,
+    pub max_restarts: u32,
+    pub checkpoint_every: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum JobSpec {
+    Tag(TagJobSpec),
+    Train(TrainJobSpec),
+    Eval(EvalJobSpec),
+}
+
+impl JobSpec {
+    pub fn kind(&self) -> JobKind {
+        match self {
+            Self::Tag(_) => JobKind::Tag,
+            Self::Train(_) => JobKind::Train,
+            Self::Eval(_) => JobKind::Eval,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Tag(s) => format!(
+                "tag {} with {} into {}",
+                s.catalog,
+                s.checkpoints.join(" + "),
+                s.output
+            ),
+            Self::Train(s) => format!(
+                "train {} {} on {} into {}",
+                s.arch, s.model_type, s.catalog, s.checkpoint
+            ),
+            Self::Eval(s) => format!("test {} on {}", s.checkpoint, s.catalog),
+        }
+    }
+}
+
+/// Seconds per pipeline stage, summed over threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageTimes {
+    pub read: f64,
+    pub fetch: f64,
+    pub decode: f64,
+    pub transform: f64,
+    pub forward: f64,
+    pub write: f64,
+}
+
+impl StageTimes {
+    pub fn add(&mut self, other: &StageTimes) {
+        self.read += other.read;
+        self.fetch += other.fetch;
+        self.decode += other.decode;
+        self.transform += other.transform;
+        self.forward += other.forward;
+        self.write += other.write;
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TagProgress {
+    pub items_total: u64,
+    pub items_done: u64,
+    pub items_failed: u64,
+    pub shards_total: u32,
+    pub shards_done: u32,
+    pub shards_failed: u32,
+    pub shards_retried: u32,
+    pub items_per_second: f64,
+    pub output: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainProgress {
+    pub epoch: u32,
+    pub step: i64,
+    pub total_steps: i64,
+    pub loss: f64,
+    pub validation: BTreeMap<String, f64>,
+    pub ranks: Vec<RankStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RankStatus {
+    pub rank: u32,
+    pub worker_id: String,
+    pub device: String,
+    pub images_per_second: f64,
+    pub allreduce_seconds: f64,
+}
+
+/// A job as users see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub id: String,
+    pub kind: JobKind,
+    pub state: JobState,
+    pub created_unix_ms: i64,
+    pub updated_unix_ms: i64,
+    pub error: Option<String>,
+    pub description: String,
+    pub tag: Option<TagProgress>,
+    pub train: Option<TrainProgress>,
+    pub stages: StageTimes,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// One attempt at one task; the attempt number is the fencing token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LeaseRef {
+    pub task_id: String,
+    pub attempt: u32,
+}
+
+/// Row groups of one catalogue file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRowGroups {
+    pub file: String,
+    pub row_groups: Vec<u32>,
+}
+
+/// One shard of a tag job: the rows it reads and the one object it writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardWork {
+    pub catalog: String,
+    pub ranges: Vec<FileRowGroups>,
+    pub checkpoints: Vec<String>,
+    pub output: String,
+    pub inference: InferenceSettings,
+    pub rows: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TaskWork {
+    Tag(ShardWork),
+    Train {
+        spec: TrainJobSpec,
+        rank: u32,
+        world_size: u32,
+        device: String,
+    },
+    Eval(EvalJobSpec),
+}
+
+/// A task handed to a worker under a lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub lease: LeaseRef,
+    pub job_id: String,
+    pub work: TaskWork,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub memory_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub protocol_version: u32,
+    pub hostname: String,
+    pub devices: Vec<DeviceInfo>,
+    pub memory_bytes: u64,
+    pub cpu_cores: u32,
+    pub atelier_version: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerTimings {
+    pub heartbeat_interval_ms: u32,
+    pub lease_timeout_ms: u32,
+}
+
+/// A worker's running count for the task it holds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskProgressReport {
+    pub items_done: u64,
+    pub items_failed: u64,
+    pub stages: StageTimes,
+    pub train: Option<TrainProgress>,
+}
+
+/// What a worker reports when its task is done and its output written.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskOutcome {
+    pub rows_written: u64,
+    pub items_failed: u64,
+    pub output: String,
+    pub stages: StageTimes,
+    pub metrics: BTreeMap<String, f64>,
+    pub model_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskFailure {
+    pub reason: String,
+    pub retryable: bool,
+}
