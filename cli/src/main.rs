@@ -43,6 +43,19 @@ enum Command {
     Plot(commands::plot::PlotArgs),
     /// The whole job on this machine with local files: the README's first command.
     Local(commands::local::LocalArgs),
+    /// Run the coordinator: jobs in, tasks out to workers, state in SQLite.
+    Coordinator(commands::cluster::CoordinatorArgs),
+    /// Run a worker: takes tasks from the coordinator and runs them.
+    Worker(commands::cluster::WorkerArgs),
+    /// Submit a job to the coordinator.
+    #[command(subcommand)]
+    Submit(commands::jobs::SubmitCommand),
+    /// Show a job (or all of them); --watch follows it with a progress bar.
+    Status(commands::jobs::StatusArgs),
+    /// List jobs, newest first.
+    Jobs(commands::jobs::JobsArgs),
+    /// Cancel a job; its workers stop at their next batch.
+    Cancel(commands::jobs::CancelArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -73,6 +86,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Test(args) => commands::test::run(&args, &handle),
         Command::Tag(args) => commands::tag::run(&args, &handle),
         Command::Plot(args) => commands::plot::run(&args, &handle),
+        Command::Coordinator(args) => commands::cluster::run_coordinator(&args, &handle),
+        Command::Worker(args) => commands::cluster::run_worker(&args, &handle),
+        Command::Submit(command) => commands::jobs::submit(command, &handle),
+        Command::Status(args) => commands::jobs::status(&args, &handle),
+        Command::Jobs(args) => commands::jobs::jobs(&args, &handle),
+        Command::Cancel(args) => commands::jobs::cancel(&args, &handle),
     };
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     result

@@ -7,18 +7,24 @@ pub enum ProtoError {
     Missing(&'static str),
     #[error("invalid {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    #[error("cannot reach the coordinator at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
 }
 
 pub type Result<T, E = ProtoError> = std::result::Result<T, E>;
 
 impl ProtoError {
-    /// Malformed messages stay malformed when sent again.
+    /// Malformed messages stay malformed when sent again; an unreachable
+    /// coordinator may come back.
     pub fn is_retryable(&self) -> bool {
-        false
+        matches!(self, Self::Unreachable { .. })
     }
 
     pub fn grpc_code(&self) -> tonic::Code {
-        tonic::Code::InvalidArgument
+        match self {
+            Self::Unreachable { .. } => tonic::Code::Unavailable,
+            _ => tonic::Code::InvalidArgument,
+        }
     }
 }
 

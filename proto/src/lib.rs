@@ -5,6 +5,7 @@
 //! Only the servers' and clients' edges touch it; `convert` turns it into the
 //! types of `domain` and back.
 
+pub mod client;
 pub mod convert;
 pub mod domain;
 pub mod error;

@@ -17,6 +17,12 @@ pub enum WorkerError {
     InvalidOptions(String),
     #[error("{0}")]
     Data(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("coordinator: {0}")]
+    Coordinator(#[from] tonic::Status),
+    #[error(transparent)]
+    Protocol(#[from] atelier_proto::ProtoError),
 }
 
 pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
@@ -27,6 +33,11 @@ impl WorkerError {
             WorkerError::Catalog(e) => e.is_retryable(),
             WorkerError::Pipeline(e) => e.is_retryable(),
             WorkerError::Model(e) => e.is_retryable(),
+            WorkerError::Coordinator(status) => matches!(
+                status.code(),
+                Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Internal
+            ),
+            WorkerError::Protocol(e) => e.is_retryable(),
             _ => false,
         }
     }
@@ -38,6 +49,9 @@ impl WorkerError {
             WorkerError::Model(e) => e.grpc_code(),
             WorkerError::Torch(_) => Code::Internal,
             WorkerError::InvalidOptions(_) | WorkerError::Data(_) => Code::InvalidArgument,
+            WorkerError::Cancelled => Code::Cancelled,
+            WorkerError::Coordinator(status) => status.code(),
+            WorkerError::Protocol(e) => e.grpc_code(),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! Compute runs on the calling OS thread (never on the async runtime); the
 //! runtime handle passed in only serves object-store I/O.
 
+pub mod agent;
 pub mod dataset;
 pub mod device;
 pub mod error;

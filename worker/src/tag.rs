@@ -48,15 +48,35 @@ pub struct TagSummary {
 }
 
 /// Models loaded for tagging, with what they predict.
-struct Taggers {
+pub struct Taggers {
     models: Vec<(Manifest, Model)>,
     attributes: Vec<(String, usize)>,
     captions: Option<usize>,
     version: String,
 }
 
+impl std::fmt::Debug for Taggers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Taggers")
+            .field("attributes", &self.attributes)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+/// How many rows of one output file are written, and how many of them carry an error.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    pub rows: usize,
+    pub errors: usize,
+}
+
 impl Taggers {
-    fn load(
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn load(
         checkpoints: &[String],
         handle: &Handle,
         device: Device,
@@ -113,7 +133,7 @@ impl Taggers {
         })
     }
 
-    fn schema(&self) -> SchemaRef {
+    pub fn schema(&self) -> SchemaRef {
         let mut fields = vec![Field::new("item_id", DataType::Utf8, false)];
         for (attribute, _) in &self.attributes {
             fields.push(Field::new(attribute, DataType::Utf8, true));
@@ -259,6 +279,61 @@ impl Taggers {
     }
 }
 
+/// How a run of `Taggers::write` uses the device and the decode threads.
+#[derive(Debug, Clone, Copy)]
+pub struct Tagging {
+    pub device: Device,
+    pub beams: usize,
+    pub batch_size: usize,
+    pub threads: usize,
+}
+
+impl Taggers {
+    /// Tags `ranges` of `catalog` into the one Parquet object `target`, rows in
+    /// input order. The object appears only when complete (`BufWriter` puts it
+    /// at close), so a retried shard replaces it whole. Stops with
+    /// `WorkerError::Cancelled` between batches once `cancelled` says so.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write(
+        &self,
+        tagging: &Tagging,
+        catalog: &Catalog,
+        ranges: Vec<ReadRange>,
+        target: &StoreLocation,
+        handle: &Handle,
+        cancelled: &dyn Fn() -> bool,
+        progress: &mut dyn FnMut(Written),
+    ) -> Result<Written> {
+        let schema = self.schema();
+        let loader_options =
+            inference_loader_options(&self.models[0].0, tagging.batch_size, tagging.threads);
+        let loader = ImageLoader::new(catalog, ranges, loader_options, handle.clone())?;
+        let parquet_error = |source| atelier_catalog::CatalogError::Parquet {
+            file: target.url(),
+            source,
+        };
+        let writer = BufWriter::new(Arc::clone(&target.store), target.path.clone());
+        let mut writer =
+            AsyncArrowWriter::try_new(writer, Arc::clone(&schema), None).map_err(parquet_error)?;
+        let mut written = Written::default();
+        for batch in loader {
+            if cancelled() {
+                return Err(WorkerError::Cancelled);
+            }
+            let batch = batch?;
+            let rows = self.tag(&batch, &schema, tagging.device, tagging.beams)?;
+            written.rows += rows.num_rows();
+            written.errors += batch.items.len() - batch.ok_count();
+            handle
+                .block_on(writer.write(&rows))
+                .map_err(parquet_error)?;
+            progress(written);
+        }
+        handle.block_on(writer.close()).map_err(parquet_error)?;
+        Ok(written)
+    }
+}
+
 pub fn tag(
     options: &TagOptions,
     handle: &Handle,
@@ -273,52 +348,34 @@ pub fn tag(
         &out,
         options.overwrite,
     ))?;
-    let schema = taggers.schema();
     let mut summary = TagSummary {
         model_version: taggers.version.clone(),
         ..TagSummary::default()
     };
-    let loader_options =
-        inference_loader_options(&taggers.models[0].0, options.batch_size, options.threads);
+    let tagging = Tagging {
+        device,
+        beams: options.beams,
+        batch_size: options.batch_size,
+        threads: options.threads,
+    };
     for (index, file) in catalog.files.iter().enumerate() {
         let range = ReadRange {
             file: index,
             row_groups: (0..file.metadata.metadata().num_row_groups()).collect(),
         };
         let target = out.child(&file.location.file_name());
-        let loader = ImageLoader::new(
+        let before = summary.items;
+        let written = taggers.write(
+            &tagging,
             &catalog,
             vec![range],
-            loader_options.clone(),
-            handle.clone(),
+            &target,
+            handle,
+            &|| false,
+            &mut |w| progress(before + w.rows),
         )?;
-        let writer = BufWriter::new(Arc::clone(&target.store), target.path.clone());
-        let mut writer =
-            AsyncArrowWriter::try_new(writer, Arc::clone(&schema), None).map_err(|source| {
-                atelier_catalog::CatalogError::Parquet {
-                    file: target.url(),
-                    source,
-                }
-            })?;
-        for batch in loader {
-            let batch = batch?;
-            let rows = taggers.tag(&batch, &schema, device, options.beams)?;
-            summary.items += rows.num_rows();
-            summary.errors += batch.items.len() - batch.ok_count();
-            handle.block_on(writer.write(&rows)).map_err(|source| {
-                atelier_catalog::CatalogError::Parquet {
-                    file: target.url(),
-                    source,
-                }
-            })?;
-            progress(summary.items);
-        }
-        handle.block_on(writer.close()).map_err(|source| {
-            atelier_catalog::CatalogError::Parquet {
-                file: target.url(),
-                source,
-            }
-        })?;
+        summary.items += written.rows;
+        summary.errors += written.errors;
         summary.files.push(target.url());
     }
     summary.seconds = started.elapsed().as_secs_f64();

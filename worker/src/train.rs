@@ -146,6 +146,17 @@ pub fn train(
     handle: &Handle,
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<TrainSummary> {
+    train_until(options, handle, &|| false, on_event)
+}
+
+/// `train`, stopping with `WorkerError::Cancelled` after a checkpoint once
+/// `stop` says so; run again, it resumes from there.
+pub fn train_until(
+    options: &TrainOptions,
+    handle: &Handle,
+    stop: &dyn Fn() -> bool,
+    on_event: &mut dyn FnMut(&TrainEvent),
+) -> Result<TrainSummary> {
     validate(options)?;
     let device = crate::device::parse_device(&options.device)?;
     let autocast = Bf16Autocast::new(options.bf16, device)?;
@@ -193,6 +204,10 @@ pub fn train(
             let batch = batch?;
             if index < skip {
                 continue;
+            }
+            if stop() {
+                save(&mut run, &checkpoint, handle)?;
+                return Err(WorkerError::Cancelled);
             }
             let inputs = inputs(&run.model.spec, &batch, device);
             if inputs.count == 0 {

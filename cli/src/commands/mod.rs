@@ -1,4 +1,6 @@
 pub mod catalog;
+pub mod cluster;
+pub mod jobs;
 pub mod local;
 pub mod pipeline;
 pub mod plot;

@@ -1,0 +1,127 @@
+//! `atelier coordinator` and `atelier worker`: the two long-running servers.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use atelier_coordinator::CoordinatorConfig;
+use atelier_worker::agent::{run_agent, AgentOptions};
+use clap::Args;
+use tokio::runtime::Handle;
+
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    /// Address to listen on (port 0: any free port; the chosen one is printed).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: String,
+    /// SQLite file with every job, task and attempt; reloaded on restart.
+    #[arg(long, default_value = "data/coordinator.db")]
+    pub state: PathBuf,
+    #[command(flatten)]
+    pub token: TokenArg,
+    /// A lease not renewed by a heartbeat for this long expires.
+    #[arg(long, default_value_t = 10_000)]
+    pub lease_timeout_ms: u64,
+    #[arg(long, default_value_t = 2_000)]
+    pub heartbeat_interval_ms: u64,
+    /// Rows per tag shard when a job does not say.
+    #[arg(long, default_value_t = 8192)]
+    pub shard_rows: u64,
+    /// Attempts per task when a job does not say.
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenArg {
+    /// Shared secret for both services (clients send it as a bearer token).
+    #[arg(long = "token", env = "ATELIER_TOKEN", hide_env_values = true)]
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The coordinator's address.
+    #[arg(
+        long,
+        env = "ATELIER_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub coordinator: String,
+    #[command(flatten)]
+    pub token: TokenArg,
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Decode threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl CoordinatorArgs {
+    pub fn config(&self) -> CoordinatorConfig {
+        CoordinatorConfig {
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
+            lease_timeout: Duration::from_millis(self.lease_timeout_ms),
+            default_shard_rows: self.shard_rows,
+            default_max_attempts: self.max_attempts,
+            token: self.token.value.clone(),
+            ..CoordinatorConfig::default()
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
+}
+
+pub fn run_coordinator(args: &CoordinatorArgs, handle: &Handle) -> anyhow::Result<()> {
+    handle.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        let address = listener.local_addr()?;
+        // The harness and scripts wait for this line.
+        println!("coordinator listening on {address}");
+        atelier_coordinator::serve(listener, &args.state, args.config(), shutdown_signal())
+            .await
+            .context("coordinator")
+    })
+}
+
+pub fn run_worker(args: &WorkerArgs, handle: &Handle) -> anyhow::Result<()> {
+    let options = AgentOptions {
+        token: args.token.value.clone(),
+        device: args.device.clone(),
+        threads: args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)),
+        ..AgentOptions::new(&args.coordinator)
+    };
+    let summary = handle
+        .block_on(run_agent(options, shutdown_signal()))
+        .with_context(|| format!("worker of {}", args.coordinator))?;
+    println!(
+        "worker stopped: {} tasks done, {} failed, {} stopped",
+        summary.tasks_done, summary.tasks_failed, summary.tasks_stopped
+    );
+    Ok(())
+}

@@ -1,0 +1,405 @@
+//! The user's side of the cluster: `atelier submit | status | jobs | cancel`.
+
+use anyhow::{bail, Context};
+use atelier_catalog::StoreLocation;
+use atelier_proto::client::{connect_jobs, JobClient};
+use atelier_proto::domain::{
+    EvalJobSpec, InferenceSettings, JobKind, JobState, JobStatus, TagJobSpec, TrainJobSpec,
+};
+use atelier_proto::v1;
+use clap::{Args, Subcommand};
+use tokio::runtime::Handle;
+
+use super::cluster::TokenArg;
+use super::train::TrainArgs;
+use crate::progress;
+
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The coordinator's address.
+    #[arg(
+        long,
+        env = "ATELIER_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub coordinator: String,
+    #[command(flatten)]
+    pub token: TokenArg,
+}
+
+impl ClientArgs {
+    pub async fn connect(&self) -> anyhow::Result<JobClient> {
+        Ok(connect_jobs(&self.coordinator, self.token.value.as_deref()).await?)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubmitCommand {
+    /// Tag a catalogue on the cluster's workers.
+    Tag(SubmitTagArgs),
+    /// Train a model on a worker (one rank).
+    Train(Box<SubmitTrainArgs>),
+    /// Evaluate a checkpoint on a worker.
+    Test(SubmitTestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitTagArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long)]
+    pub catalog: String,
+    /// Checkpoint prefix; give it twice to combine a classifier and a captioner.
+    #[arg(long, required = true)]
+    pub checkpoint: Vec<String>,
+    /// Output prefix: one `part-NNNNN.parquet` per shard, then `manifest.json` and `_SUCCESS`.
+    #[arg(long)]
+    pub out: String,
+    /// Replace whatever is under --out.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Rows per shard (0: the coordinator's default).
+    #[arg(long, default_value_t = 0)]
+    pub shard_rows: u64,
+    /// Attempts per shard (0: the coordinator's default).
+    #[arg(long, default_value_t = 0)]
+    pub max_attempts: u32,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: u32,
+    #[arg(long, default_value_t = 1)]
+    pub beams: u32,
+    #[arg(long)]
+    pub bf16: bool,
+    #[arg(long)]
+    pub channels_last: bool,
+    /// Watch the job until it ends.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitTrainArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// Ranks (only 1 runs today).
+    #[arg(long, default_value_t = 1)]
+    pub world_size: u32,
+    /// Restarts (resuming from the last checkpoint) after a failure.
+    #[arg(long, default_value_t = 2)]
+    pub max_restarts: u32,
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitTestArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long)]
+    pub checkpoint: String,
+    #[arg(long)]
+    pub catalog: String,
+    /// Every item rather than the run's validation split.
+    #[arg(long)]
+    pub all: bool,
+    #[arg(long, default_value_t = 1)]
+    pub beams: u32,
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The job; without it, every job.
+    pub job: Option<String>,
+    /// Follow the job with a live progress bar until it ends.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Show at most this many, newest first (0: all).
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    pub job: String,
+}
+
+/// Paths become absolute URLs: the coordinator and workers run elsewhere.
+fn absolute(url: &str) -> anyhow::Result<String> {
+    Ok(StoreLocation::parse(url)
+        .with_context(|| format!("{url} is not a path or object-store URL"))?
+        .url())
+}
+
+pub fn submit(command: SubmitCommand, handle: &Handle) -> anyhow::Result<()> {
+    handle.block_on(async {
+        let (client_args, wait, job_id) = match command {
+            SubmitCommand::Tag(args) => {
+                let spec = TagJobSpec {
+                    catalog: absolute(&args.catalog)?,
+                    checkpoints: args
+                        .checkpoint
+                        .iter()
+                        .map(|c| absolute(c))
+                        .collect::<anyhow::Result<_>>()?,
+                    output: absolute(&args.out)?,
+                    target_shard_rows: args.shard_rows,
+                    max_attempts: args.max_attempts,
+                    inference: InferenceSettings {
+                        batch_size: args.batch_size,
+                        beams: args.beams,
+                        bf16: args.bf16,
+                        channels_last: args.channels_last,
+                    },
+                    overwrite: args.overwrite,
+                };
+                let mut client = args.client.connect().await?;
+                let id = client
+                    .submit_tag_job(v1::SubmitTagJobRequest::from(spec))
+                    .await?
+                    .into_inner()
+                    .job_id;
+                (args.client, args.wait, id)
+            }
+            SubmitCommand::Train(args) => {
+                let spec = train_spec(&args)?;
+                let mut client = args.client.connect().await?;
+                let id = client
+                    .submit_train_job(v1::SubmitTrainJobRequest::from(spec))
+                    .await?
+                    .into_inner()
+                    .job_id;
+                (args.client.clone(), args.wait, id)
+            }
+            SubmitCommand::Test(args) => {
+                let spec = EvalJobSpec {
+                    catalog: absolute(&args.catalog)?,
+                    checkpoint: absolute(&args.checkpoint)?,
+                    all_items: args.all,
+                    beams: args.beams,
+                };
+                let mut client = args.client.connect().await?;
+                let id = client
+                    .submit_eval_job(v1::SubmitEvalJobRequest::from(spec))
+                    .await?
+                    .into_inner()
+                    .job_id;
+                (args.client, args.wait, id)
+            }
+        };
+        println!("submitted {job_id}");
+        if wait {
+            let mut client = client_args.connect().await?;
+            let job = watch(&mut client, &job_id).await?;
+            print_job(&job);
+            ensure_succeeded(&job)?;
+        }
+        Ok(())
+    })
+}
+
+fn train_spec(args: &SubmitTrainArgs) -> anyhow::Result<TrainJobSpec> {
+    let options = args.train.options();
+    Ok(TrainJobSpec {
+        catalog: absolute(&options.catalog)?,
+        checkpoint: absolute(&options.checkpoint)?,
+        model_type: options.task.name().to_string(),
+        arch: options.arch.name().to_string(),
+        lr: options.lr,
+        n_epochs: options.epochs as u32,
+        batch_size: options.batch_size as u32,
+        image_size: options.image_size as u32,
+        finetune: options.finetune,
+        backbone_weights: options
+            .backbone_weights
+            .as_deref()
+            .map(absolute)
+            .transpose()?
+            .unwrap_or_default(),
+        optimizer: format!("{:?}", options.optimizer).to_lowercase(),
+        weight_decay: options.weight_decay,
+        momentum: options.momentum,
+        schedule: format!("{:?}", options.schedule).to_lowercase(),
+        warmup_steps: options.warmup_steps,
+        augment: options.augment,
+        val_fraction: options.val_fraction,
+        seed: options.seed,
+        world_size: args.world_size,
+        ranks_per_worker: 1,
+        max_restarts: args.max_restarts,
+        checkpoint_every: options.checkpoint_every as u32,
+    })
+}
+
+pub fn ensure_succeeded(job: &JobStatus) -> anyhow::Result<()> {
+    match job.state {
+        JobState::Succeeded => Ok(()),
+        state => bail!(
+            "job {} {}{}",
+            job.id,
+            state.name(),
+            job.error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+/// Follows a job until it ends, with a progress bar (items/s, ETA) for tag jobs.
+pub async fn watch(client: &mut JobClient, job_id: &str) -> anyhow::Result<JobStatus> {
+    let mut stream = client
+        .watch_job(v1::WatchJobRequest {
+            job_id: job_id.to_string(),
+        })
+        .await?
+        .into_inner();
+    let mut bar = None;
+    let mut last = None;
+    while let Some(event) = stream.message().await? {
+        let Some(job) = event.job else { continue };
+        let job = JobStatus::try_from(job)?;
+        let (position, total, what) = match (&job.tag, &job.train) {
+            (Some(tag), _) => (tag.items_done, tag.items_total, "items"),
+            (_, Some(train)) => (train.step as u64, train.total_steps as u64, "steps"),
+            _ => (0, 0, "items"),
+        };
+        let b = bar.get_or_insert_with(|| progress::bar(total.max(1), &format!("{job_id} {what}")));
+        b.set_length(total.max(1));
+        b.set_position(position);
+        b.set_message(job.state.name());
+        let done = job.state.is_terminal();
+        last = Some(job);
+        if done {
+            break;
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    last.context("the coordinator closed the watch without sending the job")
+}
+
+pub fn print_job(job: &JobStatus) {
+    println!("job {} ({}): {}", job.id, job.kind.name(), job.state.name());
+    println!("  {}", job.description);
+    if let Some(tag) = &job.tag {
+        println!(
+            "  items {}/{} done, {} with errors; shards {}/{} done, {} failed, {} retried; {:.1} items/s",
+            tag.items_done,
+            tag.items_total,
+            tag.items_failed,
+            tag.shards_done,
+            tag.shards_total,
+            tag.shards_failed,
+            tag.shards_retried,
+            tag.items_per_second
+        );
+        println!("  output {}", tag.output);
+    }
+    if !job.metrics.is_empty() {
+        let shown: Vec<String> = job
+            .metrics
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.4}"))
+            .collect();
+        println!("  {}", shown.join(", "));
+    }
+    if let Some(error) = &job.error {
+        println!("  error: {error}");
+    }
+}
+
+fn one_line(job: &JobStatus) -> String {
+    let progress = match (&job.tag, job.kind) {
+        (Some(tag), JobKind::Tag) => format!("{}/{} items", tag.items_done, tag.items_total),
+        _ => String::new(),
+    };
+    format!(
+        "{:<22} {:<5} {:<9} {:<18} {}",
+        job.id,
+        job.kind.name(),
+        job.state.name(),
+        progress,
+        job.description
+    )
+}
+
+pub fn status(args: &StatusArgs, handle: &Handle) -> anyhow::Result<()> {
+    let Some(job_id) = &args.job else {
+        return jobs(
+            &JobsArgs {
+                client: args.client.clone(),
+                limit: 50,
+            },
+            handle,
+        );
+    };
+    handle.block_on(async {
+        let mut client = args.client.connect().await?;
+        let job = if args.watch {
+            watch(&mut client, job_id).await?
+        } else {
+            let job = client
+                .get_job(v1::GetJobRequest {
+                    job_id: job_id.clone(),
+                })
+                .await?
+                .into_inner();
+            JobStatus::try_from(job)?
+        };
+        print_job(&job);
+        if args.watch {
+            ensure_succeeded(&job)?;
+        }
+        Ok(())
+    })
+}
+
+pub fn jobs(args: &JobsArgs, handle: &Handle) -> anyhow::Result<()> {
+    handle.block_on(async {
+        let mut client = args.client.connect().await?;
+        let jobs = client
+            .list_jobs(v1::ListJobsRequest {
+                states: vec![],
+                limit: args.limit,
+            })
+            .await?
+            .into_inner()
+            .jobs;
+        if jobs.is_empty() {
+            println!("no jobs");
+        }
+        for job in jobs {
+            println!("{}", one_line(&JobStatus::try_from(job)?));
+        }
+        Ok(())
+    })
+}
+
+pub fn cancel(args: &CancelArgs, handle: &Handle) -> anyhow::Result<()> {
+    handle.block_on(async {
+        let mut client = args.client.connect().await?;
+        let job = client
+            .cancel_job(v1::CancelJobRequest {
+                job_id: args.job.clone(),
+            })
+            .await?
+            .into_inner();
+        print_job(&JobStatus::try_from(job)?);
+        Ok(())
+    })
+}

@@ -1,0 +1,246 @@
+//! The agent's compute thread: one OS thread that runs tasks one at a time
+//! and keeps the loaded models between shards of the same job.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use atelier_catalog::{Catalog, ReadRange, StoreLocation};
+use atelier_proto::domain::{
+    EvalJobSpec, InferenceSettings, ShardWork, StageTimes, TaskOutcome, TaskProgressReport,
+    TaskWork,
+};
+use tch::Device;
+use tokio::runtime::Handle;
+use tokio::sync::{oneshot, watch};
+
+use crate::error::{Result, WorkerError};
+use crate::evaluate::{evaluate, EvaluateOptions, Layout};
+use crate::tag::{Taggers, Tagging};
+
+use super::train_task::run_train;
+
+/// One task for the compute thread.
+#[derive(Debug)]
+pub struct Work {
+    pub task: TaskWork,
+    pub cancelled: Arc<AtomicBool>,
+    pub progress: watch::Sender<TaskProgressReport>,
+    pub done: oneshot::Sender<Result<TaskOutcome>>,
+}
+
+#[derive(Debug)]
+pub struct ComputeThread {
+    work: mpsc::Sender<Work>,
+}
+
+struct Loaded {
+    checkpoints: Vec<String>,
+    layout: Layout,
+    taggers: Taggers,
+}
+
+struct Context {
+    device: Device,
+    device_name: String,
+    threads: usize,
+    handle: Handle,
+    loaded: Option<Loaded>,
+}
+
+impl ComputeThread {
+    /// Starts the thread; it ends when this handle is dropped.
+    pub fn start(
+        device: Device,
+        device_name: String,
+        threads: usize,
+        handle: Handle,
+    ) -> std::io::Result<Self> {
+        let (work, inbox) = mpsc::channel::<Work>();
+        let mut context = Context {
+            device,
+            device_name,
+            threads,
+            handle,
+            loaded: None,
+        };
+        std::thread::Builder::new()
+            .name("atelier-compute".into())
+            .spawn(move || {
+                for work in inbox {
+                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        context.run(&work.task, &work.cancelled, &work.progress)
+                    }))
+                    .unwrap_or_else(|panic| {
+                        let what = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(ToString::to_string))
+                            .unwrap_or_default();
+                        // The models may be half-moved; load them afresh next time.
+                        context.loaded = None;
+                        Err(WorkerError::Data(format!("the task panicked: {what}")))
+                    });
+                    let _ = work.done.send(result);
+                }
+            })?;
+        Ok(Self { work })
+    }
+
+    pub fn submit(&self, work: Work) -> Result<()> {
+        self.work
+            .send(work)
+            .map_err(|_| WorkerError::Data("the compute thread has stopped".into()))
+    }
+}
+
+fn layout(settings: &InferenceSettings) -> Layout {
+    Layout {
+        channels_last: settings.channels_last,
+        bf16: settings.bf16,
+    }
+}
+
+impl Context {
+    fn run(
+        &mut self,
+        task: &TaskWork,
+        cancelled: &AtomicBool,
+        progress: &watch::Sender<TaskProgressReport>,
+    ) -> Result<TaskOutcome> {
+        match task {
+            TaskWork::Tag(shard) => self.tag(shard, cancelled, progress),
+            TaskWork::Eval(spec) => self.eval(spec),
+            TaskWork::Train { spec, .. } => run_train(
+                spec,
+                &self.device_name,
+                self.threads,
+                &self.handle,
+                cancelled,
+                progress,
+            ),
+        }
+    }
+
+    fn taggers(&mut self, shard: &ShardWork) -> Result<&Taggers> {
+        let layout = layout(&shard.inference);
+        let reuse = self
+            .loaded
+            .as_ref()
+            .is_some_and(|l| l.checkpoints == shard.checkpoints && l.layout == layout);
+        if !reuse {
+            self.loaded = None;
+            let taggers = Taggers::load(&shard.checkpoints, &self.handle, self.device, layout)?;
+            tracing::info!(version = taggers.version(), "models loaded");
+            self.loaded = Some(Loaded {
+                checkpoints: shard.checkpoints.clone(),
+                layout,
+                taggers,
+            });
+        }
+        self.loaded
+            .as_ref()
+            .map(|l| &l.taggers)
+            .ok_or_else(|| WorkerError::Data("models not loaded".into()))
+    }
+
+    fn tag(
+        &mut self,
+        shard: &ShardWork,
+        cancelled: &AtomicBool,
+        progress: &watch::Sender<TaskProgressReport>,
+    ) -> Result<TaskOutcome> {
+        let [range] = shard.ranges.as_slice() else {
+            return Err(WorkerError::InvalidOptions(format!(
+                "a shard must cover one file, this one covers {}",
+                shard.ranges.len()
+            )));
+        };
+        let started = Instant::now();
+        let handle = self.handle.clone();
+        let tagging = Tagging {
+            device: self.device,
+            beams: shard.inference.beams.max(1) as usize,
+            batch_size: match shard.inference.batch_size {
+                0 => 64,
+                n => n as usize,
+            },
+            threads: self.threads,
+        };
+        let target = StoreLocation::parse(&shard.output)?;
+        let catalog = handle.block_on(Catalog::open(&range.file))?;
+        let ranges = vec![ReadRange {
+            file: 0,
+            row_groups: range.row_groups.iter().map(|&g| g as usize).collect(),
+        }];
+        let taggers = self.taggers(shard)?;
+        let version = taggers.version().to_string();
+        let written = taggers.write(
+            &tagging,
+            &catalog,
+            ranges,
+            &target,
+            &handle,
+            &|| cancelled.load(Ordering::Relaxed),
+            &mut |w| {
+                progress.send_replace(TaskProgressReport {
+                    items_done: w.rows as u64,
+                    items_failed: w.errors as u64,
+                    ..Default::default()
+                });
+            },
+        )?;
+        if written.rows as u64 != shard.rows {
+            return Err(WorkerError::Data(format!(
+                "shard of {} rows wrote {} rows to {}",
+                shard.rows, written.rows, shard.output
+            )));
+        }
+        Ok(TaskOutcome {
+            rows_written: written.rows as u64,
+            items_failed: written.errors as u64,
+            output: shard.output.clone(),
+            stages: StageTimes {
+                forward: started.elapsed().as_secs_f64(),
+                ..Default::default()
+            },
+            metrics: Default::default(),
+            model_version: version,
+        })
+    }
+
+    fn eval(&mut self, spec: &EvalJobSpec) -> Result<TaskOutcome> {
+        let report = evaluate(
+            &EvaluateOptions {
+                checkpoint: spec.checkpoint.clone(),
+                catalog: spec.catalog.clone(),
+                validation_only: !spec.all_items,
+                batch_size: 64,
+                threads: self.threads,
+                device: self.device_name.clone(),
+                beams: spec.beams.max(1) as usize,
+                layout: Layout::default(),
+            },
+            &self.handle,
+        )?;
+        let mut metrics: std::collections::BTreeMap<String, f64> = report
+            .attributes
+            .iter()
+            .map(|(attribute, r)| (format!("accuracy_{attribute}"), r.accuracy))
+            .collect();
+        if let Some(caption) = &report.caption {
+            metrics.insert("bleu4".into(), caption.bleu[3]);
+            metrics.insert("exact_match".into(), caption.exact_match);
+        }
+        metrics.insert("items".into(), report.items as f64);
+        metrics.insert("image_errors".into(), report.image_errors as f64);
+        Ok(TaskOutcome {
+            rows_written: report.items as u64,
+            items_failed: report.image_errors as u64,
+            output: report.report_url.clone(),
+            metrics,
+            ..Default::default()
+        })
+    }
+}

@@ -1,0 +1,260 @@
+//! `atelier worker`: registers with the coordinator, heartbeats on its own
+//! task (also while busy), leases tasks one at a time, runs them on the
+//! compute thread, streams progress, and reports each task done only after
+//! its output is written. On shutdown it stops leasing, finishes the task in
+//! hand, reports it, and returns.
+
+mod compute;
+mod session;
+mod train_task;
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use atelier_proto::client::worker_client;
+use atelier_proto::domain::{Assignment, TaskFailure, TaskProgressReport};
+use tokio::sync::{oneshot, watch};
+
+use crate::error::{Result, WorkerError};
+use compute::{ComputeThread, Work};
+use session::{describe_machine, is_fatal, Session};
+
+pub use train_task::train_options;
+
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// The coordinator's address, `http://host:port` or `host:port`.
+    pub coordinator: String,
+    pub token: Option<String>,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// Decode threads.
+    pub threads: usize,
+    /// How long one lease request waits for work.
+    pub poll_wait: Duration,
+    /// How often progress goes to the coordinator.
+    pub progress_every: Duration,
+}
+
+impl AgentOptions {
+    pub fn new(coordinator: &str) -> Self {
+        Self {
+            coordinator: coordinator.to_string(),
+            token: None,
+            device: "cpu".into(),
+            threads: std::thread::available_parallelism().map_or(2, usize::from),
+            poll_wait: Duration::from_secs(10),
+            progress_every: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AgentSummary {
+    pub tasks_done: usize,
+    pub tasks_failed: usize,
+    pub tasks_stopped: usize,
+}
+
+/// Runs the worker until `shutdown` resolves (then drains) or a fatal error
+/// (wrong token, wrong protocol version).
+pub async fn run_agent(
+    options: AgentOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<AgentSummary> {
+    let device = crate::device::parse_device(&options.device)?;
+    let compute = ComputeThread::start(
+        device,
+        crate::device::device_name(device),
+        options.threads.max(1),
+        tokio::runtime::Handle::current(),
+    )
+    .map_err(|e| WorkerError::Data(format!("starting the compute thread: {e}")))?;
+    let client = worker_client(&options.coordinator, options.token.as_deref())?;
+    let session = Arc::new(Session::new(client, describe_machine(&options.device)));
+    tokio::pin!(shutdown);
+
+    let mut backoff = Backoff::default();
+    loop {
+        let registered = tokio::select! {
+            _ = &mut shutdown => return Ok(AgentSummary::default()),
+            r = session.register("") => r,
+        };
+        match registered {
+            Ok(()) => break,
+            Err(e) if is_fatal(&e) => return Err(e),
+            Err(e) => {
+                tracing::warn!(coordinator = %options.coordinator, error = %e, "cannot register yet; retrying");
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(AgentSummary::default()),
+                    _ = backoff.wait() => {}
+                }
+            }
+        }
+    }
+    let heartbeats = tokio::spawn(heartbeat_loop(Arc::clone(&session)));
+
+    let mut summary = AgentSummary::default();
+    let outcome = loop {
+        let leased = tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            leased = session.lease(options.poll_wait) => leased,
+        };
+        match leased {
+            Ok(Some(assignment)) => {
+                backoff.reset();
+                run_task(&session, &compute, assignment, &options, &mut summary).await;
+            }
+            Ok(None) => backoff.reset(),
+            Err(e) if is_fatal(&e) => break Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot lease work; retrying");
+                tokio::select! {
+                    _ = &mut shutdown => break Ok(()),
+                    _ = backoff.wait() => {}
+                }
+            }
+        }
+    };
+    heartbeats.abort();
+    tracing::info!(?summary, "worker stopped");
+    outcome.map(|()| summary)
+}
+
+async fn heartbeat_loop(session: Arc<Session>) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(session.heartbeat_interval()).await;
+        match session.heartbeat().await {
+            Ok(()) => {
+                if failing {
+                    tracing::info!("heartbeats reach the coordinator again");
+                }
+                failing = false;
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+                failing = true;
+            }
+        }
+    }
+}
+
+async fn run_task(
+    session: &Session,
+    compute: &ComputeThread,
+    assignment: Assignment,
+    options: &AgentOptions,
+    summary: &mut AgentSummary,
+) {
+    let lease = assignment.lease.clone();
+    tracing::info!(task = %lease.task_id, attempt = lease.attempt, "task leased");
+    let cancelled = session.hold(&lease);
+    let (progress, mut progress_rx) = watch::channel(TaskProgressReport::default());
+    let (done, mut done_rx) = oneshot::channel();
+    let submitted = compute.submit(Work {
+        task: assignment.work,
+        cancelled: Arc::clone(&cancelled),
+        progress,
+        done,
+    });
+    let result = match submitted {
+        Err(e) => Err(e),
+        Ok(()) => {
+            let mut ticker = tokio::time::interval(options.progress_every);
+            loop {
+                tokio::select! {
+                    result = &mut done_rx => {
+                        break result.unwrap_or_else(|_| Err(WorkerError::Data("the compute thread stopped".into())));
+                    }
+                    _ = ticker.tick() => {
+                        if !progress_rx.has_changed().unwrap_or(false) {
+                            continue;
+                        }
+                        let report = progress_rx.borrow_and_update().clone();
+                        match session.progress(&lease, report).await {
+                            Ok(true) => cancelled.store(true, Ordering::Relaxed),
+                            Ok(false) => {}
+                            Err(e) => tracing::debug!(error = %e, "progress not delivered"),
+                        }
+                    }
+                }
+            }
+        }
+    };
+    match result {
+        Ok(outcome) => {
+            let rows = outcome.rows_written;
+            match report_with_retries(|| session.complete(&lease, outcome.clone())).await {
+                Ok(()) => {
+                    tracing::info!(task = %lease.task_id, rows, "task complete");
+                    summary.tasks_done += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(task = %lease.task_id, error = %e, "completion refused");
+                    summary.tasks_stopped += 1;
+                }
+            }
+        }
+        Err(WorkerError::Cancelled) => {
+            tracing::info!(task = %lease.task_id, "task stopped: its job was cancelled or its lease lost");
+            summary.tasks_stopped += 1;
+        }
+        Err(error) => {
+            tracing::warn!(task = %lease.task_id, error = %error, "task failed");
+            let failure = TaskFailure {
+                reason: error.to_string(),
+                retryable: error.is_retryable(),
+            };
+            if let Err(e) = report_with_retries(|| session.fail(&lease, failure.clone())).await {
+                tracing::warn!(task = %lease.task_id, error = %e, "failure report refused");
+            }
+            summary.tasks_failed += 1;
+        }
+    }
+    session.release(&lease);
+}
+
+/// Retries a report while the coordinator is unreachable (it may be
+/// restarting); stops at once on an answer that no retry changes.
+async fn report_with_retries<F, Fut>(report: F) -> Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let mut backoff = Backoff::default();
+    let mut attempts = 0;
+    loop {
+        match report().await {
+            Ok(()) => return Ok(()),
+            Err(e) if is_fatal(&e) || !e.is_retryable() || attempts >= 60 => return Err(e),
+            Err(e) => {
+                attempts += 1;
+                tracing::debug!(error = %e, "report not delivered; retrying");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+/// Exponential back-off from 100 ms to 2 s.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    async fn wait(&mut self) {
+        let millis = (100u64 << self.failures.min(5)).min(2000);
+        self.failures += 1;
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}

@@ -1,0 +1,245 @@
+//! The worker's standing with the coordinator: its id, registration and
+//! re-registration after a coordinator restart, and the RPCs it makes.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use atelier_proto::client::WorkerClient;
+use atelier_proto::convert;
+use atelier_proto::domain::{
+    Assignment, DeviceInfo, LeaseRef, Registration, TaskFailure, TaskOutcome, TaskProgressReport,
+};
+use atelier_proto::v1;
+use atelier_proto::PROTOCOL_VERSION;
+use tonic::{Code, Status};
+
+use crate::error::{Result, WorkerError};
+
+/// Longest wait for an answer to a unary call; a hung coordinator turns into
+/// an error rather than a stuck worker.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct Session {
+    client: WorkerClient,
+    registration: Registration,
+    worker_id: Mutex<String>,
+    heartbeat_interval: Mutex<Duration>,
+    registering: tokio::sync::Mutex<()>,
+    /// The leases this worker holds, with the flag that stops each task.
+    held: Mutex<HashMap<LeaseRef, Arc<AtomicBool>>>,
+}
+
+async fn call<T>(
+    what: &str,
+    future: impl Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T> {
+    match tokio::time::timeout(CALL_TIMEOUT, future).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(WorkerError::Coordinator(status)),
+        Err(_) => Err(WorkerError::Coordinator(Status::deadline_exceeded(
+            format!("{what}: no answer within {CALL_TIMEOUT:?}"),
+        ))),
+    }
+}
+
+/// Errors that no retry can fix: the worker must stop and say why.
+pub fn is_fatal(error: &WorkerError) -> bool {
+    matches!(error, WorkerError::Coordinator(status) if matches!(
+        status.code(),
+        Code::Unauthenticated | Code::PermissionDenied | Code::FailedPrecondition | Code::InvalidArgument
+    ))
+}
+
+fn is_unknown_worker(error: &WorkerError) -> bool {
+    matches!(error, WorkerError::Coordinator(status) if status.code() == Code::NotFound)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn describe_machine(device: &str) -> Registration {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "worker".into());
+    let memory_bytes = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024);
+    Registration {
+        protocol_version: PROTOCOL_VERSION,
+        hostname,
+        devices: vec![DeviceInfo {
+            name: device.to_string(),
+            memory_bytes: 0,
+        }],
+        memory_bytes,
+        cpu_cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        atelier_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+impl Session {
+    pub fn new(client: WorkerClient, registration: Registration) -> Self {
+        Self {
+            client,
+            registration,
+            worker_id: Mutex::new(String::new()),
+            heartbeat_interval: Mutex::new(Duration::from_secs(2)),
+            registering: tokio::sync::Mutex::new(()),
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn worker_id(&self) -> String {
+        lock(&self.worker_id).clone()
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        *lock(&self.heartbeat_interval)
+    }
+
+    /// Registers unless someone already did since `stale_id` was current.
+    pub async fn register(&self, stale_id: &str) -> Result<()> {
+        let _one_at_a_time = self.registering.lock().await;
+        if self.worker_id() != stale_id {
+            return Ok(());
+        }
+        let request = v1::RegisterRequest::from(self.registration.clone());
+        let response = call("register", self.client.clone().register(request)).await?;
+        tracing::info!(worker = %response.worker_id, "registered with the coordinator");
+        *lock(&self.heartbeat_interval) =
+            Duration::from_millis(u64::from(response.heartbeat_interval_ms.max(50)));
+        *lock(&self.worker_id) = response.worker_id;
+        Ok(())
+    }
+
+    /// Runs `op` with the current id, registering again once if the
+    /// coordinator no longer knows this worker (it restarted).
+    async fn as_registered<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let id = self.worker_id();
+        match op(id.clone()).await {
+            Err(error) if is_unknown_worker(&error) => {
+                self.register(&id).await?;
+                op(self.worker_id()).await
+            }
+            other => other,
+        }
+    }
+
+    pub async fn lease(&self, wait: Duration) -> Result<Option<Assignment>> {
+        let task = self
+            .as_registered(|worker_id| {
+                let mut client = self.client.clone();
+                async move {
+                    let request = v1::LeaseTaskRequest {
+                        worker_id,
+                        wait_ms: wait.as_millis() as u32,
+                    };
+                    let response =
+                        tokio::time::timeout(wait + CALL_TIMEOUT, client.lease_task(request)).await;
+                    match response {
+                        Ok(Ok(r)) => Ok(r.into_inner().task),
+                        Ok(Err(status)) => Err(WorkerError::Coordinator(status)),
+                        Err(_) => Err(WorkerError::Coordinator(Status::deadline_exceeded(
+                            "lease: no answer",
+                        ))),
+                    }
+                }
+            })
+            .await?;
+        Ok(task.map(Assignment::try_from).transpose()?)
+    }
+
+    pub fn hold(&self, lease: &LeaseRef) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        lock(&self.held).insert(lease.clone(), Arc::clone(&flag));
+        flag
+    }
+
+    pub fn release(&self, lease: &LeaseRef) {
+        lock(&self.held).remove(lease);
+    }
+
+    /// One heartbeat; leases the coordinator revoked have their tasks stopped.
+    pub async fn heartbeat(&self) -> Result<()> {
+        let held: Vec<LeaseRef> = lock(&self.held).keys().cloned().collect();
+        let response = self
+            .as_registered(|worker_id| {
+                let request = v1::HeartbeatRequest {
+                    worker_id,
+                    leases: held.iter().cloned().map(Into::into).collect(),
+                };
+                {
+                    let mut client = self.client.clone();
+                    async move { call("heartbeat", client.heartbeat(request)).await }
+                }
+            })
+            .await?;
+        for revoked in response.revoked {
+            let lease = LeaseRef::try_from(revoked)?;
+            if let Some(flag) = lock(&self.held).get(&lease) {
+                tracing::warn!(task = %lease.task_id, attempt = lease.attempt, "lease revoked; stopping the task");
+                flag.store(true, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports progress; `Ok(true)` means stop (job cancelled or lease lost).
+    pub async fn progress(&self, lease: &LeaseRef, report: TaskProgressReport) -> Result<bool> {
+        let result = self
+            .as_registered(|worker_id| {
+                let request = convert::progress_request(&worker_id, lease, report.clone());
+                {
+                    let mut client = self.client.clone();
+                    async move { call("progress", client.report_progress(request)).await }
+                }
+            })
+            .await;
+        match result {
+            Ok(response) => Ok(response.cancelled),
+            Err(WorkerError::Coordinator(status)) if status.code() == Code::FailedPrecondition => {
+                tracing::warn!(task = %lease.task_id, reason = status.message(), "lease lost");
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn complete(&self, lease: &LeaseRef, outcome: TaskOutcome) -> Result<()> {
+        self.as_registered(|worker_id| {
+            let request = convert::complete_request(&worker_id, lease, outcome.clone());
+            {
+                let mut client = self.client.clone();
+                async move { call("complete", client.complete_task(request)).await }
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn fail(&self, lease: &LeaseRef, failure: TaskFailure) -> Result<()> {
+        self.as_registered(|worker_id| {
+            let request = convert::fail_request(&worker_id, lease, failure.clone());
+            {
+                let mut client = self.client.clone();
+                async move { call("fail", client.fail_task(request)).await }
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+}
