@@ -1,5 +1,7 @@
 //! Shared helpers for the end-to-end tests.
 
+pub mod cluster;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 

@@ -1,0 +1,234 @@
+//! A whole coordinator in-process on port 0, driven by hand-made workers:
+//! lease expiry and fencing with short intervals, health and reflection.
+
+use std::time::Duration;
+
+use atelier_catalog::synthetic::{generate, GenerateOptions};
+use atelier_catalog::{StoreLocation, WriterOptions};
+use atelier_coordinator::{serve, CoordinatorConfig};
+use atelier_proto::client::{job_client_lazy, worker_client, WorkerClient};
+use atelier_proto::v1;
+use atelier_proto::PROTOCOL_VERSION;
+use tokio::sync::oneshot;
+
+struct Running {
+    address: String,
+    stop: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<atelier_coordinator::Result<()>>,
+}
+
+async fn start(dir: &std::path::Path, config: CoordinatorConfig) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let state = dir.join("state.db");
+    let server = tokio::spawn(async move {
+        serve(listener, &state, config, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    Running {
+        address,
+        stop: Some(stop),
+        server,
+    }
+}
+
+fn catalogue(dir: &std::path::Path) -> (String, String) {
+    let catalog = dir.join("catalog").to_str().unwrap().to_string();
+    let options = GenerateOptions {
+        items: 300,
+        width: 32,
+        height: 40,
+        threads: 2,
+        writer: WriterOptions {
+            rows_per_group: 100,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    generate(
+        &options,
+        StoreLocation::parse(&catalog).unwrap(),
+        runtime.handle(),
+        |_| {},
+    )
+    .unwrap();
+    // The coordinator checks only that a checkpoint has a manifest.
+    let checkpoint = dir.join("model");
+    std::fs::create_dir_all(&checkpoint).unwrap();
+    std::fs::write(checkpoint.join("manifest.json"), b"{}").unwrap();
+    (catalog, checkpoint.to_str().unwrap().to_string())
+}
+
+async fn register(client: &mut WorkerClient) -> String {
+    client
+        .register(v1::RegisterRequest {
+            protocol_version: PROTOCOL_VERSION,
+            hostname: "test".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_id
+}
+
+async fn lease(client: &mut WorkerClient, worker_id: &str) -> Option<v1::Task> {
+    client
+        .lease_task(v1::LeaseTaskRequest {
+            worker_id: worker_id.to_string(),
+            wait_ms: 2000,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn an_expired_lease_moves_the_shard_and_fences_off_the_old_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let (catalog, checkpoint) = catalogue(dir.path());
+    runtime().block_on(async {
+        let config = CoordinatorConfig {
+            heartbeat_interval: Duration::from_millis(50),
+            lease_timeout: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let mut running = start(dir.path(), config).await;
+        let mut jobs = job_client_lazy(&running.address, None).unwrap();
+        let job_id = jobs
+            .submit_tag_job(v1::SubmitTagJobRequest {
+                catalog,
+                checkpoints: vec![checkpoint],
+                output: dir.path().join("out").to_str().unwrap().into(),
+                target_shard_rows: 300,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .job_id;
+
+        let mut stalled = worker_client(&running.address, None).unwrap();
+        let stalled_id = register(&mut stalled).await;
+        let first = lease(&mut stalled, &stalled_id).await.expect("a shard");
+        let first_lease = first.lease.clone().unwrap();
+        assert_eq!(first_lease.attempt, 1);
+        // No heartbeat: after the lease timeout the shard goes to the next worker.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let mut healthy = worker_client(&running.address, None).unwrap();
+        let healthy_id = register(&mut healthy).await;
+        let second = lease(&mut healthy, &healthy_id)
+            .await
+            .expect("the same shard again");
+        let second_lease = second.lease.clone().unwrap();
+        assert_eq!(second_lease.task_id, first_lease.task_id);
+        assert_eq!(second_lease.attempt, 2);
+
+        // The stalled worker wakes up: its reports are refused.
+        let refused = stalled
+            .complete_task(v1::CompleteTaskRequest {
+                worker_id: stalled_id.clone(),
+                lease: Some(first_lease.clone()),
+                rows_written: 300,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
+        let revoked = stalled
+            .heartbeat(v1::HeartbeatRequest {
+                worker_id: stalled_id,
+                leases: vec![first_lease],
+            })
+            .await;
+        // The stalled worker was forgotten or its lease is revoked; either way it must stop.
+        match revoked {
+            Ok(response) => assert_eq!(response.into_inner().revoked.len(), 1),
+            Err(status) => assert_eq!(status.code(), tonic::Code::NotFound),
+        }
+
+        // The job shows the retry while it runs.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let job = jobs
+            .get_job(v1::GetJobRequest { job_id })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(job.state, v1::JobState::Running as i32);
+        assert_eq!(job.tag.unwrap().shards_retried, 1);
+
+        running.stop.take().unwrap().send(()).unwrap();
+        running.server.await.unwrap().unwrap();
+    });
+}
+
+#[test]
+fn health_and_reflection_answer_generic_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let config = CoordinatorConfig {
+            token: Some("s3cret".into()),
+            ..Default::default()
+        };
+        let mut running = start(dir.path(), config).await;
+        let channel = tonic::transport::Endpoint::from_shared(running.address.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        // Health and reflection need no token, as load balancers and grpcurl expect.
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let serving = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "atelier.v1.JobService".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            serving.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        let mut reflection = ServerReflectionClient::new(channel);
+        let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = reflection
+            .server_reflection_info(futures::stream::iter(vec![request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let response = responses.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("no service list");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(
+            names.contains(&"atelier.v1.JobService".to_string()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"atelier.v1.WorkerService".to_string()),
+            "{names:?}"
+        );
+        running.stop.take().unwrap().send(()).unwrap();
+        running.server.await.unwrap().unwrap();
+    });
+}

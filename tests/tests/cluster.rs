@@ -1,0 +1,554 @@
+//! The coordinator and workers as real processes on loopback: exactly-once
+//! tagging, killed workers and coordinators, corrupt images, bad catalogues,
+//! cancellation, draining, and the bearer token.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use arrow_array::{Array, StringArray};
+use atelier_catalog::synthetic::{render_item, GenerateOptions};
+use atelier_catalog::{CatalogWriter, StoreLocation, WriterOptions};
+use atelier_proto::domain::JobState;
+use atelier_tests::cluster::Cluster;
+use atelier_tests::{atelier_ok, runtime};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// Clusters share two cores; one at a time keeps their timing honest.
+static ONE_CLUSTER: Mutex<()> = Mutex::new(());
+
+fn one_cluster() -> std::sync::MutexGuard<'static, ()> {
+    ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Made once per test binary: a 5,000-item catalogue and a small model.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    catalog: String,
+    checkpoint: String,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+        // 250 rows per group, 8 groups per file: three files of 2,000, 2,000 and 1,000.
+        atelier_ok(&[
+            "catalog",
+            "generate",
+            "--items",
+            "5000",
+            "--out",
+            &path("catalog"),
+            "--size",
+            "48x64",
+            "--rows-per-group",
+            "250",
+        ]);
+        atelier_ok(&[
+            "catalog",
+            "generate",
+            "--items",
+            "300",
+            "--out",
+            &path("train"),
+            "--size",
+            "48x64",
+            "--seed",
+            "1",
+        ]);
+        atelier_ok(&[
+            "train",
+            "--model-type",
+            "pool",
+            "--arch",
+            "resnet18",
+            "--image-size",
+            "32",
+            "--n-epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--catalog",
+            &path("train"),
+            "--checkpoint",
+            &path("model"),
+        ]);
+        Fixture {
+            catalog: path("catalog"),
+            checkpoint: path("model"),
+            _dir: dir,
+        }
+    })
+}
+
+fn read_column(dir: &Path, column: &str) -> Vec<Option<String>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    files.sort();
+    let mut values = Vec::new();
+    for file in files {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&file).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let array = batch
+                .column_by_name(column)
+                .unwrap_or_else(|| panic!("{} has no {column}", file.display()));
+            let strings = array.as_any().downcast_ref::<StringArray>().unwrap();
+            values.extend(
+                (0..strings.len())
+                    .map(|i| strings.is_valid(i).then(|| strings.value(i).to_string())),
+            );
+        }
+    }
+    values
+}
+
+/// Every input item_id exactly once in the output, and nothing else.
+fn assert_exactly_once(catalog: &str, out: &Path) {
+    let mut input: Vec<String> = read_column(Path::new(catalog), "item_id")
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut output: Vec<String> = read_column(out, "item_id").into_iter().flatten().collect();
+    assert_eq!(output.len(), input.len(), "output rows != input rows");
+    input.sort();
+    output.sort();
+    let duplicates = output.windows(2).filter(|w| w[0] == w[1]).count();
+    assert_eq!(duplicates, 0, "duplicated item_ids in the output");
+    assert!(
+        input == output,
+        "the output item_ids differ from the input's"
+    );
+    assert!(out.join("_SUCCESS").exists(), "no _SUCCESS");
+}
+
+fn manifest(out: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap()
+}
+
+const SLOW: Duration = Duration::from_secs(240);
+
+#[test]
+fn three_workers_tag_five_thousand_items_exactly_once() {
+    let fixture = fixture();
+    let _one = one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), None, &[]);
+    for _ in 0..3 {
+        cluster.add_worker(&[]);
+    }
+    let out = dir.path().join("tags");
+    let job = cluster.submit(&[
+        "submit",
+        "tag",
+        "--catalog",
+        &fixture.catalog,
+        "--checkpoint",
+        &fixture.checkpoint,
+        "--out",
+        out.to_str().unwrap(),
+        "--shard-rows",
+        "500",
+    ]);
+    let rt = runtime();
+    let done = rt.block_on(cluster.wait_done(&job, SLOW));
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let tag = done.tag.unwrap();
+    assert_eq!(
+        (tag.items_total, tag.items_done, tag.items_failed),
+        (5000, 5000, 0)
+    );
+    assert_eq!((tag.shards_total, tag.shards_done), (10, 10));
+    assert_exactly_once(&fixture.catalog, &out);
+    let manifest = manifest(&out);
+    assert_eq!(manifest["rows"], 5000);
+    assert_eq!(manifest["parts"].as_array().unwrap().len(), 10);
+    assert!(manifest["model_version"]
+        .as_str()
+        .unwrap()
+        .contains("step="));
+    // Every worker took part.
+    for worker in &cluster.workers {
+        assert!(
+            worker.count("task complete") > 0,
+            "{} did no work",
+            worker.name
+        );
+    }
+    let listed = cluster.cli_ok(&["jobs"]);
+    assert!(
+        listed.contains(&job) && listed.contains("succeeded"),
+        "{listed}"
+    );
+}
+
+#[test]
+fn a_worker_killed_mid_shard_costs_a_retry_not_a_row() {
+    let fixture = fixture();
+    let _one = one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(
+        dir.path(),
+        None,
+        &[
+            "--lease-timeout-ms",
+            "1500",
+            "--heartbeat-interval-ms",
+            "300",
+        ],
+    );
+    let doomed = cluster.add_worker(&[]);
+    let out = dir.path().join("tags");
+    let job = cluster.submit(&[
+        "submit",
+        "tag",
+        "--catalog",
+        &fixture.catalog,
+        "--checkpoint",
+        &fixture.checkpoint,
+        "--out",
+        out.to_str().unwrap(),
+        "--shard-rows",
+        "1000",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.workers[doomed].count("task leased") == 0 {
+        assert!(Instant::now() < deadline, "the worker never leased a task");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    cluster.workers[doomed].kill();
+    cluster.add_worker(&[]);
+    cluster.add_worker(&[]);
+    let rt = runtime();
+    let done = rt.block_on(cluster.wait_done(&job, SLOW));
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert!(done.tag.as_ref().unwrap().shards_retried >= 1, "{done:?}");
+    assert_exactly_once(&fixture.catalog, &out);
+    let coordinator = cluster.coordinator.as_ref().unwrap();
+    assert!(coordinator.count("lease expired") >= 1 || coordinator.count("retrying task") >= 1);
+}
+
+#[test]
+fn a_coordinator_killed_mid_job_resumes_it_after_a_restart() {
+    let fixture = fixture();
+    let _one = one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(
+        dir.path(),
+        None,
+        &[
+            "--lease-timeout-ms",
+            "3000",
+            "--heartbeat-interval-ms",
+            "300",
+        ],
+    );
+    cluster.add_worker(&[]);
+    cluster.add_worker(&[]);
+    let out = dir.path().join("tags");
+    let job = cluster.submit(&[
+        "submit",
+        "tag",
+        "--catalog",
+        &fixture.catalog,
+        "--checkpoint",
+        &fixture.checkpoint,
+        "--out",
+        out.to_str().unwrap(),
+        "--shard-rows",
+        "500",
+    ]);
+    let rt = runtime();
+    let before = rt.block_on(cluster.wait_for(&job, SLOW, "some shards done", |j| {
+        j.tag.as_ref().is_some_and(|t| t.shards_done >= 2)
+    }));
+    assert!(
+        !before.state.is_terminal(),
+        "the job ended before the kill: {before:?}"
+    );
+    cluster.kill_coordinator();
+    std::thread::sleep(Duration::from_millis(800));
+    cluster.restart_coordinator();
+    let done = rt.block_on(cluster.wait_done(&job, SLOW));
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let tag = done.tag.unwrap();
+    assert_eq!((tag.items_done, tag.shards_done), (5000, 10));
+    assert_exactly_once(&fixture.catalog, &out);
+    let restarted = cluster.coordinator.as_ref().unwrap();
+    assert!(restarted.count("coordinator state loaded") == 1);
+}
+
+fn corrupt_catalogue(dir: &Path) -> (String, BTreeMap<String, bool>) {
+    let url = dir.join("corrupt").to_str().unwrap().to_string();
+    let options = GenerateOptions {
+        width: 48,
+        height: 64,
+        ..Default::default()
+    };
+    let mut broken = BTreeMap::new();
+    let items: Vec<_> = (0..400u64)
+        .map(|i| {
+            let mut item = render_item(&options, i).unwrap();
+            let corrupt = i % 50 == 7;
+            if corrupt {
+                let image = item.image.as_mut().unwrap();
+                image.truncate(image.len() / 3);
+            }
+            broken.insert(item.item_id.clone(), corrupt);
+            item
+        })
+        .collect();
+    let rt = runtime();
+    rt.block_on(async {
+        let writer_options = WriterOptions {
+            rows_per_group: 100,
+            ..Default::default()
+        };
+        let mut writer =
+            CatalogWriter::new(StoreLocation::parse(&url).unwrap(), writer_options).unwrap();
+        writer.write(items).await.unwrap();
+        writer.finish().await.unwrap();
+    });
+    (url, broken)
+}
+
+#[test]
+fn corrupt_images_become_error_rows_and_the_job_still_succeeds() {
+    let fixture = fixture();
+    let _one = one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let (catalog, broken) = corrupt_catalogue(dir.path());
+    let mut cluster = Cluster::start(dir.path(), None, &[]);
+    cluster.add_worker(&[]);
+    let out = dir.path().join("tags");
+    let stdout = cluster.cli_ok(&[
+        "submit",
+        "tag",
+        "--catalog",
+        &catalog,
+        "--checkpoint",
+        &fixture.checkpoint,
+        "--out",
+        out.to_str().unwrap(),
+        "--shard-rows",
+        "200",
+        "--wait",
+    ]);
+    assert!(
+        stdout.contains("succeeded") && stdout.contains("8 with errors"),
+        "{stdout}"
+    );
+    let ids = read_column(&out, "item_id");
+    let errors = read_column(&out, "error");
+    let colours = read_column(&out, "color");
+    assert_eq!(ids.len(), 400);
+    for ((id, error), colour) in ids.iter().zip(&errors).zip(&colours) {
+        let id = id.as_ref().unwrap();
+        assert_eq!(error.is_some(), broken[id], "{id}: {error:?}");
+        assert_eq!(colour.is_some(), !broken[id], "{id}");
+    }
+    assert_eq!(manifest(&out)["items_with_errors"], 8);
+}
+
+#[test]
+fn bad_catalogues_are_refused_at_submit_with_the_reason() {
+    let fixture = fixture();
+    let _one = one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), None, &[]);
+    let not_parquet = dir.path().join("garbage");
+    std::fs::create_dir_all(&not_parquet).unwrap();
+    std::fs::write(
+        not_parquet.join("part-00000.parquet"),
+        b"this is not parquet",
+    )
+    .unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let no_image = dir.path().join("no-image");
+    std::fs::create_dir_all(&no_image).unwrap();
+    write_parquet_without_image(&no_image.join("part-00000.parquet"));
+    let cases = [
+        (
+            not_parquet.to_str().unwrap().to_string(),
+            "part-00000.parquet",
+        ),
+        (empty.to_str().unwrap().to_string(), "empty"),
+        (
+            dir.path().join("missing").to_str().unwrap().to_string(),
+            "not found",
+        ),
+        (no_image.to_str().unwrap().to_string(), "image"),
+    ];
+    for (catalog, expected) in cases {
+        let out = dir.path().join("out");
+        let output = cluster.cli(&[
+            "submit",
+            "tag",
+            "--catalog",
+            &catalog,
+            "--checkpoint",
+            &fixture.checkpoint,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{catalog} was accepted");
+        assert!(
+            stderr.contains("catalogue rejected") && stderr.contains(expected),
+            "{catalog}: {stderr}"
+        );
+    }
+}
+
+fn write_parquet_without_image(path: &Path) {
+    use std::sync::Arc;
+    let ids = StringArray::from(vec!["a", "b"]);
+    let schema = Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+        "item_id",
+        arrow_schema::DataType::Utf8,
+        false,
+    )]));
+    let batch =
+        arrow_array::RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(ids)]).unwrap();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None)
+            .unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}
+
+#[test]
+fn cancel_stops_the_work() {
+    let fixture = fixture();
+    let _one = one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), None, &[]);
+    let worker = cluster.add_worker(&[]);
+    let out = dir.path().join("tags");
+    let job = cluster.submit(&[
+        "submit",
+        "tag",
+        "--catalog",
+        &fixture.catalog,
+        "--checkpoint",
+        &fixture.checkpoint,
+        "--out",
+        out.to_str().unwrap(),
+        "--shard-rows",
+        "250",
+    ]);
+    let rt = runtime();
+    rt.block_on(cluster.wait_for(&job, SLOW, "progress", |j| {
+        j.tag.as_ref().is_some_and(|t| t.items_done > 0)
+    }));
+    let stdout = cluster.cli_ok(&["cancel", &job]);
+    assert!(stdout.contains("cancelled"), "{stdout}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let leased = cluster.workers[worker].count("task leased");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        cluster.workers[worker].count("task leased"),
+        leased,
+        "the worker kept leasing"
+    );
+    let job = rt.block_on(cluster.job(&job)).unwrap();
+    assert_eq!(job.state, JobState::Cancelled);
+    assert!(job.tag.unwrap().shards_done < 20);
+    assert!(!out.join("_SUCCESS").exists());
+}
+
+#[test]
+fn sigterm_drains_the_task_in_hand() {
+    let fixture = fixture();
+    let _one = one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), None, &[]);
+    let worker = cluster.add_worker(&[]);
+    let out = dir.path().join("tags");
+    let job = cluster.submit(&[
+        "submit",
+        "tag",
+        "--catalog",
+        &fixture.catalog,
+        "--checkpoint",
+        &fixture.checkpoint,
+        "--out",
+        out.to_str().unwrap(),
+        "--shard-rows",
+        "1000",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.workers[worker].count("task leased") == 0 {
+        assert!(Instant::now() < deadline, "the worker never leased a task");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = cluster.workers[worker]
+        .terminate(Duration::from_secs(60))
+        .unwrap();
+    assert!(status.success(), "the worker exited with {status}");
+    let log = cluster.workers[worker].log_text();
+    assert_eq!(cluster.workers[worker].count("task leased"), 1, "{log}");
+    assert_eq!(cluster.workers[worker].count("task complete"), 1, "{log}");
+    let rt = runtime();
+    let job = rt.block_on(cluster.job(&job)).unwrap();
+    assert_eq!(
+        job.tag.unwrap().shards_done,
+        1,
+        "the drained shard was not recorded"
+    );
+}
+
+#[test]
+fn a_wrong_or_missing_token_is_refused() {
+    let _one = one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), Some("s3cret"), &[]);
+    cluster.cli_ok(&["jobs"]);
+    let missing = std::process::Command::new(atelier_tests::atelier_bin())
+        .args(["jobs", "--coordinator", &cluster.address])
+        .env_remove("ATELIER_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("missing bearer token"));
+    let wrong = std::process::Command::new(atelier_tests::atelier_bin())
+        .args([
+            "jobs",
+            "--coordinator",
+            &cluster.address,
+            "--token",
+            "guess",
+        ])
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong bearer token"));
+    // A worker with the wrong token stops at once and says why.
+    cluster.token = Some("guess".into());
+    let worker = cluster.add_worker(&[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = cluster.workers[worker].exited() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker kept running with a wrong token"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    assert!(cluster.workers[worker]
+        .log_text()
+        .contains("wrong bearer token"));
+}
