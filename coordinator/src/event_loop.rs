@@ -3,7 +3,7 @@
 //! them to [`State`], commits the batch to the store in one transaction, and
 //! only then answers: an answer never promises a change that a crash could lose.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,10 @@ use crate::store::StateStore;
 /// to this many, and committed in one transaction.
 const MAX_BATCH: usize = 4096;
 const TICK: Duration = Duration::from_millis(100);
+/// Progress alone republishes a job at most this often: recomputing a job's
+/// status walks its tasks, and under a thousand workers batches come every
+/// few milliseconds. A change of state is published at once.
+const PUBLISH_EVERY: Duration = Duration::from_millis(50);
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -263,6 +267,8 @@ struct EventLoop {
     events: broadcast::Sender<JobStatus>,
     waiters: VecDeque<Waiter>,
     max_wait: Duration,
+    unpublished: HashSet<String>,
+    last_publish: Instant,
 }
 
 /// Starts the event loop on its own thread. The thread ends, returning its
@@ -290,6 +296,8 @@ pub fn start(
         events,
         waiters: VecDeque::new(),
         max_wait,
+        unpublished: HashSet::new(),
+        last_publish: Instant::now(),
     };
     event_loop.publish_all();
     let thread = std::thread::Builder::new()
@@ -308,6 +316,8 @@ impl EventLoop {
     async fn run(mut self) -> Result<()> {
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sweep = Instant::now();
+        let (mut batches, mut commands, mut saving) = (0u64, 0u64, Duration::ZERO);
         loop {
             let first = tokio::select! {
                 command = self.commands.recv() => match command {
@@ -327,7 +337,13 @@ impl EventLoop {
                     Err(_) => break,
                 }
             }
-            self.state.expire(now);
+            // Sweeps walk every lease and waiter, so they run on the tick,
+            // not on every batch.
+            if now.duration_since(last_sweep) >= TICK {
+                last_sweep = now;
+                self.state.expire(now);
+                self.expire_waiters(now, &mut deferred);
+            }
             self.serve_waiters(now, &mut deferred);
             for job in self.state.take_finalize() {
                 let Some(done) = self.myself.upgrade() else {
@@ -344,19 +360,32 @@ impl EventLoop {
                     });
                 });
             }
+            batches += 1;
+            commands += deferred.len() as u64;
+            let save_started = Instant::now();
             let (jobs, tasks) = self.state.take_dirty();
             let saved = self.store.save(
                 &jobs.iter().collect::<Vec<_>>(),
                 &tasks.iter().collect::<Vec<_>>(),
             );
+            saving += save_started.elapsed();
             let error = saved.as_ref().err().map(ToString::to_string);
+            // Readers see a change before its requester hears of it, so a
+            // submit followed by a GetJob always finds the job.
+            if saved.is_ok() {
+                self.publish_touched();
+            }
             for answer in deferred {
                 answer(error.as_deref());
             }
             saved?;
-            self.publish_touched();
         }
-        tracing::info!("coordinator event loop stopped");
+        tracing::info!(
+            batches,
+            answers = commands,
+            saving_seconds = saving.as_secs_f64(),
+            "coordinator event loop stopped"
+        );
         Ok(())
     }
 
@@ -445,7 +474,7 @@ impl EventLoop {
         }
     }
 
-    /// Hands queued tasks to waiting workers, and sends away those whose wait is over.
+    /// Hands queued tasks to waiting workers.
     fn serve_waiters(&mut self, now: Instant, deferred: &mut Vec<Deferred>) {
         while self.state.has_queued_work() {
             let Some(waiter) = self.waiters.pop_front() else {
@@ -462,6 +491,10 @@ impl EventLoop {
                 other => deferred.push(defer(waiter.reply, other)),
             }
         }
+    }
+
+    /// Answers "no work" to waiters whose wait is over, and drops those gone.
+    fn expire_waiters(&mut self, now: Instant, deferred: &mut Vec<Deferred>) {
         let mut kept = VecDeque::with_capacity(self.waiters.len());
         for waiter in self.waiters.drain(..) {
             if waiter.reply.is_closed() {
@@ -477,10 +510,21 @@ impl EventLoop {
     }
 
     fn publish_touched(&mut self) {
-        let touched = self.state.take_touched();
-        if touched.is_empty() {
+        self.unpublished.extend(self.state.take_touched());
+        if self.unpublished.is_empty() {
             return;
         }
+        let state_changed = {
+            let snapshot = self.snapshot.read().unwrap_or_else(|e| e.into_inner());
+            self.unpublished
+                .iter()
+                .any(|id| snapshot.jobs.get(id).map(|j| j.state) != self.state.job_state(id))
+        };
+        if !state_changed && self.last_publish.elapsed() < PUBLISH_EVERY {
+            return;
+        }
+        self.last_publish = Instant::now();
+        let touched = std::mem::take(&mut self.unpublished);
         let statuses: Vec<JobStatus> = touched
             .iter()
             .filter_map(|id| self.state.status(id).ok())

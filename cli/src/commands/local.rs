@@ -1,21 +1,29 @@
 //! `atelier local`: the whole job on one machine with local files.
 //!
 //! Makes a synthetic catalogue under the data folder if there is none, trains a
-//! small pooled classifier on it, evaluates it, tags the whole catalogue, draws
-//! the training curves, and prints where everything is. The coordinator and
-//! workers take over the tagging step once they exist.
+//! small pooled classifier on it, evaluates it, starts a coordinator and two
+//! workers in this process on loopback (state in `data/coordinator.db`), tags
+//! the whole catalogue through them, draws the training curves, and prints a
+//! summary: items, errors, accuracy against the labels, throughput, and where
+//! everything is.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use atelier_catalog::Catalog;
+use atelier_proto::domain::{InferenceSettings, TagJobSpec};
+use atelier_proto::v1;
 use clap::Args;
 use tokio::runtime::Handle;
 
 use super::catalog::{run_generate, GenerateArgs};
+use super::cluster::TokenArg;
+use super::jobs::{ensure_succeeded, print_job, watch, ClientArgs};
+use super::local_cluster::LocalCluster;
 use super::pipeline::{self, AugmentArg, PipelineArgs};
 use super::plot::{self, PlotArgs};
-use super::tag::{self, InferenceArgs, TagArgs};
+use super::tag::InferenceArgs;
+use super::tag_accuracy::tag_accuracy;
 use super::test::{self, TestArgs};
 use super::train::{self, ArchArg, ModelType, OptimizerArg, ScheduleArg, TrainArgs};
 
@@ -123,17 +131,37 @@ pub fn run(args: &LocalArgs, handle: &Handle) -> anyhow::Result<()> {
         handle,
     )?;
 
-    println!("\n== tag (every item)");
-    tag::run(
-        &TagArgs {
-            checkpoint: vec![checkpoint.clone()],
-            catalog: catalog.clone(),
-            out: tags.clone(),
-            overwrite: true,
-            inference: InferenceArgs::default(),
-        },
-        handle,
-    )?;
+    println!("\n== tag every item through a coordinator and two workers on loopback");
+    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    let cluster = LocalCluster::start(handle, &args.data.join("coordinator.db"), 2, threads)?;
+    let client = ClientArgs {
+        coordinator: cluster.address.clone(),
+        token: TokenArg { value: None },
+    };
+    let absolute =
+        |p: &str| -> anyhow::Result<String> { Ok(std::path::absolute(p)?.display().to_string()) };
+    let spec = TagJobSpec {
+        catalog: absolute(&catalog)?,
+        checkpoints: vec![absolute(&checkpoint)?],
+        output: absolute(&tags)?,
+        target_shard_rows: 0,
+        max_attempts: 0,
+        inference: InferenceSettings::default(),
+        overwrite: true,
+    };
+    let job = handle.block_on(async {
+        let mut jobs = client.connect().await?;
+        let job_id = jobs
+            .submit_tag_job(v1::SubmitTagJobRequest::from(spec))
+            .await?
+            .into_inner()
+            .job_id;
+        println!("submitted {job_id} to {}", cluster.address);
+        anyhow::Ok(watch(&mut jobs, &job_id).await?)
+    })?;
+    cluster.stop(handle)?;
+    print_job(&job);
+    ensure_succeeded(&job)?;
 
     println!("\n== plot");
     plot::run(
@@ -143,9 +171,26 @@ pub fn run(args: &LocalArgs, handle: &Handle) -> anyhow::Result<()> {
         handle,
     )?;
 
+    let tagged = job.tag.clone().unwrap_or_default();
+    println!("\n== summary");
     println!(
-        "\ndone in {:.0}s: catalogue {catalog}, checkpoint {checkpoint}, tags {tags}, plots {checkpoint}/plots",
-        started.elapsed().as_secs_f64()
+        "items tagged: {} ({} with image errors) in {} shards, {:.0} items/s through the coordinator",
+        tagged.items_done, tagged.items_failed, tagged.shards_total, tagged.items_per_second
     );
+    for (attribute, (correct, total)) in tag_accuracy(Path::new(&catalog), Path::new(&tags))? {
+        println!(
+            "{attribute} tags agreeing with the catalogue labels: {:.3} ({correct}/{total}, every item, training split included)",
+            correct as f64 / total.max(1) as f64
+        );
+    }
+    println!("catalogue   {catalog}");
+    println!("checkpoint  {checkpoint} (test report: {checkpoint}/test-report.json)");
+    println!("tags        {tags} (manifest.json, _SUCCESS, part-NNNNN.parquet)");
+    println!("plots       {checkpoint}/plots");
+    println!(
+        "coordinator state {}",
+        args.data.join("coordinator.db").display()
+    );
+    println!("done in {:.0}s", started.elapsed().as_secs_f64());
     Ok(())
 }

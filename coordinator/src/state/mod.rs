@@ -43,6 +43,8 @@ pub struct State {
     job_order: Vec<String>,
     tasks: HashMap<String, TaskRecord>,
     job_tasks: HashMap<String, Vec<String>>,
+    /// Tasks of each job not yet done, so completion is O(1) per task.
+    unfinished: HashMap<String, usize>,
     queue: VecDeque<String>,
     leases: HashMap<String, Lease>,
     workers: HashMap<String, Worker>,
@@ -66,6 +68,7 @@ impl State {
             job_order: Vec::new(),
             tasks: HashMap::new(),
             job_tasks: HashMap::new(),
+            unfinished: HashMap::new(),
             queue: VecDeque::new(),
             leases: HashMap::new(),
             workers: HashMap::new(),
@@ -114,6 +117,8 @@ impl State {
                 .entry(task.job_id.clone())
                 .or_default()
                 .push(task.id.clone());
+            *state.unfinished.entry(task.job_id.clone()).or_default() +=
+                usize::from(task.state != TaskState::Done);
             state.tasks.insert(task.id.clone(), task);
         }
         pending.sort();
@@ -155,6 +160,7 @@ impl State {
             ids.push(task.id.clone());
             self.tasks.insert(task.id.clone(), task);
         }
+        self.unfinished.insert(id.clone(), ids.len());
         self.job_tasks.insert(id.clone(), ids);
         self.job_order.push(id.clone());
         self.jobs.insert(id.clone(), job);
@@ -452,10 +458,9 @@ impl State {
             job.metrics.extend(outcome.metrics);
         }
         self.mark_job(&job_id);
-        let all_done = self.job_tasks[&job_id]
-            .iter()
-            .all(|t| self.tasks[t].state == TaskState::Done);
-        if all_done {
+        let unfinished = self.unfinished.entry(job_id.clone()).or_default();
+        *unfinished = unfinished.saturating_sub(1);
+        if *unfinished == 0 {
             self.start_finalizing(&job_id);
         }
         Ok(())
@@ -623,6 +628,10 @@ impl State {
     /// Jobs changed since the last call, for watchers and the read snapshot.
     pub fn take_touched(&mut self) -> Vec<String> {
         self.touched_jobs.drain().collect()
+    }
+
+    pub fn job_state(&self, job_id: &str) -> Option<JobState> {
+        self.jobs.get(job_id).map(|j| j.state)
     }
 
     pub fn task(&self, task_id: &str) -> Option<&TaskRecord> {
