@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use atelier_catalog::{CatalogItem, CatalogWriter, Labels, StoreLocation, WriterOptions};
-use atelier_proto::client::{connect_jobs, worker_client};
+use atelier_proto::client::{connect_jobs, worker_client, Connect};
 use atelier_proto::v1;
 use atelier_proto::PROTOCOL_VERSION;
 
@@ -154,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
         .to_string();
     let idle_kib = peak_memory_kib(pid);
 
-    let mut jobs = connect_jobs(&address, None).await?;
+    let mut jobs = connect_jobs(&address, &Connect::default()).await?;
     let submitter = jobs.clone();
     let submit = |rows: u64, out: &str| {
         let request = v1::SubmitTagJobRequest {
@@ -213,7 +213,7 @@ async fn main() -> anyhow::Result<()> {
         let done = Arc::clone(&done);
         let completed = Arc::clone(&completed);
         workers.push(tokio::spawn(async move {
-            let mut client = worker_client(&address, None)?;
+            let mut client = worker_client(&address, &Connect::default())?;
             let worker_id = client
                 .register(v1::RegisterRequest {
                     protocol_version: PROTOCOL_VERSION,

@@ -15,6 +15,22 @@ pub struct CoordinatorConfig {
     pub max_lease_wait: Duration,
     /// Shared secret that clients send as `authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// Serve TLS with this certificate chain and key (PEM); plain HTTP/2 without.
+    pub tls: Option<TlsIdentity>,
+}
+
+/// A server certificate chain and its private key, both PEM.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.write_str("TlsIdentity(..)")
+    }
 }
 
 impl Default for CoordinatorConfig {
@@ -26,6 +42,7 @@ impl Default for CoordinatorConfig {
             default_max_attempts: 3,
             max_lease_wait: Duration::from_secs(20),
             token: None,
+            tls: None,
         }
     }
 }

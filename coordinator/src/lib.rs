@@ -18,6 +18,6 @@ pub mod state;
 pub mod store;
 
 pub use atelier_proto::PROTOCOL_VERSION;
-pub use config::CoordinatorConfig;
+pub use config::{CoordinatorConfig, TlsIdentity};
 pub use error::{CoordinatorError, Result};
 pub use server::serve;

@@ -66,7 +66,17 @@ pub async fn serve(
     drop(handle);
     let address = listener.local_addr().ok();
     tracing::info!(?address, "coordinator serving");
-    let served = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        atelier_proto::client::install_crypto_provider();
+        let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| {
+                CoordinatorError::InvalidArgument(format!("TLS certificate or key: {e}"))
+            })?;
+    }
+    let served = builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(jobs)

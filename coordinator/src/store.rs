@@ -62,10 +62,10 @@ impl StateStore {
     }
 
     pub fn load(&self) -> Result<Loaded> {
-        let mut loaded = Loaded::default();
-        loaded.jobs = self.load_table("SELECT id, data FROM jobs")?;
-        loaded.tasks = self.load_table("SELECT id, data FROM tasks")?;
-        Ok(loaded)
+        Ok(Loaded {
+            jobs: self.load_table("SELECT id, data FROM jobs")?,
+            tasks: self.load_table("SELECT id, data FROM tasks")?,
+        })
     }
 
     fn load_table<T: serde::de::DeserializeOwned>(&self, sql: &str) -> Result<Vec<T>> {

@@ -1,12 +1,14 @@
 //! A whole coordinator in-process on port 0, driven by hand-made workers:
 //! lease expiry and fencing with short intervals, health and reflection.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use std::time::Duration;
 
 use atelier_catalog::synthetic::{generate, GenerateOptions};
 use atelier_catalog::{StoreLocation, WriterOptions};
 use atelier_coordinator::{serve, CoordinatorConfig};
-use atelier_proto::client::{job_client_lazy, worker_client, WorkerClient};
+use atelier_proto::client::{job_client_lazy, worker_client, Connect, WorkerClient};
 use atelier_proto::v1;
 use atelier_proto::PROTOCOL_VERSION;
 use tokio::sync::oneshot;
@@ -107,7 +109,7 @@ fn an_expired_lease_moves_the_shard_and_fences_off_the_old_worker() {
             ..Default::default()
         };
         let mut running = start(dir.path(), config).await;
-        let mut jobs = job_client_lazy(&running.address, None).unwrap();
+        let mut jobs = job_client_lazy(&running.address, &Connect::default()).unwrap();
         let job_id = jobs
             .submit_tag_job(v1::SubmitTagJobRequest {
                 catalog,
@@ -121,14 +123,14 @@ fn an_expired_lease_moves_the_shard_and_fences_off_the_old_worker() {
             .into_inner()
             .job_id;
 
-        let mut stalled = worker_client(&running.address, None).unwrap();
+        let mut stalled = worker_client(&running.address, &Connect::default()).unwrap();
         let stalled_id = register(&mut stalled).await;
         let first = lease(&mut stalled, &stalled_id).await.expect("a shard");
         let first_lease = first.lease.clone().unwrap();
         assert_eq!(first_lease.attempt, 1);
         // No heartbeat: after the lease timeout the shard goes to the next worker.
         tokio::time::sleep(Duration::from_millis(600)).await;
-        let mut healthy = worker_client(&running.address, None).unwrap();
+        let mut healthy = worker_client(&running.address, &Connect::default()).unwrap();
         let healthy_id = register(&mut healthy).await;
         let second = lease(&mut healthy, &healthy_id)
             .await
@@ -228,6 +230,54 @@ fn health_and_reflection_answer_generic_clients() {
             names.contains(&"atelier.v1.WorkerService".to_string()),
             "{names:?}"
         );
+        running.stop.take().unwrap().send(()).unwrap();
+        running.server.await.unwrap().unwrap();
+    });
+}
+
+#[test]
+fn tls_serves_clients_that_trust_the_certificate_and_only_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert_pem = certified.cert.pem().into_bytes();
+    let key_pem = certified.signing_key.serialize_pem().into_bytes();
+    runtime().block_on(async {
+        let config = CoordinatorConfig {
+            tls: Some(atelier_coordinator::TlsIdentity {
+                cert_pem: cert_pem.clone(),
+                key_pem,
+            }),
+            ..Default::default()
+        };
+        let mut running = start(dir.path(), config).await;
+        let port = running.address.rsplit(':').next().unwrap().to_string();
+        let https = format!("https://localhost:{port}");
+        let trusting = Connect {
+            token: None,
+            ca_pem: Some(cert_pem),
+        };
+        let mut jobs = atelier_proto::client::connect_jobs(&https, &trusting)
+            .await
+            .unwrap();
+        let listed = jobs
+            .list_jobs(v1::ListJobsRequest::default())
+            .await
+            .unwrap();
+        assert!(listed.into_inner().jobs.is_empty());
+        // Without the certificate the handshake fails; plain HTTP/2 is not served.
+        let untrusting = atelier_proto::client::connect_jobs(&https, &Connect::default()).await;
+        if let Ok(mut untrusting) = untrusting {
+            let refused = untrusting.list_jobs(v1::ListJobsRequest::default()).await;
+            assert!(refused.is_err(), "an unknown certificate was accepted");
+        }
+        let plain =
+            atelier_proto::client::connect_jobs(&running.address, &Connect::default()).await;
+        if let Ok(mut plain) = plain {
+            assert!(plain
+                .list_jobs(v1::ListJobsRequest::default())
+                .await
+                .is_err());
+        }
         running.stop.take().unwrap().send(()).unwrap();
         running.server.await.unwrap().unwrap();
     });

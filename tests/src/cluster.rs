@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use atelier_proto::client::{connect_jobs, JobClient};
+use atelier_proto::client::{connect_jobs, Connect, JobClient};
 use atelier_proto::domain::JobStatus;
 use atelier_proto::v1;
 
@@ -261,14 +261,14 @@ impl Cluster {
     }
 
     pub async fn client(&self) -> JobClient {
-        connect_jobs(&self.address, self.token.as_deref())
+        connect_jobs(&self.address, &Connect::token(self.token.as_deref()))
             .await
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The job now, retrying while the coordinator is down.
     pub async fn job(&self, job_id: &str) -> Option<JobStatus> {
-        let mut client = connect_jobs(&self.address, self.token.as_deref())
+        let mut client = connect_jobs(&self.address, &Connect::token(self.token.as_deref()))
             .await
             .ok()?;
         let job = client

@@ -2,6 +2,8 @@
 //! tagging, killed workers and coordinators, corrupt images, bad catalogues,
 //! cancellation, draining, and the bearer token.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};

@@ -10,7 +10,7 @@ use atelier_proto::v1;
 use clap::{Args, Subcommand};
 use tokio::runtime::Handle;
 
-use super::cluster::TokenArg;
+use super::cluster::AccessArgs;
 use super::train::TrainArgs;
 use crate::progress;
 
@@ -24,12 +24,12 @@ pub struct ClientArgs {
     )]
     pub coordinator: String,
     #[command(flatten)]
-    pub token: TokenArg,
+    pub token: AccessArgs,
 }
 
 impl ClientArgs {
     pub async fn connect(&self) -> anyhow::Result<JobClient> {
-        Ok(connect_jobs(&self.coordinator, self.token.value.as_deref()).await?)
+        Ok(connect_jobs(&self.coordinator, &self.token.connect()?).await?)
     }
 }
 

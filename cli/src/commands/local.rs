@@ -17,7 +17,7 @@ use clap::Args;
 use tokio::runtime::Handle;
 
 use super::catalog::{run_generate, GenerateArgs};
-use super::cluster::TokenArg;
+use super::cluster::AccessArgs;
 use super::jobs::{ensure_succeeded, print_job, watch, ClientArgs};
 use super::local_cluster::LocalCluster;
 use super::pipeline::{self, AugmentArg, PipelineArgs};
@@ -136,7 +136,7 @@ pub fn run(args: &LocalArgs, handle: &Handle) -> anyhow::Result<()> {
     let cluster = LocalCluster::start(handle, &args.data.join("coordinator.db"), 2, threads)?;
     let client = ClientArgs {
         coordinator: cluster.address.clone(),
-        token: TokenArg { value: None },
+        token: AccessArgs::default(),
     };
     let absolute =
         |p: &str| -> anyhow::Result<String> { Ok(std::path::absolute(p)?.display().to_string()) };

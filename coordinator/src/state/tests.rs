@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 use std::time::{Duration, Instant};
 
 use atelier_proto::domain::*;
@@ -98,7 +99,7 @@ fn an_expired_lease_is_fenced_off_and_the_task_goes_to_another_worker() {
     // Heartbeats renew the lease...
     let later = now + TIMEOUT / 2;
     assert!(state
-        .heartbeat(&slow, &[first.lease.clone()], later)
+        .heartbeat(&slow, std::slice::from_ref(&first.lease), later)
         .unwrap()
         .is_empty());
     assert_eq!(state.expire(now + TIMEOUT), 0);
@@ -121,7 +122,7 @@ fn an_expired_lease_is_fenced_off_and_the_task_goes_to_another_worker() {
         .complete(&slow, &first.lease, outcome(), expired_at)
         .is_err());
     let revoked = state
-        .heartbeat(&slow, &[first.lease.clone()], expired_at)
+        .heartbeat(&slow, std::slice::from_ref(&first.lease), expired_at)
         .unwrap();
     assert_eq!(revoked, vec![first.lease.clone()]);
     state
@@ -191,7 +192,7 @@ fn cancelling_revokes_leases_and_empties_the_queue() {
         .progress(&worker, &running.lease, Default::default(), now)
         .unwrap());
     let revoked = state
-        .heartbeat(&worker, &[running.lease.clone()], now)
+        .heartbeat(&worker, std::slice::from_ref(&running.lease), now)
         .unwrap();
     assert_eq!(revoked.len(), 1);
     assert!(matches!(
@@ -246,7 +247,7 @@ fn a_restart_from_the_store_keeps_attempts_and_the_queue() {
     // The worker comes back under a new id and still holds its lease.
     let again = restored.register(registration(), now).unwrap();
     assert!(restored
-        .heartbeat(&again, &[running.lease.clone()], now)
+        .heartbeat(&again, std::slice::from_ref(&running.lease), now)
         .unwrap()
         .is_empty());
     let last = restored.lease(&again, now).unwrap().unwrap();

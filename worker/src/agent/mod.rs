@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use atelier_proto::client::worker_client;
+use atelier_proto::client::{worker_client, Connect};
 use atelier_proto::domain::{Assignment, TaskFailure, TaskProgressReport};
 use tokio::sync::{oneshot, watch};
 
@@ -27,7 +27,8 @@ pub use train_task::train_options;
 pub struct AgentOptions {
     /// The coordinator's address, `http://host:port` or `host:port`.
     pub coordinator: String,
-    pub token: Option<String>,
+    /// The bearer token and the TLS roots to trust.
+    pub connect: Connect,
     /// `cpu` or `cuda:N`.
     pub device: String,
     /// Decode threads.
@@ -42,7 +43,7 @@ impl AgentOptions {
     pub fn new(coordinator: &str) -> Self {
         Self {
             coordinator: coordinator.to_string(),
-            token: None,
+            connect: Connect::default(),
             device: "cpu".into(),
             threads: std::thread::available_parallelism().map_or(2, usize::from),
             poll_wait: Duration::from_secs(10),
@@ -72,7 +73,7 @@ pub async fn run_agent(
         tokio::runtime::Handle::current(),
     )
     .map_err(|e| WorkerError::Data(format!("starting the compute thread: {e}")))?;
-    let client = worker_client(&options.coordinator, options.token.as_deref())?;
+    let client = worker_client(&options.coordinator, &options.connect)?;
     let session = Arc::new(Session::new(client, describe_machine(&options.device)));
     tokio::pin!(shutdown);
 
