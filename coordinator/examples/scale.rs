@@ -119,6 +119,10 @@ async fn main() -> anyhow::Result<()> {
         _ => anyhow::bail!("usage: scale ATELIER_BIN WORKDIR"),
     };
     std::fs::create_dir_all(&work)?;
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    if let Some(files) = limits.lines().find(|l| l.starts_with("Max open files")) {
+        println!("{}", files.split_whitespace().collect::<Vec<_>>().join(" "));
+    }
     let started = Instant::now();
     let catalog = write_catalogue(&work).await?;
     println!(
@@ -279,6 +283,27 @@ async fn main() -> anyhow::Result<()> {
             anyhow::Ok(latencies)
         }));
     }
+    // A worker that fails (say, out of file descriptors) ends the run with
+    // its error rather than leaving the pollers waiting for shards forever.
+    let watcher = {
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let mut result = Ok(());
+            for worker in workers {
+                let outcome = match worker.await {
+                    Ok(outcome) => outcome,
+                    Err(e) => Err(anyhow::anyhow!("simulated worker panicked: {e}")),
+                };
+                if let Err(e) = outcome {
+                    done.store(true, Ordering::Relaxed);
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
+                }
+            }
+            result
+        })
+    };
     let mut latencies = Vec::new();
     for poller in pollers {
         latencies.extend(poller.await??);
@@ -286,9 +311,7 @@ async fn main() -> anyhow::Result<()> {
     let seconds = dispatch_started.elapsed().as_secs_f64();
     let coordinator_cpu = cpu_seconds(pid) - cpu_before;
     let loop_cpu = loop_cpu_seconds(pid) - loop_before;
-    for worker in workers {
-        worker.await??;
-    }
+    watcher.await??;
     latencies.sort_by(f64::total_cmp);
     let n = completed.load(Ordering::Relaxed);
     let peak_kib = peak_memory_kib(pid);

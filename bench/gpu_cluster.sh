@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The second GPU check (BENCHMARKS.md): the coordinator's scale benchmark on a
+# 16-core machine, and a tag job through a coordinator and one CUDA worker.
+# Runs release binaries built elsewhere against this machine's torch 2.11:
+#
+#   BIN=.gpu/atelier SCALE=.gpu/scale bench/gpu_cluster.sh
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bin="${BIN:-.gpu/atelier}"
+scale="${SCALE:-.gpu/scale}"
+work=/tmp/atelier-gpu-cluster
+rm -rf "$work"; mkdir -p "$work"
+export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
+ulimit -n 65536 2>/dev/null || true
+echo "cores: $(nproc); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+
+if [ "$scale" != none ]; then
+  echo "== coordinator scale benchmark"
+  "$scale" "$bin" "$work/scale" 2>&1 | grep --line-buffered -v "worker registered\|manifest not written\|job submitted\|job cancelled"
+fi
+
+echo "== tag job through a coordinator and one cuda:0 worker"
+export RUST_LOG=warn
+"$bin" catalog generate --items 12000 --out "$work/catalog" --size 384x512 | tail -n 1
+"$bin" train --model-type pool --arch resnet50 --image-size 224 --batch-size 128 --n-epochs 1 --lr 0.1 \
+  --schedule onecycle --device cuda:0 --bf16 --channels-last --catalog "$work/catalog" --checkpoint "$work/model" | tail -n 1
+"$bin" coordinator --listen 127.0.0.1:7070 --state "$work/coordinator.db" > "$work/coordinator.log" 2>&1 &
+sleep 1
+"$bin" worker --coordinator 127.0.0.1:7070 --device cuda:0 --threads 14 > "$work/worker.log" 2>&1 &
+worker=$!
+start=$EPOCHREALTIME
+"$bin" submit tag --coordinator 127.0.0.1:7070 --catalog "$work/catalog" --checkpoint "$work/model" \
+  --out "$work/tags" --batch-size 256 --bf16 --channels-last --wait
+python3 -c "print('wall seconds: %.1f' % ($EPOCHREALTIME - $start))"
+kill -TERM "$worker"; wait "$worker"
+tail -n 2 "$work/worker.log"
+head -c 400 "$work/tags/manifest.json"; echo
