@@ -238,15 +238,7 @@ impl Cluster {
 
     /// Runs the CLI; fails the test unless it exits 0. Returns stdout.
     pub fn cli_ok(&self, args: &[&str]) -> String {
-        let output = self.cli(args);
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert!(
-            output.status.success(),
-            "atelier {args:?} failed with {}\nstdout:\n{stdout}\nstderr:\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        stdout
+        crate::succeeded(args, &self.cli(args))
     }
 
     /// Submits with the CLI and returns the job id.

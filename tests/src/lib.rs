@@ -57,7 +57,11 @@ pub fn atelier(args: &[&str]) -> Output {
 
 /// Runs `atelier` and fails the test, showing its output, unless it exits 0.
 pub fn atelier_ok(args: &[&str]) -> String {
-    let output = atelier(args);
+    succeeded(args, &atelier(args))
+}
+
+/// Fails the test, showing the output, unless `atelier args` exited 0; returns stdout.
+pub fn succeeded(args: &[&str], output: &Output) -> String {
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),

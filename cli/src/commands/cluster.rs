@@ -8,6 +8,8 @@ use atelier_coordinator::{CoordinatorConfig, TlsIdentity};
 use atelier_proto::client::Connect;
 use atelier_worker::agent::{run_agent, AgentOptions};
 use clap::Args;
+
+use super::jobs::ClientArgs;
 use tokio::runtime::Handle;
 
 #[derive(Debug, Args)]
@@ -67,15 +69,8 @@ impl AccessArgs {
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// The coordinator's address.
-    #[arg(
-        long,
-        env = "ATELIER_COORDINATOR",
-        default_value = "http://127.0.0.1:7070"
-    )]
-    pub coordinator: String,
     #[command(flatten)]
-    pub token: AccessArgs,
+    pub client: ClientArgs,
     /// cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -147,16 +142,16 @@ pub fn run_coordinator(args: &CoordinatorArgs, handle: &Handle) -> anyhow::Resul
 
 pub fn run_worker(args: &WorkerArgs, handle: &Handle) -> anyhow::Result<()> {
     let options = AgentOptions {
-        connect: args.token.connect()?,
+        connect: args.client.token.connect()?,
         device: args.device.clone(),
         threads: args
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)),
-        ..AgentOptions::new(&args.coordinator)
+        ..AgentOptions::new(&args.client.coordinator)
     };
     let summary = handle
         .block_on(run_agent(options, shutdown_signal()))
-        .with_context(|| format!("worker of {}", args.coordinator))?;
+        .with_context(|| format!("worker of {}", args.client.coordinator))?;
     println!(
         "worker stopped: {} tasks done, {} failed, {} stopped",
         summary.tasks_done, summary.tasks_failed, summary.tasks_stopped
