@@ -1,0 +1,260 @@
+//! The CUDA backend: NCCL communicators over the tensors torch already holds
+//! on the device, on torch's default stream. NCCL calls return once the work
+//! is queued, so every collective waits for the device under a watchdog that
+//! aborts the communicator when a peer stops answering.
+
+mod library;
+
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{CollectiveError, Result};
+use crate::{Backend, Collective};
+use library::{Comm, NCCL_FLOAT32, NCCL_FLOAT64, NCCL_SUM};
+pub use library::{NcclLibrary, NcclUniqueId, UNIQUE_ID_BYTES};
+
+/// torch's default stream is CUDA's legacy default stream, the null handle.
+const TORCH_DEFAULT_STREAM: library::Stream = std::ptr::null_mut();
+
+#[derive(Debug)]
+pub struct NcclCollective {
+    library: Arc<NcclLibrary>,
+    comm: Comm,
+    rank: usize,
+    world: usize,
+    device_index: usize,
+    timeout: Duration,
+    aborted: bool,
+}
+
+// SAFETY: an NCCL communicator may be used from any thread as long as calls
+// on it are not concurrent; `&mut self` on every collective ensures that.
+unsafe impl Send for NcclCollective {}
+
+/// A raw communicator handle that the watchdog thread may abort.
+#[derive(Clone, Copy)]
+struct AbortHandle(usize);
+
+impl NcclCollective {
+    /// Joins the communicator named by `id` as `rank` on `cuda:device_index`.
+    /// Every rank must call this; it fails after `timeout` if some never do.
+    pub fn new(
+        library: Arc<NcclLibrary>,
+        id: NcclUniqueId,
+        rank: usize,
+        world: usize,
+        device_index: usize,
+        timeout: Duration,
+    ) -> Result<Self> {
+        if rank >= world {
+            return Err(CollectiveError::Setup(format!(
+                "rank {rank} in a world of {world}"
+            )));
+        }
+        // Init blocks until every rank arrives, so it runs on a helper thread
+        // that can be abandoned when one never does.
+        let (sender, receiver) = mpsc::channel();
+        let helper = Arc::clone(&library);
+        std::thread::Builder::new()
+            .name("nccl-init".into())
+            .spawn(move || {
+                let result = init(&helper, id, rank, world, device_index);
+                let _ = sender.send(result.map(|comm| comm as usize));
+            })
+            .map_err(|e| CollectiveError::Setup(format!("starting the NCCL init thread: {e}")))?;
+        let comm = match receiver.recv_timeout(timeout) {
+            Ok(result) => result? as Comm,
+            Err(_) => {
+                return Err(CollectiveError::Nccl {
+                    call: "ncclCommInitRank",
+                    code: -1,
+                    message: format!("not every rank joined within {timeout:?}"),
+                })
+            }
+        };
+        tracing::info!(
+            rank,
+            world,
+            device = device_index,
+            "nccl communicator ready"
+        );
+        Ok(Self {
+            library,
+            comm,
+            rank,
+            world,
+            device_index,
+            timeout,
+            aborted: false,
+        })
+    }
+
+    fn check_tensor(&self, tensor: &Tensor, op: &'static str) -> Result<(usize, i32)> {
+        if tensor.device() != Device::Cuda(self.device_index) || !tensor.is_contiguous() {
+            return Err(CollectiveError::InvalidTensor {
+                op,
+                detail: format!(
+                    "NCCL on cuda:{} takes contiguous tensors there, not {:?}",
+                    self.device_index,
+                    tensor.device()
+                ),
+            });
+        }
+        let kind = match tensor.kind() {
+            Kind::Float => NCCL_FLOAT32,
+            Kind::Double => NCCL_FLOAT64,
+            kind => {
+                return Err(CollectiveError::InvalidTensor {
+                    op,
+                    detail: format!("kind {kind:?}; use float or double"),
+                })
+            }
+        };
+        if self.aborted {
+            return Err(CollectiveError::Nccl {
+                call: op,
+                code: -1,
+                message: "the communicator was aborted after an earlier timeout".into(),
+            });
+        }
+        Ok((tensor.numel(), kind))
+    }
+
+    /// Waits for the queued collective; aborts the communicator if it does
+    /// not finish in time, which also releases the stuck kernels.
+    fn wait(&mut self, call: &'static str) -> Result<()> {
+        let (finished, watch) = mpsc::channel::<()>();
+        let handle = AbortHandle(self.comm as usize);
+        let abort = self.library.comm_abort;
+        let timeout = self.timeout;
+        let watchdog = std::thread::spawn(move || {
+            if watch.recv_timeout(timeout) == Err(mpsc::RecvTimeoutError::Timeout) {
+                // SAFETY: the communicator outlives this thread (joined below).
+                unsafe { abort(handle.0 as Comm) };
+                return true;
+            }
+            false
+        });
+        tch::Cuda::synchronize(self.device_index as i64);
+        let _ = finished.send(());
+        if watchdog.join().unwrap_or(true) {
+            self.aborted = true;
+            return Err(CollectiveError::Nccl {
+                call,
+                code: -1,
+                message: format!(
+                    "no completion within {timeout:?}: a peer rank is dead or stuck; communicator aborted"
+                ),
+            });
+        }
+        let mut state = 0;
+        // SAFETY: a live communicator and one int to write.
+        let code = unsafe { (self.library.comm_get_async_error)(self.comm, &mut state) };
+        self.library.check("ncclCommGetAsyncError", code)?;
+        self.library.check(call, state)
+    }
+}
+
+fn init(
+    library: &NcclLibrary,
+    id: NcclUniqueId,
+    rank: usize,
+    world: usize,
+    device_index: usize,
+) -> Result<Comm> {
+    match library.cuda_set_device {
+        // SAFETY: cudaSetDevice takes a device ordinal.
+        Some(set_device) => {
+            let code = unsafe { set_device(device_index as i32) };
+            if code != 0 {
+                return Err(CollectiveError::Setup(format!(
+                    "cudaSetDevice({device_index}) failed with CUDA error {code}"
+                )));
+            }
+        }
+        None if device_index != 0 => {
+            return Err(CollectiveError::Setup(format!(
+                "cannot select cuda:{device_index}: no CUDA runtime is loaded"
+            )))
+        }
+        None => {}
+    }
+    let mut comm: Comm = std::ptr::null_mut();
+    // SAFETY: NCCL writes the new communicator into `comm`.
+    let code = unsafe { (library.comm_init_rank)(&mut comm, world as i32, id, rank as i32) };
+    library.check("ncclCommInitRank", code)?;
+    Ok(comm)
+}
+
+impl Collective for NcclCollective {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Nccl
+    }
+
+    fn all_reduce_sum(&mut self, tensor: &mut Tensor) -> Result<()> {
+        let (count, kind) = self.check_tensor(tensor, "ncclAllReduce")?;
+        if count == 0 {
+            return Ok(());
+        }
+        let data = tensor.data_ptr();
+        // SAFETY: in place on a contiguous device tensor of `count` elements
+        // that `&mut` keeps alive until `wait` has seen the kernel finish.
+        let code = unsafe {
+            (self.library.all_reduce)(
+                data,
+                data,
+                count,
+                kind,
+                NCCL_SUM,
+                self.comm,
+                TORCH_DEFAULT_STREAM,
+            )
+        };
+        self.library.check("ncclAllReduce", code)?;
+        self.wait("ncclAllReduce")
+    }
+
+    fn broadcast(&mut self, tensor: &mut Tensor, root: usize) -> Result<()> {
+        let (count, kind) = self.check_tensor(tensor, "ncclBroadcast")?;
+        if count == 0 {
+            return Ok(());
+        }
+        let data = tensor.data_ptr();
+        // SAFETY: as in all_reduce_sum.
+        let code = unsafe {
+            (self.library.broadcast)(
+                data,
+                data,
+                count,
+                kind,
+                root as i32,
+                self.comm,
+                TORCH_DEFAULT_STREAM,
+            )
+        };
+        self.library.check("ncclBroadcast", code)?;
+        self.wait("ncclBroadcast")
+    }
+}
+
+impl Drop for NcclCollective {
+    fn drop(&mut self) {
+        // SAFETY: the communicator is live and used by no one else any more.
+        unsafe {
+            if self.aborted {
+                return;
+            }
+            (self.library.comm_destroy)(self.comm);
+        }
+    }
+}

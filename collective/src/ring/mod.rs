@@ -1,0 +1,371 @@
+//! The CPU backend: a ring all-reduce over TCP. Reduce-scatter, then
+//! all-gather, each segment sent in chunks; a writer thread per collective
+//! keeps sending while the caller receives and reduces, so a chunk goes on to
+//! the next rank as soon as it has been added in.
+
+mod connect;
+mod wire;
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{CollectiveError, Result};
+use crate::{Backend, Collective};
+use wire::{Element, Header, Hello, Op};
+
+#[derive(Debug, Clone, Copy)]
+pub struct RingOptions {
+    /// How long a peer may stay silent before the collective fails.
+    pub timeout: Duration,
+    pub chunk_bytes: usize,
+    /// Names this gang, so that a rank of another one cannot join the ring.
+    pub session: u64,
+}
+
+impl Default for RingOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(60),
+            chunk_bytes: 1 << 20,
+            session: 0,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct RingCollective {
+    rank: usize,
+    world: usize,
+    /// To rank + 1.
+    next: Option<TcpStream>,
+    /// From rank - 1.
+    prev: Option<TcpStream>,
+    options: RingOptions,
+    seq: u64,
+}
+
+impl RingCollective {
+    /// A listener for the ring on `host`, on a free port; its address goes to
+    /// the other ranks through the rendezvous.
+    pub fn bind(host: &str) -> Result<TcpListener> {
+        TcpListener::bind((host, 0))
+            .map_err(|e| CollectiveError::Setup(format!("binding a ring listener on {host}: {e}")))
+    }
+
+    /// Joins the ring: `peers[r]` is rank r's listener address.
+    pub fn connect(
+        rank: usize,
+        listener: TcpListener,
+        peers: &[String],
+        options: RingOptions,
+    ) -> Result<Self> {
+        let world = peers.len();
+        if rank >= world {
+            return Err(CollectiveError::Setup(format!(
+                "rank {rank} in a world of {world}"
+            )));
+        }
+        let mut ring = Self {
+            rank,
+            world,
+            next: None,
+            prev: None,
+            options,
+            seq: 0,
+        };
+        if world == 1 {
+            return Ok(ring);
+        }
+        let deadline = Instant::now() + options.timeout;
+        let next_rank = (rank + 1) % world;
+        let prev_rank = (rank + world - 1) % world;
+        let hello = |rank: usize| Hello {
+            session: options.session,
+            rank: rank as u32,
+            world: world as u32,
+        };
+        let (next, prev) = std::thread::scope(|scope| {
+            let accepting = scope
+                .spawn(|| connect::accept_prev(&listener, prev_rank, hello(prev_rank), deadline));
+            let next = connect::connect_next(&peers[next_rank], next_rank, hello(rank), deadline);
+            let prev = accepting.join().unwrap_or_else(|_| {
+                Err(CollectiveError::Setup(
+                    "the accepting thread panicked".into(),
+                ))
+            });
+            (next, prev)
+        });
+        let (next, prev) = (next?, prev?);
+        let setup = |e: std::io::Error| CollectiveError::Setup(format!("ring socket: {e}"));
+        for stream in [&next, &prev] {
+            stream.set_nodelay(true).map_err(setup)?;
+            stream
+                .set_read_timeout(Some(options.timeout))
+                .map_err(setup)?;
+            stream
+                .set_write_timeout(Some(options.timeout))
+                .map_err(setup)?;
+        }
+        ring.next = Some(next);
+        ring.prev = Some(prev);
+        tracing::debug!(rank, world, "ring connected");
+        Ok(ring)
+    }
+
+    fn segment(&self, index: usize, len: usize) -> std::ops::Range<usize> {
+        index * len / self.world..(index + 1) * len / self.world
+    }
+
+    fn chunks(&self, range: std::ops::Range<usize>, size: usize) -> Vec<std::ops::Range<usize>> {
+        let step = (self.options.chunk_bytes / size).max(1);
+        (range.start..range.end)
+            .step_by(step)
+            .map(|start| start..(start + step).min(range.end))
+            .collect()
+    }
+
+    /// Runs `body` with a writer thread sending to the next rank; `body`
+    /// queues buffers for it and reads from the previous rank.
+    fn with_writer<F>(&mut self, op: &'static str, body: F) -> Result<()>
+    where
+        F: FnOnce(&mpsc::Sender<Vec<u8>>, &mut TcpStream, &RingOptions) -> Result<()>,
+    {
+        let (Some(next), Some(prev)) = (self.next.as_ref(), self.prev.as_mut()) else {
+            return Ok(());
+        };
+        let next_rank = (self.rank + 1) % self.world;
+        let options = self.options;
+        std::thread::scope(|scope| {
+            // Unbounded on purpose: if queueing could block, every rank could
+            // wait on a full socket at once and the ring would deadlock.
+            let (queue, buffers) = mpsc::channel::<Vec<u8>>();
+            let writer = scope.spawn(move || wire::write_all_from(next, buffers));
+            let result = body(&queue, prev, &options);
+            drop(queue);
+            let written = writer
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("writer thread panicked")))
+                .map_err(|e| CollectiveError::io(op, next_rank, options.timeout, e));
+            // A failed read usually follows from the failed write; name the write.
+            match (result, written) {
+                (Ok(()), w) => w,
+                (Err(_), Err(w)) => Err(w),
+                (Err(r), Ok(())) => Err(r),
+            }
+        })
+    }
+
+    /// Sums `data` over all ranks, in place.
+    pub fn all_reduce<T: Element>(&mut self, data: &mut [T]) -> Result<()> {
+        if self.world == 1 {
+            return Ok(());
+        }
+        const OP: &str = "all-reduce";
+        self.seq += 1;
+        let (rank, world, len) = (self.rank, self.world, data.len());
+        let header = Header::new(Op::AllReduce, self.seq, len);
+        let prev_rank = (rank + world - 1) % world;
+        let segments: Vec<_> = (0..world).map(|i| self.segment(i, len)).collect();
+        let chunked: Vec<Vec<_>> = segments
+            .iter()
+            .map(|s| self.chunks(s.clone(), T::SIZE))
+            .collect();
+        self.with_writer(OP, |queue, prev, options| {
+            let send = |bytes: Vec<u8>| queue.send(bytes).map_err(|_| writer_gone(OP, rank, world));
+            send(header.encode())?;
+            for chunk in &chunked[rank] {
+                send(T::to_bytes(&data[chunk.clone()]))?;
+            }
+            expect_header(prev, header, OP, prev_rank, options)?;
+            let mut buffer = Vec::new();
+            // Reduce-scatter: after world - 1 steps this rank holds the full
+            // sum of segment rank + 1; each reduced chunk goes straight on.
+            for step in 0..world - 1 {
+                let index = (rank + world - step - 1) % world;
+                for chunk in &chunked[index] {
+                    receive(
+                        prev,
+                        &mut buffer,
+                        chunk.len() * T::SIZE,
+                        OP,
+                        prev_rank,
+                        options,
+                    )?;
+                    T::add_from(&mut data[chunk.clone()], &buffer);
+                    send(T::to_bytes(&data[chunk.clone()]))?;
+                }
+            }
+            // All-gather: pass the finished segments around once.
+            for step in 0..world - 1 {
+                let index = (rank + world - step) % world;
+                for chunk in &chunked[index] {
+                    receive(
+                        prev,
+                        &mut buffer,
+                        chunk.len() * T::SIZE,
+                        OP,
+                        prev_rank,
+                        options,
+                    )?;
+                    T::copy_from(&mut data[chunk.clone()], &buffer);
+                    if step + 2 < world {
+                        send(buffer.clone())?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Makes `data` on every rank equal to `root`'s.
+    pub fn broadcast_slice<T: Element>(&mut self, data: &mut [T], root: usize) -> Result<()> {
+        if self.world == 1 {
+            return Ok(());
+        }
+        const OP: &str = "broadcast";
+        if root >= self.world {
+            return Err(CollectiveError::Setup(format!(
+                "broadcast from rank {root} in a world of {}",
+                self.world
+            )));
+        }
+        self.seq += 1;
+        let (rank, world, len) = (self.rank, self.world, data.len());
+        let header = Header::new(Op::Broadcast, self.seq, len);
+        let prev_rank = (rank + world - 1) % world;
+        let forward = (rank + 1) % world != root;
+        let chunks = self.chunks(0..len, T::SIZE);
+        self.with_writer(OP, |queue, prev, options| {
+            let send = |bytes: Vec<u8>| queue.send(bytes).map_err(|_| writer_gone(OP, rank, world));
+            if rank == root {
+                send(header.encode())?;
+                for chunk in &chunks {
+                    send(T::to_bytes(&data[chunk.clone()]))?;
+                }
+                return Ok(());
+            }
+            expect_header(prev, header, OP, prev_rank, options)?;
+            if forward {
+                send(header.encode())?;
+            }
+            let mut buffer = Vec::new();
+            for chunk in &chunks {
+                receive(
+                    prev,
+                    &mut buffer,
+                    chunk.len() * T::SIZE,
+                    OP,
+                    prev_rank,
+                    options,
+                )?;
+                T::copy_from(&mut data[chunk.clone()], &buffer);
+                if forward {
+                    send(buffer.clone())?;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+fn writer_gone(op: &'static str, rank: usize, world: usize) -> CollectiveError {
+    CollectiveError::Peer {
+        op,
+        peer: (rank + 1) % world,
+        source: std::io::Error::other("the connection to the next rank failed"),
+    }
+}
+
+fn receive(
+    prev: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+    bytes: usize,
+    op: &'static str,
+    peer: usize,
+    options: &RingOptions,
+) -> Result<()> {
+    buffer.resize(bytes, 0);
+    prev.read_exact(buffer)
+        .map_err(|e| CollectiveError::io(op, peer, options.timeout, e))
+}
+
+fn expect_header(
+    prev: &mut TcpStream,
+    expected: Header,
+    op: &'static str,
+    peer: usize,
+    options: &RingOptions,
+) -> Result<()> {
+    let got = Header::read(prev).map_err(|e| CollectiveError::io(op, peer, options.timeout, e))?;
+    if got == Some(expected) {
+        return Ok(());
+    }
+    Err(CollectiveError::Mismatch {
+        op,
+        peer,
+        detail: format!("expected {expected:?}, got {got:?}"),
+    })
+}
+
+/// The tensor's elements as a mutable slice (CPU, contiguous).
+fn host_slice<'t, T>(tensor: &'t mut Tensor, op: &'static str) -> Result<&'t mut [T]> {
+    if tensor.device() != Device::Cpu || !tensor.is_contiguous() {
+        return Err(CollectiveError::InvalidTensor {
+            op,
+            detail: format!(
+                "the ring takes contiguous CPU tensors, not {:?} (contiguous: {})",
+                tensor.device(),
+                tensor.is_contiguous()
+            ),
+        });
+    }
+    let len = tensor.numel();
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    // SAFETY: the tensor is contiguous on the CPU with `len` elements of `T`
+    // (the caller checked the kind), and `&mut` keeps it borrowed meanwhile.
+    Ok(unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr().cast::<T>(), len) })
+}
+
+impl Collective for RingCollective {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Ring
+    }
+
+    fn all_reduce_sum(&mut self, tensor: &mut Tensor) -> Result<()> {
+        const OP: &str = "all-reduce";
+        match tensor.kind() {
+            Kind::Float => self.all_reduce(host_slice::<f32>(tensor, OP)?),
+            Kind::Double => self.all_reduce(host_slice::<f64>(tensor, OP)?),
+            kind => Err(CollectiveError::InvalidTensor {
+                op: OP,
+                detail: format!("kind {kind:?}; use float or double"),
+            }),
+        }
+    }
+
+    fn broadcast(&mut self, tensor: &mut Tensor, root: usize) -> Result<()> {
+        const OP: &str = "broadcast";
+        match tensor.kind() {
+            Kind::Float => self.broadcast_slice(host_slice::<f32>(tensor, OP)?, root),
+            Kind::Double => self.broadcast_slice(host_slice::<f64>(tensor, OP)?, root),
+            kind => Err(CollectiveError::InvalidTensor {
+                op: OP,
+                detail: format!("kind {kind:?}; use float or double"),
+            }),
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The CPU ring on loopback, one thread per rank.
+
+use std::time::{Duration, Instant};
+
+use atelier_collective::{
+    broadcast_tensors, Collective, CollectiveError, GradientBuckets, RingCollective, RingOptions,
+};
+use tch::{Kind, Tensor};
+
+/// Runs `body` on `world` ranks joined in a ring and returns their results by rank.
+fn on_ring<T: Send>(
+    world: usize,
+    options: RingOptions,
+    body: impl Fn(RingCollective) -> T + Sync,
+) -> Vec<T> {
+    let listeners: Vec<_> = (0..world)
+        .map(|_| RingCollective::bind("127.0.0.1").unwrap())
+        .collect();
+    let peers: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(rank, listener)| {
+                let (peers, body) = (&peers, &body);
+                scope.spawn(move || {
+                    body(RingCollective::connect(rank, listener, peers, options).unwrap())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn small_chunks() -> RingOptions {
+    RingOptions {
+        timeout: Duration::from_secs(20),
+        // 16 floats per chunk, so long inputs span many chunks.
+        chunk_bytes: 64,
+        session: 7,
+    }
+}
+
+/// Rank r contributes r * 1000 + i at index i; the exact sum is known.
+fn contribution(rank: usize, len: usize) -> Vec<f32> {
+    (0..len).map(|i| (rank * 1000 + i % 977) as f32).collect()
+}
+
+#[test]
+fn all_reduce_is_exact_on_integers_of_awkward_lengths() {
+    for world in [1, 2, 3, 4] {
+        for len in [0, 1, 2, 3, 7, 13, 97, 1_009, 65_537] {
+            let results = on_ring(world, small_chunks(), |mut ring| {
+                let mut data = contribution(ring.rank(), len);
+                ring.all_reduce(&mut data).unwrap();
+                data
+            });
+            let expected: Vec<f32> = (0..len)
+                .map(|i| (0..world).map(|r| (r * 1000 + i % 977) as f32).sum())
+                .collect();
+            for (rank, got) in results.iter().enumerate() {
+                assert_eq!(got, &expected, "world {world}, length {len}, rank {rank}");
+            }
+        }
+    }
+}
+
+#[test]
+fn many_collectives_in_a_row_stay_in_step() {
+    let results = on_ring(3, RingOptions::default(), |mut ring| {
+        let mut last = Vec::new();
+        for round in 0..50 {
+            let mut data = vec![(ring.rank() + round) as f64; 1 + round * 31];
+            ring.all_reduce(&mut data).unwrap();
+            last = data;
+        }
+        last
+    });
+    // Round 49: ranks contribute 49, 50 and 51.
+    assert!(results
+        .iter()
+        .all(|r| r.len() == 1 + 49 * 31 && r.iter().all(|&v| v == 150.0)));
+}
+
+#[test]
+fn broadcast_copies_the_roots_data_to_every_rank() {
+    for world in [2, 3, 5] {
+        for root in 0..world {
+            let results = on_ring(world, small_chunks(), |mut ring| {
+                let mut data = contribution(ring.rank(), 301);
+                ring.broadcast_slice(&mut data, root).unwrap();
+                data
+            });
+            for got in &results {
+                assert_eq!(got, &contribution(root, 301), "world {world}, root {root}");
+            }
+        }
+    }
+}
+
+#[test]
+fn tensors_reduce_through_the_trait_and_broadcast_in_buckets() {
+    let results = on_ring(3, small_chunks(), |mut ring| {
+        let rank = ring.rank() as f64;
+        let mut doubles = Tensor::from_slice(&[rank, 2.0 * rank, 1.0]);
+        ring.all_reduce_sum(&mut doubles).unwrap();
+        let params = vec![
+            Tensor::full([4, 3], rank, (Kind::Float, tch::Device::Cpu)),
+            Tensor::full([5], 10.0 + rank, (Kind::Float, tch::Device::Cpu)),
+        ];
+        broadcast_tensors(&mut ring, &params, 2).unwrap();
+        (
+            Vec::<f64>::try_from(&doubles).unwrap(),
+            params[0].sum(Kind::Double).double_value(&[]),
+            params[1].sum(Kind::Double).double_value(&[]),
+        )
+    });
+    for (doubles, first, second) in results {
+        assert_eq!(doubles, [3.0, 6.0, 3.0]);
+        assert_eq!((first, second), (12.0 * 2.0, 5.0 * 12.0));
+    }
+}
+
+#[test]
+fn gradient_sync_weights_each_rank_by_its_items() {
+    // Rank 0 averaged its gradient over 3 items, rank 1 over 1 item: the
+    // global mean is (3 * g0 + 1 * g1) / 4.
+    let results = on_ring(2, small_chunks(), |mut ring| {
+        let param = Tensor::zeros([3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        let target = if ring.rank() == 0 {
+            Tensor::from_slice(&[1.0f32, 2.0, 3.0])
+        } else {
+            Tensor::from_slice(&[5.0f32, 6.0, 7.0])
+        };
+        // d/dp sum(p * target) = target.
+        (&param * &target).sum(Kind::Float).backward();
+        let buckets = GradientBuckets::new(vec![param.shallow_clone()], 1 << 20);
+        let items = if ring.rank() == 0 { 3 } else { 1 };
+        let step = buckets.sync(&mut ring, items, 0.5 * items as f64).unwrap();
+        (
+            Vec::<f32>::try_from(&param.grad()).unwrap(),
+            step.items,
+            step.loss_sum,
+        )
+    });
+    for (grad, items, loss_sum) in results {
+        assert_eq!(grad, [2.0, 3.0, 4.0]);
+        assert_eq!((items, loss_sum), (4.0, 2.0));
+    }
+}
+
+#[test]
+fn a_silent_peer_is_a_timeout_not_a_hang() {
+    let options = RingOptions {
+        timeout: Duration::from_millis(500),
+        ..small_chunks()
+    };
+    let results = on_ring(2, options, |mut ring| {
+        if ring.rank() == 1 {
+            // Alive but never takes part; keeps its sockets open meanwhile.
+            std::thread::sleep(Duration::from_secs(3));
+            return None;
+        }
+        let started = Instant::now();
+        let error = ring.all_reduce(&mut vec![1.0f32; 10]).unwrap_err();
+        Some((error, started.elapsed()))
+    });
+    let (error, waited) = results[0].as_ref().unwrap();
+    assert!(
+        matches!(error, CollectiveError::Timeout { peer: 1, .. }),
+        "{error}"
+    );
+    assert!(error.is_retryable());
+    assert!(waited < &Duration::from_secs(3), "waited {waited:?}");
+}
+
+#[test]
+fn a_dead_peer_is_an_error_naming_it() {
+    let results = on_ring(3, small_chunks(), |mut ring| {
+        if ring.rank() == 2 {
+            drop(ring);
+            return None;
+        }
+        Some(ring.all_reduce(&mut vec![1.0f32; 1000]).unwrap_err())
+    });
+    for error in results.into_iter().flatten() {
+        let message = error.to_string();
+        assert!(error.is_retryable(), "{message}");
+        assert!(message.contains("rank"), "{message}");
+    }
+}
+
+#[test]
+fn joining_fails_in_time_when_a_rank_never_comes() {
+    let listener = RingCollective::bind("127.0.0.1").unwrap();
+    let ghost = RingCollective::bind("127.0.0.1").unwrap();
+    let peers = vec![
+        listener.local_addr().unwrap().to_string(),
+        ghost.local_addr().unwrap().to_string(),
+    ];
+    let options = RingOptions {
+        timeout: Duration::from_millis(300),
+        ..RingOptions::default()
+    };
+    // The ghost's port accepts connections (the kernel queues them) but no
+    // rank ever says hello back on ours.
+    let error = RingCollective::connect(0, listener, &peers, options).unwrap_err();
+    assert!(
+        matches!(error, CollectiveError::Timeout { peer: 1, .. }),
+        "{error}"
+    );
+    drop(ghost);
+}
