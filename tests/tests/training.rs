@@ -85,6 +85,7 @@ fn options(catalog: &str, checkpoint: &str, task: Task, epochs: usize) -> TrainO
         channels_last: false,
         shuffle_window: 256,
         bf16: false,
+        max_steps: None,
     }
 }
 

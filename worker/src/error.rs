@@ -23,6 +23,8 @@ pub enum WorkerError {
     Coordinator(#[from] tonic::Status),
     #[error(transparent)]
     Protocol(#[from] atelier_proto::ProtoError),
+    #[error("collective: {0}")]
+    Collective(#[from] atelier_collective::CollectiveError),
 }
 
 pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
@@ -38,6 +40,7 @@ impl WorkerError {
                 Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Internal
             ),
             WorkerError::Protocol(e) => e.is_retryable(),
+            WorkerError::Collective(e) => e.is_retryable(),
             _ => false,
         }
     }
@@ -52,6 +55,8 @@ impl WorkerError {
             WorkerError::Cancelled => Code::Cancelled,
             WorkerError::Coordinator(status) => status.code(),
             WorkerError::Protocol(e) => e.grpc_code(),
+            WorkerError::Collective(e) if e.is_retryable() => Code::Unavailable,
+            WorkerError::Collective(_) => Code::FailedPrecondition,
         }
     }
 }

@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use atelier_catalog::{Catalog, ReadRange};
+use atelier_collective::{
+    broadcast_tensors, Collective, GradientBuckets, SingleRank, DEFAULT_BUCKET_BYTES,
+};
 use atelier_models::autocast::Bf16Autocast;
 use atelier_models::checkpoint::{
     CheckpointDir, Manifest, Normalization as SavedNormalization, FORMAT_VERSION, METRICS,
@@ -24,6 +27,7 @@ use tokio::runtime::Handle;
 use crate::dataset::{in_validation, scan_labels};
 use crate::device::device_name;
 use crate::error::{Result, WorkerError};
+use crate::sampler::{rank_share, single_row_groups, validates_on, TrainingIds};
 use crate::targets::inputs;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +82,9 @@ pub struct TrainOptions {
     /// bf16 autocast for forward passes (CUDA only).
     #[serde(default)]
     pub bf16: bool,
+    /// Stop (with a checkpoint) after this many optimizer steps in all.
+    #[serde(default)]
+    pub max_steps: Option<i64>,
 }
 
 /// What the loop reports while it runs.
@@ -92,9 +99,13 @@ pub enum TrainEvent {
     Step {
         epoch: usize,
         step: i64,
+        /// Mean over the global batch (all ranks).
         loss: f64,
         lr: f64,
+        /// This rank's images per second.
         images_per_s: f64,
+        /// Seconds this rank has spent in gradient all-reduces so far.
+        allreduce_seconds: f64,
     },
     Epoch {
         epoch: usize,
@@ -157,7 +168,22 @@ pub fn train_until(
     stop: &dyn Fn() -> bool,
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<TrainSummary> {
+    train_ranked(options, handle, &mut SingleRank, stop, on_event)
+}
+
+/// One rank of a data-parallel run (or the only one, with [`SingleRank`]).
+/// Every rank calls this with the same options; gradients are averaged over
+/// the global batch through `collective`, and only rank 0 writes checkpoints.
+pub fn train_ranked(
+    options: &TrainOptions,
+    handle: &Handle,
+    collective: &mut dyn Collective,
+    stop: &dyn Fn() -> bool,
+    on_event: &mut dyn FnMut(&TrainEvent),
+) -> Result<TrainSummary> {
     validate(options)?;
+    let (rank, world) = (collective.rank(), collective.world_size());
+    let distributed = world > 1;
     let device = crate::device::parse_device(&options.device)?;
     let autocast = Bf16Autocast::new(options.bf16, device)?;
     let catalog = handle.block_on(Catalog::open(&options.catalog))?;
@@ -175,7 +201,23 @@ pub fn train_until(
             catalog.location
         )));
     }
-    let steps_per_epoch = scan.train_items.div_ceil(options.batch_size) as i64;
+    let training_ids = if distributed {
+        Some(handle.block_on(TrainingIds::scan(&catalog, options.val_fraction))?)
+    } else {
+        None
+    };
+    let global_batch = options.batch_size * world;
+    let steps_per_epoch = if distributed {
+        (scan.train_items / global_batch) as i64
+    } else {
+        scan.train_items.div_ceil(options.batch_size) as i64
+    };
+    if steps_per_epoch == 0 {
+        return Err(WorkerError::Data(format!(
+            "{}: {} training items do not fill one global batch of {world} x {}",
+            catalog.location, scan.train_items, options.batch_size
+        )));
+    }
     let mut run = start_or_resume(
         options,
         &checkpoint,
@@ -184,6 +226,17 @@ pub fn train_until(
         steps_per_epoch * options.epochs as i64,
         device,
     )?;
+    if distributed {
+        // Every rank starts from rank 0's weights (fresh or resumed), as in DDP.
+        let state: Vec<tch::Tensor> = run.model.state().into_iter().map(|(_, t)| t).collect();
+        broadcast_tensors(collective, &state, 0)?;
+    }
+    let trainable: Vec<tch::Tensor> = run.model.trainable().into_iter().map(|(_, t)| t).collect();
+    let buckets = GradientBuckets::new(
+        trainable.iter().map(tch::Tensor::shallow_clone).collect(),
+        DEFAULT_BUCKET_BYTES,
+    );
+    let mut allreduce_seconds = 0.0;
     on_event(&TrainEvent::Started {
         total_steps: run.schedule.total_steps,
         resumed_at_step: run.manifest.step,
@@ -196,29 +249,68 @@ pub fn train_until(
     while run.manifest.epoch < options.epochs {
         let epoch = run.manifest.epoch;
         let skip = run.manifest.batch_in_epoch;
-        let loader = epoch_loader(options, &catalog, handle, epoch, false)?;
+        let (loader, steps) = match &training_ids {
+            Some(ids) => {
+                let groups = epoch_group_order(options, &catalog, epoch);
+                let share = rank_share(
+                    ids.in_group_order(&groups),
+                    ids.len(),
+                    rank,
+                    world,
+                    options.batch_size,
+                );
+                let keep = ItemFilter::new(move |id| share.items.contains(id));
+                (
+                    epoch_loader_with(options, &catalog, handle, epoch, Some(keep))?,
+                    Some(share.steps),
+                )
+            }
+            None => (epoch_loader(options, &catalog, handle, epoch, false)?, None),
+        };
+        let mut loader = loader.fuse();
         let mut window_loss = 0.0;
         let mut window_images = 0usize;
         let mut window_start = Instant::now();
-        for (index, batch) in loader.enumerate() {
-            let batch = batch?;
+        for index in 0.. {
+            // Ranks run the same number of steps even when one's loader ends
+            // early (broken images); it then contributes an empty batch.
+            let batch = match (loader.next(), steps) {
+                (_, Some(steps)) if index >= steps => break,
+                (Some(batch), _) => Some(batch?),
+                (None, Some(_)) => None,
+                (None, None) => break,
+            };
             if index < skip {
                 continue;
             }
             if stop() {
-                save(&mut run, &checkpoint, handle)?;
+                if rank == 0 {
+                    save(&mut run, &checkpoint, handle)?;
+                }
                 return Err(WorkerError::Cancelled);
             }
-            let inputs = inputs(&run.model.spec, &batch, device);
-            if inputs.count == 0 {
+            let inputs = batch.map(|b| inputs(&run.model.spec, &b, device));
+            let count = inputs.as_ref().map_or(0, |i| i.count);
+            if count == 0 && !distributed {
                 continue;
             }
             let lr = run.schedule.lr(run.optimizer.steps);
             run.optimizer.zero_grad();
-            let loss = autocast.run(|| loss(&run.model, &inputs, true));
-            loss.backward();
+            let local_loss = match &inputs {
+                Some(inputs) if inputs.count > 0 => {
+                    let loss = autocast.run(|| loss(&run.model, inputs, true));
+                    loss.backward();
+                    loss.double_value(&[])
+                }
+                _ => 0.0,
+            };
+            if distributed {
+                define_missing_grads(&trainable);
+            }
+            let synced = buckets.sync(collective, count, local_loss * count as f64)?;
+            allreduce_seconds += synced.seconds;
             run.optimizer.step(lr);
-            let loss = loss.double_value(&[]);
+            let loss = synced.loss_sum / synced.items.max(1.0);
             if !loss.is_finite() {
                 return Err(WorkerError::Data(format!(
                     "loss became {loss} at step {}; lower --lr",
@@ -227,15 +319,16 @@ pub fn train_until(
             }
             run.manifest.step = run.optimizer.steps;
             run.manifest.batch_in_epoch = index + 1;
-            window_loss += loss * inputs.count as f64;
-            window_images += inputs.count;
-            images_seen += inputs.count;
+            window_loss += loss * synced.items;
+            window_images += count;
+            images_seen += count;
+            let steps_in_epoch = steps.map_or(steps_per_epoch, |s| s as i64);
             if run.manifest.step % options.log_every.max(1) as i64 == 0 {
                 let rate = window_images as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
-                let mean = window_loss / window_images.max(1) as f64;
+                let mean = window_loss / (window_images * world).max(1) as f64;
                 run.metrics.push(MetricsLine {
                     step: run.manifest.step,
-                    epoch: epoch as f64 + (index + 1) as f64 / steps_per_epoch as f64,
+                    epoch: epoch as f64 + (index + 1) as f64 / steps_in_epoch as f64,
                     split: "train".into(),
                     loss: mean,
                     accuracy: None,
@@ -249,19 +342,29 @@ pub fn train_until(
                     loss: mean,
                     lr,
                     images_per_s: rate,
+                    allreduce_seconds,
                 });
                 window_loss = 0.0;
                 window_images = 0;
                 window_start = Instant::now();
             }
-            if options.checkpoint_every > 0
-                && run.manifest.step % options.checkpoint_every as i64 == 0
+            let at_limit = options.max_steps.is_some_and(|m| run.manifest.step >= m);
+            if rank == 0
+                && (at_limit
+                    || (options.checkpoint_every > 0
+                        && run.manifest.step % options.checkpoint_every as i64 == 0))
             {
                 save(&mut run, &checkpoint, handle)?;
             }
+            if at_limit {
+                return Ok(summary(&run, &checkpoint, images_seen, started));
+            }
         }
-        let metrics = autocast
-            .run(|| validate_epoch(options, &catalog, handle, &run.model, epoch, device))?;
+        let metrics = autocast.run(|| {
+            validate_epoch(
+                options, &catalog, handle, &run.model, epoch, device, collective,
+            )
+        })?;
         run.manifest.epoch = epoch + 1;
         run.manifest.batch_in_epoch = 0;
         // JSON cannot hold NaN or infinity (a diverged validation loss); leave those out.
@@ -280,19 +383,46 @@ pub fn train_until(
             images_per_s: None,
             detail: metrics.clone(),
         });
-        save(&mut run, &checkpoint, handle)?;
+        if rank == 0 {
+            save(&mut run, &checkpoint, handle)?;
+        }
         on_event(&TrainEvent::Epoch {
             epoch: epoch + 1,
             metrics,
         });
     }
-    Ok(TrainSummary {
+    Ok(summary(&run, &checkpoint, images_seen, started))
+}
+
+fn summary(
+    run: &Run,
+    checkpoint: &CheckpointDir,
+    images_seen: usize,
+    started: Instant,
+) -> TrainSummary {
+    TrainSummary {
         steps: run.manifest.step,
         epochs: run.manifest.epoch,
         metrics: run.manifest.metrics.clone(),
         images_per_s: images_seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
         checkpoint: checkpoint.url(),
-    })
+    }
+}
+
+/// A rank whose batch was empty still takes part in the all-reduce, with
+/// zero gradients; so does a parameter the loss did not reach.
+fn define_missing_grads(params: &[tch::Tensor]) {
+    let missing: Vec<&tch::Tensor> = params.iter().filter(|p| !p.grad().defined()).collect();
+    if missing.is_empty() {
+        return;
+    }
+    let zero = missing
+        .iter()
+        .map(|p| p.sum(Kind::Float) * 0.0)
+        .reduce(|a, b| a + b);
+    if let Some(zero) = zero {
+        zero.backward();
+    }
 }
 
 fn validate(options: &TrainOptions) -> Result<()> {
@@ -326,6 +456,10 @@ fn start_or_resume(
     total_steps: i64,
     device: Device,
 ) -> Result<Run> {
+    // libtorch's generator is global to the process; ranks (or jobs) starting
+    // in one process take turns, so a seed always gives the same weights.
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = INIT.lock().unwrap_or_else(|p| p.into_inner());
     tch::manual_seed(options.seed as i64);
     let config = OptimizerConfig {
         momentum: options.momentum,
@@ -480,22 +614,61 @@ pub fn epoch_loader(
 ) -> Result<ImageLoader> {
     let fraction = options.val_fraction;
     let keep = ItemFilter::new(move |id| in_validation(id, fraction) == validation);
-    let mut ranges: Vec<ReadRange> = catalog
-        .full_ranges()
-        .into_iter()
-        .flat_map(|r| {
-            r.row_groups.into_iter().map(move |g| ReadRange {
-                file: r.file,
-                row_groups: vec![g],
-            })
-        })
-        .collect();
-    if !validation {
-        let mut rng = ChaCha8Rng::seed_from_u64(
-            options.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        );
-        ranges.shuffle(&mut rng);
-    }
+    loader_for(
+        options,
+        catalog,
+        handle,
+        epoch,
+        validation,
+        keep,
+        options.shuffle_window,
+    )
+}
+
+/// The epoch's training loader over only the items `keep` accepts (a
+/// rank's share), in the epoch's group order without reshuffling, so that
+/// batches follow the sampler's order exactly.
+pub fn epoch_loader_with(
+    options: &TrainOptions,
+    catalog: &Catalog,
+    handle: &Handle,
+    epoch: usize,
+    keep: Option<ItemFilter>,
+) -> Result<ImageLoader> {
+    let fraction = options.val_fraction;
+    let keep = keep.unwrap_or_else(|| ItemFilter::new(move |id| !in_validation(id, fraction)));
+    loader_for(options, catalog, handle, epoch, false, keep, 0)
+}
+
+/// The order in which an epoch reads the catalogue's row groups: seeded and
+/// shuffled per epoch, the same on every rank.
+pub fn epoch_group_order(options: &TrainOptions, catalog: &Catalog, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..single_row_groups(catalog).len()).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(
+        options.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    order.shuffle(&mut rng);
+    order
+}
+
+fn loader_for(
+    options: &TrainOptions,
+    catalog: &Catalog,
+    handle: &Handle,
+    epoch: usize,
+    validation: bool,
+    keep: ItemFilter,
+    shuffle_window: usize,
+) -> Result<ImageLoader> {
+    let groups = single_row_groups(catalog);
+    let ranges: Vec<ReadRange> = if validation {
+        groups
+    } else {
+        epoch_group_order(options, catalog, epoch)
+            .into_iter()
+            .map(|g| groups[g].clone())
+            .collect()
+    };
     let defaults = LoaderOptions::default();
     let loader_options = LoaderOptions {
         image_size: options.image_size,
@@ -509,11 +682,7 @@ pub fn epoch_loader(
         },
         seed: options.seed.wrapping_add(epoch as u64),
         keep: Some(keep),
-        shuffle_window: if validation {
-            0
-        } else {
-            options.shuffle_window
-        },
+        shuffle_window: if validation { 0 } else { shuffle_window },
         ..defaults
     };
     Ok(ImageLoader::new(
@@ -559,7 +728,9 @@ pub fn loss(model: &Model, inputs: &crate::targets::Inputs, train: bool) -> tch:
     }
 }
 
-/// Loss and accuracy on the validation split.
+/// Loss and accuracy on the validation split. Each rank validates its share
+/// and the sums are added up over ranks, so every rank ends with the same
+/// figures for the whole split.
 fn validate_epoch(
     options: &TrainOptions,
     catalog: &Catalog,
@@ -567,43 +738,62 @@ fn validate_epoch(
     model: &Model,
     epoch: usize,
     device: Device,
+    collective: &mut dyn Collective,
 ) -> Result<BTreeMap<String, f64>> {
     let mut metrics = BTreeMap::new();
     if options.val_fraction == 0.0 {
         return Ok(metrics);
     }
-    let loader = epoch_loader(options, catalog, handle, epoch, true)?;
-    let mut loss_sum = 0.0;
-    let mut count = 0usize;
-    let mut correct: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-    let _guard = tch::no_grad_guard();
-    for batch in loader {
-        let batch = batch?;
-        let inputs = inputs(&model.spec, &batch, device);
-        if inputs.count == 0 {
+    let (rank, world) = (collective.rank(), collective.world_size());
+    let fraction = options.val_fraction;
+    let keep =
+        ItemFilter::new(move |id| in_validation(id, fraction) && validates_on(id, rank, world));
+    let loader = loader_for(options, catalog, handle, epoch, true, keep, 0)?;
+    let heads: &[&str] = model.spec.task.attributes();
+    // loss sum, items, then (correct, labelled) per head.
+    let mut sums = vec![0.0f64; 2 + 2 * heads.len()];
+    {
+        let _guard = tch::no_grad_guard();
+        for batch in loader {
+            let batch = batch?;
+            let inputs = inputs(&model.spec, &batch, device);
+            if inputs.count == 0 {
+                continue;
+            }
+            let features = model.features(&inputs.images, false);
+            let loss = match (model.annotator(), &inputs.tokens) {
+                (Some(annotator), Some(tokens)) => annotator.loss(&features, tokens),
+                _ => {
+                    let logits = model.logits(&features);
+                    let (loss, accuracy) = model.classification_loss(&logits, &inputs.classes);
+                    for ((name, _), (c, n)) in logits.iter().zip(accuracy) {
+                        if let Some(h) = heads.iter().position(|h| h == name) {
+                            sums[2 + 2 * h] += c as f64;
+                            sums[3 + 2 * h] += n as f64;
+                        }
+                    }
+                    loss
+                }
+            };
+            sums[0] += loss.to_kind(Kind::Double).double_value(&[]) * inputs.count as f64;
+            sums[1] += inputs.count as f64;
+        }
+    }
+    if world > 1 {
+        let mut totals = tch::Tensor::from_slice(&sums).to_device(device);
+        collective.all_reduce_sum(&mut totals)?;
+        sums = Vec::<f64>::try_from(totals.to_device(Device::Cpu))
+            .map_err(|e| WorkerError::Data(format!("reading validation totals: {e}")))?;
+    }
+    let count = sums[1];
+    metrics.insert("loss".into(), sums[0] / count.max(1.0));
+    let mut accuracies = Vec::new();
+    for (h, name) in heads.iter().enumerate() {
+        let (correct, labelled) = (sums[2 + 2 * h], sums[3 + 2 * h]);
+        if labelled == 0.0 && model.annotator().is_some() {
             continue;
         }
-        let features = model.features(&inputs.images, false);
-        let loss = match (model.annotator(), &inputs.tokens) {
-            (Some(annotator), Some(tokens)) => annotator.loss(&features, tokens),
-            _ => {
-                let logits = model.logits(&features);
-                let (loss, accuracy) = model.classification_loss(&logits, &inputs.classes);
-                for ((name, _), (c, n)) in logits.iter().zip(accuracy) {
-                    let entry = correct.entry(name.clone()).or_default();
-                    entry.0 += c;
-                    entry.1 += n;
-                }
-                loss
-            }
-        };
-        loss_sum += loss.to_kind(Kind::Double).double_value(&[]) * inputs.count as f64;
-        count += inputs.count;
-    }
-    metrics.insert("loss".into(), loss_sum / count.max(1) as f64);
-    let mut accuracies = Vec::new();
-    for (name, (c, n)) in correct {
-        let accuracy = c as f64 / n.max(1) as f64;
+        let accuracy = correct / labelled.max(1.0);
         accuracies.push(accuracy);
         metrics.insert(format!("accuracy_{name}"), accuracy);
     }
@@ -613,6 +803,6 @@ fn validate_epoch(
             accuracies.iter().sum::<f64>() / accuracies.len() as f64,
         );
     }
-    metrics.insert("items".into(), count as f64);
+    metrics.insert("items".into(), count);
     Ok(metrics)
 }

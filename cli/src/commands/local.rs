@@ -115,6 +115,7 @@ pub fn run(args: &LocalArgs, handle: &Handle) -> anyhow::Result<()> {
             channels_last: false,
             shuffle_window: 4096,
             bf16: false,
+            max_steps: None,
         },
         handle,
     )?;

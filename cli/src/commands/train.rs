@@ -98,6 +98,9 @@ pub struct TrainArgs {
     /// gradients and the optimizer in f32.
     #[arg(long)]
     pub bf16: bool,
+    /// Stop after this many optimizer steps in all (a checkpoint is written there).
+    #[arg(long)]
+    pub max_steps: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -188,6 +191,7 @@ impl TrainArgs {
             channels_last: self.channels_last,
             shuffle_window: self.shuffle_window,
             bf16: self.bf16,
+            max_steps: self.max_steps,
         }
     }
 }
@@ -218,6 +222,7 @@ pub fn run(args: &TrainArgs, handle: &Handle) -> anyhow::Result<()> {
             loss,
             lr,
             images_per_s,
+            ..
         } => {
             if let Some(b) = &bar {
                 b.set_position(*step as u64);

@@ -311,6 +311,13 @@ fn expect_header(
     })
 }
 
+/// A contiguous CPU copy of a device or strided tensor, for the ring to
+/// work on (GPU ranks without NCCL still train, at the cost of the copies).
+fn staged_on_host(tensor: &Tensor) -> Option<Tensor> {
+    (tensor.device() != Device::Cpu || !tensor.is_contiguous())
+        .then(|| tensor.to_device(Device::Cpu).contiguous())
+}
+
 /// The tensor's elements as a mutable slice (CPU, contiguous).
 fn host_slice<'t, T>(tensor: &'t mut Tensor, op: &'static str) -> Result<&'t mut [T]> {
     if tensor.device() != Device::Cpu || !tensor.is_contiguous() {
@@ -347,6 +354,11 @@ impl Collective for RingCollective {
 
     fn all_reduce_sum(&mut self, tensor: &mut Tensor) -> Result<()> {
         const OP: &str = "all-reduce";
+        if let Some(mut host) = staged_on_host(tensor) {
+            self.all_reduce_sum(&mut host)?;
+            tch::no_grad(|| tensor.copy_(&host));
+            return Ok(());
+        }
         match tensor.kind() {
             Kind::Float => self.all_reduce(host_slice::<f32>(tensor, OP)?),
             Kind::Double => self.all_reduce(host_slice::<f64>(tensor, OP)?),
@@ -359,6 +371,11 @@ impl Collective for RingCollective {
 
     fn broadcast(&mut self, tensor: &mut Tensor, root: usize) -> Result<()> {
         const OP: &str = "broadcast";
+        if let Some(mut host) = staged_on_host(tensor) {
+            self.broadcast(&mut host, root)?;
+            tch::no_grad(|| tensor.copy_(&host));
+            return Ok(());
+        }
         match tensor.kind() {
             Kind::Float => self.broadcast_slice(host_slice::<f32>(tensor, OP)?, root),
             Kind::Double => self.broadcast_slice(host_slice::<f64>(tensor, OP)?, root),

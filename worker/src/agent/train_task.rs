@@ -116,6 +116,7 @@ pub fn train_options(spec: &TrainJobSpec, device: &str, threads: usize) -> Resul
         channels_last: false,
         shuffle_window: 4096,
         bf16: false,
+        max_steps: None,
     })
 }
 

@@ -1,0 +1,191 @@
+//! Data-parallel training in one process, one thread per rank over the CPU
+//! ring on loopback: the averaging of gradients makes W ranks with batch B
+//! end where one rank with batch W x B ends.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use atelier_catalog::synthetic::{generate, GenerateOptions};
+use atelier_catalog::{StoreLocation, WriterOptions};
+use atelier_collective::{RingCollective, RingOptions};
+use atelier_models::checkpoint::CheckpointDir;
+use atelier_models::optim::{OptimizerKind, ScheduleKind};
+use atelier_models::{Arch, Task};
+use atelier_tests::runtime;
+use atelier_worker::train::{train, train_ranked, TrainEvent, TrainOptions};
+use tch::Tensor;
+
+fn catalogue(dir: &std::path::Path) -> String {
+    let rt = runtime();
+    let url = dir.join("catalog").to_str().unwrap().to_string();
+    generate(
+        &GenerateOptions {
+            items: 240,
+            seed: 5,
+            width: 64,
+            height: 80,
+            threads: 2,
+            writer: WriterOptions {
+                rows_per_group: 40,
+                groups_per_file: 3,
+                ..WriterOptions::default()
+            },
+            ..GenerateOptions::default()
+        },
+        StoreLocation::parse(&url).unwrap(),
+        rt.handle(),
+        |_| {},
+    )
+    .unwrap();
+    url
+}
+
+/// Head-only (frozen backbone, eval-mode batch norm) and no augmentation:
+/// nothing differs between ranks but the items they see.
+fn options(catalog: &str, checkpoint: &str, batch_size: usize, max_steps: i64) -> TrainOptions {
+    TrainOptions {
+        catalog: catalog.to_string(),
+        checkpoint: checkpoint.to_string(),
+        task: Task::Pool,
+        arch: Arch::Resnet18,
+        lr: 0.05,
+        epochs: 3,
+        batch_size,
+        image_size: 32,
+        finetune: Some(false),
+        backbone_weights: None,
+        optimizer: OptimizerKind::Sgd,
+        weight_decay: 1e-4,
+        momentum: 0.9,
+        // Constant after warm-up: a cosine schedule's length follows the
+        // steps per epoch, which differ by the partial batch the ranks drop.
+        schedule: ScheduleKind::Constant,
+        warmup_steps: 2,
+        step_every: 100,
+        gamma: 0.1,
+        augment: false,
+        affine_degrees: 0.0,
+        affine_translate: 0.0,
+        affine_scale: 0.0,
+        val_fraction: 0.2,
+        seed: 9,
+        device: "cpu".into(),
+        threads: 1,
+        min_label_count: 1,
+        min_word_count: 1,
+        max_caption_len: 8,
+        checkpoint_every: 0,
+        log_every: 1,
+        channels_last: false,
+        shuffle_window: 0,
+        bf16: false,
+        max_steps: Some(max_steps),
+    }
+}
+
+fn weights(checkpoint: &str) -> (HashMap<String, Tensor>, i64) {
+    let rt = runtime();
+    let dir = CheckpointDir::parse(checkpoint).unwrap();
+    let manifest = rt.block_on(dir.require_manifest()).unwrap();
+    let tensors = rt
+        .block_on(dir.read_tensors(&manifest.weights))
+        .unwrap()
+        .into_iter()
+        .collect();
+    (tensors, manifest.step)
+}
+
+/// Trains `world` ranks on threads; returns each rank's losses.
+fn train_on_ring(options: &TrainOptions, world: usize) -> Vec<Vec<f64>> {
+    let listeners: Vec<_> = (0..world)
+        .map(|_| RingCollective::bind("127.0.0.1").unwrap())
+        .collect();
+    let peers: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let ring_options = RingOptions {
+        timeout: Duration::from_secs(60),
+        ..RingOptions::default()
+    };
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(rank, listener)| {
+                let peers = &peers;
+                scope.spawn(move || {
+                    let rt = runtime();
+                    let mut ring =
+                        RingCollective::connect(rank, listener, peers, ring_options).unwrap();
+                    let mut losses = Vec::new();
+                    train_ranked(options, rt.handle(), &mut ring, &|| false, &mut |e| {
+                        if let TrainEvent::Step { loss, .. } = e {
+                            losses.push(*loss);
+                        }
+                    })
+                    .unwrap();
+                    losses
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn w_ranks_with_batch_b_equal_one_rank_with_batch_w_times_b() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalogue(dir.path());
+    let rt = runtime();
+    // Within the first epoch: the single run's epoch ends with a partial
+    // batch where the ranks drop it (about 190 training items).
+    let steps = 6;
+    for world in [2, 3] {
+        let batch = 8;
+        let single = dir.path().join(format!("single-{world}"));
+        let single = single.to_str().unwrap();
+        let mut single_losses = Vec::new();
+        train(
+            &options(&catalog, single, batch * world, steps),
+            rt.handle(),
+            &mut |e| {
+                if let TrainEvent::Step { loss, .. } = e {
+                    single_losses.push(*loss);
+                }
+            },
+        )
+        .unwrap();
+        let ranked = dir.path().join(format!("ranked-{world}"));
+        let ranked = ranked.to_str().unwrap();
+        let losses = train_on_ring(&options(&catalog, ranked, batch, steps), world);
+
+        let (reference, reference_step) = weights(single);
+        let (trained, trained_step) = weights(ranked);
+        assert_eq!((reference_step, trained_step), (steps, steps));
+        let mut compared = 0;
+        for (name, expected) in &reference {
+            if !name.starts_with("heads.") {
+                continue;
+            }
+            let got = &trained[name];
+            let diff = (got - expected).abs().max().double_value(&[]);
+            let scale = expected.abs().max().double_value(&[]);
+            assert!(
+                diff <= 1e-5 * scale.max(1.0),
+                "world {world}: {name} differs by {diff} (scale {scale})"
+            );
+            compared += 1;
+        }
+        assert_eq!(compared, 6, "three heads, weight and bias each");
+        // Every rank reports the global batch's loss, equal to the single run's.
+        for rank_losses in &losses {
+            assert_eq!(rank_losses.len(), single_losses.len());
+            for (a, b) in rank_losses.iter().zip(&single_losses) {
+                assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+            }
+        }
+    }
+}
