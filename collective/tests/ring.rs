@@ -1,5 +1,7 @@
 //! The CPU ring on loopback, one thread per rank.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use std::time::{Duration, Instant};
 
 use atelier_collective::{
