@@ -42,7 +42,11 @@ impl CollectiveError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::Peer { .. } | Self::Timeout { .. } | Self::Mismatch { .. } | Self::Nccl { .. }
+            Self::Peer { .. }
+                | Self::Timeout { .. }
+                | Self::Mismatch { .. }
+                | Self::Nccl { .. }
+                | Self::Setup(_)
         )
     }
 

@@ -8,13 +8,14 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use atelier_proto::domain::{
-    Assignment, JobSpec, JobState, JobStatus, LeaseRef, Registration, TaskFailure, TaskOutcome,
-    TaskProgressReport, TaskWork,
+    Assignment, Gang, JobSpec, JobState, JobStatus, LeaseRef, Registration, RendezvousOffer,
+    TaskFailure, TaskOutcome, TaskProgressReport, TaskWork,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::error::{CoordinatorError, Result};
 use crate::manifest::write_manifest;
+use crate::state::gang::gather;
 use crate::state::State;
 use crate::store::StateStore;
 
@@ -77,6 +78,12 @@ enum Command {
     Finalized {
         job_id: String,
         result: std::result::Result<(), String>,
+    },
+    Rendezvous {
+        lease: LeaseRef,
+        offer: RendezvousOffer,
+        wait: Duration,
+        reply: Reply<Option<Gang>>,
     },
 }
 
@@ -215,6 +222,22 @@ impl LoopHandle {
         .await
     }
 
+    /// Offers this rank to its gang; the gang once every rank has offered.
+    pub async fn rendezvous(
+        &self,
+        lease: LeaseRef,
+        offer: RendezvousOffer,
+        wait: Duration,
+    ) -> Result<Option<Gang>> {
+        self.ask(|reply| Command::Rendezvous {
+            lease,
+            offer,
+            wait,
+            reply,
+        })
+        .await
+    }
+
     pub fn job(&self, job_id: &str) -> Result<JobStatus> {
         self.read()
             .get(job_id)
@@ -257,8 +280,17 @@ struct Waiter {
     reply: Reply<Option<Assignment>>,
 }
 
+/// The ranks of one train job that have offered themselves so far.
+#[derive(Default)]
+struct Gathering {
+    offers: std::collections::BTreeMap<usize, (LeaseRef, RendezvousOffer)>,
+    waiting: Vec<(Instant, Reply<Option<Gang>>)>,
+}
+
 struct EventLoop {
     state: State,
+    gatherings: HashMap<String, Gathering>,
+    gang_timeout: Duration,
     store: StateStore,
     commands: mpsc::UnboundedReceiver<Command>,
     /// Weak, so that the loop ends once the last `LoopHandle` is gone.
@@ -278,6 +310,7 @@ pub fn start(
     state: State,
     store: StateStore,
     max_wait: Duration,
+    gang_timeout: Duration,
 ) -> std::io::Result<(LoopHandle, std::thread::JoinHandle<Result<()>>)> {
     let (commands_tx, commands) = mpsc::unbounded_channel();
     let (events, _) = broadcast::channel(1024);
@@ -289,6 +322,8 @@ pub fn start(
     };
     let mut event_loop = EventLoop {
         state,
+        gatherings: HashMap::new(),
+        gang_timeout,
         store,
         commands,
         myself: commands_tx.downgrade(),
@@ -342,7 +377,9 @@ impl EventLoop {
             if now.duration_since(last_sweep) >= TICK {
                 last_sweep = now;
                 self.state.expire(now);
+                self.state.expire_gangs(self.gang_timeout);
                 self.expire_waiters(now, &mut deferred);
+                self.expire_gatherings(now, &mut deferred);
             }
             self.serve_waiters(now, &mut deferred);
             for job in self.state.take_finalize() {
@@ -465,6 +502,12 @@ impl EventLoop {
                 tracing::warn!(task = %lease.task_id, attempt = lease.attempt, reason = %failure.reason, "worker reported a failed task");
                 deferred.push(defer(reply, state.fail(&worker_id, &lease, failure, now)));
             }
+            Command::Rendezvous {
+                lease,
+                offer,
+                wait,
+                reply,
+            } => self.rendezvous(lease, offer, now + wait.min(self.max_wait), reply, deferred),
             Command::Finalized { job_id, result } => {
                 if result.is_ok() {
                     tracing::info!(job = %job_id, "job succeeded");
@@ -474,8 +517,83 @@ impl EventLoop {
         }
     }
 
+    fn rendezvous(
+        &mut self,
+        lease: LeaseRef,
+        offer: RendezvousOffer,
+        deadline: Instant,
+        reply: Reply<Option<Gang>>,
+        deferred: &mut Vec<Deferred>,
+    ) {
+        let member = match self.state.gang_member(&lease) {
+            Ok(member) => member,
+            Err(e) => return deferred.push(defer(reply, Err(e))),
+        };
+        let state = &self.state;
+        let gathering = self.gatherings.entry(member.job_id.clone()).or_default();
+        gathering.offers.insert(member.rank, (lease, offer));
+        // Offers of an earlier attempt of the gang no longer count.
+        gathering
+            .offers
+            .retain(|_, (lease, _)| state.is_current(lease));
+        gathering.waiting.push((deadline, reply));
+        if gathering.offers.len() < member.world_size {
+            return;
+        }
+        let offers: Vec<_> = gathering.offers.values().cloned().collect();
+        let gang = gather(&offers);
+        tracing::info!(job = %member.job_id, ranks = offers.len(), session = gang.session, "gang assembled");
+        for (_, reply) in std::mem::take(&mut gathering.waiting) {
+            deferred.push(defer(reply, Ok(Some(gang.clone()))));
+        }
+        self.gatherings.remove(&member.job_id);
+    }
+
+    /// Answers "not yet" to ranks whose wait is over.
+    fn expire_gatherings(&mut self, now: Instant, deferred: &mut Vec<Deferred>) {
+        for gathering in self.gatherings.values_mut() {
+            let (over, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut gathering.waiting)
+                .into_iter()
+                .filter(|(_, reply)| !reply.is_closed())
+                .partition(|(deadline, _)| *deadline <= now);
+            gathering.waiting = kept;
+            for (_, reply) in over {
+                deferred.push(defer(reply, Ok(None)));
+            }
+        }
+        let state = &self.state;
+        self.gatherings.retain(|_, g| {
+            g.offers.retain(|_, (lease, _)| state.is_current(lease));
+            !g.offers.is_empty() || !g.waiting.is_empty()
+        });
+    }
+
+    /// Starts waiting gangs on the workers now waiting for work.
+    fn serve_gangs(&mut self, now: Instant, deferred: &mut Vec<Deferred>) {
+        while self.state.has_waiting_gangs() {
+            self.waiters.retain(|w| !w.reply.is_closed());
+            let mut idle: Vec<String> = Vec::new();
+            for waiter in &self.waiters {
+                if !idle.contains(&waiter.worker_id) {
+                    idle.push(waiter.worker_id.clone());
+                }
+            }
+            let Some(placed) = self.state.place_gang(&idle, now) else {
+                break;
+            };
+            for (worker_id, assignment) in placed {
+                if let Some(position) = self.waiters.iter().position(|w| w.worker_id == worker_id) {
+                    if let Some(waiter) = self.waiters.remove(position) {
+                        deferred.push(defer(waiter.reply, Ok(Some(assignment))));
+                    }
+                }
+            }
+        }
+    }
+
     /// Hands queued tasks to waiting workers.
     fn serve_waiters(&mut self, now: Instant, deferred: &mut Vec<Deferred>) {
+        self.serve_gangs(now, deferred);
         while self.state.has_queued_work() {
             let Some(waiter) = self.waiters.pop_front() else {
                 break;

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use atelier_proto::domain::{JobSpec, JobState, StageTimes, TaskWork};
+use atelier_proto::domain::{JobSpec, JobState, Restart, StageTimes, TaskWork, TrainProgress};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,6 +21,12 @@ pub struct JobRecord {
     pub finalizing: bool,
     pub metrics: BTreeMap<String, f64>,
     pub model_version: String,
+    /// Gang restarts of a train job, oldest first.
+    #[serde(default)]
+    pub restarts: Vec<Restart>,
+    /// Since when a train job's gang waits for enough workers.
+    #[serde(default)]
+    pub gang_waiting_since_unix_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +58,12 @@ pub struct TaskRecord {
     pub output: String,
     pub started_unix_ms: Option<i64>,
     pub finished_unix_ms: Option<i64>,
+    /// The last training progress a rank reported.
+    #[serde(default)]
+    pub train: Option<TrainProgress>,
+    /// The worker holding the current attempt.
+    #[serde(default)]
+    pub worker_id: String,
 }
 
 impl TaskRecord {
@@ -72,6 +84,8 @@ impl TaskRecord {
             output: String::new(),
             started_unix_ms: None,
             finished_unix_ms: None,
+            train: None,
+            worker_id: String::new(),
         }
     }
 }

@@ -37,8 +37,13 @@ pub async fn serve(
         "coordinator state loaded"
     );
     let state = State::restore(config.lease_timeout, loaded, Instant::now());
-    let (handle, loop_thread) = event_loop::start(state, store, config.max_lease_wait)
-        .map_err(|e| CoordinatorError::Internal(format!("starting the event loop: {e}")))?;
+    let (handle, loop_thread) = event_loop::start(
+        state,
+        store,
+        config.max_lease_wait,
+        config.default_gang_timeout,
+    )
+    .map_err(|e| CoordinatorError::Internal(format!("starting the event loop: {e}")))?;
 
     let auth = BearerAuth::new(config.token.as_deref());
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -194,6 +194,21 @@ impl TryFrom<v1::SubmitTrainJobRequest> for TrainJobSpec {
             ranks_per_worker: r.ranks_per_worker,
             max_restarts: r.max_restarts,
             checkpoint_every: r.checkpoint_every,
+            step_every: r.step_every,
+            gamma: r.gamma,
+            affine_degrees: r.affine_degrees,
+            affine_translate: r.affine_translate,
+            affine_scale: r.affine_scale,
+            min_label_count: r.min_label_count,
+            min_word_count: r.min_word_count,
+            max_caption_len: r.max_caption_len,
+            log_every: r.log_every,
+            channels_last: r.channels_last,
+            shuffle_window: r.shuffle_window,
+            bf16: r.bf16,
+            max_steps: r.max_steps,
+            gang_timeout_s: r.gang_timeout_s,
+            collective_timeout_s: r.collective_timeout_s,
         })
     }
 }
@@ -223,6 +238,21 @@ impl From<TrainJobSpec> for v1::SubmitTrainJobRequest {
             ranks_per_worker: s.ranks_per_worker,
             max_restarts: s.max_restarts,
             checkpoint_every: s.checkpoint_every,
+            step_every: s.step_every,
+            gamma: s.gamma,
+            affine_degrees: s.affine_degrees,
+            affine_translate: s.affine_translate,
+            affine_scale: s.affine_scale,
+            min_label_count: s.min_label_count,
+            min_word_count: s.min_word_count,
+            max_caption_len: s.max_caption_len,
+            log_every: s.log_every,
+            channels_last: s.channels_last,
+            shuffle_window: s.shuffle_window,
+            bf16: s.bf16,
+            max_steps: s.max_steps,
+            gang_timeout_s: s.gang_timeout_s,
+            collective_timeout_s: s.collective_timeout_s,
         }
     }
 }
@@ -292,7 +322,15 @@ impl From<TrainProgress> for v1::TrainProgress {
             loss: p.loss,
             validation: p.validation.into_iter().collect(),
             ranks: p.ranks.into_iter().map(Into::into).collect(),
-            restarts: Vec::new(),
+            restarts: p
+                .restarts
+                .into_iter()
+                .map(|r| v1::Restart {
+                    at_step: r.at_step,
+                    cause: r.cause,
+                    unix_ms: r.unix_ms,
+                })
+                .collect(),
         }
     }
 }
@@ -306,6 +344,15 @@ impl From<v1::TrainProgress> for TrainProgress {
             loss: p.loss,
             validation: p.validation.into_iter().collect(),
             ranks: p.ranks.into_iter().map(Into::into).collect(),
+            restarts: p
+                .restarts
+                .into_iter()
+                .map(|r| Restart {
+                    at_step: r.at_step,
+                    cause: r.cause,
+                    unix_ms: r.unix_ms,
+                })
+                .collect(),
         }
     }
 }
@@ -653,4 +700,49 @@ mod tests {
         let back = Assignment::try_from(v1::Task::from(assignment.clone())).unwrap();
         assert_eq!(back, assignment);
     }
+}
+
+pub fn rendezvous_request(
+    worker_id: &str,
+    lease: &LeaseRef,
+    offer: RendezvousOffer,
+    wait_ms: u32,
+) -> v1::RendezvousRequest {
+    v1::RendezvousRequest {
+        worker_id: worker_id.to_string(),
+        lease: Some(lease.clone().into()),
+        address: offer.address,
+        nccl_unique_id: offer.nccl_unique_id,
+        wait_ms,
+    }
+}
+
+impl From<v1::RendezvousRequest> for RendezvousOffer {
+    fn from(r: v1::RendezvousRequest) -> Self {
+        Self {
+            address: r.address,
+            nccl_unique_id: r.nccl_unique_id,
+        }
+    }
+}
+
+/// The answer to a rendezvous: the gang once every rank has offered.
+pub fn rendezvous_response(gang: Option<Gang>) -> v1::RendezvousResponse {
+    match gang {
+        None => v1::RendezvousResponse::default(),
+        Some(gang) => v1::RendezvousResponse {
+            ready: true,
+            peer_addresses: gang.peer_addresses,
+            nccl_unique_id: gang.nccl_unique_id,
+            session: gang.session,
+        },
+    }
+}
+
+pub fn gang(response: v1::RendezvousResponse) -> Option<Gang> {
+    response.ready.then_some(Gang {
+        peer_addresses: response.peer_addresses,
+        nccl_unique_id: response.nccl_unique_id,
+        session: response.session,
+    })
 }

@@ -109,6 +109,36 @@ pub struct TrainJobSpec {
     pub ranks_per_worker: u32,
     pub max_restarts: u32,
     pub checkpoint_every: u32,
+    #[serde(default)]
+    pub step_every: i64,
+    #[serde(default)]
+    pub gamma: f64,
+    #[serde(default)]
+    pub affine_degrees: f32,
+    #[serde(default)]
+    pub affine_translate: f32,
+    #[serde(default)]
+    pub affine_scale: f32,
+    #[serde(default)]
+    pub min_label_count: u32,
+    #[serde(default)]
+    pub min_word_count: u32,
+    #[serde(default)]
+    pub max_caption_len: u32,
+    #[serde(default)]
+    pub log_every: u32,
+    #[serde(default)]
+    pub channels_last: bool,
+    #[serde(default)]
+    pub shuffle_window: Option<u32>,
+    #[serde(default)]
+    pub bf16: bool,
+    #[serde(default)]
+    pub max_steps: i64,
+    #[serde(default)]
+    pub gang_timeout_s: u32,
+    #[serde(default)]
+    pub collective_timeout_s: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -187,6 +217,31 @@ pub struct TrainProgress {
     pub loss: f64,
     pub validation: BTreeMap<String, f64>,
     pub ranks: Vec<RankStatus>,
+    #[serde(default)]
+    pub restarts: Vec<Restart>,
+}
+
+/// A gang restart of a train job and what caused it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Restart {
+    pub at_step: i64,
+    pub cause: String,
+    pub unix_ms: i64,
+}
+
+/// What a rank offers to the rendezvous.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RendezvousOffer {
+    pub address: String,
+    pub nccl_unique_id: Vec<u8>,
+}
+
+/// The gang as every rank learns it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Gang {
+    pub peer_addresses: Vec<String>,
+    pub nccl_unique_id: Vec<u8>,
+    pub session: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

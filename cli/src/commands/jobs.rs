@@ -83,12 +83,21 @@ pub struct SubmitTrainArgs {
     pub client: ClientArgs,
     #[command(flatten)]
     pub train: TrainArgs,
-    /// Ranks (only 1 runs today).
+    /// Data-parallel ranks, one per worker; --batch-size is per rank.
     #[arg(long, default_value_t = 1)]
     pub world_size: u32,
-    /// Restarts (resuming from the last checkpoint) after a failure.
+    /// Ranks per worker (one today: run one worker per GPU).
+    #[arg(long, default_value_t = 1)]
+    pub ranks_per_worker: u32,
+    /// Gang restarts (resuming from the last checkpoint) after a rank fails.
     #[arg(long, default_value_t = 2)]
     pub max_restarts: u32,
+    /// Fail the job if world-size workers are not free at once within this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub gang_timeout_s: u32,
+    /// A rank silent this long in an all-reduce fails the step (seconds).
+    #[arg(long, default_value_t = 60)]
+    pub collective_timeout_s: u32,
     #[arg(long)]
     pub wait: bool,
 }
@@ -238,9 +247,24 @@ fn train_spec(args: &SubmitTrainArgs) -> anyhow::Result<TrainJobSpec> {
         val_fraction: options.val_fraction,
         seed: options.seed,
         world_size: args.world_size,
-        ranks_per_worker: 1,
+        ranks_per_worker: args.ranks_per_worker,
         max_restarts: args.max_restarts,
         checkpoint_every: options.checkpoint_every as u32,
+        step_every: options.step_every,
+        gamma: options.gamma,
+        affine_degrees: options.affine_degrees,
+        affine_translate: options.affine_translate,
+        affine_scale: options.affine_scale,
+        min_label_count: options.min_label_count as u32,
+        min_word_count: options.min_word_count as u32,
+        max_caption_len: options.max_caption_len as u32,
+        log_every: options.log_every as u32,
+        channels_last: options.channels_last,
+        shuffle_window: Some(options.shuffle_window as u32),
+        bf16: options.bf16,
+        max_steps: options.max_steps.unwrap_or(0),
+        gang_timeout_s: args.gang_timeout_s,
+        collective_timeout_s: args.collective_timeout_s,
     })
 }
 
@@ -280,7 +304,21 @@ pub async fn watch(client: &mut JobClient, job_id: &str) -> anyhow::Result<JobSt
         let b = bar.get_or_insert_with(|| progress::bar(total.max(1), &format!("{job_id} {what}")));
         b.set_length(total.max(1));
         b.set_position(position);
-        b.set_message(job.state.name());
+        match &job.train {
+            Some(train) if train.step > 0 => b.set_message(format!(
+                "{} epoch {} loss {:.4} {:.1} img/s over {} rank(s){}",
+                job.state.name(),
+                train.epoch,
+                train.loss,
+                train.ranks.iter().map(|r| r.images_per_second).sum::<f64>(),
+                train.ranks.len(),
+                match train.restarts.len() {
+                    0 => String::new(),
+                    n => format!(", {n} restart(s)"),
+                }
+            )),
+            _ => b.set_message(job.state.name()),
+        }
         let done = job.state.is_terminal();
         last = Some(job);
         if done {
@@ -309,6 +347,38 @@ pub fn print_job(job: &JobStatus) {
             tag.items_per_second
         );
         println!("  output {}", tag.output);
+    }
+    if let Some(train) = &job.train {
+        println!(
+            "  epoch {} step {}/{} loss {:.4}",
+            train.epoch, train.step, train.total_steps, train.loss
+        );
+        for rank in &train.ranks {
+            println!(
+                "  rank {} on {} ({}): {:.1} images/s, {:.2} s in all-reduce",
+                rank.rank,
+                if rank.worker_id.is_empty() {
+                    "-"
+                } else {
+                    &rank.worker_id
+                },
+                if rank.device.is_empty() {
+                    "-"
+                } else {
+                    &rank.device
+                },
+                rank.images_per_second,
+                rank.allreduce_seconds
+            );
+        }
+        for (n, restart) in train.restarts.iter().enumerate() {
+            println!(
+                "  restart {} at step {}: {}",
+                n + 1,
+                restart.at_step,
+                restart.cause
+            );
+        }
     }
     if !job.metrics.is_empty() {
         let shown: Vec<String> = job

@@ -64,22 +64,25 @@ impl JobApi {
     }
 
     async fn submit_train(&self, spec: TrainJobSpec) -> Result<String> {
-        if spec.world_size > 1 {
+        if spec.ranks_per_worker > 1 {
             return Err(CoordinatorError::Unsupported(format!(
-                "world_size {} needs data-parallel training, which this coordinator does not run yet; submit with world_size 1",
-                spec.world_size
+                "ranks_per_worker {}: a worker runs one rank; start one worker per GPU (--device cuda:N)",
+                spec.ranks_per_worker
             )));
         }
         Catalog::open(&spec.catalog)
             .await
             .map_err(CoordinatorError::BadCatalog)?;
-        let works = vec![TaskWork::Train {
-            spec: spec.clone(),
-            rank: 0,
-            world_size: 1,
-            device: String::new(),
-        }];
-        // A restarted training run resumes from its last checkpoint.
+        let world_size = spec.world_size.max(1);
+        let works = (0..world_size)
+            .map(|rank| TaskWork::Train {
+                spec: spec.clone(),
+                rank,
+                world_size,
+                device: String::new(),
+            })
+            .collect();
+        // Train ranks are restarted as a gang (max_restarts), not one by one.
         let attempts = spec.max_restarts + 1;
         let status = self
             .handle

@@ -1,7 +1,9 @@
 use std::time::Duration;
 
 use atelier_proto::convert;
-use atelier_proto::domain::{LeaseRef, Registration, TaskFailure, TaskOutcome, TaskProgressReport};
+use atelier_proto::domain::{
+    LeaseRef, Registration, RendezvousOffer, TaskFailure, TaskOutcome, TaskProgressReport,
+};
 use atelier_proto::v1::{self, worker_service_server::WorkerService};
 use tonic::{Request, Response, Status};
 
@@ -91,5 +93,17 @@ impl WorkerService for WorkerApi {
         let failure = TaskFailure::from(request);
         self.handle.fail(worker_id, lease, failure).await?;
         Ok(Response::new(v1::FailTaskResponse {}))
+    }
+
+    async fn rendezvous(
+        &self,
+        request: Request<v1::RendezvousRequest>,
+    ) -> Result<Response<v1::RendezvousResponse>, Status> {
+        let mut request = request.into_inner();
+        let lease = convert::lease(request.lease.take())?;
+        let wait = Duration::from_millis(u64::from(request.wait_ms));
+        let offer = RendezvousOffer::from(request);
+        let gang = self.handle.rendezvous(lease, offer, wait).await?;
+        Ok(Response::new(convert::rendezvous_response(gang)))
     }
 }

@@ -46,6 +46,8 @@ pub struct State {
     /// Tasks of each job not yet done, so completion is O(1) per task.
     unfinished: HashMap<String, usize>,
     queue: VecDeque<String>,
+    /// Train jobs waiting until enough workers are free for all their ranks.
+    gangs: VecDeque<String>,
     leases: HashMap<String, Lease>,
     workers: HashMap<String, Worker>,
     dirty_jobs: HashSet<String>,
@@ -70,6 +72,7 @@ impl State {
             job_tasks: HashMap::new(),
             unfinished: HashMap::new(),
             queue: VecDeque::new(),
+            gangs: VecDeque::new(),
             leases: HashMap::new(),
             workers: HashMap::new(),
             dirty_jobs: HashSet::new(),
@@ -99,7 +102,13 @@ impl State {
         for task in tasks {
             let created = state.jobs.get(&task.job_id).map(|j| j.created_unix_ms);
             let Some(created) = created else { continue };
+            let gang = matches!(task.work, TaskWork::Train { .. });
             match task.state {
+                TaskState::Pending if gang => {
+                    if !state.gangs.contains(&task.job_id) {
+                        state.gangs.push_back(task.job_id.clone());
+                    }
+                }
                 TaskState::Pending => pending.push((created, task.id.clone(), task.index)),
                 TaskState::Running => {
                     state.leases.insert(
@@ -151,11 +160,16 @@ impl State {
             finalizing: false,
             metrics: BTreeMap::new(),
             model_version: String::new(),
+            restarts: Vec::new(),
+            gang_waiting_since_unix_ms: None,
         };
         let mut ids = Vec::with_capacity(works.len());
+        let gang = matches!(job.spec, JobSpec::Train(_));
         for (index, work) in works.into_iter().enumerate() {
             let task = TaskRecord::new(&id, index as u32, work);
-            self.queue.push_back(task.id.clone());
+            if !gang {
+                self.queue.push_back(task.id.clone());
+            }
             self.dirty_tasks.insert(task.id.clone());
             ids.push(task.id.clone());
             self.tasks.insert(task.id.clone(), task);
@@ -164,6 +178,9 @@ impl State {
         self.job_tasks.insert(id.clone(), ids);
         self.job_order.push(id.clone());
         self.jobs.insert(id.clone(), job);
+        if gang {
+            self.wait_for_gang(&id);
+        }
         self.mark_job(&id);
         if self.job_tasks[&id].is_empty() {
             // Nothing to do, e.g. a catalogue of empty files: done at once.
@@ -238,7 +255,7 @@ impl State {
             error: job.error.clone(),
             description: job.spec.describe(),
             tag,
-            train: None,
+            train: matches!(job.spec, JobSpec::Train(_)).then(|| self.train_progress(job)),
             stages,
             metrics: job.metrics.clone(),
         })
@@ -322,38 +339,45 @@ impl State {
             if task.state != TaskState::Pending || !live {
                 continue;
             }
-            task.state = TaskState::Running;
-            task.attempt += 1;
-            task.items_done = 0;
-            task.items_failed = 0;
-            task.started_unix_ms = Some(unix_ms());
-            let assignment = Assignment {
-                lease: LeaseRef {
-                    task_id: task.id.clone(),
-                    attempt: task.attempt,
-                },
-                job_id: task.job_id.clone(),
-                work: task.work.clone(),
-            };
-            self.leases.insert(
-                task_id.clone(),
-                Lease {
-                    worker_id: worker_id.to_string(),
-                    deadline: now + self.lease_timeout,
-                },
-            );
-            self.dirty_tasks.insert(task_id);
-            let job_id = assignment.job_id.clone();
-            if let Some(job) = self.jobs.get_mut(&job_id) {
-                if job.state == JobState::Pending {
-                    job.state = JobState::Running;
-                    job.started_unix_ms = Some(unix_ms());
-                }
-            }
-            self.mark_job(&job_id);
-            return Ok(Some(assignment));
+            return Ok(self.hand_out(&task_id, worker_id, now));
         }
         Ok(None)
+    }
+
+    /// Leases one pending task to `worker_id`.
+    fn hand_out(&mut self, task_id: &str, worker_id: &str, now: Instant) -> Option<Assignment> {
+        let task = self.tasks.get_mut(task_id)?;
+        task.state = TaskState::Running;
+        task.attempt += 1;
+        task.items_done = 0;
+        task.items_failed = 0;
+        task.started_unix_ms = Some(unix_ms());
+        task.worker_id = worker_id.to_string();
+        let assignment = Assignment {
+            lease: LeaseRef {
+                task_id: task.id.clone(),
+                attempt: task.attempt,
+            },
+            job_id: task.job_id.clone(),
+            work: task.work.clone(),
+        };
+        self.leases.insert(
+            task_id.to_string(),
+            Lease {
+                worker_id: worker_id.to_string(),
+                deadline: now + self.lease_timeout,
+            },
+        );
+        self.dirty_tasks.insert(task_id.to_string());
+        let job_id = assignment.job_id.clone();
+        if let Some(job) = self.jobs.get_mut(&job_id) {
+            if job.state == JobState::Pending {
+                job.state = JobState::Running;
+                job.started_unix_ms = Some(unix_ms());
+            }
+        }
+        self.mark_job(&job_id);
+        Some(assignment)
     }
 
     pub fn has_queued_work(&self) -> bool {
@@ -361,7 +385,7 @@ impl State {
     }
 
     /// Checks that `lease` is the current attempt of a running task.
-    fn check_lease(&self, lease: &LeaseRef) -> Result<&TaskRecord> {
+    pub(crate) fn check_lease(&self, lease: &LeaseRef) -> Result<&TaskRecord> {
         let stale = |reason: String| CoordinatorError::StaleLease {
             task_id: lease.task_id.clone(),
             attempt: lease.attempt,
@@ -409,6 +433,9 @@ impl State {
             task.items_done = report.items_done;
             task.items_failed = report.items_failed;
             task.stages = report.stages;
+            if report.train.is_some() {
+                task.train = report.train;
+            }
             let job_id = task.job_id.clone();
             self.touched_jobs.insert(job_id);
         }
@@ -528,6 +555,13 @@ impl State {
             return;
         };
         let job_id = task.job_id.clone();
+        if matches!(task.work, TaskWork::Train { .. }) {
+            let cause = format!("rank {}: {reason}", task.index);
+            task.last_error = Some(reason);
+            self.dirty_tasks.insert(task_id.to_string());
+            self.restart_gang(&job_id, cause, retryable);
+            return;
+        }
         let max_attempts = self.jobs.get(&job_id).map_or(1, |j| j.max_attempts);
         task.last_error = Some(reason.clone());
         self.dirty_tasks.insert(task_id.to_string());
@@ -639,5 +673,6 @@ impl State {
     }
 }
 
+pub mod gang;
 #[cfg(test)]
 mod tests;

@@ -19,15 +19,25 @@ use crate::error::{Result, WorkerError};
 use crate::evaluate::{evaluate, EvaluateOptions, Layout};
 use crate::tag::{Taggers, Tagging};
 
-use super::train_task::run_train;
+use super::gang::Rendezvous;
+use super::train_task::{run_train, RankPlan};
 
 /// One task for the compute thread.
-#[derive(Debug)]
 pub struct Work {
     pub task: TaskWork,
     pub cancelled: Arc<AtomicBool>,
     pub progress: watch::Sender<TaskProgressReport>,
     pub done: oneshot::Sender<Result<TaskOutcome>>,
+    /// How a train rank meets the rest of its gang.
+    pub rendezvous: Box<Rendezvous>,
+}
+
+impl std::fmt::Debug for Work {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Work")
+            .field("task", &self.task)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -47,6 +57,7 @@ struct Context {
     threads: usize,
     handle: Handle,
     loaded: Option<Loaded>,
+    advertise_host: String,
 }
 
 impl ComputeThread {
@@ -56,6 +67,7 @@ impl ComputeThread {
         device_name: String,
         threads: usize,
         handle: Handle,
+        advertise_host: String,
     ) -> std::io::Result<Self> {
         let (work, inbox) = mpsc::channel::<Work>();
         let mut context = Context {
@@ -64,13 +76,19 @@ impl ComputeThread {
             threads,
             handle,
             loaded: None,
+            advertise_host,
         };
         std::thread::Builder::new()
             .name("atelier-compute".into())
             .spawn(move || {
                 for work in inbox {
                     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        context.run(&work.task, &work.cancelled, &work.progress)
+                        context.run(
+                            &work.task,
+                            &work.cancelled,
+                            &work.progress,
+                            &*work.rendezvous,
+                        )
                     }))
                     .unwrap_or_else(|panic| {
                         let what = panic
@@ -108,12 +126,24 @@ impl Context {
         task: &TaskWork,
         cancelled: &AtomicBool,
         progress: &watch::Sender<TaskProgressReport>,
+        rendezvous: &Rendezvous,
     ) -> Result<TaskOutcome> {
         match task {
             TaskWork::Tag(shard) => self.tag(shard, cancelled, progress),
             TaskWork::Eval(spec) => self.eval(spec),
-            TaskWork::Train { spec, .. } => run_train(
+            TaskWork::Train {
                 spec,
+                rank,
+                world_size,
+                ..
+            } => run_train(
+                spec,
+                &RankPlan {
+                    rank: *rank,
+                    world_size: *world_size,
+                    rendezvous,
+                    advertise_host: &self.advertise_host,
+                },
                 &self.device_name,
                 self.threads,
                 &self.handle,

@@ -4,7 +4,9 @@
 //! its output is written. On shutdown it stops leasing, finishes the task in
 //! hand, reports it, and returns.
 
+mod address;
 mod compute;
+mod gang;
 mod session;
 mod train_task;
 
@@ -37,6 +39,9 @@ pub struct AgentOptions {
     pub poll_wait: Duration,
     /// How often progress goes to the coordinator.
     pub progress_every: Duration,
+    /// The host other ranks of a train gang reach this worker at (default:
+    /// the address of the interface that routes to the coordinator).
+    pub advertise_host: Option<String>,
 }
 
 impl AgentOptions {
@@ -48,6 +53,7 @@ impl AgentOptions {
             threads: std::thread::available_parallelism().map_or(2, usize::from),
             poll_wait: Duration::from_secs(10),
             progress_every: Duration::from_millis(500),
+            advertise_host: None,
         }
     }
 }
@@ -71,6 +77,10 @@ pub async fn run_agent(
         crate::device::device_name(device),
         options.threads.max(1),
         tokio::runtime::Handle::current(),
+        options
+            .advertise_host
+            .clone()
+            .unwrap_or_else(|| address::advertise_host(&options.coordinator)),
     )
     .map_err(|e| WorkerError::Data(format!("starting the compute thread: {e}")))?;
     let client = worker_client(&options.coordinator, &options.connect)?;
@@ -146,7 +156,7 @@ async fn heartbeat_loop(session: Arc<Session>) {
 }
 
 async fn run_task(
-    session: &Session,
+    session: &Arc<Session>,
     compute: &ComputeThread,
     assignment: Assignment,
     options: &AgentOptions,
@@ -157,11 +167,17 @@ async fn run_task(
     let cancelled = session.hold(&lease);
     let (progress, mut progress_rx) = watch::channel(TaskProgressReport::default());
     let (done, mut done_rx) = oneshot::channel();
+    let rendezvous = {
+        let (session, lease) = (Arc::clone(session), lease.clone());
+        let handle = tokio::runtime::Handle::current();
+        Box::new(move |offer| handle.block_on(session.rendezvous(&lease, offer, RENDEZVOUS_WAIT)))
+    };
     let submitted = compute.submit(Work {
         task: assignment.work,
         cancelled: Arc::clone(&cancelled),
         progress,
         done,
+        rendezvous,
     });
     let result = match submitted {
         Err(e) => Err(e),
@@ -219,6 +235,9 @@ async fn run_task(
     }
     session.release(&lease);
 }
+
+/// One rendezvous call waits this long for the rest of the gang.
+const RENDEZVOUS_WAIT: Duration = Duration::from_secs(5);
 
 /// Retries a report while the coordinator is unreachable (it may be
 /// restarting); stops at once on an answer that no retry changes.

@@ -10,7 +10,8 @@ use std::time::Duration;
 use atelier_proto::client::WorkerClient;
 use atelier_proto::convert;
 use atelier_proto::domain::{
-    Assignment, DeviceInfo, LeaseRef, Registration, TaskFailure, TaskOutcome, TaskProgressReport,
+    Assignment, DeviceInfo, Gang, LeaseRef, Registration, RendezvousOffer, TaskFailure,
+    TaskOutcome, TaskProgressReport,
 };
 use atelier_proto::v1;
 use atelier_proto::PROTOCOL_VERSION;
@@ -229,6 +230,38 @@ impl Session {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Offers this rank to its gang; `None` until every rank has offered.
+    pub async fn rendezvous(
+        &self,
+        lease: &LeaseRef,
+        offer: RendezvousOffer,
+        wait: Duration,
+    ) -> Result<Option<Gang>> {
+        let response = self
+            .as_registered(|worker_id| {
+                let request = convert::rendezvous_request(
+                    &worker_id,
+                    lease,
+                    offer.clone(),
+                    wait.as_millis() as u32,
+                );
+                let mut client = self.client.clone();
+                async move {
+                    match tokio::time::timeout(wait + CALL_TIMEOUT, client.rendezvous(request))
+                        .await
+                    {
+                        Ok(Ok(r)) => Ok(r.into_inner()),
+                        Ok(Err(status)) => Err(WorkerError::Coordinator(status)),
+                        Err(_) => Err(WorkerError::Coordinator(Status::deadline_exceeded(
+                            "rendezvous: no answer",
+                        ))),
+                    }
+                }
+            })
+            .await?;
+        Ok(convert::gang(response))
     }
 
     pub async fn fail(&self, lease: &LeaseRef, failure: TaskFailure) -> Result<()> {

@@ -4,12 +4,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use atelier_models::optim::{OptimizerKind, ScheduleKind};
 use atelier_models::{Arch, Task};
-use atelier_proto::domain::{TaskOutcome, TaskProgressReport, TrainJobSpec, TrainProgress};
+use atelier_proto::domain::{
+    RankStatus, TaskOutcome, TaskProgressReport, TrainJobSpec, TrainProgress,
+};
+use std::time::Duration;
+
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
+use super::gang::{join_gang, Rendezvous};
 use crate::error::{Result, WorkerError};
-use crate::train::{train_until, TrainEvent, TrainOptions};
+use crate::train::{train_ranked, TrainEvent, TrainOptions};
 
 fn pick<T: Copy>(field: &str, value: &str, default: T, choices: &[(&str, T)]) -> Result<T> {
     if value.is_empty() {
@@ -98,30 +103,41 @@ pub fn train_options(spec: &TrainJobSpec, device: &str, threads: usize) -> Resul
         momentum: or(spec.momentum, 0.9),
         schedule,
         warmup_steps: spec.warmup_steps,
-        step_every: 1000,
-        gamma: 0.1,
+        step_every: or(spec.step_every, 1000),
+        gamma: or(spec.gamma, 0.1),
         augment: spec.augment,
-        affine_degrees: 0.0,
-        affine_translate: 0.0,
-        affine_scale: 0.0,
+        affine_degrees: spec.affine_degrees,
+        affine_translate: spec.affine_translate,
+        affine_scale: spec.affine_scale,
         val_fraction: or(spec.val_fraction, 0.1),
         seed: spec.seed,
         device: device.to_string(),
         threads,
-        min_label_count: 1,
-        min_word_count: 2,
-        max_caption_len: 16,
+        min_label_count: or(spec.min_label_count, 1) as usize,
+        min_word_count: or(spec.min_word_count, 2) as usize,
+        max_caption_len: or(spec.max_caption_len, 16) as usize,
         checkpoint_every: spec.checkpoint_every as usize,
-        log_every: 10,
-        channels_last: false,
-        shuffle_window: 4096,
-        bf16: false,
-        max_steps: None,
+        log_every: or(spec.log_every, 10) as usize,
+        channels_last: spec.channels_last,
+        shuffle_window: spec.shuffle_window.map_or(4096, |w| w as usize),
+        bf16: spec.bf16,
+        max_steps: (spec.max_steps > 0).then_some(spec.max_steps),
     })
 }
 
+/// Where a rank stands: its place in the gang and how to meet the others.
+pub struct RankPlan<'a> {
+    pub rank: u32,
+    pub world_size: u32,
+    pub rendezvous: &'a Rendezvous,
+    /// The host other ranks reach this one's ring listener at.
+    pub advertise_host: &'a str,
+}
+
+#[allow(clippy::too_many_arguments)]
 pub fn run_train(
     spec: &TrainJobSpec,
+    plan: &RankPlan<'_>,
     device: &str,
     threads: usize,
     handle: &Handle,
@@ -129,35 +145,60 @@ pub fn run_train(
     progress: &watch::Sender<TaskProgressReport>,
 ) -> Result<TaskOutcome> {
     let options = train_options(spec, device, threads)?;
-    let mut current = TrainProgress::default();
+    let stop = || cancelled.load(Ordering::Relaxed);
+    let timeout = match spec.collective_timeout_s {
+        0 => Duration::from_secs(60),
+        s => Duration::from_secs(u64::from(s)),
+    };
+    let mut collective = join_gang(
+        plan.rank as usize,
+        plan.world_size.max(1) as usize,
+        device,
+        plan.advertise_host,
+        plan.rendezvous,
+        timeout,
+        &stop,
+    )?;
+    let mut current = TrainProgress {
+        ranks: vec![RankStatus {
+            rank: plan.rank,
+            device: device.to_string(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
     let mut images = 0u64;
-    let summary = train_until(
-        &options,
-        handle,
-        &|| cancelled.load(Ordering::Relaxed),
-        &mut |event| {
-            match event {
-                TrainEvent::Started { total_steps, .. } => current.total_steps = *total_steps,
-                TrainEvent::Step {
-                    epoch, step, loss, ..
-                } => {
-                    current.epoch = *epoch as u32;
-                    current.step = *step;
-                    current.loss = *loss;
-                    images = (*step as u64) * options.batch_size as u64;
-                }
-                TrainEvent::Epoch { epoch, metrics } => {
-                    current.epoch = *epoch as u32;
-                    current.validation = metrics.clone();
+    let summary = train_ranked(&options, handle, collective.as_mut(), &stop, &mut |event| {
+        match event {
+            TrainEvent::Started { total_steps, .. } => current.total_steps = *total_steps,
+            TrainEvent::Step {
+                epoch,
+                step,
+                loss,
+                images_per_s,
+                allreduce_seconds,
+                ..
+            } => {
+                current.epoch = *epoch as u32;
+                current.step = *step;
+                current.loss = *loss;
+                images = (*step as u64) * options.batch_size as u64;
+                if let Some(own) = current.ranks.first_mut() {
+                    own.images_per_second = *images_per_s;
+                    own.allreduce_seconds = *allreduce_seconds;
                 }
             }
-            progress.send_replace(TaskProgressReport {
-                items_done: images,
-                train: Some(current.clone()),
-                ..Default::default()
-            });
-        },
-    )?;
+            TrainEvent::Epoch { epoch, metrics } => {
+                current.epoch = *epoch as u32;
+                current.validation = metrics.clone();
+            }
+        }
+        progress.send_replace(TaskProgressReport {
+            items_done: images,
+            train: Some(current.clone()),
+            ..Default::default()
+        });
+    })?;
     Ok(TaskOutcome {
         rows_written: summary.steps as u64,
         output: summary.checkpoint,

@@ -1,0 +1,249 @@
+//! Train jobs run as gangs: all `world_size` ranks start together on
+//! distinct workers or none does, and when one rank fails the whole gang
+//! stops and starts again from the last checkpoint, up to `max_restarts`.
+
+use std::time::{Duration, Instant};
+
+use atelier_proto::domain::{
+    Assignment, Gang, JobSpec, JobState, LeaseRef, RankStatus, RendezvousOffer, Restart, TaskWork,
+    TrainProgress,
+};
+
+use super::{unix_ms, State};
+use crate::error::{CoordinatorError, Result};
+use crate::records::{JobRecord, TaskState};
+
+/// Where a rank stands in its gang.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GangMember {
+    pub job_id: String,
+    pub rank: usize,
+    pub world_size: usize,
+}
+
+impl State {
+    pub(super) fn wait_for_gang(&mut self, job_id: &str) {
+        if let Some(job) = self.jobs.get_mut(job_id) {
+            job.gang_waiting_since_unix_ms = Some(unix_ms());
+        }
+        if !self.gangs.iter().any(|g| g == job_id) {
+            self.gangs.push_back(job_id.to_string());
+        }
+    }
+
+    pub fn has_waiting_gangs(&self) -> bool {
+        !self.gangs.is_empty()
+    }
+
+    /// Starts the first waiting gang that fits on `idle` (distinct workers
+    /// now asking for work, in the order they asked): rank r goes to
+    /// `idle[r]`. Returns who got what.
+    pub fn place_gang(
+        &mut self,
+        idle: &[String],
+        now: Instant,
+    ) -> Option<Vec<(String, Assignment)>> {
+        let mut chosen = None;
+        self.gangs.retain(|job_id| {
+            self.jobs
+                .get(job_id)
+                .is_some_and(|j| !j.state.is_terminal())
+        });
+        for (position, job_id) in self.gangs.iter().enumerate() {
+            let ranks = self.job_tasks.get(job_id).map_or(0, Vec::len);
+            if ranks > 0 && ranks <= idle.len() {
+                chosen = Some(position);
+                break;
+            }
+        }
+        let job_id = self.gangs.remove(chosen?)?;
+        let tasks = self.job_tasks.get(&job_id)?.clone();
+        let mut placed = Vec::with_capacity(tasks.len());
+        for (task_id, worker_id) in tasks.iter().zip(idle) {
+            if let Some(assignment) = self.hand_out(task_id, worker_id, now) {
+                placed.push((worker_id.clone(), assignment));
+            }
+        }
+        if let Some(job) = self.jobs.get_mut(&job_id) {
+            job.gang_waiting_since_unix_ms = None;
+        }
+        tracing::info!(job = %job_id, ranks = placed.len(), "gang started");
+        Some(placed)
+    }
+
+    /// Stops every rank of the job and queues the gang again, or fails the
+    /// job when the cause cannot be retried or the restarts are used up.
+    pub(super) fn restart_gang(&mut self, job_id: &str, cause: String, retryable: bool) {
+        let Some(job) = self.jobs.get(job_id) else {
+            return;
+        };
+        if job.state.is_terminal() {
+            return;
+        }
+        let max_restarts = match &job.spec {
+            JobSpec::Train(spec) => spec.max_restarts as usize,
+            _ => 0,
+        };
+        let restarts = job.restarts.len();
+        if !retryable {
+            self.end_job(job_id, JobState::Failed, Some(cause));
+            return;
+        }
+        if restarts >= max_restarts {
+            let message = format!(
+                "gave up after {restarts} restart{} (max {max_restarts}); last cause: {cause}",
+                if restarts == 1 { "" } else { "s" }
+            );
+            self.end_job(job_id, JobState::Failed, Some(message));
+            return;
+        }
+        let at_step = self.job_step(job_id);
+        tracing::warn!(job = job_id, %cause, at_step, restart = restarts + 1, "restarting the gang");
+        for task_id in self.job_tasks.get(job_id).cloned().unwrap_or_default() {
+            let Some(task) = self.tasks.get_mut(&task_id) else {
+                continue;
+            };
+            if matches!(task.state, TaskState::Running | TaskState::Pending) {
+                if task.state == TaskState::Running {
+                    task.retries += 1;
+                }
+                task.state = TaskState::Pending;
+                task.items_done = 0;
+                task.worker_id.clear();
+                self.leases.remove(&task_id);
+                self.dirty_tasks.insert(task_id);
+            }
+        }
+        if let Some(job) = self.jobs.get_mut(job_id) {
+            job.restarts.push(Restart {
+                at_step,
+                cause,
+                unix_ms: unix_ms(),
+            });
+        }
+        self.wait_for_gang(job_id);
+        self.mark_job(job_id);
+    }
+
+    fn job_step(&self, job_id: &str) -> i64 {
+        self.job_tasks
+            .get(job_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|t| self.tasks.get(t)?.train.as_ref().map(|p| p.step))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Fails gangs that waited longer than their timeout for enough workers.
+    pub fn expire_gangs(&mut self, default_timeout: Duration) {
+        let now = unix_ms();
+        let mut expired = Vec::new();
+        for job_id in &self.gangs {
+            let Some(job) = self.jobs.get(job_id) else {
+                continue;
+            };
+            let (world, timeout) = match &job.spec {
+                JobSpec::Train(spec) => (
+                    spec.world_size.max(1),
+                    match spec.gang_timeout_s {
+                        0 => default_timeout,
+                        s => Duration::from_secs(u64::from(s)),
+                    },
+                ),
+                _ => continue,
+            };
+            let waited = job
+                .gang_waiting_since_unix_ms
+                .map_or(0, |since| (now - since).max(0) as u64);
+            if waited >= timeout.as_millis() as u64 {
+                expired.push((job_id.clone(), world, timeout));
+            }
+        }
+        for (job_id, world, timeout) in expired {
+            let message = format!(
+                "the gang needs {world} workers at once, but no {world} were free within {timeout:?} ({} registered)",
+                self.workers.len()
+            );
+            tracing::warn!(job = %job_id, %message, "gang did not start");
+            self.end_job(&job_id, JobState::Failed, Some(message));
+        }
+    }
+
+    /// The rank a current lease holds in its gang.
+    pub fn gang_member(&self, lease: &LeaseRef) -> Result<GangMember> {
+        let task = self.check_lease(lease)?;
+        match &task.work {
+            TaskWork::Train { world_size, .. } => Ok(GangMember {
+                job_id: task.job_id.clone(),
+                rank: task.index as usize,
+                world_size: (*world_size).max(1) as usize,
+            }),
+            _ => Err(CoordinatorError::InvalidArgument(format!(
+                "task {} is not a train rank",
+                lease.task_id
+            ))),
+        }
+    }
+
+    pub fn is_current(&self, lease: &LeaseRef) -> bool {
+        self.check_lease(lease).is_ok()
+    }
+
+    pub(super) fn train_progress(&self, job: &JobRecord) -> TrainProgress {
+        let tasks: Vec<_> = self
+            .job_tasks
+            .get(&job.id)
+            .into_iter()
+            .flatten()
+            .filter_map(|t| self.tasks.get(t))
+            .collect();
+        let lead = tasks
+            .iter()
+            .find(|t| t.index == 0)
+            .and_then(|t| t.train.clone())
+            .unwrap_or_default();
+        let ranks = tasks
+            .iter()
+            .map(|task| {
+                let own = task
+                    .train
+                    .as_ref()
+                    .and_then(|p| p.ranks.first())
+                    .cloned()
+                    .unwrap_or_default();
+                RankStatus {
+                    rank: task.index,
+                    worker_id: task.worker_id.clone(),
+                    ..own
+                }
+            })
+            .collect();
+        TrainProgress {
+            ranks,
+            restarts: job.restarts.clone(),
+            ..lead
+        }
+    }
+}
+
+/// The gang once every rank's current lease has offered; `offers[r]` is
+/// rank r's lease and offer.
+pub fn gather(offers: &[(LeaseRef, RendezvousOffer)]) -> Gang {
+    // FNV-1a over the leases: a new attempt of any rank is a new session.
+    let mut session: u64 = 0xcbf2_9ce4_8422_2325;
+    for (lease, _) in offers {
+        for byte in format!("{}:{};", lease.task_id, lease.attempt).bytes() {
+            session ^= u64::from(byte);
+            session = session.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    Gang {
+        peer_addresses: offers.iter().map(|(_, o)| o.address.clone()).collect(),
+        nccl_unique_id: offers
+            .first()
+            .map(|(_, o)| o.nccl_unique_id.clone())
+            .unwrap_or_default(),
+        session,
+    }
+}

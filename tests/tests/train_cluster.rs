@@ -1,0 +1,255 @@
+//! Train jobs as gangs of real worker processes on loopback: W ranks equal
+//! one process with the global batch, a killed rank restarts the gang from
+//! its checkpoint, and a gang never starts on too few workers.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use atelier_models::checkpoint::CheckpointDir;
+use atelier_proto::domain::JobState;
+use atelier_tests::cluster::Cluster;
+use atelier_tests::{atelier_ok, runtime};
+use tch::Tensor;
+
+static ONE_CLUSTER: Mutex<()> = Mutex::new(());
+
+fn one_cluster() -> std::sync::MutexGuard<'static, ()> {
+    ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const SLOW: Duration = Duration::from_secs(300);
+
+fn catalogue(dir: &Path) -> String {
+    let out = dir.join("catalog").to_str().unwrap().to_string();
+    atelier_ok(&[
+        "catalog",
+        "generate",
+        "--items",
+        "240",
+        "--out",
+        &out,
+        "--size",
+        "64x80",
+        "--rows-per-group",
+        "40",
+        "--seed",
+        "5",
+    ]);
+    out
+}
+
+fn weights(checkpoint: &str) -> (HashMap<String, Tensor>, i64) {
+    let rt = runtime();
+    let dir = CheckpointDir::parse(checkpoint).unwrap();
+    let manifest = rt.block_on(dir.require_manifest()).unwrap();
+    let tensors = rt
+        .block_on(dir.read_tensors(&manifest.weights))
+        .unwrap()
+        .into_iter()
+        .collect();
+    (tensors, manifest.step)
+}
+
+/// Head-only training without augmentation, in the sampler's order: the
+/// ranks differ only in the items they see.
+fn equivalence_flags<'a>(catalog: &'a str, checkpoint: &'a str, batch: &'a str) -> Vec<&'a str> {
+    vec![
+        "--model-type",
+        "pool",
+        "--arch",
+        "resnet18",
+        "--image-size",
+        "32",
+        "--n-epochs",
+        "3",
+        "--finetune",
+        "false",
+        "--augment",
+        "false",
+        "--schedule",
+        "constant",
+        "--warmup-steps",
+        "2",
+        "--lr",
+        "0.05",
+        "--shuffle-window",
+        "0",
+        "--val-fraction",
+        "0.2",
+        "--seed",
+        "9",
+        "--max-steps",
+        "6",
+        "--log-every",
+        "1",
+        "--threads",
+        "1",
+        "--catalog",
+        catalog,
+        "--checkpoint",
+        checkpoint,
+        "--batch-size",
+        batch,
+    ]
+}
+
+#[test]
+fn a_gang_of_two_workers_equals_one_process_with_the_global_batch() {
+    let _one = one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalogue(dir.path());
+    let single = dir.path().join("single").to_str().unwrap().to_string();
+    let ranked = dir.path().join("ranked").to_str().unwrap().to_string();
+    let mut args = vec!["train"];
+    args.extend(equivalence_flags(&catalog, &single, "16"));
+    atelier_ok(&args);
+
+    let mut cluster = Cluster::start(dir.path(), None, &[]);
+    cluster.add_worker(&[]);
+    cluster.add_worker(&[]);
+    let mut args = vec!["submit", "train", "--world-size", "2"];
+    args.extend(equivalence_flags(&catalog, &ranked, "8"));
+    let job = cluster.submit(&args);
+    let rt = runtime();
+    let done = rt.block_on(cluster.wait_done(&job, SLOW));
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let train = done.train.as_ref().unwrap();
+    assert_eq!(train.ranks.len(), 2, "{train:?}");
+    assert!(train.restarts.is_empty(), "{train:?}");
+    assert!(
+        train.ranks.iter().all(|r| r.images_per_second > 0.0),
+        "{train:?}"
+    );
+
+    let (reference, reference_step) = weights(&single);
+    let (trained, trained_step) = weights(&ranked);
+    assert_eq!((reference_step, trained_step), (6, 6));
+    let heads: Vec<&String> = reference
+        .keys()
+        .filter(|k| k.starts_with("heads."))
+        .collect();
+    assert_eq!(heads.len(), 6);
+    for name in heads {
+        let diff = (&trained[name] - &reference[name])
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff <= 1e-5, "{name} differs by {diff}");
+    }
+    let status = cluster.cli_ok(&["status", &job]);
+    assert!(status.contains("rank 1 on"), "{status}");
+}
+
+#[test]
+fn a_killed_rank_restarts_the_gang_from_its_checkpoint() {
+    let _one = one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalogue(dir.path());
+    let checkpoint = dir.path().join("model").to_str().unwrap().to_string();
+    let mut cluster = Cluster::start(
+        dir.path(),
+        None,
+        &[
+            "--lease-timeout-ms",
+            "3000",
+            "--heartbeat-interval-ms",
+            "300",
+        ],
+    );
+    for _ in 0..3 {
+        cluster.add_worker(&[]);
+    }
+    let job = cluster.submit(&[
+        "submit",
+        "train",
+        "--world-size",
+        "2",
+        "--max-restarts",
+        "2",
+        "--collective-timeout-s",
+        "10",
+        "--model-type",
+        "color",
+        "--arch",
+        "resnet18",
+        "--image-size",
+        "64",
+        "--n-epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--checkpoint-every",
+        "4",
+        "--val-fraction",
+        "0.2",
+        "--log-every",
+        "1",
+        "--catalog",
+        &catalog,
+        "--checkpoint",
+        &checkpoint,
+    ]);
+    let rt = runtime();
+    rt.block_on(cluster.wait_for(&job, SLOW, "step 6", |j| {
+        j.train.as_ref().is_some_and(|t| t.step >= 6) || j.state.is_terminal()
+    }));
+    let busy = (0..cluster.workers.len())
+        .find(|&w| cluster.workers[w].count("task leased") > 0)
+        .expect("a worker holds a rank");
+    cluster.workers[busy].kill();
+    let killed_at = Instant::now();
+
+    let done = rt.block_on(cluster.wait_done(&job, SLOW));
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let train = done.train.as_ref().unwrap();
+    assert!(!train.restarts.is_empty(), "{train:?}");
+    let restart = &train.restarts[0];
+    assert!(restart.cause.contains("rank"), "{restart:?}");
+    assert_eq!(train.step, train.total_steps, "{train:?}");
+    let (_, step) = weights(&checkpoint);
+    assert_eq!(step, train.total_steps);
+    let status = cluster.cli_ok(&["status", &job]);
+    assert!(status.contains("restart 1 at step"), "{status}");
+    // The survivor noticed the dead peer through the ring, not a lease timeout.
+    assert!(killed_at.elapsed() < SLOW);
+}
+
+#[test]
+fn a_gang_never_starts_on_too_few_workers() {
+    let _one = one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalogue(dir.path());
+    let checkpoint = dir.path().join("model").to_str().unwrap().to_string();
+    let mut cluster = Cluster::start(dir.path(), None, &[]);
+    let lonely = cluster.add_worker(&[]);
+    let job = cluster.submit(&[
+        "submit",
+        "train",
+        "--world-size",
+        "2",
+        "--gang-timeout-s",
+        "2",
+        "--model-type",
+        "color",
+        "--arch",
+        "resnet18",
+        "--image-size",
+        "32",
+        "--n-epochs",
+        "1",
+        "--catalog",
+        &catalog,
+        "--checkpoint",
+        &checkpoint,
+    ]);
+    let rt = runtime();
+    let done = rt.block_on(cluster.wait_done(&job, SLOW));
+    assert_eq!(done.state, JobState::Failed, "{done:?}");
+    let error = done.error.clone().unwrap_or_default();
+    assert!(error.contains("needs 2 workers"), "{error}");
+    assert_eq!(cluster.workers[lonely].count("task leased"), 0);
+}

@@ -1,0 +1,117 @@
+//! Joining a train job's gang: every rank binds a ring listener and offers
+//! its address through the coordinator's rendezvous (rank 0 of a CUDA gang
+//! also offers an NCCL id); once all ranks have offered, each builds the
+//! collective the gang agreed on.
+
+use std::time::{Duration, Instant};
+
+use atelier_collective::{
+    Collective, NcclCollective, NcclLibrary, NcclUniqueId, RingCollective, RingOptions, SingleRank,
+};
+use atelier_proto::domain::{Gang, RendezvousOffer};
+use tch::Device;
+
+use crate::error::{Result, WorkerError};
+
+/// Offers this rank to the gang; `Ok(None)` while some rank has not offered yet.
+pub type Rendezvous = dyn Fn(RendezvousOffer) -> Result<Option<Gang>> + Send + Sync;
+
+/// How long the ranks of a gang may take to all reach the rendezvous.
+const GATHER_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// NCCL for CUDA ranks when the library loads, unless `ATELIER_COLLECTIVE=ring`.
+fn wants_nccl(device: Device) -> Option<std::sync::Arc<NcclLibrary>> {
+    if !device.is_cuda() || std::env::var("ATELIER_COLLECTIVE").as_deref() == Ok("ring") {
+        return None;
+    }
+    match NcclLibrary::load() {
+        Ok(library) => Some(library),
+        Err(e) => {
+            tracing::warn!(error = %e, "nccl unavailable; cuda ranks use the tcp ring");
+            None
+        }
+    }
+}
+
+pub fn join_gang(
+    rank: usize,
+    world: usize,
+    device_name: &str,
+    advertise_host: &str,
+    rendezvous: &Rendezvous,
+    timeout: Duration,
+    stop: &dyn Fn() -> bool,
+) -> Result<Box<dyn Collective>> {
+    if world == 1 {
+        return Ok(Box::new(SingleRank));
+    }
+    let device = crate::device::parse_device(device_name)?;
+    let nccl = wants_nccl(device);
+    let listener = RingCollective::bind("0.0.0.0")?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| WorkerError::Data(format!("ring listener address: {e}")))?
+        .port();
+    let nccl_unique_id = match (&nccl, rank) {
+        (Some(library), 0) => library.unique_id()?.to_bytes(),
+        _ => Vec::new(),
+    };
+    let offer = RendezvousOffer {
+        address: format!("{advertise_host}:{port}"),
+        nccl_unique_id,
+    };
+    let deadline = Instant::now() + GATHER_TIMEOUT;
+    let gang = loop {
+        if stop() {
+            return Err(WorkerError::Cancelled);
+        }
+        match rendezvous(offer.clone()) {
+            Ok(Some(gang)) => break gang,
+            Ok(None) => {}
+            // The coordinator may be restarting; its state survives.
+            Err(e) if e.is_retryable() => {
+                tracing::debug!(error = %e, "rendezvous not answered; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e),
+        }
+        if Instant::now() >= deadline {
+            return Err(WorkerError::Collective(
+                atelier_collective::CollectiveError::Setup(format!(
+                    "not every rank of the gang reached the rendezvous within {GATHER_TIMEOUT:?}"
+                )),
+            ));
+        }
+    };
+    tracing::info!(
+        rank,
+        world,
+        session = gang.session,
+        nccl = !gang.nccl_unique_id.is_empty(),
+        "gang assembled"
+    );
+    if gang.nccl_unique_id.is_empty() {
+        let options = RingOptions {
+            timeout,
+            session: gang.session,
+            ..RingOptions::default()
+        };
+        return Ok(Box::new(RingCollective::connect(
+            rank,
+            listener,
+            &gang.peer_addresses,
+            options,
+        )?));
+    }
+    let (Some(library), Device::Cuda(index)) = (nccl, device) else {
+        return Err(WorkerError::Collective(
+            atelier_collective::CollectiveError::Setup(format!(
+                "rank 0 chose NCCL but this rank runs on {device_name}; a gang's ranks must all be CUDA ranks with NCCL, or set ATELIER_COLLECTIVE=ring on every worker"
+            )),
+        ));
+    };
+    let id = NcclUniqueId::from_bytes(&gang.nccl_unique_id)?;
+    Ok(Box::new(NcclCollective::new(
+        library, id, rank, world, index, timeout,
+    )?))
+}
