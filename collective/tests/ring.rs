@@ -167,7 +167,7 @@ fn a_silent_peer_is_a_timeout_not_a_hang() {
             return None;
         }
         let started = Instant::now();
-        let error = ring.all_reduce(&mut vec![1.0f32; 10]).unwrap_err();
+        let error = ring.all_reduce(&mut [1.0f32; 10]).unwrap_err();
         Some((error, started.elapsed()))
     });
     let (error, waited) = results[0].as_ref().unwrap();

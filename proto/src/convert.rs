@@ -633,6 +633,51 @@ impl From<v1::FailTaskRequest> for TaskFailure {
     }
 }
 
+pub fn rendezvous_request(
+    worker_id: &str,
+    lease: &LeaseRef,
+    offer: RendezvousOffer,
+    wait_ms: u32,
+) -> v1::RendezvousRequest {
+    v1::RendezvousRequest {
+        worker_id: worker_id.to_string(),
+        lease: Some(lease.clone().into()),
+        address: offer.address,
+        nccl_unique_id: offer.nccl_unique_id,
+        wait_ms,
+    }
+}
+
+impl From<v1::RendezvousRequest> for RendezvousOffer {
+    fn from(r: v1::RendezvousRequest) -> Self {
+        Self {
+            address: r.address,
+            nccl_unique_id: r.nccl_unique_id,
+        }
+    }
+}
+
+/// The answer to a rendezvous: the gang once every rank has offered.
+pub fn rendezvous_response(gang: Option<Gang>) -> v1::RendezvousResponse {
+    match gang {
+        None => v1::RendezvousResponse::default(),
+        Some(gang) => v1::RendezvousResponse {
+            ready: true,
+            peer_addresses: gang.peer_addresses,
+            nccl_unique_id: gang.nccl_unique_id,
+            session: gang.session,
+        },
+    }
+}
+
+pub fn gang(response: v1::RendezvousResponse) -> Option<Gang> {
+    response.ready.then_some(Gang {
+        peer_addresses: response.peer_addresses,
+        nccl_unique_id: response.nccl_unique_id,
+        session: response.session,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -700,49 +745,4 @@ mod tests {
         let back = Assignment::try_from(v1::Task::from(assignment.clone())).unwrap();
         assert_eq!(back, assignment);
     }
-}
-
-pub fn rendezvous_request(
-    worker_id: &str,
-    lease: &LeaseRef,
-    offer: RendezvousOffer,
-    wait_ms: u32,
-) -> v1::RendezvousRequest {
-    v1::RendezvousRequest {
-        worker_id: worker_id.to_string(),
-        lease: Some(lease.clone().into()),
-        address: offer.address,
-        nccl_unique_id: offer.nccl_unique_id,
-        wait_ms,
-    }
-}
-
-impl From<v1::RendezvousRequest> for RendezvousOffer {
-    fn from(r: v1::RendezvousRequest) -> Self {
-        Self {
-            address: r.address,
-            nccl_unique_id: r.nccl_unique_id,
-        }
-    }
-}
-
-/// The answer to a rendezvous: the gang once every rank has offered.
-pub fn rendezvous_response(gang: Option<Gang>) -> v1::RendezvousResponse {
-    match gang {
-        None => v1::RendezvousResponse::default(),
-        Some(gang) => v1::RendezvousResponse {
-            ready: true,
-            peer_addresses: gang.peer_addresses,
-            nccl_unique_id: gang.nccl_unique_id,
-            session: gang.session,
-        },
-    }
-}
-
-pub fn gang(response: v1::RendezvousResponse) -> Option<Gang> {
-    response.ready.then_some(Gang {
-        peer_addresses: response.peer_addresses,
-        nccl_unique_id: response.nccl_unique_id,
-        session: response.session,
-    })
 }

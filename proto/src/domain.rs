@@ -141,6 +141,9 @@ pub struct TrainJobSpec {
     pub collective_timeout_s: u32,
 }
 
+// Train specs are large next to the others, but there is one per job or task
+// and they are cloned rarely; boxing would only add noise to every match.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum JobSpec {
     Tag(TagJobSpec),
@@ -294,6 +297,7 @@ pub struct ShardWork {
     pub rows: u64,
 }
 
+#[allow(clippy::large_enum_variant)] // as JobSpec
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TaskWork {
     Tag(ShardWork),

@@ -104,11 +104,10 @@ impl State {
             let Some(created) = created else { continue };
             let gang = matches!(task.work, TaskWork::Train { .. });
             match task.state {
-                TaskState::Pending if gang => {
-                    if !state.gangs.contains(&task.job_id) {
-                        state.gangs.push_back(task.job_id.clone());
-                    }
+                TaskState::Pending if gang && !state.gangs.contains(&task.job_id) => {
+                    state.gangs.push_back(task.job_id.clone());
                 }
+                TaskState::Pending if gang => {}
                 TaskState::Pending => pending.push((created, task.id.clone(), task.index)),
                 TaskState::Running => {
                     state.leases.insert(
