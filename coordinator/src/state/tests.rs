@@ -268,3 +268,166 @@ fn a_restart_from_the_store_keeps_attempts_and_the_queue() {
         TaskState::Done
     );
 }
+
+fn gang_job(state: &mut State, world: u32, max_restarts: u32) -> String {
+    let spec = TrainJobSpec {
+        catalog: "file:///c".into(),
+        checkpoint: "file:///k".into(),
+        model_type: "color".into(),
+        world_size: world,
+        max_restarts,
+        ..Default::default()
+    };
+    let works = (0..world)
+        .map(|rank| TaskWork::Train {
+            spec: spec.clone(),
+            rank,
+            world_size: world,
+            device: String::new(),
+        })
+        .collect();
+    state
+        .submit(
+            "train-1".into(),
+            JobSpec::Train(spec),
+            works,
+            max_restarts + 1,
+        )
+        .id
+}
+
+fn workers(state: &mut State, n: usize, now: Instant) -> Vec<String> {
+    (0..n)
+        .map(|_| state.register(registration(), now).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_gang_starts_all_at_once_on_distinct_workers_or_not_at_all() {
+    let now = Instant::now();
+    let mut state = State::new(TIMEOUT);
+    let job = gang_job(&mut state, 3, 1);
+    let idle = workers(&mut state, 3, now);
+    // Ranks never go out one by one through the plain queue.
+    assert!(state.lease(&idle[0], now).unwrap().is_none());
+    assert!(state.place_gang(&idle[..2], now).is_none());
+    assert_eq!(state.status(&job).unwrap().state, JobState::Pending);
+    let placed = state.place_gang(&idle, now).unwrap();
+    let ranks: Vec<(String, u32)> = placed
+        .iter()
+        .map(|(w, a)| match &a.work {
+            TaskWork::Train { rank, .. } => (w.clone(), *rank),
+            _ => panic!("not a rank"),
+        })
+        .collect();
+    assert_eq!(
+        ranks,
+        vec![
+            (idle[0].clone(), 0),
+            (idle[1].clone(), 1),
+            (idle[2].clone(), 2)
+        ]
+    );
+    assert!(!state.has_waiting_gangs());
+    assert_eq!(state.status(&job).unwrap().state, JobState::Running);
+}
+
+#[test]
+fn a_failed_rank_restarts_the_whole_gang_until_the_restarts_run_out() {
+    let now = Instant::now();
+    let mut state = State::new(TIMEOUT);
+    let job = gang_job(&mut state, 2, 1);
+    let idle = workers(&mut state, 2, now);
+    let placed = state.place_gang(&idle, now).unwrap();
+    let failure = TaskFailure {
+        reason: "all-reduce with rank 0: connection reset".into(),
+        retryable: true,
+    };
+    state
+        .fail(&placed[1].0, &placed[1].1.lease, failure.clone(), now)
+        .unwrap();
+    // The other rank's lease is gone too: its heartbeat tells it to stop.
+    let revoked = state
+        .heartbeat(&placed[0].0, &[placed[0].1.lease.clone()], now)
+        .unwrap();
+    assert_eq!(revoked, vec![placed[0].1.lease.clone()]);
+    let status = state.status(&job).unwrap();
+    let train = status.train.unwrap();
+    assert_eq!(train.restarts.len(), 1);
+    assert!(
+        train.restarts[0].cause.starts_with("rank 1: all-reduce"),
+        "{:?}",
+        train.restarts
+    );
+    assert!(state.has_waiting_gangs());
+
+    let again = state.place_gang(&idle, now).unwrap();
+    assert!(again.iter().all(|(_, a)| a.lease.attempt == 2));
+    state
+        .fail(&again[0].0, &again[0].1.lease, failure, now)
+        .unwrap();
+    let status = state.status(&job).unwrap();
+    assert_eq!(status.state, JobState::Failed);
+    assert!(status.error.unwrap().contains("gave up after 1 restart"));
+}
+
+#[test]
+fn a_non_retryable_rank_failure_fails_the_job_at_once() {
+    let now = Instant::now();
+    let mut state = State::new(TIMEOUT);
+    let job = gang_job(&mut state, 2, 5);
+    let idle = workers(&mut state, 2, now);
+    let placed = state.place_gang(&idle, now).unwrap();
+    let failure = TaskFailure {
+        reason: "invalid options: --lr must be positive".into(),
+        retryable: false,
+    };
+    state
+        .fail(&placed[0].0, &placed[0].1.lease, failure, now)
+        .unwrap();
+    let status = state.status(&job).unwrap();
+    assert_eq!(status.state, JobState::Failed);
+    assert!(status.error.unwrap().contains("--lr"));
+}
+
+#[test]
+fn a_gang_that_waits_too_long_fails_with_the_reason() {
+    let now = Instant::now();
+    let mut state = State::new(TIMEOUT);
+    let job = gang_job(&mut state, 4, 0);
+    workers(&mut state, 2, now);
+    state.expire_gangs(Duration::from_secs(3600));
+    assert_eq!(state.status(&job).unwrap().state, JobState::Pending);
+    state.expire_gangs(Duration::ZERO);
+    let status = state.status(&job).unwrap();
+    assert_eq!(status.state, JobState::Failed);
+    let error = status.error.unwrap();
+    assert!(
+        error.contains("needs 4 workers") && error.contains("2 registered"),
+        "{error}"
+    );
+}
+
+#[test]
+fn waiting_gangs_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let now = Instant::now();
+    let mut state = State::new(TIMEOUT);
+    let job = gang_job(&mut state, 2, 0);
+    let mut store = StateStore::open(&path).unwrap();
+    let (jobs, tasks) = state.take_dirty();
+    store
+        .save(
+            &jobs.iter().collect::<Vec<_>>(),
+            &tasks.iter().collect::<Vec<_>>(),
+        )
+        .unwrap();
+    drop(store);
+    let loaded: Loaded = StateStore::open(&path).unwrap().load().unwrap();
+    let mut restored = State::restore(TIMEOUT, loaded, now);
+    assert!(restored.has_waiting_gangs());
+    let idle = workers(&mut restored, 2, now);
+    assert_eq!(restored.place_gang(&idle, now).unwrap().len(), 2);
+    assert_eq!(restored.status(&job).unwrap().state, JobState::Running);
+}
