@@ -5,17 +5,23 @@ category: the same pool model atelier trains), SGD with momentum and a
 one-cycle schedule, RandomResizedCrop + flip for training and a centre crop for
 validation, on the same Parquet catalogue and the same validation split
 (FNV-1a hash of item_id, as atelier). Prints per-epoch validation accuracy and a
-final JSON line.
+final JSON line. With --world-size N it is the DDP script instead: N processes
+(gloo on CPU, NCCL on cuda:rank), a DistributedSampler, DistributedDataParallel,
+and images/s per rank.
 """
 
 import argparse
 import io
 import json
+import os
+import socket
 import time
 from collections import Counter
 
 import pyarrow.parquet as pq
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
@@ -81,7 +87,24 @@ def main():
     parser.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
     parser.add_argument("--bf16", action="store_true", help="torch.autocast bf16 (CUDA)")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--world-size", type=int, default=1, help="DDP ranks (processes)")
     args = parser.parse_args()
+    if args.world_size == 1:
+        run(0, args, None)
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(run, args=(args, port), nprocs=args.world_size)
+
+
+def run(rank, args, port):
+    world = args.world_size
+    if world > 1:
+        backend = "nccl" if args.device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        if args.device.startswith("cuda"):
+            args.device = f"cuda:{rank}"
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -108,12 +131,17 @@ def main():
         normalize,
     ])
     pin = args.device.startswith("cuda")
-    train = DataLoader(Items(train_rows, maps, train_tf), batch_size=args.batch_size, shuffle=True,
+    train_items = Items(train_rows, maps, train_tf)
+    sampler = (torch.utils.data.distributed.DistributedSampler(train_items, world, rank, seed=args.seed)
+               if world > 1 else None)
+    train = DataLoader(train_items, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
                        num_workers=args.workers, pin_memory=pin, persistent_workers=True)
     val = DataLoader(Items(val_rows, maps, val_tf), batch_size=128, num_workers=args.workers, pin_memory=pin)
     device = torch.device(args.device)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = Pool(args.arch, [len(maps[a]) + 1 for a in ATTRIBUTES]).to(device, memory_format=memory_format)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if pin else None)
     autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.epochs * len(train))
@@ -121,6 +149,8 @@ def main():
     started = time.perf_counter()
     images = 0
     for epoch in range(args.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         model.train()
         for x, y in train:
             x = x.to(device, non_blocking=True).to(memory_format=memory_format)
@@ -149,7 +179,11 @@ def main():
     if pin:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    print(json.dumps({"seconds": seconds, "images_per_s": images / seconds, "accuracy": accuracy}))
+    if rank == 0:
+        print(json.dumps({"seconds": seconds, "images_per_s": images / seconds, "ranks": world,
+                          "accuracy": accuracy}))
+    if world > 1:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -99,7 +99,9 @@ impl GradientBuckets {
         loss_sum: f64,
     ) -> Result<SyncedStep> {
         let started = Instant::now();
-        if collective.world_size() == 1 {
+        // A world of one through NCCL still runs the collectives: that is how
+        // a single-GPU machine checks the NCCL path.
+        if collective.backend() == crate::Backend::Single {
             return Ok(SyncedStep {
                 items: items as f64,
                 loss_sum,

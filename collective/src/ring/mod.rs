@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{CollectiveError, Result};
 use crate::{Backend, Collective};
-use wire::{Element, Header, Hello, Op};
+use wire::{as_bytes, as_bytes_mut, Element, Header, Hello, Op};
 
 #[derive(Debug, Clone, Copy)]
 pub struct RingOptions {
@@ -30,7 +30,7 @@ impl Default for RingOptions {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(60),
-            chunk_bytes: 1 << 20,
+            chunk_bytes: 256 << 10,
             session: 0,
         }
     }
@@ -132,7 +132,7 @@ impl RingCollective {
     /// queues buffers for it and reads from the previous rank.
     fn with_writer<F>(&mut self, op: &'static str, body: F) -> Result<()>
     where
-        F: FnOnce(&mpsc::Sender<Vec<u8>>, &mut TcpStream, &RingOptions) -> Result<()>,
+        F: FnOnce(&Outbox, &mut TcpStream, &RingOptions) -> Result<()>,
     {
         let (Some(next), Some(prev)) = (self.next.as_ref(), self.prev.as_mut()) else {
             return Ok(());
@@ -143,9 +143,16 @@ impl RingCollective {
             // Unbounded on purpose: if queueing could block, every rank could
             // wait on a full socket at once and the ring would deadlock.
             let (queue, buffers) = mpsc::channel::<Vec<u8>>();
-            let writer = scope.spawn(move || wire::write_all_from(next, buffers));
-            let result = body(&queue, prev, &options);
-            drop(queue);
+            let (spare_tx, spare) = mpsc::channel::<Vec<u8>>();
+            let writer = scope.spawn(move || wire::write_all_from(next, buffers, spare_tx));
+            let outbox = Outbox {
+                queue,
+                spare,
+                op,
+                next_rank,
+            };
+            let result = body(&outbox, prev, &options);
+            drop(outbox);
             let written = writer
                 .join()
                 .unwrap_or_else(|_| Err(std::io::Error::other("writer thread panicked")))
@@ -174,46 +181,40 @@ impl RingCollective {
             .iter()
             .map(|s| self.chunks(s.clone(), T::SIZE))
             .collect();
-        self.with_writer(OP, |queue, prev, options| {
-            let send = |bytes: Vec<u8>| queue.send(bytes).map_err(|_| writer_gone(OP, rank, world));
-            send(header.encode())?;
+        let longest = chunked.iter().flatten().map(|c| c.len()).max().unwrap_or(0);
+        self.with_writer(OP, |outbox, prev, options| {
+            let receive = |prev: &mut TcpStream, into: &mut [T]| {
+                prev.read_exact(as_bytes_mut(into))
+                    .map_err(|e| CollectiveError::io(OP, prev_rank, options.timeout, e))
+            };
+            outbox.send(&header.encode())?;
             for chunk in &chunked[rank] {
-                send(T::to_bytes(&data[chunk.clone()]))?;
+                outbox.send(as_bytes(&data[chunk.clone()]))?;
             }
             expect_header(prev, header, OP, prev_rank, options)?;
-            let mut buffer = Vec::new();
+            let mut incoming = vec![T::default(); longest];
             // Reduce-scatter: after world - 1 steps this rank holds the full
             // sum of segment rank + 1; each reduced chunk goes straight on.
             for step in 0..world - 1 {
                 let index = (rank + world - step - 1) % world;
                 for chunk in &chunked[index] {
-                    receive(
-                        prev,
-                        &mut buffer,
-                        chunk.len() * T::SIZE,
-                        OP,
-                        prev_rank,
-                        options,
-                    )?;
-                    T::add_from(&mut data[chunk.clone()], &buffer);
-                    send(T::to_bytes(&data[chunk.clone()]))?;
+                    let incoming = &mut incoming[..chunk.len()];
+                    receive(prev, incoming)?;
+                    let target = &mut data[chunk.clone()];
+                    for (value, other) in target.iter_mut().zip(incoming.iter()) {
+                        *value += *other;
+                    }
+                    outbox.send(as_bytes(target))?;
                 }
             }
             // All-gather: pass the finished segments around once.
             for step in 0..world - 1 {
                 let index = (rank + world - step) % world;
                 for chunk in &chunked[index] {
-                    receive(
-                        prev,
-                        &mut buffer,
-                        chunk.len() * T::SIZE,
-                        OP,
-                        prev_rank,
-                        options,
-                    )?;
-                    T::copy_from(&mut data[chunk.clone()], &buffer);
+                    let target = &mut data[chunk.clone()];
+                    receive(prev, target)?;
                     if step + 2 < world {
-                        send(buffer.clone())?;
+                        outbox.send(as_bytes(target))?;
                     }
                 }
             }
@@ -239,32 +240,24 @@ impl RingCollective {
         let prev_rank = (rank + world - 1) % world;
         let forward = (rank + 1) % world != root;
         let chunks = self.chunks(0..len, T::SIZE);
-        self.with_writer(OP, |queue, prev, options| {
-            let send = |bytes: Vec<u8>| queue.send(bytes).map_err(|_| writer_gone(OP, rank, world));
+        self.with_writer(OP, |outbox, prev, options| {
             if rank == root {
-                send(header.encode())?;
+                outbox.send(&header.encode())?;
                 for chunk in &chunks {
-                    send(T::to_bytes(&data[chunk.clone()]))?;
+                    outbox.send(as_bytes(&data[chunk.clone()]))?;
                 }
                 return Ok(());
             }
             expect_header(prev, header, OP, prev_rank, options)?;
             if forward {
-                send(header.encode())?;
+                outbox.send(&header.encode())?;
             }
-            let mut buffer = Vec::new();
             for chunk in &chunks {
-                receive(
-                    prev,
-                    &mut buffer,
-                    chunk.len() * T::SIZE,
-                    OP,
-                    prev_rank,
-                    options,
-                )?;
-                T::copy_from(&mut data[chunk.clone()], &buffer);
+                let target = &mut data[chunk.clone()];
+                prev.read_exact(as_bytes_mut(target))
+                    .map_err(|e| CollectiveError::io(OP, prev_rank, options.timeout, e))?;
                 if forward {
-                    send(buffer.clone())?;
+                    outbox.send(as_bytes(target))?;
                 }
             }
             Ok(())
@@ -272,25 +265,26 @@ impl RingCollective {
     }
 }
 
-fn writer_gone(op: &'static str, rank: usize, world: usize) -> CollectiveError {
-    CollectiveError::Peer {
-        op,
-        peer: (rank + 1) % world,
-        source: std::io::Error::other("the connection to the next rank failed"),
-    }
+/// The sending side of one collective: copies go to the writer thread in
+/// buffers it hands back once written.
+struct Outbox {
+    queue: mpsc::Sender<Vec<u8>>,
+    spare: mpsc::Receiver<Vec<u8>>,
+    op: &'static str,
+    next_rank: usize,
 }
 
-fn receive(
-    prev: &mut TcpStream,
-    buffer: &mut Vec<u8>,
-    bytes: usize,
-    op: &'static str,
-    peer: usize,
-    options: &RingOptions,
-) -> Result<()> {
-    buffer.resize(bytes, 0);
-    prev.read_exact(buffer)
-        .map_err(|e| CollectiveError::io(op, peer, options.timeout, e))
+impl Outbox {
+    fn send(&self, bytes: &[u8]) -> Result<()> {
+        let mut buffer = self.spare.try_recv().unwrap_or_default();
+        buffer.clear();
+        buffer.extend_from_slice(bytes);
+        self.queue.send(buffer).map_err(|_| CollectiveError::Peer {
+            op: self.op,
+            peer: self.next_rank,
+            source: std::io::Error::other("the connection to the next rank failed"),
+        })
+    }
 }
 
 fn expect_header(

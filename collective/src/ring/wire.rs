@@ -90,52 +90,55 @@ impl Header {
     }
 }
 
-/// An element type the ring reduces.
-pub trait Element: Copy + Send + Sync + 'static {
-    const SIZE: usize;
-    fn to_bytes(values: &[Self]) -> Vec<u8>;
-    fn add_from(values: &mut [Self], bytes: &[u8]);
-    fn copy_from(values: &mut [Self], bytes: &[u8]);
+/// An element type the ring reduces: plain floats, sent in their in-memory
+/// (little-endian) form, so buffers go to and from sockets without
+/// per-element conversion.
+pub trait Element:
+    Copy + Default + Send + Sync + std::ops::AddAssign + sealed::Sealed + 'static
+{
+    const SIZE: usize = std::mem::size_of::<Self>();
 }
 
-macro_rules! element {
-    ($t:ty) => {
-        impl Element for $t {
-            const SIZE: usize = std::mem::size_of::<$t>();
-
-            fn to_bytes(values: &[Self]) -> Vec<u8> {
-                let mut out = Vec::with_capacity(values.len() * Self::SIZE);
-                for v in values {
-                    out.extend_from_slice(&v.to_le_bytes());
-                }
-                out
-            }
-
-            fn add_from(values: &mut [Self], bytes: &[u8]) {
-                for (v, b) in values.iter_mut().zip(bytes.chunks_exact(Self::SIZE)) {
-                    *v += <$t>::from_le_bytes(b.try_into().unwrap_or_default());
-                }
-            }
-
-            fn copy_from(values: &mut [Self], bytes: &[u8]) {
-                for (v, b) in values.iter_mut().zip(bytes.chunks_exact(Self::SIZE)) {
-                    *v = <$t>::from_le_bytes(b.try_into().unwrap_or_default());
-                }
-            }
-        }
-    };
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
 }
 
-element!(f32);
-element!(f64);
+impl Element for f32 {}
+impl Element for f64 {}
 
-/// Writes every buffer it is sent, in order, until the sender is dropped.
+#[cfg(target_endian = "big")]
+compile_error!("the ring's wire format is little-endian memory order");
+
+pub fn as_bytes<T: Element>(values: &[T]) -> &[u8] {
+    // SAFETY: f32 and f64 (the only elements) have no padding; the slice
+    // covers exactly their bytes for its lifetime.
+    unsafe {
+        std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values))
+    }
+}
+
+pub fn as_bytes_mut<T: Element>(values: &mut [T]) -> &mut [u8] {
+    // SAFETY: as above; and every bit pattern is a valid f32 or f64.
+    unsafe {
+        std::slice::from_raw_parts_mut(
+            values.as_mut_ptr().cast::<u8>(),
+            std::mem::size_of_val(values),
+        )
+    }
+}
+
+/// Writes every buffer it is sent, in order, until the sender is dropped;
+/// written buffers go back through `spare` for reuse.
 pub fn write_all_from(
     mut stream: impl Write,
     buffers: std::sync::mpsc::Receiver<Vec<u8>>,
+    spare: std::sync::mpsc::Sender<Vec<u8>>,
 ) -> std::io::Result<()> {
     for buffer in buffers {
         stream.write_all(&buffer)?;
+        let _ = spare.send(buffer);
     }
     stream.flush()
 }
@@ -162,12 +165,13 @@ mod tests {
     }
 
     #[test]
-    fn elements_add_and_copy_from_little_endian_bytes() {
-        let mut values = [1.0f64, 2.0, 3.0];
-        f64::add_from(&mut values, &f64::to_bytes(&[0.5, 0.25, -3.0]));
-        assert_eq!(values, [1.5, 2.25, 0.0]);
-        let mut floats = [0.0f32; 2];
-        f32::copy_from(&mut floats, &f32::to_bytes(&[7.0, -1.5]));
-        assert_eq!(floats, [7.0, -1.5]);
+    fn elements_travel_as_their_little_endian_bytes() {
+        let values = [1.5f32, -2.0];
+        let mut expected = 1.5f32.to_le_bytes().to_vec();
+        expected.extend((-2.0f32).to_le_bytes());
+        assert_eq!(as_bytes(&values), expected.as_slice());
+        let mut back = [0.0f32; 2];
+        as_bytes_mut(&mut back).copy_from_slice(&expected);
+        assert_eq!(back, values);
     }
 }

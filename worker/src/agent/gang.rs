@@ -33,6 +33,24 @@ fn wants_nccl(device: Device) -> Option<std::sync::Arc<NcclLibrary>> {
     }
 }
 
+/// One rank alone needs no collective, except that `ATELIER_COLLECTIVE=nccl`
+/// on a CUDA worker runs NCCL anyway, to check it on a one-GPU machine.
+fn single(device: Device, timeout: Duration) -> Result<Box<dyn Collective>> {
+    let forced = std::env::var("ATELIER_COLLECTIVE").as_deref() == Ok("nccl");
+    let (true, Device::Cuda(index)) = (forced, device) else {
+        return Ok(Box::new(SingleRank));
+    };
+    let library = NcclLibrary::load()?;
+    let id = library.unique_id()?;
+    tracing::info!(
+        version = library.version()?,
+        "nccl forced for a world of one"
+    );
+    Ok(Box::new(NcclCollective::new(
+        library, id, 0, 1, index, timeout,
+    )?))
+}
+
 pub fn join_gang(
     rank: usize,
     world: usize,
@@ -42,10 +60,10 @@ pub fn join_gang(
     timeout: Duration,
     stop: &dyn Fn() -> bool,
 ) -> Result<Box<dyn Collective>> {
-    if world == 1 {
-        return Ok(Box::new(SingleRank));
-    }
     let device = crate::device::parse_device(device_name)?;
+    if world == 1 {
+        return single(device, timeout);
+    }
     let nccl = wants_nccl(device);
     let listener = RingCollective::bind("0.0.0.0")?;
     let port = listener

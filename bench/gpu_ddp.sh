@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The data-parallel GPU check (issue 5; figures in BENCHMARKS.md). On a
+# machine with N GPUs it:
+#   1. checks the NCCL all-reduce (rank r on cuda:r, integer-valued data, exact
+#      sums) and reports its bus bandwidth, next to the CPU ring's on the same
+#      sizes;
+#   2. trains ResNet-50 at 224 px with bf16 autocast and channels-last through
+#      a coordinator and N CUDA workers with the NCCL backend (at N = 1 the
+#      NCCL path is forced with ATELIER_COLLECTIVE=nccl), and prints images/s
+#      per rank and the time spent in all-reduce;
+#   3. runs PyTorch on the same model, batch and images (bench/train_peer.py)
+#      for the ratio.
+# Release binaries built elsewhere run against this machine's torch 2.11:
+#
+#   BIN=.gpu/atelier ALLREDUCE=.gpu/allreduce bench/gpu_ddp.sh
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bin="${BIN:-.gpu/atelier}"
+allreduce="${ALLREDUCE:-.gpu/allreduce}"
+items="${ITEMS:-6000}"
+batch="${BATCH:-128}"
+work=/tmp/atelier-gpu-ddp
+rm -rf "$work"; mkdir -p "$work"
+export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
+gpus="$(python3 -c 'import torch; print(torch.cuda.device_count())')"
+echo "date: $(date -u +%F); gpus: $gpus; cores: $(nproc); $(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)"
+
+echo "== 1. NCCL all-reduce against exact sums, world $gpus"
+"$allreduce" nccl "$gpus" 1,16,64,256 5
+echo "== CPU ring on the same sizes (2 ranks on loopback)"
+"$allreduce" ring 2 1,16,64,256 3
+
+echo "== 2. ResNet-50 224 px bf16 + channels-last, $gpus rank(s) through the coordinator"
+export RUST_LOG=warn
+"$bin" catalog generate --items "$items" --out "$work/catalog" --size 384x512 | tail -n 1
+"$bin" coordinator --listen 127.0.0.1:7071 --state "$work/coordinator.db" > "$work/coordinator.log" 2>&1 &
+sleep 1
+threads=$(( $(nproc) / gpus - 1 ))
+for rank in $(seq 0 $(( gpus - 1 ))); do
+  ATELIER_COLLECTIVE=nccl "$bin" worker --coordinator 127.0.0.1:7071 --device "cuda:$rank" \
+    --threads "$threads" > "$work/worker-$rank.log" 2>&1 &
+done
+start=$EPOCHREALTIME
+"$bin" submit train --coordinator 127.0.0.1:7071 --world-size "$gpus" --model-type pool --arch resnet50 \
+  --image-size 224 --batch-size "$batch" --n-epochs 2 --lr 0.1 --schedule onecycle --bf16 --channels-last \
+  --val-fraction 0.05 --catalog "$work/catalog" --checkpoint "$work/model" --wait
+python3 -c "print('wall seconds: %.1f' % ($EPOCHREALTIME - $start))"
+grep -h "nccl\|gang" "$work"/worker-*.log | head -n 4
+"$bin" status --coordinator 127.0.0.1:7071 "$("$bin" jobs --coordinator 127.0.0.1:7071 | awk 'NR==1 {print $1}')"
+
+echo "== 3. PyTorch on the same model, batch and images (one GPU)"
+python3 bench/train_peer.py --catalog "$work/catalog" --arch resnet50 --image-size 224 --batch-size "$batch" \
+  --epochs 2 --device cuda:0 --bf16 --channels-last --workers "$threads" 2>&1 | tail -n 3
