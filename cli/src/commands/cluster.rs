@@ -77,6 +77,10 @@ pub struct WorkerArgs {
     /// Decode threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Host or IP the other ranks of a train gang reach this worker at
+    /// [default: this machine's address on the route to the coordinator].
+    #[arg(long, env = "ATELIER_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
 }
 
 impl CoordinatorArgs {
@@ -147,6 +151,7 @@ pub fn run_worker(args: &WorkerArgs, handle: &Handle) -> anyhow::Result<()> {
         threads: args
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)),
+        advertise_host: args.advertise_host.clone(),
         ..AgentOptions::new(&args.client.coordinator)
     };
     let summary = handle
