@@ -17,6 +17,9 @@ rounds="${4:-2}"
 arch=resnet18
 size=64
 batch=32
+# Compute threads per rank, the same for both: the cores split between ranks
+# (more oversubscribes the cores and spin-waiting OpenMP threads slow both).
+threads="${TORCH_THREADS:-$(( $(nproc) / world > 0 ? $(nproc) / world : 1 ))}"
 cargo build --release -q -p atelier-cli
 atelier="$CARGO_TARGET_DIR/release/atelier"
 work="$(mktemp -d)"
@@ -25,7 +28,7 @@ if [ ! -f "$catalog/part-00000.parquet" ]; then
   "$atelier" catalog generate --items "$items" --out "$catalog" --size 384x512 --overwrite >/dev/null
 fi
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), torch $(python -c 'import torch; print(torch.__version__)')"
-echo "workload: pool $arch, ${size} px, batch $batch per rank, $world ranks, $epochs epochs, $items synthetic 384x512 JPEGs (10% validation)"
+echo "workload: pool $arch, ${size} px, batch $batch per rank, $world ranks, $epochs epochs, $items synthetic 384x512 JPEGs (10% validation), $threads compute thread(s) and 1 decode worker per rank"
 
 export RUST_LOG=warn
 "$atelier" coordinator --listen 127.0.0.1:0 --state "$work/coordinator.db" > "$work/coordinator.log" 2>&1 &
@@ -34,7 +37,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q "listening on" "$work/coordinator.log" && break; sleep 0.1; done
 address="$(sed -n 's/^coordinator listening on //p' "$work/coordinator.log")"
 for rank in $(seq "$world"); do
-  "$atelier" worker --coordinator "$address" --threads 1 > "$work/worker-$rank.log" 2>&1 &
+  "$atelier" worker --coordinator "$address" --threads 1 --compute-threads "$threads" > "$work/worker-$rank.log" 2>&1 &
 done
 train_items=$(python - "$catalog" <<'PY'
 import sys, pyarrow.parquet as pq
@@ -58,7 +61,7 @@ for round in $(seq "$rounds"); do
   echo "round $round atelier: ${seconds%.*} s, ${ours[-1]} images/s per rank"
   start=$EPOCHREALTIME
   python bench/train_peer.py --catalog "$catalog" --arch "$arch" --image-size "$size" --batch-size "$batch" \
-    --epochs "$epochs" --threads "$(nproc)" --workers 1 --world-size "$world" > "$work/peer-$round.txt" 2>&1
+    --epochs "$epochs" --threads "$threads" --workers 1 --world-size "$world" > "$work/peer-$round.txt" 2>&1
   seconds=$(python -c "print($EPOCHREALTIME - $start)")
   peer+=("$(python -c "print(f'{$train_items * $epochs / $world / $seconds:.2f}')")")
   echo "round $round pytorch ddp: ${seconds%.*} s, ${peer[-1]} images/s per rank"

@@ -81,6 +81,10 @@ pub struct WorkerArgs {
     /// [default: this machine's address on the route to the coordinator].
     #[arg(long, env = "ATELIER_ADVERTISE_HOST")]
     pub advertise_host: Option<String>,
+    /// libtorch's compute threads [default: all cores]; with several CPU
+    /// workers on one machine, give each its share of the cores.
+    #[arg(long)]
+    pub compute_threads: Option<usize>,
 }
 
 impl CoordinatorArgs {
@@ -145,6 +149,9 @@ pub fn run_coordinator(args: &CoordinatorArgs, handle: &Handle) -> anyhow::Resul
 }
 
 pub fn run_worker(args: &WorkerArgs, handle: &Handle) -> anyhow::Result<()> {
+    if let Some(threads) = args.compute_threads {
+        tch::set_num_threads(threads.max(1) as i32);
+    }
     let options = AgentOptions {
         connect: args.client.token.connect()?,
         device: args.device.clone(),
