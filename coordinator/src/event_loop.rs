@@ -4,6 +4,7 @@
 //! only then answers: an answer never promises a change that a crash could lose.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -113,12 +114,24 @@ impl Snapshot {
     }
 }
 
+/// Figures the loop refreshes after every batch, for metrics.
+#[derive(Debug, Default)]
+pub struct LoopGauges {
+    pub workers: AtomicU64,
+    pub tasks_running: AtomicU64,
+    pub tasks_queued: AtomicU64,
+    pub gangs_waiting: AtomicU64,
+    pub lease_expiries: AtomicU64,
+    pub batches: AtomicU64,
+}
+
 /// The way into the event loop, cheap to clone.
 #[derive(Debug, Clone)]
 pub struct LoopHandle {
     commands: mpsc::UnboundedSender<Command>,
     snapshot: Arc<RwLock<Snapshot>>,
     events: broadcast::Sender<JobStatus>,
+    gauges: Arc<LoopGauges>,
 }
 
 impl LoopHandle {
@@ -258,6 +271,10 @@ impl LoopHandle {
     pub fn subscribe(&self) -> broadcast::Receiver<JobStatus> {
         self.events.subscribe()
     }
+
+    pub fn gauges(&self) -> &LoopGauges {
+        &self.gauges
+    }
 }
 
 /// An answer held back until the batch it belongs to is committed.
@@ -301,6 +318,7 @@ struct EventLoop {
     max_wait: Duration,
     unpublished: HashSet<String>,
     last_publish: Instant,
+    gauges: Arc<LoopGauges>,
 }
 
 /// Starts the event loop on its own thread. The thread ends, returning its
@@ -315,10 +333,12 @@ pub fn start(
     let (commands_tx, commands) = mpsc::unbounded_channel();
     let (events, _) = broadcast::channel(1024);
     let snapshot = Arc::new(RwLock::new(Snapshot::default()));
+    let gauges = Arc::new(LoopGauges::default());
     let handle = LoopHandle {
         commands: commands_tx.clone(),
         snapshot: Arc::clone(&snapshot),
         events: events.clone(),
+        gauges: Arc::clone(&gauges),
     };
     let mut event_loop = EventLoop {
         state,
@@ -333,6 +353,7 @@ pub fn start(
         max_wait,
         unpublished: HashSet::new(),
         last_publish: Instant::now(),
+        gauges,
     };
     event_loop.publish_all();
     let thread = std::thread::Builder::new()
@@ -376,7 +397,10 @@ impl EventLoop {
             // not on every batch.
             if now.duration_since(last_sweep) >= TICK {
                 last_sweep = now;
-                self.state.expire(now);
+                let expired = self.state.expire(now);
+                self.gauges
+                    .lease_expiries
+                    .fetch_add(expired as u64, Ordering::Relaxed);
                 self.state.expire_gangs(self.gang_timeout);
                 self.expire_waiters(now, &mut deferred);
                 self.expire_gatherings(now, &mut deferred);
@@ -399,6 +423,7 @@ impl EventLoop {
             }
             batches += 1;
             commands += deferred.len() as u64;
+            self.refresh_gauges();
             let save_started = Instant::now();
             let (jobs, tasks) = self.state.take_dirty();
             let saved = self.store.save(
@@ -625,6 +650,19 @@ impl EventLoop {
             }
         }
         self.waiters = kept;
+    }
+
+    fn refresh_gauges(&self) {
+        let g = &self.gauges;
+        let counts = self.state.counts();
+        g.workers.store(counts.workers as u64, Ordering::Relaxed);
+        g.tasks_running
+            .store(counts.running as u64, Ordering::Relaxed);
+        g.tasks_queued
+            .store(counts.queued as u64, Ordering::Relaxed);
+        g.gangs_waiting
+            .store(counts.gangs as u64, Ordering::Relaxed);
+        g.batches.fetch_add(1, Ordering::Relaxed);
     }
 
     fn publish_touched(&mut self) {

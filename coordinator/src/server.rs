@@ -28,6 +28,17 @@ pub async fn serve(
     config: CoordinatorConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
+    serve_with_metrics(listener, None, state_path, config, shutdown).await
+}
+
+/// `serve`, plus Prometheus metrics on `metrics` (GET /metrics).
+pub async fn serve_with_metrics(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    state_path: &Path,
+    config: CoordinatorConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
     let store = StateStore::open(state_path)?;
     let loaded = store.load()?;
     tracing::info!(
@@ -68,6 +79,19 @@ pub async fn serve(
         },
         auth,
     );
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(metrics) = metrics {
+        let scraped = handle.clone();
+        let render: atelier_telemetry::Render =
+            std::sync::Arc::new(move || crate::metrics::render(&scraped));
+        tokio::spawn(atelier_telemetry::serve_metrics(
+            metrics,
+            render,
+            async move {
+                let _ = metrics_stopped.await;
+            },
+        ));
+    }
     drop(handle);
     let address = listener.local_addr().ok();
     tracing::info!(?address, "coordinator serving");
@@ -88,7 +112,9 @@ pub async fn serve(
         .add_service(workers)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
-    // The services held the last loop handles; with them gone the loop ends.
+    // The services (and the metrics server) held the last loop handles;
+    // with them gone the loop ends.
+    let _ = stop_metrics.send(());
     let looped = loop_thread
         .join()
         .map_err(|_| CoordinatorError::Internal("the event loop panicked".into()))?;

@@ -297,6 +297,7 @@ impl From<RankStatus> for v1::RankStatus {
             device: r.device,
             images_per_second: r.images_per_second,
             allreduce_seconds: r.allreduce_seconds,
+            allreduce_bytes: r.allreduce_bytes,
         }
     }
 }
@@ -309,6 +310,7 @@ impl From<v1::RankStatus> for RankStatus {
             device: r.device,
             images_per_second: r.images_per_second,
             allreduce_seconds: r.allreduce_seconds,
+            allreduce_bytes: r.allreduce_bytes,
         }
     }
 }

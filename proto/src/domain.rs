@@ -254,6 +254,8 @@ pub struct RankStatus {
     pub device: String,
     pub images_per_second: f64,
     pub allreduce_seconds: f64,
+    #[serde(default)]
+    pub allreduce_bytes: u64,
 }
 
 /// A job as users see it.

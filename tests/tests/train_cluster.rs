@@ -144,7 +144,7 @@ fn a_gang_of_two_workers_equals_one_process_with_the_global_batch() {
     assert!(status.contains("rank 1 on"), "{status}");
     // Rank 0 kept the metrics log, so the run plots like a local one.
     atelier_ok(&["plot", "--checkpoint", &ranked]);
-    assert!(Path::new(&ranked).join("curves.png").exists());
+    assert!(Path::new(&ranked).join("plots/curves.png").exists());
 }
 
 #[test]

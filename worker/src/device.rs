@@ -36,3 +36,26 @@ pub fn device_name(device: Device) -> String {
         _ => "cpu".to_string(),
     }
 }
+
+type CudaSetDevice = unsafe extern "C" fn(i32) -> i32;
+type CudaMemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
+
+/// Bytes in use on GPU `index` (by every process), from the CUDA runtime
+/// that libtorch already loaded; `None` without one.
+pub fn gpu_memory_used(index: usize) -> Option<usize> {
+    // SAFETY: looking symbols up in the running process has no side effects,
+    // and both have the prototypes of cuda_runtime_api.h.
+    unsafe {
+        let this = libloading::os::unix::Library::this();
+        let set_device = *this.get::<CudaSetDevice>(b"cudaSetDevice").ok()?;
+        let mem_get_info = *this.get::<CudaMemGetInfo>(b"cudaMemGetInfo").ok()?;
+        if set_device(index as i32) != 0 {
+            return None;
+        }
+        let (mut free, mut total) = (0usize, 0usize);
+        if mem_get_info(&mut free, &mut total) != 0 {
+            return None;
+        }
+        Some(total.saturating_sub(free))
+    }
+}

@@ -106,6 +106,8 @@ pub enum TrainEvent {
         images_per_s: f64,
         /// Seconds this rank has spent in gradient all-reduces so far.
         allreduce_seconds: f64,
+        /// Bytes this rank has all-reduced so far.
+        allreduce_bytes: u64,
     },
     Epoch {
         epoch: usize,
@@ -237,6 +239,7 @@ pub fn train_ranked(
         DEFAULT_BUCKET_BYTES,
     );
     let mut allreduce_seconds = 0.0;
+    let mut allreduce_bytes = 0u64;
     on_event(&TrainEvent::Started {
         total_steps: run.schedule.total_steps,
         resumed_at_step: run.manifest.step,
@@ -309,6 +312,7 @@ pub fn train_ranked(
             }
             let synced = buckets.sync(collective, count, local_loss * count as f64)?;
             allreduce_seconds += synced.seconds;
+            allreduce_bytes += synced.bytes;
             run.optimizer.step(lr);
             let loss = synced.loss_sum / synced.items.max(1.0);
             if !loss.is_finite() {
@@ -343,6 +347,7 @@ pub fn train_ranked(
                     lr,
                     images_per_s: rate,
                     allreduce_seconds,
+                    allreduce_bytes,
                 });
                 window_loss = 0.0;
                 window_images = 0;

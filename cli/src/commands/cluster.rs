@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use atelier_coordinator::{CoordinatorConfig, TlsIdentity};
 use atelier_proto::client::Connect;
-use atelier_worker::agent::{run_agent, AgentOptions};
+use atelier_worker::agent::{run_agent, serve_health, AgentOptions, WorkerMetrics};
 use clap::Args;
 
 use super::jobs::ClientArgs;
@@ -39,6 +39,9 @@ pub struct CoordinatorArgs {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
 }
 
 /// How a client authenticates to the coordinator and which TLS roots it trusts.
@@ -85,6 +88,12 @@ pub struct WorkerArgs {
     /// workers on one machine, give each its share of the cores.
     #[arg(long)]
     pub compute_threads: Option<usize>,
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
+    /// Serve the gRPC health service on this address (Kubernetes probes).
+    #[arg(long)]
+    pub health_addr: Option<String>,
 }
 
 impl CoordinatorArgs {
@@ -135,6 +144,10 @@ pub async fn shutdown_signal() {
 
 pub fn run_coordinator(args: &CoordinatorArgs, handle: &Handle) -> anyhow::Result<()> {
     handle.block_on(async {
+        let metrics = match &args.metrics_addr {
+            Some(address) => Some(bind(address, "metrics").await?),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
@@ -142,10 +155,25 @@ pub fn run_coordinator(args: &CoordinatorArgs, handle: &Handle) -> anyhow::Resul
         // The harness and scripts wait for this line.
         println!("coordinator listening on {address}");
         let config = args.config()?;
-        atelier_coordinator::serve(listener, &args.state, config, shutdown_signal())
-            .await
-            .context("coordinator")
+        atelier_coordinator::serve_with_metrics(
+            listener,
+            metrics,
+            &args.state,
+            config,
+            shutdown_signal(),
+        )
+        .await
+        .context("coordinator")
     })
+}
+
+/// Binds `address` and says where (port 0 picks a free port).
+async fn bind(address: &str, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding the {what} address {address}"))?;
+    println!("{what} listening on {}", listener.local_addr()?);
+    Ok(listener)
 }
 
 pub fn run_worker(args: &WorkerArgs, handle: &Handle) -> anyhow::Result<()> {
@@ -159,11 +187,36 @@ pub fn run_worker(args: &WorkerArgs, handle: &Handle) -> anyhow::Result<()> {
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)),
         advertise_host: args.advertise_host.clone(),
+        metrics: Some(WorkerMetrics::new(&args.device)),
         ..AgentOptions::new(&args.client.coordinator)
     };
-    let summary = handle
-        .block_on(run_agent(options, shutdown_signal()))
-        .with_context(|| format!("worker of {}", args.client.coordinator))?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    handle.block_on(async {
+        if let (Some(address), Some(metrics)) = (&args.metrics_addr, &options.metrics) {
+            let listener = bind(address, "metrics").await?;
+            let metrics = std::sync::Arc::clone(metrics);
+            let render: atelier_telemetry::Render = std::sync::Arc::new(move || metrics.render());
+            tokio::spawn(atelier_telemetry::serve_metrics(
+                listener,
+                render,
+                until_stopped(),
+            ));
+        }
+        if let Some(address) = &args.health_addr {
+            let listener = bind(address, "health").await?;
+            tokio::spawn(serve_health(listener, until_stopped()));
+        }
+        anyhow::Ok(())
+    })?;
+    let summary = handle.block_on(run_agent(options, shutdown_signal()));
+    let _ = stop.send(true);
+    let summary = summary.with_context(|| format!("worker of {}", args.client.coordinator))?;
     println!(
         "worker stopped: {} tasks done, {} failed, {} stopped",
         summary.tasks_done, summary.tasks_failed, summary.tasks_stopped

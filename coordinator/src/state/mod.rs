@@ -29,6 +29,14 @@ struct Worker {
     last_seen: Instant,
 }
 
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
+    pub workers: usize,
+    pub running: usize,
+    pub queued: usize,
+    pub gangs: usize,
+}
+
 /// A job whose manifest the event loop must write.
 #[derive(Debug, Clone)]
 pub struct Finalize {
@@ -290,6 +298,16 @@ impl State {
 
     pub fn worker_count(&self) -> usize {
         self.workers.len()
+    }
+
+    /// Sizes the metrics report, each O(1).
+    pub fn counts(&self) -> Counts {
+        Counts {
+            workers: self.workers.len(),
+            running: self.leases.len(),
+            queued: self.queue.len(),
+            gangs: self.gangs.len(),
+        }
     }
 
     fn see_worker(&mut self, worker_id: &str, now: Instant) -> Result<()> {

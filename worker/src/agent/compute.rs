@@ -30,6 +30,8 @@ pub struct Work {
     pub done: oneshot::Sender<Result<TaskOutcome>>,
     /// How a train rank meets the rest of its gang.
     pub rendezvous: Box<Rendezvous>,
+    /// The task's span, entered on the compute thread too.
+    pub span: tracing::Span,
 }
 
 impl std::fmt::Debug for Work {
@@ -82,6 +84,7 @@ impl ComputeThread {
             .name("atelier-compute".into())
             .spawn(move || {
                 for work in inbox {
+                    let _entered = work.span.clone().entered();
                     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
                         context.run(
                             &work.task,

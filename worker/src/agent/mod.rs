@@ -8,6 +8,7 @@ mod address;
 mod compute;
 mod gang;
 mod session;
+mod telemetry;
 mod train_task;
 
 use std::future::Future;
@@ -18,11 +19,13 @@ use std::time::Duration;
 use atelier_proto::client::{worker_client, Connect};
 use atelier_proto::domain::{Assignment, TaskFailure, TaskProgressReport};
 use tokio::sync::{oneshot, watch};
+use tracing::Instrument;
 
 use crate::error::{Result, WorkerError};
 use compute::{ComputeThread, Work};
 use session::{describe_machine, is_fatal, Session};
 
+pub use telemetry::{serve_health, WorkerMetrics};
 pub use train_task::train_options;
 
 #[derive(Debug, Clone)]
@@ -42,6 +45,8 @@ pub struct AgentOptions {
     /// The host other ranks of a train gang reach this worker at (default:
     /// the address of the interface that routes to the coordinator).
     pub advertise_host: Option<String>,
+    /// Counts tasks, items and all-reduce time for `/metrics`.
+    pub metrics: Option<Arc<WorkerMetrics>>,
 }
 
 impl AgentOptions {
@@ -54,6 +59,7 @@ impl AgentOptions {
             poll_wait: Duration::from_secs(10),
             progress_every: Duration::from_millis(500),
             advertise_host: None,
+            metrics: None,
         }
     }
 }
@@ -116,7 +122,16 @@ pub async fn run_agent(
         match leased {
             Ok(Some(assignment)) => {
                 backoff.reset();
-                run_task(&session, &compute, assignment, &options, &mut summary).await;
+                // Every log line about the task, here and on the compute
+                // thread, names its job and task (shard or rank).
+                let span = tracing::info_span!(
+                    "task",
+                    job = %assignment.job_id,
+                    task = %assignment.lease.task_id
+                );
+                run_task(&session, &compute, assignment, &options, &mut summary)
+                    .instrument(span)
+                    .await;
             }
             Ok(None) => backoff.reset(),
             Err(e) if is_fatal(&e) => break Err(e),
@@ -164,8 +179,12 @@ async fn run_task(
 ) {
     let lease = assignment.lease.clone();
     tracing::info!(task = %lease.task_id, attempt = lease.attempt, "task leased");
+    if let Some(metrics) = &options.metrics {
+        metrics.started();
+    }
     let cancelled = session.hold(&lease);
     let (progress, mut progress_rx) = watch::channel(TaskProgressReport::default());
+    let mut last_sent = TaskProgressReport::default();
     let (done, mut done_rx) = oneshot::channel();
     let rendezvous = {
         let (session, lease) = (Arc::clone(session), lease.clone());
@@ -173,6 +192,7 @@ async fn run_task(
         Box::new(move |offer| handle.block_on(session.rendezvous(&lease, offer, RENDEZVOUS_WAIT)))
     };
     let submitted = compute.submit(Work {
+        span: tracing::Span::current(),
         task: assignment.work,
         cancelled: Arc::clone(&cancelled),
         progress,
@@ -193,6 +213,7 @@ async fn run_task(
                             continue;
                         }
                         let report = progress_rx.borrow_and_update().clone();
+                        last_sent = report.clone();
                         match session.progress(&lease, report).await {
                             Ok(true) => cancelled.store(true, Ordering::Relaxed),
                             Ok(false) => {}
@@ -203,6 +224,19 @@ async fn run_task(
             }
         }
     };
+    // The last figures (a short task may end before its first report), so
+    // the job shows each rank's final images/s and all-reduce time.
+    // (The compute thread has dropped its sender by now, so compare values.)
+    let latest = progress_rx.borrow().clone();
+    if result.is_ok() && latest != last_sent {
+        if let Err(e) = session.progress(&lease, latest.clone()).await {
+            tracing::debug!(error = %e, "last progress not delivered");
+        }
+    }
+    if let Some(metrics) = &options.metrics {
+        let failed = matches!(&result, Err(e) if !matches!(e, WorkerError::Cancelled));
+        metrics.finished(result.as_ref().ok(), failed, &latest);
+    }
     match result {
         Ok(outcome) => {
             let rows = outcome.rows_written;

@@ -177,6 +177,7 @@ pub fn run_train(
                 loss,
                 images_per_s,
                 allreduce_seconds,
+                allreduce_bytes,
                 ..
             } => {
                 current.epoch = *epoch as u32;
@@ -186,6 +187,7 @@ pub fn run_train(
                 if let Some(own) = current.ranks.first_mut() {
                     own.images_per_second = *images_per_s;
                     own.allreduce_seconds = *allreduce_seconds;
+                    own.allreduce_bytes = *allreduce_bytes;
                 }
             }
             TrainEvent::Epoch { epoch, metrics } => {
