@@ -99,3 +99,26 @@ pub fn venv_python() -> PathBuf {
     );
     python
 }
+
+/// Runs the project venv's python on `args` from the workspace root; fails
+/// the test, showing its output, unless it exits 0. Returns stdout.
+pub fn python(args: &[&str]) -> String {
+    let venv = std::env::var("ATELIER_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/atelier/venv-torch-2.11.0")
+        });
+    let output = Command::new(venv.join("bin/python"))
+        .args(args)
+        .current_dir(workspace_root())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python in {}: {e}", venv.display()));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "python {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}

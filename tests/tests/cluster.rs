@@ -191,6 +191,9 @@ fn three_workers_tag_five_thousand_items_exactly_once() {
         listed.contains(&job) && listed.contains("succeeded"),
         "{listed}"
     );
+    // What a downstream team sees, through pyarrow and DuckDB alone.
+    let read = atelier_tests::python(&["tests/python/read_tags.py", out.to_str().unwrap(), "5000"]);
+    assert!(read.contains("\"rows\": 5000"), "{read}");
 }
 
 #[test]

@@ -168,6 +168,24 @@ fn counters_move_during_a_job_and_logs_name_the_task() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
+    // Every series the Grafana dashboard plots exists (GPU memory only on GPUs).
+    let dashboard = std::fs::read_to_string(
+        atelier_tests::workspace_root().join("deploy/grafana/atelier.json"),
+    )
+    .unwrap();
+    let exposed = format!("{coordinator}{after}");
+    let mut checked = 0;
+    for word in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("atelier_") && word != "atelier_worker_gpu_memory_used_bytes" {
+            assert!(
+                exposed.contains(&format!("# TYPE {word} ")),
+                "the dashboard plots {word}, which nothing exposes"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "{checked}");
+
     // JSON lines; the one saying a shard is complete carries the task's span.
     let log = cluster.workers[worker].log_text();
     let complete = log
