@@ -26,7 +26,7 @@ pub enum CatalogError {
     #[error("{file}: {problem}")]
     Schema { file: String, problem: String },
 
-    #[error("reading Parquet {file}: {source}")]
+    #[error("Parquet file {file}: {source}")]
     Parquet {
         file: String,
         #[source]
@@ -63,6 +63,13 @@ impl CatalogError {
     pub fn is_retryable(&self) -> bool {
         match self {
             CatalogError::Store { source, .. } => store_error_is_transient(source),
+            // The async reader and writer wrap store errors as External.
+            CatalogError::Parquet {
+                source: parquet::errors::ParquetError::External(inner),
+                ..
+            } => inner
+                .downcast_ref::<object_store::Error>()
+                .is_some_and(store_error_is_transient),
             CatalogError::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted

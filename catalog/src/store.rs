@@ -118,6 +118,7 @@ fn resolve(input: &str) -> Result<(Arc<dyn ObjectStore>, String, Path)> {
         "s3" | "s3a" => {
             let store = object_store::aws::AmazonS3Builder::from_env()
                 .with_url(input)
+                .with_retry(retry_config())
                 .build()
                 .map_err(|e| invalid(e.to_string()))?;
             Ok((Arc::new(store), authority(&url), object_path()?))
@@ -125,6 +126,7 @@ fn resolve(input: &str) -> Result<(Arc<dyn ObjectStore>, String, Path)> {
         "gs" => {
             let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                 .with_url(input)
+                .with_retry(retry_config())
                 .build()
                 .map_err(|e| invalid(e.to_string()))?;
             Ok((Arc::new(store), authority(&url), object_path()?))
@@ -132,6 +134,7 @@ fn resolve(input: &str) -> Result<(Arc<dyn ObjectStore>, String, Path)> {
         "az" | "azure" | "abfs" | "abfss" => {
             let store = object_store::azure::MicrosoftAzureBuilder::from_env()
                 .with_url(input)
+                .with_retry(retry_config())
                 .build()
                 .map_err(|e| invalid(e.to_string()))?;
             Ok((Arc::new(store), authority(&url), object_path()?))
@@ -247,6 +250,22 @@ impl StoreLocation {
             url: url.to_string(),
             reason: e.to_string(),
         })
+    }
+}
+
+/// Transient store faults (a restarting endpoint, a dropped connection,
+/// throttling) are retried with exponential backoff for about a minute before
+/// an error surfaces; object_store's default gives up after ~2.5 s when the
+/// endpoint refuses connections. Past that, the coordinator retries the task.
+fn retry_config() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: std::time::Duration::from_millis(200),
+            max_backoff: std::time::Duration::from_secs(8),
+            base: 2.0,
+        },
+        max_retries: 12,
+        retry_timeout: std::time::Duration::from_secs(120),
     }
 }
 

@@ -30,14 +30,19 @@ pub fn atelier_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("ATELIER_BIN") {
         return PathBuf::from(path);
     }
+    built_bin("atelier")
+}
+
+/// A binary of this workspace built beside the test executables.
+pub fn built_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    // target/<profile>/deps/<test> -> target/<profile>/atelier
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
     let profile_dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .map(PathBuf::from)
         .unwrap_or_default();
-    profile_dir.join("atelier")
+    profile_dir.join(name)
 }
 
 /// Runs `atelier` with `args`; returns its output, whatever the exit code.

@@ -1,0 +1,258 @@
+//! Catalogues, checkpoints and tags on S3: a real S3 server (s3s-fs, on
+//! loopback, data on disk) behind object_store's standard AWS_* settings. A
+//! whole tag job on s3://, an outage of the server mid-job (ridden out,
+//! exactly once), and permanent faults that name the bucket.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use atelier_proto::domain::JobState;
+use atelier_tests::cluster::Cluster;
+use atelier_tests::{atelier, atelier_ok, built_bin, python, runtime};
+
+const ACCESS_KEY: &str = "atelier-test";
+const SECRET_KEY: &str = "atelier-test-secret";
+
+/// The AWS_* variables are process-wide: one S3 test at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+struct S3Server {
+    root: PathBuf,
+    address: String,
+    child: Option<Child>,
+}
+
+impl S3Server {
+    fn start(root: &Path) -> Self {
+        let mut server = Self {
+            root: root.to_path_buf(),
+            address: "127.0.0.1:0".into(),
+            child: None,
+        };
+        server.spawn();
+        // Every atelier process of the test (CLI, coordinator, workers) inherits these.
+        std::env::set_var("AWS_ENDPOINT", format!("http://{}", server.address));
+        std::env::set_var("AWS_ALLOW_HTTP", "true");
+        std::env::set_var("AWS_ACCESS_KEY_ID", ACCESS_KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+        std::env::set_var("AWS_REGION", "us-east-1");
+        for bucket in ["catalogs", "models", "tags"] {
+            std::fs::create_dir_all(root.join(bucket)).unwrap();
+        }
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(built_bin("s3-test-server"))
+            .args([
+                self.root.to_str().unwrap(),
+                &self.address,
+                ACCESS_KEY,
+                SECRET_KEY,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("s3-test-server (cargo build --bins)");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        self.address = line
+            .trim()
+            .strip_prefix("s3 listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, over the same data.
+    fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn cluster_dir(root: &Path) -> PathBuf {
+    let dir = root.join("cluster");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A catalogue generated straight into S3 and a model trained from it into S3.
+fn catalogue_and_model(items: &str, rows_per_group: &str) -> (String, String) {
+    let catalog = "s3://catalogs/fashion".to_string();
+    let model = "s3://models/color".to_string();
+    atelier_ok(&[
+        "catalog",
+        "generate",
+        "--items",
+        items,
+        "--out",
+        &catalog,
+        "--size",
+        "48x64",
+        "--rows-per-group",
+        rows_per_group,
+    ]);
+    atelier_ok(&[
+        "train",
+        "--model-type",
+        "color",
+        "--arch",
+        "resnet18",
+        "--image-size",
+        "32",
+        "--n-epochs",
+        "1",
+        "--max-steps",
+        "2",
+        "--catalog",
+        &catalog,
+        "--checkpoint",
+        &model,
+    ]);
+    (catalog, model)
+}
+
+#[test]
+fn a_tag_job_reads_and_writes_s3() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let (catalog, model) = catalogue_and_model("1200", "200");
+    let mut cluster = Cluster::start(&cluster_dir(dir.path()), None, &[]);
+    cluster.add_worker(&[]);
+    cluster.add_worker(&[]);
+    let job = cluster.submit(&[
+        "submit",
+        "tag",
+        "--catalog",
+        &catalog,
+        "--checkpoint",
+        &model,
+        "--out",
+        "s3://tags/run-1",
+        "--shard-rows",
+        "200",
+    ]);
+    let done = runtime().block_on(cluster.wait_done(&job, Duration::from_secs(300)));
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    // The objects are files under the server's root: read them as a consumer would.
+    let out = s3.root.join("tags/run-1");
+    let read = python(&["tests/python/read_tags.py", out.to_str().unwrap(), "1200"]);
+    assert!(read.contains("\"parts\": 6"), "{read}");
+}
+
+#[test]
+fn an_s3_outage_mid_job_is_ridden_out_exactly_once() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let mut s3 = S3Server::start(&dir.path().join("s3"));
+    let (catalog, model) = catalogue_and_model("2000", "100");
+    let mut cluster = Cluster::start(&cluster_dir(dir.path()), None, &[]);
+    cluster.add_worker(&[]);
+    let job = cluster.submit(&[
+        "submit",
+        "tag",
+        "--catalog",
+        &catalog,
+        "--checkpoint",
+        &model,
+        "--out",
+        "s3://tags/run-2",
+        "--shard-rows",
+        "100",
+    ]);
+    let rt = runtime();
+    let midway = rt.block_on(
+        cluster.wait_for(&job, Duration::from_secs(300), "two shards", |j| {
+            j.tag.as_ref().is_some_and(|t| t.shards_done >= 2) || j.state.is_terminal()
+        }),
+    );
+    s3.kill();
+    // The outage must hit a running job, not one already done.
+    assert_eq!(midway.state, JobState::Running, "{midway:?}");
+    eprintln!("s3 down at {:?}", midway.tag);
+    let down = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    s3.restart();
+    let done = rt.block_on(cluster.wait_done(&job, Duration::from_secs(300)));
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert!(down.elapsed() >= Duration::from_secs(3));
+    let out = s3.root.join("tags/run-2");
+    python(&["tests/python/read_tags.py", out.to_str().unwrap(), "2000"]);
+}
+
+#[test]
+fn permanent_s3_faults_name_the_bucket_or_key() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let _s3 = S3Server::start(&dir.path().join("s3"));
+    let (catalog, model) = catalogue_and_model("200", "100");
+    let cluster = Cluster::start(&cluster_dir(dir.path()), None, &[]);
+
+    let missing = cluster.cli(&[
+        "submit",
+        "tag",
+        "--catalog",
+        "s3://no-such-bucket/fashion",
+        "--checkpoint",
+        &model,
+        "--out",
+        "s3://tags/run-3",
+    ]);
+    assert!(!missing.status.success());
+    let error = String::from_utf8_lossy(&missing.stderr);
+    assert!(error.contains("no-such-bucket"), "{error}");
+
+    let missing_key = cluster.cli(&[
+        "submit",
+        "tag",
+        "--catalog",
+        &catalog,
+        "--checkpoint",
+        "s3://models/no-such-model",
+        "--out",
+        "s3://tags/run-3",
+    ]);
+    let error = String::from_utf8_lossy(&missing_key.stderr);
+    assert!(
+        !missing_key.status.success() && error.contains("no-such-model"),
+        "{error}"
+    );
+
+    let bad_credentials = Command::new(atelier_tests::atelier_bin())
+        .args(["catalog", "inspect", &catalog])
+        .env("AWS_SECRET_ACCESS_KEY", "wrong")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let error = String::from_utf8_lossy(&bad_credentials.stderr);
+    assert!(!bad_credentials.status.success(), "{error}");
+    assert!(error.contains("catalogs"), "{error}");
+    // The right credentials read it.
+    let ok = atelier(&["catalog", "inspect", &catalog]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
