@@ -43,10 +43,9 @@ done
 start=$EPOCHREALTIME
 "$bin" submit train --coordinator 127.0.0.1:7071 --world-size "$gpus" --model-type pool --arch resnet50 \
   --image-size 224 --batch-size "$batch" --n-epochs 2 --lr 0.1 --schedule onecycle --bf16 --channels-last \
-  --val-fraction 0.05 --catalog "$work/catalog" --checkpoint "$work/model" --wait
+  --val-fraction 0.05 --catalog "$work/catalog" --checkpoint "$work/model" --wait | tee "$work/submit.txt"
 python3 -c "print('wall seconds: %.1f' % ($EPOCHREALTIME - $start))"
 grep -h "nccl\|gang" "$work"/worker-*.log | head -n 4
-"$bin" status --coordinator 127.0.0.1:7071 "$("$bin" jobs --coordinator 127.0.0.1:7071 | awk 'NR==1 {print $1}')"
 
 echo "== 3. PyTorch on the same model, batch and images (one GPU)"
 python3 bench/train_peer.py --catalog "$work/catalog" --arch resnet50 --image-size 224 --batch-size "$batch" \
