@@ -142,12 +142,15 @@ fn counters_move_during_a_job_and_logs_name_the_task() {
     assert_eq!(value(&coordinator, "atelier_items_tagged_total"), 2000.0);
     assert_eq!(value(&coordinator, "atelier_tasks{state=\"done\"}"), 8.0);
     assert_eq!(value(&coordinator, "atelier_workers"), 1.0);
-    assert!(
-        value(
-            &coordinator,
-            "atelier_stage_seconds_total{stage=\"forward\"}"
-        ) > 0.0
-    );
+    // Where the time went, stage by stage, on both sides and in `status`.
+    for stage in ["read", "decode", "transform", "forward", "write"] {
+        let series = format!("atelier_stage_seconds_total{{stage=\"{stage}\"}}");
+        assert!(value(&coordinator, &series) > 0.0, "{series}");
+        let series = format!("atelier_worker_stage_seconds_total{{stage=\"{stage}\"}}");
+        assert!(value(&after, &series) > 0.0, "{series}");
+    }
+    let status = cluster.cli_ok(&["status", &job]);
+    assert!(status.contains("seconds by stage"), "{status}");
 
     let healthy = rt.block_on(async {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{worker_health}"))

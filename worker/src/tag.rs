@@ -64,11 +64,14 @@ impl std::fmt::Debug for Taggers {
     }
 }
 
-/// How many rows of one output file are written, and how many of them carry an error.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How many rows of one output file are written, how many of them carry an
+/// error, and where the time went so far (pipeline stages summed over its
+/// threads; forward and write on the calling thread).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Written {
     pub rows: usize,
     pub errors: usize,
+    pub stages: atelier_proto::domain::StageTimes,
 }
 
 impl Taggers {
@@ -308,6 +311,7 @@ impl Taggers {
         let loader_options =
             inference_loader_options(&self.models[0].0, tagging.batch_size, tagging.threads);
         let loader = ImageLoader::new(catalog, ranges, loader_options, handle.clone())?;
+        let stats = loader.stats();
         let parquet_error = |source| atelier_catalog::CatalogError::Parquet {
             file: target.url(),
             source,
@@ -321,17 +325,32 @@ impl Taggers {
                 return Err(WorkerError::Cancelled);
             }
             let batch = batch?;
+            let forward = Instant::now();
             let rows = self.tag(&batch, &schema, tagging.device, tagging.beams)?;
+            written.stages.forward += forward.elapsed().as_secs_f64();
             written.rows += rows.num_rows();
             written.errors += batch.items.len() - batch.ok_count();
+            let write = Instant::now();
             handle
                 .block_on(writer.write(&rows))
                 .map_err(parquet_error)?;
+            written.stages.write += write.elapsed().as_secs_f64();
+            pipeline_stages(&mut written, &stats.snapshot());
             progress(written);
         }
+        let write = Instant::now();
         handle.block_on(writer.close()).map_err(parquet_error)?;
+        written.stages.write += write.elapsed().as_secs_f64();
+        pipeline_stages(&mut written, &stats.snapshot());
         Ok(written)
     }
+}
+
+fn pipeline_stages(written: &mut Written, stats: &atelier_pipeline::StatsSnapshot) {
+    written.stages.read = stats.read_s;
+    written.stages.fetch = stats.fetch_s;
+    written.stages.decode = stats.decode_s;
+    written.stages.transform = stats.transform_s;
 }
 
 pub fn tag(

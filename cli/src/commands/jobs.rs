@@ -380,6 +380,13 @@ pub fn print_job(job: &JobStatus) {
             );
         }
     }
+    let s = &job.stages;
+    if s.read + s.fetch + s.decode + s.transform + s.forward + s.write > 0.0 {
+        println!(
+            "  seconds by stage (summed over threads): read {:.1}, fetch {:.1}, decode {:.1}, transform {:.1}, forward {:.1}, write {:.1}",
+            s.read, s.fetch, s.decode, s.transform, s.forward, s.write
+        );
+    }
     if !job.metrics.is_empty() {
         let shown: Vec<String> = job
             .metrics

@@ -4,12 +4,10 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Instant;
 
 use atelier_catalog::{Catalog, ReadRange, StoreLocation};
 use atelier_proto::domain::{
-    EvalJobSpec, InferenceSettings, ShardWork, StageTimes, TaskOutcome, TaskProgressReport,
-    TaskWork,
+    EvalJobSpec, InferenceSettings, ShardWork, TaskOutcome, TaskProgressReport, TaskWork,
 };
 use tch::Device;
 use tokio::runtime::Handle;
@@ -190,7 +188,6 @@ impl Context {
                 shard.ranges.len()
             )));
         };
-        let started = Instant::now();
         let handle = self.handle.clone();
         let tagging = Tagging {
             device: self.device,
@@ -220,6 +217,7 @@ impl Context {
                 progress.send_replace(TaskProgressReport {
                     items_done: w.rows as u64,
                     items_failed: w.errors as u64,
+                    stages: w.stages,
                     ..Default::default()
                 });
             },
@@ -234,10 +232,7 @@ impl Context {
             rows_written: written.rows as u64,
             items_failed: written.errors as u64,
             output: shard.output.clone(),
-            stages: StageTimes {
-                forward: started.elapsed().as_secs_f64(),
-                ..Default::default()
-            },
+            stages: written.stages,
             metrics: Default::default(),
             model_version: version,
         })
