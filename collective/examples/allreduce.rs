@@ -67,13 +67,6 @@ fn main() {
 
     let collectives: Vec<Box<dyn Collective>> = match backend.as_str() {
         "ring" => {
-            let listeners: Vec<_> = (0..world)
-                .map(|_| RingCollective::bind("127.0.0.1").expect("bind"))
-                .collect();
-            let peers: Vec<String> = listeners
-                .iter()
-                .map(|l| l.local_addr().expect("address").to_string())
-                .collect();
             let defaults = RingOptions::default();
             let options = RingOptions {
                 timeout: Duration::from_secs(120),
@@ -83,25 +76,11 @@ fn main() {
                     .map_or(defaults.chunk_bytes, |kb| kb << 10),
                 ..defaults
             };
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = listeners
-                    .into_iter()
-                    .enumerate()
-                    .map(|(rank, listener)| {
-                        let peers = &peers;
-                        scope.spawn(move || {
-                            Box::new(
-                                RingCollective::connect(rank, listener, peers, options)
-                                    .expect("ring"),
-                            ) as Box<dyn Collective>
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("join"))
-                    .collect()
-            })
+            RingCollective::loopback(world, options)
+                .expect("ring")
+                .into_iter()
+                .map(|ring| Box::new(ring) as Box<dyn Collective>)
+                .collect()
         }
         "nccl" => {
             let library = NcclLibrary::load().expect("nccl");

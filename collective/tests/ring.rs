@@ -15,22 +15,13 @@ fn on_ring<T: Send>(
     options: RingOptions,
     body: impl Fn(RingCollective) -> T + Sync,
 ) -> Vec<T> {
-    let listeners: Vec<_> = (0..world)
-        .map(|_| RingCollective::bind("127.0.0.1").unwrap())
-        .collect();
-    let peers: Vec<String> = listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().to_string())
-        .collect();
+    let ranks = RingCollective::loopback(world, options).unwrap();
     std::thread::scope(|scope| {
-        let handles: Vec<_> = listeners
+        let handles: Vec<_> = ranks
             .into_iter()
-            .enumerate()
-            .map(|(rank, listener)| {
-                let (peers, body) = (&peers, &body);
-                scope.spawn(move || {
-                    body(RingCollective::connect(rank, listener, peers, options).unwrap())
-                })
+            .map(|ring| {
+                let body = &body;
+                scope.spawn(move || body(ring))
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()

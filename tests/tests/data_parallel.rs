@@ -99,27 +99,17 @@ fn weights(checkpoint: &str) -> (HashMap<String, Tensor>, i64) {
 
 /// Trains `world` ranks on threads; returns each rank's losses.
 fn train_on_ring(options: &TrainOptions, world: usize) -> Vec<Vec<f64>> {
-    let listeners: Vec<_> = (0..world)
-        .map(|_| RingCollective::bind("127.0.0.1").unwrap())
-        .collect();
-    let peers: Vec<String> = listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().to_string())
-        .collect();
     let ring_options = RingOptions {
         timeout: Duration::from_secs(60),
         ..RingOptions::default()
     };
+    let ranks = RingCollective::loopback(world, ring_options).unwrap();
     std::thread::scope(|scope| {
-        let handles: Vec<_> = listeners
+        let handles: Vec<_> = ranks
             .into_iter()
-            .enumerate()
-            .map(|(rank, listener)| {
-                let peers = &peers;
+            .map(|mut ring| {
                 scope.spawn(move || {
                     let rt = runtime();
-                    let mut ring =
-                        RingCollective::connect(rank, listener, peers, ring_options).unwrap();
                     let mut losses = Vec::new();
                     train_ranked(options, rt.handle(), &mut ring, &|| false, &mut |e| {
                         if let TrainEvent::Step { loss, .. } = e {

@@ -116,6 +116,37 @@ impl RingCollective {
         Ok(ring)
     }
 
+    /// All `world` ranks of a ring on loopback, by rank, for tests and
+    /// benchmarks that run each rank on a thread of their own.
+    pub fn loopback(world: usize, options: RingOptions) -> Result<Vec<Self>> {
+        let listeners = (0..world)
+            .map(|_| Self::bind("127.0.0.1"))
+            .collect::<Result<Vec<_>>>()?;
+        let peers = listeners
+            .iter()
+            .map(|l| l.local_addr().map(|a| a.to_string()))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| CollectiveError::Setup(format!("listener address: {e}")))?;
+        std::thread::scope(|scope| {
+            let joining: Vec<_> = listeners
+                .into_iter()
+                .enumerate()
+                .map(|(rank, listener)| {
+                    let peers = &peers;
+                    scope.spawn(move || Self::connect(rank, listener, peers, options))
+                })
+                .collect();
+            joining
+                .into_iter()
+                .map(|j| {
+                    j.join().unwrap_or_else(|_| {
+                        Err(CollectiveError::Setup("a joining thread panicked".into()))
+                    })
+                })
+                .collect()
+        })
+    }
+
     fn segment(&self, index: usize, len: usize) -> std::ops::Range<usize> {
         index * len / self.world..(index + 1) * len / self.world
     }
