@@ -82,10 +82,6 @@ impl GradientBuckets {
         Self { params, buckets }
     }
 
-    pub fn bucket_count(&self) -> usize {
-        self.buckets.len()
-    }
-
     /// Averages the gradients over the global batch. Each rank's gradients are
     /// the mean over its own `items`; weighting them by `items` makes the
     /// result the mean over every rank's items, the gradient one process

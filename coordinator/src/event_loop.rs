@@ -122,7 +122,6 @@ pub struct LoopGauges {
     pub tasks_queued: AtomicU64,
     pub gangs_waiting: AtomicU64,
     pub lease_expiries: AtomicU64,
-    pub batches: AtomicU64,
 }
 
 /// The way into the event loop, cheap to clone.
@@ -662,7 +661,6 @@ impl EventLoop {
             .store(counts.queued as u64, Ordering::Relaxed);
         g.gangs_waiting
             .store(counts.gangs as u64, Ordering::Relaxed);
-        g.batches.fetch_add(1, Ordering::Relaxed);
     }
 
     fn publish_touched(&mut self) {

@@ -42,10 +42,6 @@ impl Counter {
             self.0.add(delta);
         }
     }
-
-    pub fn get(&self) -> f64 {
-        self.0.get()
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -54,10 +50,6 @@ pub struct Gauge(Arc<AtomicF64>);
 impl Gauge {
     pub fn set(&self, value: f64) {
         self.0.set(value);
-    }
-
-    pub fn get(&self) -> f64 {
-        self.0.get()
     }
 }
 

@@ -127,3 +127,19 @@ pub fn python(args: &[&str]) -> String {
     );
     stdout
 }
+
+/// A checkpoint's weights by name, and the step they were saved at.
+pub fn checkpoint_weights(url: &str) -> (std::collections::HashMap<String, tch::Tensor>, i64) {
+    let rt = runtime();
+    let dir = atelier_models::checkpoint::CheckpointDir::parse(url)
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let manifest = rt
+        .block_on(dir.require_manifest())
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let tensors = rt
+        .block_on(dir.read_tensors(&manifest.weights))
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
+        .into_iter()
+        .collect();
+    (tensors, manifest.step)
+}

@@ -4,18 +4,15 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use atelier_catalog::synthetic::{generate, GenerateOptions};
 use atelier_catalog::{StoreLocation, WriterOptions};
 use atelier_collective::{RingCollective, RingOptions};
-use atelier_models::checkpoint::CheckpointDir;
 use atelier_models::optim::{OptimizerKind, ScheduleKind};
 use atelier_models::{Arch, Task};
-use atelier_tests::runtime;
+use atelier_tests::{checkpoint_weights, runtime};
 use atelier_worker::train::{train, train_ranked, TrainEvent, TrainOptions};
-use tch::Tensor;
 
 fn catalogue(dir: &std::path::Path) -> String {
     let rt = runtime();
@@ -85,18 +82,6 @@ fn options(catalog: &str, checkpoint: &str, batch_size: usize, max_steps: i64) -
     }
 }
 
-fn weights(checkpoint: &str) -> (HashMap<String, Tensor>, i64) {
-    let rt = runtime();
-    let dir = CheckpointDir::parse(checkpoint).unwrap();
-    let manifest = rt.block_on(dir.require_manifest()).unwrap();
-    let tensors = rt
-        .block_on(dir.read_tensors(&manifest.weights))
-        .unwrap()
-        .into_iter()
-        .collect();
-    (tensors, manifest.step)
-}
-
 /// Trains `world` ranks on threads; returns each rank's losses.
 fn train_on_ring(options: &TrainOptions, world: usize) -> Vec<Vec<f64>> {
     let ring_options = RingOptions {
@@ -152,8 +137,8 @@ fn w_ranks_with_batch_b_equal_one_rank_with_batch_w_times_b() {
         let ranked = ranked.to_str().unwrap();
         let losses = train_on_ring(&options(&catalog, ranked, batch, steps), world);
 
-        let (reference, reference_step) = weights(single);
-        let (trained, trained_step) = weights(ranked);
+        let (reference, reference_step) = checkpoint_weights(single);
+        let (trained, trained_step) = checkpoint_weights(ranked);
         assert_eq!((reference_step, trained_step), (steps, steps));
         let mut compared = 0;
         for (name, expected) in &reference {

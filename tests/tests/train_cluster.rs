@@ -4,16 +4,13 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use atelier_models::checkpoint::CheckpointDir;
 use atelier_proto::domain::JobState;
 use atelier_tests::cluster::Cluster;
-use atelier_tests::{atelier_ok, runtime};
-use tch::Tensor;
+use atelier_tests::{atelier_ok, checkpoint_weights, runtime};
 
 static ONE_CLUSTER: Mutex<()> = Mutex::new(());
 
@@ -40,18 +37,6 @@ fn catalogue(dir: &Path) -> String {
         "5",
     ]);
     out
-}
-
-fn weights(checkpoint: &str) -> (HashMap<String, Tensor>, i64) {
-    let rt = runtime();
-    let dir = CheckpointDir::parse(checkpoint).unwrap();
-    let manifest = rt.block_on(dir.require_manifest()).unwrap();
-    let tensors = rt
-        .block_on(dir.read_tensors(&manifest.weights))
-        .unwrap()
-        .into_iter()
-        .collect();
-    (tensors, manifest.step)
 }
 
 /// Head-only training without augmentation, in the sampler's order: the
@@ -125,8 +110,8 @@ fn a_gang_of_two_workers_equals_one_process_with_the_global_batch() {
         "{train:?}"
     );
 
-    let (reference, reference_step) = weights(&single);
-    let (trained, trained_step) = weights(&ranked);
+    let (reference, reference_step) = checkpoint_weights(&single);
+    let (trained, trained_step) = checkpoint_weights(&ranked);
     assert_eq!((reference_step, trained_step), (6, 6));
     let heads: Vec<&String> = reference
         .keys()
@@ -213,7 +198,7 @@ fn a_killed_rank_restarts_the_gang_from_its_checkpoint() {
     let restart = &train.restarts[0];
     assert!(restart.cause.contains("rank"), "{restart:?}");
     assert_eq!(train.step, train.total_steps, "{train:?}");
-    let (_, step) = weights(&checkpoint);
+    let (_, step) = checkpoint_weights(&checkpoint);
     assert_eq!(step, train.total_steps);
     let status = cluster.cli_ok(&["status", &job]);
     assert!(status.contains("restart 1 at step"), "{status}");

@@ -296,10 +296,6 @@ impl State {
         Ok(id)
     }
 
-    pub fn worker_count(&self) -> usize {
-        self.workers.len()
-    }
-
     /// Sizes the metrics report, each O(1).
     pub fn counts(&self) -> Counts {
         Counts {
