@@ -20,8 +20,6 @@ pub enum CoordinatorError {
         attempt: u32,
         reason: String,
     },
-    #[error("{0}")]
-    Unsupported(String),
     #[error("state store {path}: {source}")]
     Store {
         path: String,
@@ -60,7 +58,6 @@ impl CoordinatorError {
             Self::InvalidArgument(_) | Self::BadCatalog(_) => Code::InvalidArgument,
             Self::JobNotFound(_) | Self::UnknownWorker(_) => Code::NotFound,
             Self::ProtocolMismatch { .. } | Self::StaleLease { .. } => Code::FailedPrecondition,
-            Self::Unsupported(_) => Code::Unimplemented,
             Self::Output { .. } => Code::FailedPrecondition,
             Self::ShuttingDown => Code::Unavailable,
             Self::Store { .. } | Self::Record { .. } | Self::Internal(_) => Code::Internal,

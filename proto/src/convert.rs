@@ -532,6 +532,8 @@ impl From<Registration> for v1::RegisterRequest {
             memory_bytes: r.memory_bytes,
             cpu_cores: r.cpu_cores,
             atelier_version: r.atelier_version,
+            process_id: r.process_id,
+            lane: r.lane,
         }
     }
 }
@@ -552,6 +554,8 @@ impl From<v1::RegisterRequest> for Registration {
             memory_bytes: r.memory_bytes,
             cpu_cores: r.cpu_cores,
             atelier_version: r.atelier_version,
+            process_id: r.process_id,
+            lane: r.lane,
         }
     }
 }

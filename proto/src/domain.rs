@@ -106,6 +106,7 @@ pub struct TrainJobSpec {
     pub val_fraction: f64,
     pub seed: u64,
     pub world_size: u32,
+    /// Ranks on each worker process the gang uses; 0 packs as many as fit.
     pub ranks_per_worker: u32,
     pub max_restarts: u32,
     pub checkpoint_every: u32,
@@ -334,6 +335,9 @@ pub struct Registration {
     pub memory_bytes: u64,
     pub cpu_cores: u32,
     pub atelier_version: String,
+    /// Shared by the lanes (one per device) of one worker process.
+    pub process_id: String,
+    pub lane: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -51,6 +51,11 @@ impl Gauge {
     pub fn set(&self, value: f64) {
         self.0.set(value);
     }
+
+    /// Moves the gauge up or down (several lanes share one busy gauge).
+    pub fn add(&self, delta: f64) {
+        self.0.add(delta);
+    }
 }
 
 #[derive(Debug)]

@@ -1,6 +1,7 @@
-//! Train jobs as gangs of real worker processes on loopback: W ranks equal
-//! one process with the global batch, a killed rank restarts the gang from
-//! its checkpoint, and a gang never starts on too few workers.
+//! Train jobs as gangs of real worker processes on loopback: W ranks (two
+//! lanes of one worker) equal one process with the global batch, a killed
+//! rank restarts the gang from its checkpoint, and a gang never starts on
+//! too few workers.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
@@ -83,7 +84,7 @@ fn equivalence_flags<'a>(catalog: &'a str, checkpoint: &'a str, batch: &'a str) 
 }
 
 #[test]
-fn a_gang_of_two_workers_equals_one_process_with_the_global_batch() {
+fn a_gang_of_two_lanes_equals_one_process_with_the_global_batch() {
     let _one = one_cluster();
     let dir = tempfile::tempdir().unwrap();
     let catalog = catalogue(dir.path());
@@ -93,10 +94,17 @@ fn a_gang_of_two_workers_equals_one_process_with_the_global_batch() {
     args.extend(equivalence_flags(&catalog, &single, "16"));
     atelier_ok(&args);
 
+    // One worker process with two CPU lanes holds both ranks.
     let mut cluster = Cluster::start(dir.path(), None, &[]);
-    cluster.add_worker(&[]);
-    cluster.add_worker(&[]);
-    let mut args = vec!["submit", "train", "--world-size", "2"];
+    let worker = cluster.add_worker(&["--device", "cpu,cpu"]);
+    let mut args = vec![
+        "submit",
+        "train",
+        "--world-size",
+        "2",
+        "--ranks-per-worker",
+        "2",
+    ];
     args.extend(equivalence_flags(&catalog, &ranked, "8"));
     let job = cluster.submit(&args);
     let rt = runtime();
@@ -127,6 +135,7 @@ fn a_gang_of_two_workers_equals_one_process_with_the_global_batch() {
     }
     let status = cluster.cli_ok(&["status", &job]);
     assert!(status.contains("rank 1 on"), "{status}");
+    assert_eq!(cluster.workers[worker].count("gang assembled"), 2);
     // Rank 0 kept the metrics log, so the run plots like a local one.
     atelier_ok(&["plot", "--checkpoint", &ranked]);
     assert!(Path::new(&ranked).join("plots/curves.png").exists());
@@ -238,6 +247,28 @@ fn a_gang_never_starts_on_too_few_workers() {
     let done = rt.block_on(cluster.wait_done(&job, SLOW));
     assert_eq!(done.state, JobState::Failed, "{done:?}");
     let error = done.error.clone().unwrap_or_default();
-    assert!(error.contains("needs 2 workers"), "{error}");
+    assert!(error.contains("needs 2 ranks"), "{error}");
     assert_eq!(cluster.workers[lonely].count("task leased"), 0);
+
+    // Ranks that cannot split evenly over workers are refused at submit.
+    let refused = cluster.cli(&[
+        "submit",
+        "train",
+        "--world-size",
+        "3",
+        "--ranks-per-worker",
+        "2",
+        "--model-type",
+        "color",
+        "--catalog",
+        &catalog,
+        "--checkpoint",
+        &checkpoint,
+    ]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("not a multiple of ranks_per_worker 2"),
+        "{stderr}"
+    );
 }

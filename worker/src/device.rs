@@ -30,6 +30,33 @@ pub fn parse_device(name: &str) -> Result<Device> {
     Ok(device)
 }
 
+/// A worker's devices: one name, a comma-separated list (`cuda:0,cuda:1`;
+/// `cpu,cpu` runs two CPU lanes), or `cuda:all` for every visible GPU.
+/// Each becomes one lane of the worker, checked like [`parse_device`].
+pub fn parse_devices(spec: &str) -> Result<Vec<String>> {
+    if spec.trim() == "cuda:all" {
+        let count = tch::Cuda::device_count();
+        if count == 0 {
+            return Err(WorkerError::InvalidOptions(
+                "device cuda:all: no CUDA devices are visible".into(),
+            ));
+        }
+        return Ok((0..count).map(|i| format!("cuda:{i}")).collect());
+    }
+    let mut names = Vec::new();
+    for name in spec.split(',').map(str::trim) {
+        let device = parse_device(name)?;
+        let name = device_name(device);
+        if device.is_cuda() && names.contains(&name) {
+            return Err(WorkerError::InvalidOptions(format!(
+                "device {name} is listed twice in {spec:?}; give each GPU one lane"
+            )));
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
 pub fn device_name(device: Device) -> String {
     match device {
         Device::Cuda(index) => format!("cuda:{index}"),
@@ -57,5 +84,25 @@ pub fn gpu_memory_used(index: usize) -> Option<usize> {
             return None;
         }
         Some(total.saturating_sub(free))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_list_gives_one_lane_per_entry_and_names_what_is_wrong() {
+        assert_eq!(parse_devices("cpu").unwrap(), vec!["cpu"]);
+        assert_eq!(parse_devices("cpu, cpu").unwrap(), vec!["cpu", "cpu"]);
+        let error = parse_devices("cpu,gpu0").unwrap_err().to_string();
+        assert!(error.contains("\"gpu0\""), "{error}");
+        if tch::Cuda::device_count() == 0 {
+            let error = parse_devices("cuda:all").unwrap_err().to_string();
+            assert!(error.contains("no CUDA devices"), "{error}");
+        } else {
+            let error = parse_devices("cuda:0,cuda:0").unwrap_err().to_string();
+            assert!(error.contains("listed twice"), "{error}");
+        }
     }
 }

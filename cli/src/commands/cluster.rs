@@ -74,10 +74,11 @@ impl AccessArgs {
 pub struct WorkerArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// cpu or cuda:N.
+    /// cpu, cuda:N, a comma list (cuda:0,cuda:1; cpu,cpu) or cuda:all: one
+    /// lane per device, each taking tasks and train ranks of its own.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Decode threads (default: all cores).
+    /// Decode threads, shared out among the lanes (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Host or IP the other ranks of a train gang reach this worker at

@@ -83,16 +83,17 @@ pub struct SubmitTrainArgs {
     pub client: ClientArgs,
     #[command(flatten)]
     pub train: TrainArgs,
-    /// Data-parallel ranks, one per worker; --batch-size is per rank.
+    /// Data-parallel ranks, one per worker device (lane); --batch-size is per rank.
     #[arg(long, default_value_t = 1)]
     pub world_size: u32,
-    /// Ranks per worker (one today: run one worker per GPU).
-    #[arg(long, default_value_t = 1)]
+    /// Ranks on each worker the gang uses, consecutive ranks together (a
+    /// worker with `--device cuda:0,cuda:1` holds 2); 0 packs as many as fit.
+    #[arg(long, default_value_t = 0)]
     pub ranks_per_worker: u32,
     /// Gang restarts (resuming from the last checkpoint) after a rank fails.
     #[arg(long, default_value_t = 2)]
     pub max_restarts: u32,
-    /// Fail the job if world-size workers are not free at once within this many seconds.
+    /// Fail the job if world-size worker lanes are not free at once within this many seconds.
     #[arg(long, default_value_t = 600)]
     pub gang_timeout_s: u32,
     /// A rank silent this long in an all-reduce fails the step (seconds).

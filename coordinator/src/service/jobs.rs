@@ -64,16 +64,16 @@ impl JobApi {
     }
 
     async fn submit_train(&self, spec: TrainJobSpec) -> Result<String> {
-        if spec.ranks_per_worker > 1 {
-            return Err(CoordinatorError::Unsupported(format!(
-                "ranks_per_worker {}: a worker runs one rank; start one worker per GPU (--device cuda:N)",
+        let world_size = spec.world_size.max(1);
+        if spec.ranks_per_worker > 0 && !world_size.is_multiple_of(spec.ranks_per_worker) {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "world_size {world_size} is not a multiple of ranks_per_worker {}",
                 spec.ranks_per_worker
             )));
         }
         Catalog::open(&spec.catalog)
             .await
             .map_err(CoordinatorError::BadCatalog)?;
-        let world_size = spec.world_size.max(1);
         let works = (0..world_size)
             .map(|rank| TaskWork::Train {
                 spec: spec.clone(),

@@ -35,9 +35,9 @@ impl State {
         !self.gangs.is_empty()
     }
 
-    /// Starts the first waiting gang that fits on `idle` (distinct workers
-    /// now asking for work, in the order they asked): rank r goes to
-    /// `idle[r]`. Returns who got what.
+    /// Starts the first waiting gang that fits on `idle` (distinct worker
+    /// lanes now asking for work, in the order they asked), consecutive
+    /// ranks on the lanes of one worker process. Returns who got what.
     pub fn place_gang(
         &mut self,
         idle: &[String],
@@ -49,17 +49,23 @@ impl State {
                 .get(job_id)
                 .is_some_and(|j| !j.state.is_terminal())
         });
+        let processes = self.idle_by_process(idle);
         for (position, job_id) in self.gangs.iter().enumerate() {
             let ranks = self.job_tasks.get(job_id).map_or(0, Vec::len);
-            if ranks > 0 && ranks <= idle.len() {
-                chosen = Some(position);
+            let per_process = match self.jobs.get(job_id).map(|j| &j.spec) {
+                Some(JobSpec::Train(spec)) => spec.ranks_per_worker as usize,
+                _ => 0,
+            };
+            if let Some(lanes) = pick_lanes(&processes, ranks, per_process) {
+                chosen = Some((position, lanes));
                 break;
             }
         }
-        let job_id = self.gangs.remove(chosen?)?;
+        let (position, lanes) = chosen?;
+        let job_id = self.gangs.remove(position)?;
         let tasks = self.job_tasks.get(&job_id)?.clone();
         let mut placed = Vec::with_capacity(tasks.len());
-        for (task_id, worker_id) in tasks.iter().zip(idle) {
+        for (task_id, worker_id) in tasks.iter().zip(&lanes) {
             if let Some(assignment) = self.hand_out(task_id, worker_id, now) {
                 placed.push((worker_id.clone(), assignment));
             }
@@ -69,6 +75,20 @@ impl State {
         }
         tracing::info!(job = %job_id, ranks = placed.len(), "gang started");
         Some(placed)
+    }
+
+    /// The idle lanes grouped by worker process, processes in the order
+    /// their first lane asked.
+    fn idle_by_process(&self, idle: &[String]) -> Vec<Vec<String>> {
+        let mut processes: Vec<(&str, Vec<String>)> = Vec::new();
+        for lane in idle {
+            let process = self.workers.get(lane).map_or(lane.as_str(), |w| &w.process);
+            match processes.iter_mut().find(|(p, _)| *p == process) {
+                Some((_, lanes)) => lanes.push(lane.clone()),
+                None => processes.push((process, vec![lane.clone()])),
+            }
+        }
+        processes.into_iter().map(|(_, lanes)| lanes).collect()
     }
 
     /// Stops every rank of the job and queues the gang again, or fails the
@@ -143,9 +163,10 @@ impl State {
             let Some(job) = self.jobs.get(job_id) else {
                 continue;
             };
-            let (world, timeout) = match &job.spec {
+            let (world, per_process, timeout) = match &job.spec {
                 JobSpec::Train(spec) => (
                     spec.world_size.max(1),
+                    spec.ranks_per_worker,
                     match spec.gang_timeout_s {
                         0 => default_timeout,
                         s => Duration::from_secs(u64::from(s)),
@@ -157,12 +178,16 @@ impl State {
                 .gang_waiting_since_unix_ms
                 .map_or(0, |since| (now - since).max(0) as u64);
             if waited >= timeout.as_millis() as u64 {
-                expired.push((job_id.clone(), world, timeout));
+                expired.push((job_id.clone(), world, per_process, timeout));
             }
         }
-        for (job_id, world, timeout) in expired {
+        for (job_id, world, per_process, timeout) in expired {
+            let placement = match per_process {
+                0 => String::new(),
+                n => format!(", {n} on each worker process"),
+            };
             let message = format!(
-                "the gang needs {world} workers at once, but no {world} were free within {timeout:?} ({} registered)",
+                "the gang needs {world} ranks at once{placement}, but not enough worker lanes were free within {timeout:?} ({} registered)",
                 self.workers.len()
             );
             tracing::warn!(job = %job_id, %message, "gang did not start");
@@ -225,6 +250,31 @@ impl State {
             ..lead
         }
     }
+}
+
+/// Lanes for `ranks` ranks, consecutive ranks on the same process: exactly
+/// `per_process` on every process used, or with 0 as many as each has,
+/// fullest processes first (fewest processes, least traffic between hosts).
+fn pick_lanes(processes: &[Vec<String>], ranks: usize, per_process: usize) -> Option<Vec<String>> {
+    if ranks == 0 {
+        return None;
+    }
+    let mut order: Vec<&Vec<String>> = processes.iter().collect();
+    order.sort_by_key(|lanes| std::cmp::Reverse(lanes.len()));
+    let mut chosen = Vec::with_capacity(ranks);
+    for lanes in order {
+        let take = match per_process {
+            0 => lanes.len(),
+            n if lanes.len() >= n => n,
+            _ => continue,
+        };
+        let take = take.min(ranks - chosen.len());
+        chosen.extend(lanes.iter().take(take).cloned());
+        if chosen.len() == ranks {
+            return Some(chosen);
+        }
+    }
+    None
 }
 
 /// The gang once every rank's current lease has offered; `offers[r]` is

@@ -22,11 +22,14 @@ struct Lease {
     deadline: Instant,
 }
 
-/// What the coordinator tracks of a registered worker. (Its devices matter
-/// once train jobs are gang-scheduled; tag shards go to whoever asks.)
+/// What the coordinator tracks of a registered worker (one lane, that is one
+/// device, of a worker process). Tag shards go to whoever asks; gangs keep
+/// their ranks together on processes.
 #[derive(Debug, Clone)]
 struct Worker {
     last_seen: Instant,
+    /// The worker process this lane belongs to.
+    process: String,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -292,7 +295,18 @@ impl State {
             },
             rand::random::<u32>()
         );
-        self.workers.insert(id.clone(), Worker { last_seen: now });
+        let process = if registration.process_id.is_empty() {
+            id.clone()
+        } else {
+            registration.process_id
+        };
+        self.workers.insert(
+            id.clone(),
+            Worker {
+                last_seen: now,
+                process,
+            },
+        );
         Ok(id)
     }
 

@@ -19,6 +19,8 @@ fn registration() -> Registration {
         memory_bytes: 0,
         cpu_cores: 2,
         atelier_version: "0".into(),
+        process_id: String::new(),
+        lane: 0,
     }
 }
 
@@ -270,11 +272,21 @@ fn a_restart_from_the_store_keeps_attempts_and_the_queue() {
 }
 
 fn gang_job(state: &mut State, world: u32, max_restarts: u32) -> String {
+    gang_job_per_worker(state, world, 0, max_restarts)
+}
+
+fn gang_job_per_worker(
+    state: &mut State,
+    world: u32,
+    ranks_per_worker: u32,
+    max_restarts: u32,
+) -> String {
     let spec = TrainJobSpec {
         catalog: "file:///c".into(),
         checkpoint: "file:///k".into(),
         model_type: "color".into(),
         world_size: world,
+        ranks_per_worker,
         max_restarts,
         ..Default::default()
     };
@@ -330,6 +342,69 @@ fn a_gang_starts_all_at_once_on_distinct_workers_or_not_at_all() {
     );
     assert!(!state.has_waiting_gangs());
     assert_eq!(state.status(&job).unwrap().state, JobState::Running);
+}
+
+/// `lanes` lanes of one worker process.
+fn process(state: &mut State, name: &str, lanes: u32, now: Instant) -> Vec<String> {
+    (0..lanes)
+        .map(|lane| {
+            let registration = Registration {
+                process_id: name.into(),
+                lane,
+                ..registration()
+            };
+            state.register(registration, now).unwrap()
+        })
+        .collect()
+}
+
+fn rank_lanes(placed: &[(String, Assignment)]) -> Vec<String> {
+    let mut ranks: Vec<(u32, String)> = placed
+        .iter()
+        .map(|(w, a)| match &a.work {
+            TaskWork::Train { rank, .. } => (*rank, w.clone()),
+            _ => panic!("not a rank"),
+        })
+        .collect();
+    ranks.sort();
+    ranks.into_iter().map(|(_, w)| w).collect()
+}
+
+#[test]
+fn ranks_per_worker_puts_exactly_that_many_consecutive_ranks_on_each_worker() {
+    let now = Instant::now();
+    let mut state = State::new(TIMEOUT);
+    gang_job_per_worker(&mut state, 4, 2, 0);
+    let small = process(&mut state, "small", 1, now);
+    let a = process(&mut state, "a", 2, now);
+    let b = process(&mut state, "b", 3, now);
+    // The one-lane worker is no use; "a" and "b" alone are not enough yet
+    // when only one lane of "a" is free.
+    let idle: Vec<String> = [&small[..], &a[..1], &b[..]].concat();
+    assert!(state.place_gang(&idle, now).is_none());
+    let idle: Vec<String> = [&small[..], &a[..], &b[..]].concat();
+    let lanes = rank_lanes(&state.place_gang(&idle, now).unwrap());
+    // Fullest worker first: ranks 0-1 on "b", 2-3 on "a".
+    assert_eq!(
+        lanes,
+        vec![b[0].clone(), b[1].clone(), a[0].clone(), a[1].clone()]
+    );
+}
+
+#[test]
+fn by_default_a_gang_packs_onto_the_fewest_workers() {
+    let now = Instant::now();
+    let mut state = State::new(TIMEOUT);
+    gang_job(&mut state, 3, 0);
+    let single = workers(&mut state, 2, now);
+    let four = process(&mut state, "four", 4, now);
+    let idle: Vec<String> = [&single[..], &four[..]].concat();
+    let lanes = rank_lanes(&state.place_gang(&idle, now).unwrap());
+    assert_eq!(lanes, four[..3].to_vec());
+    // Without a multi-lane worker the ranks spread over single-lane ones.
+    gang_job(&mut state, 2, 0);
+    let lanes = rank_lanes(&state.place_gang(&single, now).unwrap());
+    assert_eq!(lanes, single);
 }
 
 #[test]
@@ -403,7 +478,7 @@ fn a_gang_that_waits_too_long_fails_with_the_reason() {
     assert_eq!(status.state, JobState::Failed);
     let error = status.error.unwrap();
     assert!(
-        error.contains("needs 4 workers") && error.contains("2 registered"),
+        error.contains("needs 4 ranks") && error.contains("2 registered"),
         "{error}"
     );
 }

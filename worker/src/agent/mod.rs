@@ -1,8 +1,9 @@
-//! `atelier worker`: registers with the coordinator, heartbeats on its own
-//! task (also while busy), leases tasks one at a time, runs them on the
-//! compute thread, streams progress, and reports each task done only after
-//! its output is written. On shutdown it stops leasing, finishes the task in
-//! hand, reports it, and returns.
+//! `atelier worker`: one lane per device (`--device cuda:0,cuda:1`). Each
+//! lane registers with the coordinator, heartbeats on its own task (also
+//! while busy), leases tasks one at a time, runs them on its own compute
+//! thread, streams progress, and reports each task done only after its
+//! output is written. On shutdown every lane stops leasing, finishes the
+//! task in hand, reports it, and returns.
 
 mod address;
 mod compute;
@@ -34,9 +35,9 @@ pub struct AgentOptions {
     pub coordinator: String,
     /// The bearer token and the TLS roots to trust.
     pub connect: Connect,
-    /// `cpu` or `cuda:N`.
+    /// `cpu`, `cuda:N`, a comma list of them (one lane each), or `cuda:all`.
     pub device: String,
-    /// Decode threads.
+    /// Decode threads, shared out among the lanes.
     pub threads: usize,
     /// How long one lease request waits for work.
     pub poll_wait: Duration,
@@ -71,26 +72,96 @@ pub struct AgentSummary {
     pub tasks_stopped: usize,
 }
 
-/// Runs the worker until `shutdown` resolves (then drains) or a fatal error
-/// (wrong token, wrong protocol version).
+impl AgentSummary {
+    fn add(&mut self, other: Self) {
+        self.tasks_done += other.tasks_done;
+        self.tasks_failed += other.tasks_failed;
+        self.tasks_stopped += other.tasks_stopped;
+    }
+}
+
+/// Runs the worker's lanes until `shutdown` resolves (then each drains) or a
+/// lane meets a fatal error (wrong token, wrong protocol version), which
+/// stops them all.
 pub async fn run_agent(
     options: AgentOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<AgentSummary> {
+    let devices = crate::device::parse_devices(&options.device)?;
+    let threads = (options.threads / devices.len()).max(1);
+    let advertise_host = options
+        .advertise_host
+        .clone()
+        .unwrap_or_else(|| address::advertise_host(&options.coordinator));
+    let process_id = format!("{:016x}", rand::random::<u64>());
+    let (stop, stopped) = watch::channel(false);
+    let mut lanes = tokio::task::JoinSet::new();
+    for (index, device) in devices.into_iter().enumerate() {
+        let span = tracing::info_span!("lane", lane = index, device = %device);
+        let lane = Lane {
+            options: AgentOptions {
+                device,
+                threads,
+                advertise_host: Some(advertise_host.clone()),
+                ..options.clone()
+            },
+            process_id: process_id.clone(),
+            index: index as u32,
+        };
+        let mut stopped = stopped.clone();
+        let until_stopped = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        lanes.spawn(run_lane(lane, until_stopped).instrument(span));
+    }
+    tokio::pin!(shutdown);
+    let mut summary = AgentSummary::default();
+    let mut failure = None;
+    loop {
+        let stopping = *stop.borrow();
+        tokio::select! {
+            () = &mut shutdown, if !stopping => {
+                stop.send_replace(true);
+            }
+            joined = lanes.join_next() => match joined {
+                None => break,
+                Some(Ok(Ok(lane))) => summary.add(lane),
+                Some(Ok(Err(e))) => {
+                    stop.send_replace(true);
+                    failure.get_or_insert(e);
+                }
+                Some(Err(e)) => {
+                    stop.send_replace(true);
+                    failure.get_or_insert(WorkerError::Data(format!("a worker lane stopped: {e}")));
+                }
+            }
+        }
+    }
+    tracing::info!(?summary, "worker stopped");
+    failure.map_or(Ok(summary), Err)
+}
+
+/// One device of the worker, registered as a worker of its own.
+struct Lane {
+    options: AgentOptions,
+    process_id: String,
+    index: u32,
+}
+
+async fn run_lane(lane: Lane, shutdown: impl Future<Output = ()>) -> Result<AgentSummary> {
+    let options = &lane.options;
     let device = crate::device::parse_device(&options.device)?;
     let compute = ComputeThread::start(
         device,
         crate::device::device_name(device),
         options.threads.max(1),
         tokio::runtime::Handle::current(),
-        options
-            .advertise_host
-            .clone()
-            .unwrap_or_else(|| address::advertise_host(&options.coordinator)),
+        options.advertise_host.clone().unwrap_or_default(),
     )
     .map_err(|e| WorkerError::Data(format!("starting the compute thread: {e}")))?;
     let client = worker_client(&options.coordinator, &options.connect)?;
-    let session = Arc::new(Session::new(client, describe_machine(&options.device)));
+    let registration = describe_machine(&options.device, &lane.process_id, lane.index);
+    let session = Arc::new(Session::new(client, registration));
     tokio::pin!(shutdown);
 
     let mut backoff = Backoff::default();
@@ -129,7 +200,7 @@ pub async fn run_agent(
                     job = %assignment.job_id,
                     task = %assignment.lease.task_id
                 );
-                run_task(&session, &compute, assignment, &options, &mut summary)
+                run_task(&session, &compute, assignment, options, &mut summary)
                     .instrument(span)
                     .await;
             }
@@ -145,7 +216,7 @@ pub async fn run_agent(
         }
     };
     heartbeats.abort();
-    tracing::info!(?summary, "worker stopped");
+    tracing::info!(?summary, device = %options.device, "lane stopped");
     outcome.map(|()| summary)
 }
 

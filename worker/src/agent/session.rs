@@ -63,7 +63,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub fn describe_machine(device: &str) -> Registration {
+/// What lane `lane` (on `device`) of worker process `process_id` registers as.
+pub fn describe_machine(device: &str, process_id: &str, lane: u32) -> Registration {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "worker".into());
@@ -85,6 +86,8 @@ pub fn describe_machine(device: &str) -> Registration {
         memory_bytes,
         cpu_cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
         atelier_version: env!("CARGO_PKG_VERSION").to_string(),
+        process_id: process_id.to_string(),
+        lane,
     }
 }
 

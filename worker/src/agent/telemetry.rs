@@ -19,7 +19,8 @@ pub struct WorkerMetrics {
     allreduce_seconds: Counter,
     allreduce_bytes: Counter,
     busy: Gauge,
-    gpu_memory: Option<(usize, Gauge)>,
+    /// One gauge per GPU lane.
+    gpu_memory: Vec<(usize, Gauge)>,
 }
 
 const STAGES: [&str; 6] = ["read", "fetch", "decode", "transform", "forward", "write"];
@@ -29,7 +30,8 @@ fn stage_values(s: &StageTimes) -> [f64; 6] {
 }
 
 impl WorkerMetrics {
-    pub fn new(device: &str) -> Arc<Self> {
+    /// `devices` as `--device` takes them (one name or a comma list).
+    pub fn new(devices: &str) -> Arc<Self> {
         let registry = Registry::new();
         let tasks = |outcome| {
             registry.counter(
@@ -47,19 +49,21 @@ impl WorkerMetrics {
                 &[("stage", stage)],
             )
         });
-        let gpu_memory = device
-            .strip_prefix("cuda:")
-            .and_then(|i| i.parse::<usize>().ok())
-            .map(|index| {
-                (
+        let gpu_memory = crate::device::parse_devices(devices)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|device| {
+                let index = device.strip_prefix("cuda:")?.parse::<usize>().ok()?;
+                Some((
                     index,
                     registry.gauge(
                         "atelier_worker_gpu_memory_used_bytes",
                         "Memory in use on the worker's GPU (all processes).",
                         &[("device", device)],
                     ),
-                )
-            });
+                ))
+            })
+            .collect();
         Arc::new(Self {
             items: registry.counter(
                 "atelier_worker_items_total",
@@ -81,7 +85,11 @@ impl WorkerMetrics {
                 "Bytes all-reduced.",
                 &[],
             ),
-            busy: registry.gauge("atelier_worker_busy", "1 while a task runs.", &[]),
+            busy: registry.gauge(
+                "atelier_worker_busy",
+                "Lanes (devices) running a task now.",
+                &[],
+            ),
             tasks_done,
             tasks_failed,
             tasks_stopped,
@@ -92,12 +100,12 @@ impl WorkerMetrics {
     }
 
     pub fn started(&self) {
-        self.busy.set(1.0);
+        self.busy.add(1.0);
     }
 
     /// Counts a task that ended; `last` is its final progress report.
     pub fn finished(&self, outcome: Option<&TaskOutcome>, failed: bool, last: &TaskProgressReport) {
-        self.busy.set(0.0);
+        self.busy.add(-1.0);
         match (outcome, failed) {
             (Some(outcome), _) => {
                 self.tasks_done.inc();
@@ -119,7 +127,7 @@ impl WorkerMetrics {
     }
 
     pub fn render(&self) -> String {
-        if let Some((index, gauge)) = &self.gpu_memory {
+        for (index, gauge) in &self.gpu_memory {
             if let Some(used) = crate::device::gpu_memory_used(*index) {
                 gauge.set(used as f64);
             }
