@@ -84,6 +84,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--crop-scale", type=float, default=0.6,
+                        help="smallest area share of RandomResizedCrop (atelier's --crop-scale)")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
     parser.add_argument("--bf16", action="store_true", help="torch.autocast bf16 (CUDA)")
     parser.add_argument("--channels-last", action="store_true")
@@ -119,7 +121,7 @@ def run(rank, args, port):
         maps[a] = {label: i + 1 for i, (label, _) in enumerate(ordered)}  # 0 = unknown
     normalize = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     train_tf = transforms.Compose([
-        transforms.RandomResizedCrop(args.image_size, scale=(0.35, 1.0)),
+        transforms.RandomResizedCrop(args.image_size, scale=(args.crop_scale, 1.0)),
         transforms.RandomHorizontalFlip(),
         transforms.ToTensor(),
         normalize,

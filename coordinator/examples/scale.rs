@@ -3,6 +3,8 @@
 //! simulated workers (no model: each leases a shard and completes it at once)
 //! drain the job over real gRPC, while pollers time GetJob. The coordinator is
 //! the real binary in its own process, so its peak memory is its own.
+//! Workers take their next shard with each completion, as `atelier worker`
+//! does; `LEASE_NEXT=0` makes them call LeaseTask for every shard instead.
 //!
 //!   cargo run --release -p atelier-coordinator --example scale -- ATELIER_BIN WORKDIR
 
@@ -211,6 +213,8 @@ async fn main() -> anyhow::Result<()> {
     let dispatch_started = Instant::now();
     let cpu_before = cpu_seconds(pid);
     let loop_before = loop_cpu_seconds(pid);
+    let lease_next = std::env::var("LEASE_NEXT").as_deref() != Ok("0");
+    println!("workers lease with each completion: {lease_next}");
     let mut workers = Vec::new();
     for _ in 0..WORKERS {
         let address = address.clone();
@@ -227,28 +231,38 @@ async fn main() -> anyhow::Result<()> {
                 .await?
                 .into_inner()
                 .worker_id;
+            let mut next = None;
             while !done.load(Ordering::Relaxed) {
-                let task = client
-                    .lease_task(v1::LeaseTaskRequest {
-                        worker_id: worker_id.clone(),
-                        wait_ms: 200,
-                    })
-                    .await?
-                    .into_inner()
-                    .task;
-                let Some(task) = task else { continue };
+                let task = match next.take() {
+                    Some(task) => task,
+                    None => {
+                        let leased = client
+                            .lease_task(v1::LeaseTaskRequest {
+                                worker_id: worker_id.clone(),
+                                wait_ms: 200,
+                            })
+                            .await?
+                            .into_inner()
+                            .task;
+                        let Some(task) = leased else { continue };
+                        task
+                    }
+                };
                 let rows = match task.work {
                     Some(v1::task::Work::Tag(shard)) => shard.rows,
                     _ => 0,
                 };
-                client
+                next = client
                     .complete_task(v1::CompleteTaskRequest {
                         worker_id: worker_id.clone(),
                         lease: task.lease,
                         rows_written: rows,
+                        lease_next,
                         ..Default::default()
                     })
-                    .await?;
+                    .await?
+                    .into_inner()
+                    .next;
                 completed.fetch_add(1, Ordering::Relaxed);
             }
             anyhow::Ok(())

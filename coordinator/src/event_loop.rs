@@ -68,7 +68,8 @@ enum Command {
         worker_id: String,
         lease: LeaseRef,
         outcome: TaskOutcome,
-        reply: Reply<()>,
+        lease_next: bool,
+        reply: Reply<Option<Assignment>>,
     },
     Fail {
         worker_id: String,
@@ -204,16 +205,20 @@ impl LoopHandle {
         .await
     }
 
+    /// Completes the task; with `lease_next`, also leases the worker its
+    /// next task if one is ready now.
     pub async fn complete(
         &self,
         worker_id: String,
         lease: LeaseRef,
         outcome: TaskOutcome,
-    ) -> Result<()> {
+        lease_next: bool,
+    ) -> Result<Option<Assignment>> {
         self.ask(|reply| Command::Complete {
             worker_id,
             lease,
             outcome,
+            lease_next,
             reply,
         })
         .await
@@ -512,11 +517,21 @@ impl EventLoop {
                 worker_id,
                 lease,
                 outcome,
+                lease_next,
                 reply,
-            } => deferred.push(defer(
-                reply,
-                state.complete(&worker_id, &lease, outcome, now),
-            )),
+            } => {
+                let completed = state.complete(&worker_id, &lease, outcome, now);
+                // Workers idle in a long poll are the ones gangs start on;
+                // while a gang waits, the worker goes back to polling.
+                let next = match completed {
+                    Ok(()) if lease_next && !state.has_waiting_gangs() => {
+                        state.lease(&worker_id, now)
+                    }
+                    Ok(()) => Ok(None),
+                    Err(e) => Err(e),
+                };
+                deferred.push(defer(reply, next));
+            }
             Command::Fail {
                 worker_id,
                 lease,

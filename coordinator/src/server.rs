@@ -39,7 +39,7 @@ pub async fn serve_with_metrics(
     config: CoordinatorConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    let store = StateStore::open(state_path)?;
+    let mut store = StateStore::open(state_path)?;
     let loaded = store.load()?;
     tracing::info!(
         jobs = loaded.jobs.len(),

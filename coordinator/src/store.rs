@@ -1,21 +1,27 @@
-//! The durable state: SQLite in WAL mode, one JSON record per job and task.
+//! The durable state: SQLite in WAL mode, one JSON record per job and task,
+//! and each task's immutable work once in a table of its own, so the two or
+//! three writes of a task's life carry only its small changing part.
 //!
 //! `synchronous=NORMAL` keeps every committed transaction across a killed
 //! process (the WAL is written before commit returns); only a power cut can
 //! lose the last ones. Writes come in batches from the event loop, one
 //! transaction per batch, so a commit costs one WAL append, not one per change.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection};
 
 use crate::error::{CoordinatorError, Result};
-use crate::records::{JobRecord, TaskRecord};
+use crate::records::{unset_work, JobRecord, TaskRecord};
+use atelier_proto::domain::TaskWork;
 
 #[derive(Debug)]
 pub struct StateStore {
     path: PathBuf,
     connection: Connection,
+    /// Tasks whose work row is written.
+    work_saved: HashSet<String>,
 }
 
 /// Everything the store holds, as loaded at start-up.
@@ -40,6 +46,7 @@ impl StateStore {
         let store = Self {
             path: path.to_path_buf(),
             connection,
+            work_saved: HashSet::new(),
         };
         store
             .connection
@@ -48,7 +55,8 @@ impl StateStore {
                  PRAGMA synchronous=NORMAL;
                  CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, data TEXT NOT NULL);
                  CREATE TABLE IF NOT EXISTS tasks (
-                     id TEXT PRIMARY KEY, job_id TEXT NOT NULL, data TEXT NOT NULL);",
+                     id TEXT PRIMARY KEY, job_id TEXT NOT NULL, data TEXT NOT NULL);
+                 CREATE TABLE IF NOT EXISTS task_work (id TEXT PRIMARY KEY, work TEXT NOT NULL);",
             )
             .map_err(|e| store.error(e))?;
         Ok(store)
@@ -61,14 +69,38 @@ impl StateStore {
         }
     }
 
-    pub fn load(&self) -> Result<Loaded> {
+    pub fn load(&mut self) -> Result<Loaded> {
+        let mut works: HashMap<String, _> = self
+            .load_table::<TaskWork>("SELECT id, work FROM task_work")?
+            .into_iter()
+            .collect();
+        let mut tasks = Vec::new();
+        for (id, mut task) in self.load_table::<TaskRecord>("SELECT id, data FROM tasks")? {
+            match works.remove(&id) {
+                Some(work) => {
+                    task.work = work;
+                    self.work_saved.insert(id);
+                }
+                // Written before the work had its own table: the next save
+                // moves it there.
+                None if task.work != unset_work() => {}
+                None => {
+                    return Err(CoordinatorError::Internal(format!(
+                        "state store {}: task {id} has no work record",
+                        self.path.display()
+                    )))
+                }
+            }
+            tasks.push(task);
+        }
+        let jobs = self.load_table::<JobRecord>("SELECT id, data FROM jobs")?;
         Ok(Loaded {
-            jobs: self.load_table("SELECT id, data FROM jobs")?,
-            tasks: self.load_table("SELECT id, data FROM tasks")?,
+            jobs: jobs.into_iter().map(|(_, job)| job).collect(),
+            tasks,
         })
     }
 
-    fn load_table<T: serde::de::DeserializeOwned>(&self, sql: &str) -> Result<Vec<T>> {
+    fn load_table<T: serde::de::DeserializeOwned>(&self, sql: &str) -> Result<Vec<(String, T)>> {
         let mut statement = self.connection.prepare(sql).map_err(|e| self.error(e))?;
         let rows = statement
             .query_map([], |row| {
@@ -78,10 +110,12 @@ impl StateStore {
         let mut records = Vec::new();
         for row in rows {
             let (id, data) = row.map_err(|e| self.error(e))?;
-            records.push(
-                serde_json::from_str(&data)
-                    .map_err(|source| CoordinatorError::Record { id, source })?,
-            );
+            let record =
+                serde_json::from_str(&data).map_err(|source| CoordinatorError::Record {
+                    id: id.clone(),
+                    source,
+                })?;
+            records.push((id, record));
         }
         Ok(records)
     }
@@ -111,6 +145,20 @@ impl StateStore {
                     .execute(params![job.id, data])
                     .map_err(store_error)?;
             }
+            let mut put_work = transaction
+                .prepare_cached("INSERT OR REPLACE INTO task_work (id, work) VALUES (?1, ?2)")
+                .map_err(store_error)?;
+            for task in tasks.iter().filter(|t| !self.work_saved.contains(&t.id)) {
+                let work = serde_json::to_string(&task.work).map_err(|source| {
+                    CoordinatorError::Record {
+                        id: task.id.clone(),
+                        source,
+                    }
+                })?;
+                put_work
+                    .execute(params![task.id, work])
+                    .map_err(store_error)?;
+            }
             let mut put_task = transaction
                 .prepare_cached(
                     "INSERT OR REPLACE INTO tasks (id, job_id, data) VALUES (?1, ?2, ?3)",
@@ -127,6 +175,9 @@ impl StateStore {
                     .map_err(store_error)?;
             }
         }
-        transaction.commit().map_err(store_error)
+        transaction.commit().map_err(store_error)?;
+        // Only once committed: a failed batch writes the work again.
+        self.work_saved.extend(tasks.iter().map(|t| t.id.clone()));
+        Ok(())
     }
 }

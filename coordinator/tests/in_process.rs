@@ -1,5 +1,6 @@
 //! A whole coordinator in-process on port 0, driven by hand-made workers:
-//! lease expiry and fencing with short intervals, health and reflection.
+//! lease expiry and fencing with short intervals, the next lease carried by a
+//! completion, health and reflection.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
@@ -172,6 +173,56 @@ fn an_expired_lease_moves_the_shard_and_fences_off_the_old_worker() {
         assert_eq!(job.state, v1::JobState::Running as i32);
         assert_eq!(job.tag.unwrap().shards_retried, 1);
 
+        running.stop.take().unwrap().send(()).unwrap();
+        running.server.await.unwrap().unwrap();
+    });
+}
+
+#[test]
+fn a_completion_can_carry_the_next_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let (catalog, checkpoint) = catalogue(dir.path());
+    runtime().block_on(async {
+        let mut running = start(dir.path(), CoordinatorConfig::default()).await;
+        let mut jobs = job_client_lazy(&running.address, &Connect::default()).unwrap();
+        // 300 items in row groups of 100: three shards.
+        jobs.submit_tag_job(v1::SubmitTagJobRequest {
+            catalog,
+            checkpoints: vec![checkpoint],
+            output: dir.path().join("out").to_str().unwrap().into(),
+            target_shard_rows: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut worker = worker_client(&running.address, &Connect::default()).unwrap();
+        let worker_id = register(&mut worker).await;
+        let mut task = lease(&mut worker, &worker_id).await.expect("a shard");
+        let mut seen = Vec::new();
+        loop {
+            let held = task.lease.clone().unwrap();
+            seen.push(held.task_id.clone());
+            let answer = worker
+                .complete_task(v1::CompleteTaskRequest {
+                    worker_id: worker_id.clone(),
+                    lease: Some(held),
+                    rows_written: 100,
+                    lease_next: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            match answer.next {
+                Some(next) => task = next,
+                None => break,
+            }
+        }
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        // Every shard went out with a completion; nothing is left to lease.
+        assert!(lease(&mut worker, &worker_id).await.is_none());
         running.stop.take().unwrap().send(()).unwrap();
         running.server.await.unwrap().unwrap();
     });

@@ -199,6 +199,7 @@ impl TryFrom<v1::SubmitTrainJobRequest> for TrainJobSpec {
             affine_degrees: r.affine_degrees,
             affine_translate: r.affine_translate,
             affine_scale: r.affine_scale,
+            crop_scale: r.crop_scale,
             min_label_count: r.min_label_count,
             min_word_count: r.min_word_count,
             max_caption_len: r.max_caption_len,
@@ -243,6 +244,7 @@ impl From<TrainJobSpec> for v1::SubmitTrainJobRequest {
             affine_degrees: s.affine_degrees,
             affine_translate: s.affine_translate,
             affine_scale: s.affine_scale,
+            crop_scale: s.crop_scale,
             min_label_count: s.min_label_count,
             min_word_count: s.min_word_count,
             max_caption_len: s.max_caption_len,
@@ -604,6 +606,7 @@ pub fn complete_request(
     worker_id: &str,
     lease: &LeaseRef,
     outcome: TaskOutcome,
+    lease_next: bool,
 ) -> v1::CompleteTaskRequest {
     v1::CompleteTaskRequest {
         worker_id: worker_id.to_string(),
@@ -614,6 +617,7 @@ pub fn complete_request(
         stages: Some(outcome.stages.into()),
         metrics: outcome.metrics.into_iter().collect(),
         model_version: outcome.model_version,
+        lease_next,
     }
 }
 

@@ -120,6 +120,9 @@ pub struct TrainJobSpec {
     pub affine_translate: f32,
     #[serde(default)]
     pub affine_scale: f32,
+    /// Smallest area share of the random resized crop; 0 takes the default.
+    #[serde(default)]
+    pub crop_scale: f32,
     #[serde(default)]
     pub min_label_count: u32,
     #[serde(default)]

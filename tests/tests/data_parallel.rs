@@ -66,6 +66,7 @@ fn options(catalog: &str, checkpoint: &str, batch_size: usize, max_steps: i64) -
         affine_degrees: 0.0,
         affine_translate: 0.0,
         affine_scale: 0.0,
+        crop_scale: 0.6,
         val_fraction: 0.2,
         seed: 9,
         device: "cpu".into(),

@@ -73,6 +73,7 @@ fn options(catalog: &str, checkpoint: &str, task: Task, epochs: usize) -> TrainO
         affine_degrees: 10.0,
         affine_translate: 0.05,
         affine_scale: 0.05,
+        crop_scale: 0.35,
         val_fraction: 0.2,
         seed: 3,
         device: "cpu".into(),

@@ -61,6 +61,9 @@ pub struct TrainOptions {
     pub affine_translate: f32,
     #[serde(default)]
     pub affine_scale: f32,
+    /// Smallest area share of the random resized crop (the largest is 1).
+    #[serde(default = "default_crop_scale")]
+    pub crop_scale: f32,
     pub val_fraction: f64,
     pub seed: u64,
     pub device: String,
@@ -698,6 +701,16 @@ fn loader_for(
     )?)
 }
 
+/// The smallest crop area of the pipeline's training transform.
+pub const DEFAULT_CROP_SCALE: f32 = match Augment::TRAIN_DEFAULT {
+    Augment::RandomResizedCrop { scale, .. } => scale.0,
+    Augment::CenterCrop => 1.0,
+};
+
+fn default_crop_scale() -> f32 {
+    DEFAULT_CROP_SCALE
+}
+
 fn train_augment(options: &TrainOptions) -> Augment {
     let affine = (options.affine_degrees > 0.0
         || options.affine_translate > 0.0
@@ -708,10 +721,8 @@ fn train_augment(options: &TrainOptions) -> Augment {
             scale: options.affine_scale,
         });
     match Augment::TRAIN_DEFAULT {
-        Augment::RandomResizedCrop {
-            scale, ratio, flip, ..
-        } => Augment::RandomResizedCrop {
-            scale,
+        Augment::RandomResizedCrop { ratio, flip, .. } => Augment::RandomResizedCrop {
+            scale: (options.crop_scale.clamp(0.01, 1.0), 1.0),
             ratio,
             flip,
             affine,

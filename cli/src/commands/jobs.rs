@@ -256,6 +256,7 @@ fn train_spec(args: &SubmitTrainArgs) -> anyhow::Result<TrainJobSpec> {
         affine_degrees: options.affine_degrees,
         affine_translate: options.affine_translate,
         affine_scale: options.affine_scale,
+        crop_scale: options.crop_scale,
         min_label_count: options.min_label_count as u32,
         min_word_count: options.min_word_count as u32,
         max_caption_len: options.max_caption_len as u32,

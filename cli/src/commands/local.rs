@@ -103,6 +103,7 @@ pub fn run(args: &LocalArgs, handle: &Handle) -> anyhow::Result<()> {
             affine_degrees: 0.0,
             affine_translate: 0.0,
             affine_scale: 0.0,
+            crop_scale: atelier_worker::train::DEFAULT_CROP_SCALE,
             val_fraction: 0.1,
             seed: 0,
             device: "cpu".into(),

@@ -63,6 +63,9 @@ pub struct TrainArgs {
     /// Random affine: scaling within 1 ± this (0: off).
     #[arg(long, default_value_t = 0.0)]
     pub affine_scale: f32,
+    /// Smallest area share of the random resized crop (the largest is 1).
+    #[arg(long, default_value_t = atelier_worker::train::DEFAULT_CROP_SCALE)]
+    pub crop_scale: f32,
     /// Share of items (by a stable hash of item_id) held out for validation.
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
@@ -177,6 +180,7 @@ impl TrainArgs {
             affine_degrees: self.affine_degrees,
             affine_translate: self.affine_translate,
             affine_scale: self.affine_scale,
+            crop_scale: self.crop_scale,
             val_fraction: self.val_fraction,
             seed: self.seed,
             device: self.device.clone(),

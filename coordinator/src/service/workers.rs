@@ -78,9 +78,15 @@ impl WorkerService for WorkerApi {
         let mut request = request.into_inner();
         let lease = convert::lease(request.lease.take())?;
         let worker_id = std::mem::take(&mut request.worker_id);
+        let lease_next = request.lease_next;
         let outcome = TaskOutcome::from(request);
-        self.handle.complete(worker_id, lease, outcome).await?;
-        Ok(Response::new(v1::CompleteTaskResponse {}))
+        let next = self
+            .handle
+            .complete(worker_id, lease, outcome, lease_next)
+            .await?;
+        Ok(Response::new(v1::CompleteTaskResponse {
+            next: next.map(Into::into),
+        }))
     }
 
     async fn fail_task(

@@ -253,6 +253,8 @@ fn a_restart_from_the_store_keeps_attempts_and_the_queue() {
         .unwrap()
         .is_empty());
     let last = restored.lease(&again, now).unwrap().unwrap();
+    // The work comes back from its own table.
+    assert_eq!(last.work, shard(2));
     assert!(restored.lease(&again, now).unwrap().is_none());
     restored
         .complete(&again, &running.lease, outcome(), now)

@@ -108,11 +108,7 @@ pub async fn run_agent(
             process_id: process_id.clone(),
             index: index as u32,
         };
-        let mut stopped = stopped.clone();
-        let until_stopped = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        lanes.spawn(run_lane(lane, until_stopped).instrument(span));
+        lanes.spawn(run_lane(lane, stopped.clone()).instrument(span));
     }
     tokio::pin!(shutdown);
     let mut summary = AgentSummary::default();
@@ -148,8 +144,14 @@ struct Lane {
     index: u32,
 }
 
-async fn run_lane(lane: Lane, shutdown: impl Future<Output = ()>) -> Result<AgentSummary> {
+async fn run_lane(lane: Lane, stopped: watch::Receiver<bool>) -> Result<AgentSummary> {
     let options = &lane.options;
+    let shutdown = {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
     let device = crate::device::parse_device(&options.device)?;
     let compute = ComputeThread::start(
         device,
@@ -185,10 +187,15 @@ async fn run_lane(lane: Lane, shutdown: impl Future<Output = ()>) -> Result<Agen
     let heartbeats = tokio::spawn(heartbeat_loop(Arc::clone(&session)));
 
     let mut summary = AgentSummary::default();
+    // The task leased together with the last completion, if any.
+    let mut next = None;
     let outcome = loop {
-        let leased = tokio::select! {
-            _ = &mut shutdown => break Ok(()),
-            leased = session.lease(options.poll_wait) => leased,
+        let leased = match next.take() {
+            Some(assignment) => Ok(Some(assignment)),
+            None => tokio::select! {
+                _ = &mut shutdown => break Ok(()),
+                leased = session.lease(options.poll_wait) => leased,
+            },
         };
         match leased {
             Ok(Some(assignment)) => {
@@ -200,9 +207,16 @@ async fn run_lane(lane: Lane, shutdown: impl Future<Output = ()>) -> Result<Agen
                     job = %assignment.job_id,
                     task = %assignment.lease.task_id
                 );
-                run_task(&session, &compute, assignment, options, &mut summary)
-                    .instrument(span)
-                    .await;
+                next = run_task(
+                    &session,
+                    &compute,
+                    assignment,
+                    options,
+                    &stopped,
+                    &mut summary,
+                )
+                .instrument(span)
+                .await;
             }
             Ok(None) => backoff.reset(),
             Err(e) if is_fatal(&e) => break Err(e),
@@ -241,13 +255,16 @@ async fn heartbeat_loop(session: Arc<Session>) {
     }
 }
 
+/// Runs one task to its report; returns the next task when the completion
+/// leased one (never once the worker is `stopped`: it drains).
 async fn run_task(
     session: &Arc<Session>,
     compute: &ComputeThread,
     assignment: Assignment,
     options: &AgentOptions,
+    stopped: &watch::Receiver<bool>,
     summary: &mut AgentSummary,
-) {
+) -> Option<Assignment> {
     let lease = assignment.lease.clone();
     tracing::info!(task = %lease.task_id, attempt = lease.attempt, "task leased");
     if let Some(metrics) = &options.metrics {
@@ -308,13 +325,22 @@ async fn run_task(
         let failed = matches!(&result, Err(e) if !matches!(e, WorkerError::Cancelled));
         metrics.finished(result.as_ref().ok(), failed, &latest);
     }
+    let mut next = None;
     match result {
         Ok(outcome) => {
             let rows = outcome.rows_written;
-            match report_with_retries(|| session.complete(&lease, outcome.clone())).await {
-                Ok(()) => {
+            // Only the first try asks for the next task: an answer lost on
+            // the way would leave that lease to expire.
+            let lease_next = !*stopped.borrow();
+            let reported = report_with_retries(|attempt| {
+                session.complete(&lease, outcome.clone(), lease_next && attempt == 0)
+            })
+            .await;
+            match reported {
+                Ok(leased) => {
                     tracing::info!(task = %lease.task_id, rows, "task complete");
                     summary.tasks_done += 1;
+                    next = leased;
                 }
                 Err(e) => {
                     tracing::warn!(task = %lease.task_id, error = %e, "completion refused");
@@ -332,13 +358,14 @@ async fn run_task(
                 reason: error.to_string(),
                 retryable: error.is_retryable(),
             };
-            if let Err(e) = report_with_retries(|| session.fail(&lease, failure.clone())).await {
+            if let Err(e) = report_with_retries(|_| session.fail(&lease, failure.clone())).await {
                 tracing::warn!(task = %lease.task_id, error = %e, "failure report refused");
             }
             summary.tasks_failed += 1;
         }
     }
     session.release(&lease);
+    next
 }
 
 /// One rendezvous call waits this long for the rest of the gang.
@@ -346,16 +373,16 @@ const RENDEZVOUS_WAIT: Duration = Duration::from_secs(5);
 
 /// Retries a report while the coordinator is unreachable (it may be
 /// restarting); stops at once on an answer that no retry changes.
-async fn report_with_retries<F, Fut>(report: F) -> Result<()>
+async fn report_with_retries<F, Fut, T>(report: F) -> Result<T>
 where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<()>>,
+    F: Fn(u32) -> Fut,
+    Fut: Future<Output = Result<T>>,
 {
     let mut backoff = Backoff::default();
     let mut attempts = 0;
     loop {
-        match report().await {
-            Ok(()) => return Ok(()),
+        match report(attempts).await {
+            Ok(answer) => return Ok(answer),
             Err(e) if is_fatal(&e) || !e.is_retryable() || attempts >= 60 => return Err(e),
             Err(e) => {
                 attempts += 1;

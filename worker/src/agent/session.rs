@@ -223,16 +223,23 @@ impl Session {
         }
     }
 
-    pub async fn complete(&self, lease: &LeaseRef, outcome: TaskOutcome) -> Result<()> {
-        self.as_registered(|worker_id| {
-            let request = convert::complete_request(&worker_id, lease, outcome.clone());
-            {
+    /// Reports the task done; with `lease_next`, the answer may carry the
+    /// next task, leased in the same call.
+    pub async fn complete(
+        &self,
+        lease: &LeaseRef,
+        outcome: TaskOutcome,
+        lease_next: bool,
+    ) -> Result<Option<Assignment>> {
+        let response = self
+            .as_registered(|worker_id| {
+                let request =
+                    convert::complete_request(&worker_id, lease, outcome.clone(), lease_next);
                 let mut client = self.client.clone();
                 async move { call("complete", client.complete_task(request)).await }
-            }
-        })
-        .await
-        .map(|_| ())
+            })
+            .await?;
+        Ok(response.next.map(Assignment::try_from).transpose()?)
     }
 
     /// Offers this rank to its gang; `None` until every rank has offered.

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::gang::{join_gang, Rendezvous};
 use crate::error::{Result, WorkerError};
-use crate::train::{train_ranked, TrainEvent, TrainOptions};
+use crate::train::{train_ranked, TrainEvent, TrainOptions, DEFAULT_CROP_SCALE};
 
 fn pick<T: Copy>(field: &str, value: &str, default: T, choices: &[(&str, T)]) -> Result<T> {
     if value.is_empty() {
@@ -109,6 +109,7 @@ pub fn train_options(spec: &TrainJobSpec, device: &str, threads: usize) -> Resul
         affine_degrees: spec.affine_degrees,
         affine_translate: spec.affine_translate,
         affine_scale: spec.affine_scale,
+        crop_scale: or(spec.crop_scale, DEFAULT_CROP_SCALE),
         val_fraction: or(spec.val_fraction, 0.1),
         seed: spec.seed,
         device: device.to_string(),
