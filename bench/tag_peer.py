@@ -47,6 +47,40 @@ class Pool(torch.nn.Module):
         return {name: head(features) for name, head in self.heads.items()}
 
 
+def load_model(checkpoint):
+    """atelier's safetensors checkpoint as a torchvision model: (model, labels, manifest)."""
+    manifest = json.load(open(os.path.join(checkpoint, "manifest.json")))
+    labels = {name: m["classes"] for name, m in manifest["model"]["labels"].items()}
+    weights = load_file(os.path.join(checkpoint, manifest["weights"]))
+    model = Pool({name: len(l) for name, l in labels.items()})
+    state = {k: v for k, v in weights.items() if not k.endswith("num_batches_tracked")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all("num_batches_tracked" in k for k in missing), (missing, unexpected)
+    return model.eval(), labels, manifest
+
+
+def make_transform(manifest):
+    size = manifest["image_size"]
+    norm = manifest["normalization"]
+    return transforms.Compose([
+        transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
+        transforms.Normalize(norm["mean"], norm["std"]),
+    ])
+
+
+def predictions(model, labels, x, columns):
+    """Appends label, probability and top-3 per head for batch `x` to `columns`."""
+    for name, logits in model(x).items():
+        probs = logits.float().softmax(1)
+        top_p, top_i = probs.topk(3, 1)
+        cols = columns.setdefault(name, ([], [], [], []))
+        for p, i in zip(top_p.tolist(), top_i.tolist()):
+            cols[0].append(labels[name][i[0]])
+            cols[1].append(p[0])
+            cols[2].append([labels[name][j] for j in i])
+            cols[3].append(p)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--catalog", required=True)
@@ -55,40 +89,24 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast + channels_last (CUDA)")
     args = parser.parse_args()
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
 
-    manifest = json.load(open(os.path.join(args.checkpoint, "manifest.json")))
-    labels = {name: m["classes"] for name, m in manifest["model"]["labels"].items()}
-    weights = load_file(os.path.join(args.checkpoint, manifest["weights"]))
-    model = Pool({name: len(l) for name, l in labels.items()})
-    state = {k: v for k, v in weights.items() if not k.endswith("num_batches_tracked")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected and all("num_batches_tracked" in k for k in missing), (missing, unexpected)
-    model.eval()
-
+    model, labels, manifest = load_model(args.checkpoint)
+    cuda = args.device.startswith("cuda")
+    memory_format = torch.channels_last if args.bf16 else torch.contiguous_format
+    model = model.to(args.device, memory_format=memory_format)
     table = pq.read_table(args.catalog, columns=["item_id", "image"])
-    size = manifest["image_size"]
-    norm = manifest["normalization"]
-    transform = transforms.Compose([
-        transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
-        transforms.Normalize(norm["mean"], norm["std"]),
-    ])
-    loader = DataLoader(Images(table.column("image").to_pylist(), transform),
-                        batch_size=args.batch_size, num_workers=args.workers)
+    loader = DataLoader(Images(table.column("image").to_pylist(), make_transform(manifest)),
+                        batch_size=args.batch_size, num_workers=args.workers, pin_memory=cuda)
     columns = {}
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and args.bf16):
         for x in loader:
-            for name, logits in model(x).items():
-                probs = logits.softmax(1)
-                top_p, top_i = probs.topk(3, 1)
-                cols = columns.setdefault(name, ([], [], [], []))
-                for p, i in zip(top_p.tolist(), top_i.tolist()):
-                    cols[0].append(labels[name][i[0]])
-                    cols[1].append(p[0])
-                    cols[2].append([labels[name][j] for j in i])
-                    cols[3].append(p)
+            x = x.to(args.device, non_blocking=True).to(memory_format=memory_format)
+            predictions(model, labels, x, columns)
     out = {"item_id": table.column("item_id")}
     for name, (label, prob, top3, top3_prob) in columns.items():
         out[name] = pa.array(label)

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Issue 6's GPU measurements, for a session lent the GPU machine (about 6
+# minutes; figures into BENCHMARKS.md with the date). Not yet run on a GPU.
+#   1. model only: atelier's ResNet-50 pool model on one batch held on the
+#      GPU (worker/examples/forward.rs, bf16 + channels_last) against PyTorch
+#      eager, channels_last and bf16 autocast + channels_last in the same run;
+#   2. end to end: `atelier tag --bf16 --channels-last` with every core
+#      decoding, against bench/tag_peer.py (DataLoader workers on the same
+#      cores, pinned memory, bf16 autocast) on the same 384x512 JPEGs;
+#   3. training is bench/gpu_check.sh and bench/gpu_ddp.sh.
+# Release binaries built elsewhere run against this machine's torch 2.11:
+#
+#   BIN=.gpu/atelier FORWARD=.gpu/forward bench/gpu_perf.sh
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bin="${BIN:-.gpu/atelier}"
+forward="${FORWARD:-.gpu/forward}"
+items="${ITEMS:-30000}"
+batch="${BATCH:-256}"
+work=/tmp/atelier-gpu-perf
+rm -rf "$work"; mkdir -p "$work"
+export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
+export RUST_LOG=warn
+cores="$(nproc)"
+echo "date: $(date -u +%F); cores: $cores; $(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1); torch $(python3 -c 'import torch; print(torch.__version__)')"
+"$bin" catalog generate --items "$items" --out "$work/catalog" --size 384x512 | tail -n 1
+"$bin" train --model-type pool --arch resnet50 --image-size 224 --batch-size 8 --n-epochs 1 --max-steps 1 \
+  --device cuda:0 --catalog "$work/catalog" --checkpoint "$work/model" > /dev/null
+
+echo "== 1. model only, batch $batch"
+"$forward" "$work/model" --device cuda:0 --batch-size "$batch" --iters 30 --bf16 --channels-last
+"$forward" "$work/model" --device cuda:0 --batch-size "$batch" --iters 30 --channels-last
+python3 bench/forward_peer.py --checkpoint "$work/model" --device cuda:0 --batch-size "$batch" --iters 30
+
+echo "== 2. end to end, $items items, $cores cores decoding"
+for round in 1 2; do
+  start=$EPOCHREALTIME
+  "$bin" tag --catalog "$work/catalog" --checkpoint "$work/model" --out "$work/tags-$round" --device cuda:0 \
+    --batch-size "$batch" --threads "$cores" --bf16 --channels-last > "$work/tag.log" 2>&1
+  python3 -c "print('round $round atelier tag images/s: %.1f' % ($items / ($EPOCHREALTIME - $start)))"
+  python3 bench/tag_peer.py --catalog "$work/catalog" --checkpoint "$work/model" --out "$work/peer.parquet" \
+    --device cuda:0 --bf16 --batch-size "$batch" --workers "$(( cores - 2 ))" --threads 2 | sed "s/^/round $round pytorch: /"
+done
