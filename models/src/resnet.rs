@@ -132,17 +132,21 @@ impl Block {
     fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
         let last = self.convs.len() - 1;
         let mut ys = xs.shallow_clone();
+        // In place, as torchvision does: no new activation tensors to
+        // allocate and fault in (batch-norm backward needs its input only).
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
             ys = ys.apply(conv).apply_t(bn, train);
             if i != last {
-                ys = ys.relu();
+                let _ = ys.relu_();
             }
         }
         let identity = match &self.downsample {
             Some((conv, bn)) => xs.apply(conv).apply_t(bn, train),
             None => xs.shallow_clone(),
         };
-        (ys + identity).relu()
+        let _ = ys.g_add_(&identity);
+        let _ = ys.relu_();
+        ys
     }
 }
 
@@ -196,7 +200,7 @@ impl ResNet {
         let mut ys = xs
             .apply(&self.conv1)
             .apply_t(&self.bn1, train)
-            .relu()
+            .relu_()
             .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for layer in &self.layers {
             for block in layer {
