@@ -71,7 +71,17 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // Before any thread starts (see atelier_worker::memory).
+    let kept = matches!(
+        cli.command,
+        Command::Local(_)
+            | Command::Train(_)
+            | Command::Test(_)
+            | Command::Tag(_)
+            | Command::Worker(_)
+    ) && atelier_worker::memory::keep_freed_memory();
     init_tracing(cli.log_format);
+    tracing::debug!(kept, "freed tensor memory stays in the heap");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("atelier-io")
