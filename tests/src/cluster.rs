@@ -252,6 +252,28 @@ impl Cluster {
             .to_string()
     }
 
+    /// Submits a tag job of `catalog` with `checkpoint` into `out`; returns its id.
+    pub fn submit_tag(
+        &self,
+        catalog: &str,
+        checkpoint: &str,
+        out: &str,
+        shard_rows: &str,
+    ) -> String {
+        self.submit(&[
+            "submit",
+            "tag",
+            "--catalog",
+            catalog,
+            "--checkpoint",
+            checkpoint,
+            "--out",
+            out,
+            "--shard-rows",
+            shard_rows,
+        ])
+    }
+
     pub async fn client(&self) -> JobClient {
         connect_jobs(&self.address, &Connect::token(self.token.as_deref()))
             .await

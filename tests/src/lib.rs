@@ -61,6 +61,27 @@ pub fn atelier(args: &[&str]) -> Output {
 }
 
 /// Runs `atelier` and fails the test, showing its output, unless it exits 0.
+/// A real colour checkpoint, quick to make: two steps of ResNet-18 at 32 px.
+pub fn train_quick_color_model(catalog: &str, checkpoint: &str) {
+    atelier_ok(&[
+        "train",
+        "--model-type",
+        "color",
+        "--arch",
+        "resnet18",
+        "--image-size",
+        "32",
+        "--n-epochs",
+        "1",
+        "--max-steps",
+        "2",
+        "--catalog",
+        catalog,
+        "--checkpoint",
+        checkpoint,
+    ]);
+}
+
 pub fn atelier_ok(args: &[&str]) -> String {
     succeeded(args, &atelier(args))
 }

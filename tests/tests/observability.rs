@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use atelier_proto::domain::JobState;
 use atelier_tests::cluster::{Cluster, Process};
-use atelier_tests::{atelier_ok, runtime};
+use atelier_tests::{atelier_ok, runtime, train_quick_color_model};
 
 /// The address a process printed as "`what` listening on ADDR".
 fn announced(process: &Process, what: &str) -> String {
@@ -67,23 +67,7 @@ fn counters_move_during_a_job_and_logs_name_the_task() {
         "--rows-per-group",
         "250",
     ]);
-    atelier_ok(&[
-        "train",
-        "--model-type",
-        "color",
-        "--arch",
-        "resnet18",
-        "--image-size",
-        "32",
-        "--n-epochs",
-        "1",
-        "--max-steps",
-        "2",
-        "--catalog",
-        &path("catalog"),
-        "--checkpoint",
-        &path("model"),
-    ]);
+    train_quick_color_model(&path("catalog"), &path("model"));
     let mut cluster = Cluster::start(dir.path(), None, &["--metrics-addr", "127.0.0.1:0"]);
     let coordinator_metrics = announced(cluster.coordinator.as_ref().unwrap(), "metrics");
     let worker = cluster.add_worker(&[
@@ -104,18 +88,7 @@ fn counters_move_during_a_job_and_logs_name_the_task() {
         0.0
     );
 
-    let job = cluster.submit(&[
-        "submit",
-        "tag",
-        "--catalog",
-        &path("catalog"),
-        "--checkpoint",
-        &path("model"),
-        "--out",
-        &path("tags"),
-        "--shard-rows",
-        "250",
-    ]);
+    let job = cluster.submit_tag(&path("catalog"), &path("model"), &path("tags"), "250");
     let rt = runtime();
     rt.block_on(
         cluster.wait_for(&job, Duration::from_secs(300), "a first shard", |j| {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use atelier_proto::domain::JobState;
 use atelier_tests::cluster::Cluster;
-use atelier_tests::{atelier, atelier_ok, built_bin, python, runtime};
+use atelier_tests::{atelier, atelier_ok, built_bin, python, runtime, train_quick_color_model};
 
 const ACCESS_KEY: &str = "atelier-test";
 const SECRET_KEY: &str = "atelier-test-secret";
@@ -112,23 +112,7 @@ fn catalogue_and_model(items: &str, rows_per_group: &str) -> (String, String) {
         "--rows-per-group",
         rows_per_group,
     ]);
-    atelier_ok(&[
-        "train",
-        "--model-type",
-        "color",
-        "--arch",
-        "resnet18",
-        "--image-size",
-        "32",
-        "--n-epochs",
-        "1",
-        "--max-steps",
-        "2",
-        "--catalog",
-        &catalog,
-        "--checkpoint",
-        &model,
-    ]);
+    train_quick_color_model(&catalog, &model);
     (catalog, model)
 }
 
@@ -141,18 +125,7 @@ fn a_tag_job_reads_and_writes_s3() {
     let mut cluster = Cluster::start(&cluster_dir(dir.path()), None, &[]);
     cluster.add_worker(&[]);
     cluster.add_worker(&[]);
-    let job = cluster.submit(&[
-        "submit",
-        "tag",
-        "--catalog",
-        &catalog,
-        "--checkpoint",
-        &model,
-        "--out",
-        "s3://tags/run-1",
-        "--shard-rows",
-        "200",
-    ]);
+    let job = cluster.submit_tag(&catalog, &model, "s3://tags/run-1", "200");
     let done = runtime().block_on(cluster.wait_done(&job, Duration::from_secs(300)));
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
     // The objects are files under the server's root: read them as a consumer would.
@@ -169,18 +142,7 @@ fn an_s3_outage_mid_job_is_ridden_out_exactly_once() {
     let (catalog, model) = catalogue_and_model("2000", "100");
     let mut cluster = Cluster::start(&cluster_dir(dir.path()), None, &[]);
     cluster.add_worker(&[]);
-    let job = cluster.submit(&[
-        "submit",
-        "tag",
-        "--catalog",
-        &catalog,
-        "--checkpoint",
-        &model,
-        "--out",
-        "s3://tags/run-2",
-        "--shard-rows",
-        "100",
-    ]);
+    let job = cluster.submit_tag(&catalog, &model, "s3://tags/run-2", "100");
     let rt = runtime();
     let midway = rt.block_on(
         cluster.wait_for(&job, Duration::from_secs(300), "two shards", |j| {
