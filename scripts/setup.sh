@@ -15,6 +15,8 @@ export ATELIER_CACHE ATELIER_VENV
 need_apt=()
 command -v nasm >/dev/null 2>&1 || need_apt+=(nasm)
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+# jemalloc (the processes' malloc) builds with make.
+command -v make >/dev/null 2>&1 || need_apt+=(make)
 # `atelier plot` draws its text in DejaVu Sans.
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 if [ "${#need_apt[@]}" -gt 0 ]; then

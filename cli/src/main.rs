@@ -81,7 +81,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             | Command::Worker(_)
     ) && atelier_worker::memory::keep_freed_memory();
     init_tracing(cli.log_format);
-    tracing::debug!(kept, "freed tensor memory stays in the heap");
+    tracing::debug!(
+        kept,
+        "freed memory is kept for reuse, not returned to the kernel"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("atelier-io")

@@ -137,6 +137,17 @@ impl CheckpointDir {
             .ok_or_else(|| self.error(format!("no {MANIFEST}: not a checkpoint")))
     }
 
+    /// Loads the weights file `name` into `model` (see [`Model::load_safetensors`]).
+    pub async fn load_weights(&self, name: &str, model: &mut crate::Model) -> Result<usize> {
+        let bytes = self
+            .get(name)
+            .await?
+            .ok_or_else(|| self.error(format!("{name} is missing")))?;
+        model
+            .load_safetensors(&bytes)
+            .map_err(|e| self.error(format!("{name}: {e}")))
+    }
+
     pub async fn read_tensors(&self, name: &str) -> Result<Vec<(String, Tensor)>> {
         let bytes = self
             .get(name)
@@ -203,16 +214,23 @@ pub fn tensors_to_bytes(tensors: &[(String, Tensor)]) -> Result<Bytes> {
 }
 
 pub fn tensors_from_bytes(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
-    let dir = tempfile::tempdir().map_err(|source| ModelError::Io {
-        path: "temporary directory".into(),
-        source,
+    let mut tensors = Vec::new();
+    each_tensor(bytes, |name, tensor| {
+        tensors.push((name, tensor));
+        Ok(())
     })?;
-    let path = dir.path().join("t.safetensors");
-    std::fs::write(&path, bytes).map_err(|source| ModelError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    Ok(Tensor::read_safetensors(&path)?)
+    Ok(tensors)
+}
+
+/// Hands each tensor of a safetensors buffer to `f` in turn, each copied out
+/// of `bytes` only when its turn comes.
+pub fn each_tensor(bytes: &[u8], mut f: impl FnMut(String, Tensor) -> Result<()>) -> Result<()> {
+    let file = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| ModelError::Weights(format!("not a safetensors file: {e}")))?;
+    for (name, view) in file.tensors() {
+        f(name, Tensor::try_from(view)?)?;
+    }
+    Ok(())
 }
 
 /// Reads a local safetensors file (bring-your-own backbone weights).

@@ -150,7 +150,16 @@ impl Model {
                 tch::no_grad(|| var.set_data(&converted));
             }
         }
+        self.backbone.cast_folded_biases(Kind::BFloat16);
         self.backbone_kind = Kind::BFloat16;
+    }
+
+    /// Folds the backbone's batch norms into its convolutions for inference
+    /// (see [`ResNet::fold_batch_norms`]); the model must not be trained or
+    /// saved afterwards. Call after loading weights and before
+    /// [`Model::use_bf16_backbone`], so that the folding is done in float.
+    pub fn fold_batch_norms(&mut self) {
+        self.backbone.fold_batch_norms();
     }
 
     pub fn device(&self) -> Device {
@@ -258,31 +267,55 @@ impl Model {
         let mut vars = self.vs.variables();
         let mut loaded = 0;
         for (name, tensor) in tensors {
-            if skip
-                .iter()
-                .any(|s| name.starts_with(s) || name.ends_with(s))
-            {
-                continue;
-            }
-            let full = match prefix {
-                Some(prefix) => format!("{prefix}.{name}"),
-                None => name.clone(),
-            };
-            let var = vars.get_mut(&full).ok_or_else(|| {
-                ModelError::Weights(format!("unexpected tensor {name:?} (no variable {full:?})"))
-            })?;
-            if var.size() != tensor.size() {
-                return Err(ModelError::Weights(format!(
-                    "{full}: shape {:?} in the file, {:?} in the model",
-                    tensor.size(),
-                    var.size()
-                )));
-            }
-            tch::no_grad(|| var.f_copy_(&tensor.to_kind(var.kind())))?;
-            loaded += 1;
+            loaded += usize::from(load_variable(&mut vars, name, tensor, prefix, skip)?);
         }
         Ok(loaded)
     }
+
+    /// [`Model::load`] straight from a safetensors buffer, one tensor at a
+    /// time: besides the buffer, one tensor's copy is in memory at once, not
+    /// the whole model's.
+    pub fn load_safetensors(&mut self, bytes: &[u8]) -> Result<usize> {
+        let mut vars = self.vs.variables();
+        let mut loaded = 0;
+        crate::checkpoint::each_tensor(bytes, |name, tensor| {
+            loaded += usize::from(load_variable(&mut vars, &name, &tensor, None, &[])?);
+            Ok(())
+        })?;
+        Ok(loaded)
+    }
+}
+
+/// Copies `tensor` into its variable; false when `skip` leaves it out.
+fn load_variable(
+    vars: &mut std::collections::HashMap<String, Tensor>,
+    name: &str,
+    tensor: &Tensor,
+    prefix: Option<&str>,
+    skip: &[&str],
+) -> Result<bool> {
+    if skip
+        .iter()
+        .any(|s| name.starts_with(s) || name.ends_with(s))
+    {
+        return Ok(false);
+    }
+    let full = match prefix {
+        Some(prefix) => format!("{prefix}.{name}"),
+        None => name.to_string(),
+    };
+    let var = vars.get_mut(&full).ok_or_else(|| {
+        ModelError::Weights(format!("unexpected tensor {name:?} (no variable {full:?})"))
+    })?;
+    if var.size() != tensor.size() {
+        return Err(ModelError::Weights(format!(
+            "{full}: shape {:?} in the file, {:?} in the model",
+            tensor.size(),
+            var.size()
+        )));
+    }
+    tch::no_grad(|| var.f_copy_(&tensor.to_kind(var.kind())))?;
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -335,6 +368,63 @@ mod tests {
             .max()
             .double_value(&[]);
         assert!(diff < 1e-4, "reloaded features differ by {diff}");
+    }
+
+    /// Batch-norm statistics and affine parameters far from the identity, so
+    /// that folding them has something to get wrong.
+    fn with_trained_looking_batch_norms(model: &Model) {
+        tch::manual_seed(7);
+        for (name, mut var) in model.vs.variables() {
+            let fill = if name.ends_with("running_var") {
+                Tensor::rand_like(&var) + 0.5
+            } else if name.contains(".bn") || name.contains("downsample.1") {
+                Tensor::randn_like(&var) * 0.5 + name.ends_with("weight") as i64 as f64
+            } else {
+                continue;
+            };
+            tch::no_grad(|| var.copy_(&fill));
+        }
+    }
+
+    #[test]
+    fn folded_batch_norms_give_the_same_features() {
+        let model = pool_model();
+        with_trained_looking_batch_norms(&model);
+        let mut folded = twin(&model);
+        folded.fold_batch_norms();
+        let images = Tensor::randn([3, 3, 64, 64], (Kind::Float, Device::Cpu));
+        let a = model.features(&images, false);
+        let scale = a.abs().max().double_value(&[]);
+        assert!(scale > 1e-3, "features vanish: {scale}");
+        let diff = (&a - folded.features(&images, false))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff < 1e-4 * scale.max(1.0), "features differ by {diff}");
+        // Folded, then channels-last and bf16, as `tag --channels-last --bf16` loads.
+        folded.use_channels_last();
+        folded.use_bf16_backbone();
+        let b = folded.features(&images, false);
+        assert_eq!(b.kind(), Kind::Float);
+        let diff = (&a - &b).abs().max().double_value(&[]) / scale;
+        assert!(diff < 0.1, "relative difference {diff}");
+    }
+
+    #[test]
+    fn weights_load_from_a_safetensors_buffer() {
+        let model = pool_model();
+        with_trained_looking_batch_norms(&model);
+        let bytes = crate::checkpoint::tensors_to_bytes(&model.state()).unwrap();
+        let mut other = pool_model();
+        let loaded = other.load_safetensors(&bytes).unwrap();
+        assert_eq!(loaded, model.state().len());
+        for ((name, a), (_, b)) in model.state().iter().zip(other.state()) {
+            assert!(a.equal(&b), "{name} differs after loading");
+        }
+        let error = other
+            .load_safetensors(&bytes[..bytes.len() / 2])
+            .unwrap_err();
+        assert!(error.to_string().contains("safetensors"), "{error}");
     }
 
     #[test]

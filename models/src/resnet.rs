@@ -58,8 +58,12 @@ fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64) -
     nn::conv2d(p, c_in, c_out, k, config)
 }
 
+/// torchvision's batch-norm epsilon; folding needs it, and tch keeps its own copy private.
+const BN_EPS: f64 = 1e-5;
+
 fn batch_norm(p: nn::Path, c: i64) -> nn::BatchNorm {
     let config = nn::BatchNormConfig {
+        eps: BN_EPS,
         ws_init: Init::Const(1.0),
         bs_init: Init::Const(0.0),
         ..Default::default()
@@ -67,20 +71,62 @@ fn batch_norm(p: nn::Path, c: i64) -> nn::BatchNorm {
     nn::batch_norm2d(p, c, config)
 }
 
+/// A convolution and the batch norm after it.
+#[derive(Debug)]
+struct ConvBn {
+    conv: nn::Conv2D,
+    bn: nn::BatchNorm,
+}
+
+impl ConvBn {
+    fn new(conv: nn::Conv2D, bn: nn::BatchNorm) -> Self {
+        Self { conv, bn }
+    }
+
+    fn forward(&self, xs: &Tensor, train: bool, folded: bool) -> Tensor {
+        if folded {
+            xs.apply(&self.conv)
+        } else {
+            xs.apply(&self.conv).apply_t(&self.bn, train)
+        }
+    }
+
+    /// Scales the convolution's weights in place (their storage and layout
+    /// stay) and gives it the batch norm's shift as a bias.
+    fn fold(&mut self) {
+        let bn = &self.bn;
+        let (Some(gamma), Some(beta)) = (&bn.ws, &bn.bs) else {
+            return;
+        };
+        tch::no_grad(|| {
+            let scale = gamma / (&bn.running_var + BN_EPS).sqrt();
+            let shift = beta - &bn.running_mean * &scale;
+            let _ = self.conv.ws.g_mul_(&scale.view([-1, 1, 1, 1]));
+            self.conv.bs = Some(shift);
+        });
+    }
+
+    fn cast_bias(&mut self, kind: tch::Kind) {
+        if let Some(bias) = &self.conv.bs {
+            self.conv.bs = Some(bias.to_kind(kind));
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Block {
-    convs: Vec<(nn::Conv2D, nn::BatchNorm)>,
-    downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+    convs: Vec<ConvBn>,
+    downsample: Option<ConvBn>,
 }
 
 impl Block {
     fn basic(p: &nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
         let convs = vec![
-            (
+            ConvBn::new(
                 conv(p / "conv1", c_in, c_out, 3, stride, 1),
                 batch_norm(p / "bn1", c_out),
             ),
-            (
+            ConvBn::new(
                 conv(p / "conv2", c_out, c_out, 3, 1, 1),
                 batch_norm(p / "bn2", c_out),
             ),
@@ -95,15 +141,15 @@ impl Block {
         let c_out = width * 4;
         // torchvision (v1.5) puts the stride on the 3x3 convolution.
         let convs = vec![
-            (
+            ConvBn::new(
                 conv(p / "conv1", c_in, width, 1, 1, 0),
                 batch_norm(p / "bn1", width),
             ),
-            (
+            ConvBn::new(
                 conv(p / "conv2", width, width, 3, stride, 1),
                 batch_norm(p / "bn2", width),
             ),
-            (
+            ConvBn::new(
                 conv(p / "conv3", width, c_out, 1, 1, 0),
                 batch_norm(p / "bn3", c_out),
             ),
@@ -114,34 +160,33 @@ impl Block {
         }
     }
 
-    fn downsample(
-        p: &nn::Path,
-        c_in: i64,
-        c_out: i64,
-        stride: i64,
-    ) -> Option<(nn::Conv2D, nn::BatchNorm)> {
+    fn downsample(p: &nn::Path, c_in: i64, c_out: i64, stride: i64) -> Option<ConvBn> {
         (stride != 1 || c_in != c_out).then(|| {
             let d = p / "downsample";
-            (
+            ConvBn::new(
                 conv(&d / "0", c_in, c_out, 1, stride, 0),
                 batch_norm(&d / "1", c_out),
             )
         })
     }
 
-    fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
+    fn conv_bns(&mut self) -> impl Iterator<Item = &mut ConvBn> {
+        self.convs.iter_mut().chain(self.downsample.as_mut())
+    }
+
+    fn forward(&self, xs: &Tensor, train: bool, folded: bool) -> Tensor {
         let last = self.convs.len() - 1;
         let mut ys = xs.shallow_clone();
         // In place, as torchvision does: no new activation tensors to
         // allocate and fault in (batch-norm backward needs its input only).
-        for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            ys = ys.apply(conv).apply_t(bn, train);
+        for (i, conv_bn) in self.convs.iter().enumerate() {
+            ys = conv_bn.forward(&ys, train, folded);
             if i != last {
                 let _ = ys.relu_();
             }
         }
         let identity = match &self.downsample {
-            Some((conv, bn)) => xs.apply(conv).apply_t(bn, train),
+            Some(conv_bn) => conv_bn.forward(xs, train, folded),
             None => xs.shallow_clone(),
         };
         let _ = ys.g_add_(&identity);
@@ -154,15 +199,15 @@ impl Block {
 #[derive(Debug)]
 pub struct ResNet {
     arch: Arch,
-    conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
+    stem: ConvBn,
     layers: Vec<Vec<Block>>,
+    /// Batch norms folded into the convolutions: inference only from then on.
+    folded: bool,
 }
 
 impl ResNet {
     pub fn new(p: &nn::Path, arch: Arch) -> Self {
-        let conv1 = conv(p / "conv1", 3, 64, 7, 2, 3);
-        let bn1 = batch_norm(p / "bn1", 64);
+        let stem = ConvBn::new(conv(p / "conv1", 3, 64, 7, 2, 3), batch_norm(p / "bn1", 64));
         let expansion = if arch.bottleneck() { 4 } else { 1 };
         let mut c_in = 64;
         let mut layers = Vec::new();
@@ -185,9 +230,9 @@ impl ResNet {
         }
         Self {
             arch,
-            conv1,
-            bn1,
+            stem,
             layers,
+            folded: false,
         }
     }
 
@@ -195,16 +240,44 @@ impl ResNet {
         self.arch
     }
 
+    fn conv_bns(&mut self) -> impl Iterator<Item = &mut ConvBn> {
+        std::iter::once(&mut self.stem)
+            .chain(self.layers.iter_mut().flatten().flat_map(Block::conv_bns))
+    }
+
+    /// Folds every batch norm into the convolution before it, as
+    /// `torch.jit.optimize_for_inference` does: one pass over each activation
+    /// fewer, and one activation tensor fewer alive at a time. The convolution
+    /// weights change in place, so the variables no longer hold the trained
+    /// model: for models that only infer from here on, never saved or trained.
+    pub fn fold_batch_norms(&mut self) {
+        if !self.folded {
+            self.conv_bns().for_each(ConvBn::fold);
+            self.folded = true;
+        }
+    }
+
+    pub fn is_folded(&self) -> bool {
+        self.folded
+    }
+
+    /// Folded biases live outside the variable store; they follow the weights' kind.
+    pub fn cast_folded_biases(&mut self, kind: tch::Kind) {
+        self.conv_bns().for_each(|c| c.cast_bias(kind));
+    }
+
     /// `[N, 3, H, W]` normalised images to `[N, feature_dim]` features.
+    /// Batch norms run in training mode when `train` is set, unless folded.
     pub fn features(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut ys = xs
-            .apply(&self.conv1)
-            .apply_t(&self.bn1, train)
+        let train = train && !self.folded;
+        let mut ys = self
+            .stem
+            .forward(xs, train, self.folded)
             .relu_()
             .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for layer in &self.layers {
             for block in layer {
-                ys = block.forward(&ys, train);
+                ys = block.forward(&ys, train, self.folded);
             }
         }
         ys.adaptive_avg_pool2d([1, 1]).flatten(1, -1)

@@ -73,8 +73,8 @@ pub fn load_model(
 ) -> Result<(Manifest, Model)> {
     let manifest = handle.block_on(checkpoint.require_manifest())?;
     let mut model = Model::new(manifest.model.clone(), device)?;
-    let weights = handle.block_on(checkpoint.read_tensors(&manifest.weights))?;
-    model.load(&weights, None, &[])?;
+    handle.block_on(checkpoint.load_weights(&manifest.weights, &mut model))?;
+    model.fold_batch_norms();
     if layout.channels_last {
         model.use_channels_last();
     }
