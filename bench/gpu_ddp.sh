@@ -13,6 +13,10 @@
 # Release binaries built elsewhere run against this machine's torch 2.11:
 #
 #   BIN=.gpu/atelier ALLREDUCE=.gpu/allreduce bench/gpu_ddp.sh
+#
+# Rehearse it here before spending device time on it (one CPU rank, the CPU
+# ring instead of NCCL, tiny sizes):
+#   DEVICE=cpu ITEMS=96 BATCH=8 BIN=... ALLREDUCE=... bench/gpu_ddp.sh
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bin="${BIN:-.gpu/atelier}"
@@ -22,11 +26,17 @@ batch="${BATCH:-128}"
 work=/tmp/atelier-gpu-ddp
 rm -rf "$work"; mkdir -p "$work"
 export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
-gpus="$(python3 -c 'import torch; print(torch.cuda.device_count())')"
-echo "date: $(date -u +%F); gpus: $gpus; cores: $(nproc); $(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)"
+if [ "${DEVICE:-cuda}" = cpu ]; then
+  # atelier trains in bf16 autocast on CUDA only.
+  gpus=1; collective=ring; amp=(); device() { echo cpu; }
+else
+  gpus="$(python3 -c 'import torch; print(torch.cuda.device_count())')"; collective=nccl; amp=(--bf16)
+  device() { echo "cuda:$1"; }
+fi
+echo "date: $(date -u +%F); gpus: $gpus; cores: $(nproc); $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || echo "no GPU")"
 
-echo "== 1. NCCL all-reduce against exact sums, world $gpus"
-"$allreduce" nccl "$gpus" 1,16,64,256 5
+echo "== 1. $collective all-reduce against exact sums, world $gpus"
+"$allreduce" "$collective" "$gpus" 1,16,64,256 5
 echo "== CPU ring on the same sizes (2 ranks on loopback)"
 "$allreduce" ring 2 1,16,64,256 3
 
@@ -37,16 +47,16 @@ export RUST_LOG=warn
 sleep 1
 threads=$(( $(nproc) / gpus - 1 ))
 for rank in $(seq 0 $(( gpus - 1 ))); do
-  ATELIER_COLLECTIVE=nccl "$bin" worker --coordinator 127.0.0.1:7071 --device "cuda:$rank" \
+  ATELIER_COLLECTIVE="$collective" "$bin" worker --coordinator 127.0.0.1:7071 --device "$(device "$rank")" \
     --threads "$threads" > "$work/worker-$rank.log" 2>&1 &
 done
 start=$EPOCHREALTIME
 "$bin" submit train --coordinator 127.0.0.1:7071 --world-size "$gpus" --model-type pool --arch resnet50 \
-  --image-size 224 --batch-size "$batch" --n-epochs 2 --lr 0.1 --schedule onecycle --bf16 --channels-last \
+  --image-size 224 --batch-size "$batch" --n-epochs 2 --lr 0.1 --schedule onecycle "${amp[@]}" --channels-last \
   --val-fraction 0.05 --catalog "$work/catalog" --checkpoint "$work/model" --wait | tee "$work/submit.txt"
 python3 -c "print('wall seconds: %.1f' % ($EPOCHREALTIME - $start))"
 grep -h "nccl\|gang" "$work"/worker-*.log | head -n 4
 
 echo "== 3. PyTorch on the same model, batch and images (one GPU)"
 python3 bench/train_peer.py --catalog "$work/catalog" --arch resnet50 --image-size 224 --batch-size "$batch" \
-  --epochs 2 --device cuda:0 --bf16 --channels-last --workers "$threads" 2>&1 | tail -n 3
+  --epochs 2 --device "$(device 0)" "${amp[@]}" --channels-last --workers "$threads" 2>&1 | tail -n 3

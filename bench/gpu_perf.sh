@@ -11,33 +11,38 @@
 # Release binaries built elsewhere run against this machine's torch 2.11:
 #
 #   BIN=.gpu/atelier FORWARD=.gpu/forward bench/gpu_perf.sh
+#
+# Rehearse it here before spending device time on it (same steps, tiny sizes):
+#   DEVICE=cpu ITEMS=64 BATCH=16 ITERS=2 BIN=... FORWARD=... bench/gpu_perf.sh
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bin="${BIN:-.gpu/atelier}"
 forward="${FORWARD:-.gpu/forward}"
 items="${ITEMS:-30000}"
 batch="${BATCH:-256}"
+device="${DEVICE:-cuda:0}"
+iters="${ITERS:-30}"
 work=/tmp/atelier-gpu-perf
 rm -rf "$work"; mkdir -p "$work"
 export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
 export RUST_LOG=warn
 cores="$(nproc)"
-echo "date: $(date -u +%F); cores: $cores; $(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1); torch $(python3 -c 'import torch; print(torch.__version__)')"
+echo "date: $(date -u +%F); cores: $cores; $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || echo "no GPU"); torch $(python3 -c 'import torch; print(torch.__version__)')"
 "$bin" catalog generate --items "$items" --out "$work/catalog" --size 384x512 | tail -n 1
 "$bin" train --model-type pool --arch resnet50 --image-size 224 --batch-size 8 --n-epochs 1 --max-steps 1 \
-  --device cuda:0 --catalog "$work/catalog" --checkpoint "$work/model" > /dev/null
+  --device "$device" --catalog "$work/catalog" --checkpoint "$work/model" > /dev/null
 
 echo "== 1. model only, batch $batch"
-"$forward" "$work/model" --device cuda:0 --batch-size "$batch" --iters 30 --bf16 --channels-last
-"$forward" "$work/model" --device cuda:0 --batch-size "$batch" --iters 30 --channels-last
-python3 bench/forward_peer.py --checkpoint "$work/model" --device cuda:0 --batch-size "$batch" --iters 30
+"$forward" "$work/model" --device "$device" --batch-size "$batch" --iters "$iters" --bf16 --channels-last
+"$forward" "$work/model" --device "$device" --batch-size "$batch" --iters "$iters" --channels-last
+python3 bench/forward_peer.py --checkpoint "$work/model" --device "$device" --batch-size "$batch" --iters "$iters"
 
 echo "== 2. end to end, $items items, $cores cores decoding"
 for round in 1 2; do
   start=$EPOCHREALTIME
-  "$bin" tag --catalog "$work/catalog" --checkpoint "$work/model" --out "$work/tags-$round" --device cuda:0 \
+  "$bin" tag --catalog "$work/catalog" --checkpoint "$work/model" --out "$work/tags-$round" --device "$device" \
     --batch-size "$batch" --threads "$cores" --bf16 --channels-last > "$work/tag.log" 2>&1
   python3 -c "print('round $round atelier tag images/s: %.1f' % ($items / ($EPOCHREALTIME - $start)))"
   python3 bench/tag_peer.py --catalog "$work/catalog" --checkpoint "$work/model" --out "$work/peer.parquet" \
-    --device cuda:0 --bf16 --batch-size "$batch" --workers "$(( cores - 2 ))" --threads 2 | sed "s/^/round $round pytorch: /"
+    --device "$device" --bf16 --batch-size "$batch" --workers "$(( cores - 2 ))" --threads 2 | sed "s/^/round $round pytorch: /"
 done

@@ -71,7 +71,7 @@ fn equivalence_flags<'a>(catalog: &'a str, checkpoint: &'a str, batch: &'a str) 
         "--max-steps",
         "6",
         "--log-every",
-        "1",
+        "4",
         "--threads",
         "1",
         "--catalog",
@@ -113,6 +113,9 @@ fn a_gang_of_two_lanes_equals_one_process_with_the_global_batch() {
     let train = done.train.as_ref().unwrap();
     assert_eq!(train.ranks.len(), 2, "{train:?}");
     assert!(train.restarts.is_empty(), "{train:?}");
+    // Logged every 4 steps, the status still ends at the last one, and
+    // counts to where --max-steps stops the run.
+    assert_eq!((train.step, train.total_steps), (6, 6), "{train:?}");
     assert!(
         train.ranks.iter().all(|r| r.images_per_second > 0.0),
         "{train:?}"

@@ -244,7 +244,10 @@ pub fn train_ranked(
     let mut allreduce_seconds = 0.0;
     let mut allreduce_bytes = 0u64;
     on_event(&TrainEvent::Started {
-        total_steps: run.schedule.total_steps,
+        // Where this run stops; the schedule still spans every epoch.
+        total_steps: options.max_steps.map_or(run.schedule.total_steps, |m| {
+            m.min(run.schedule.total_steps)
+        }),
         resumed_at_step: run.manifest.step,
         train_items: scan.train_items,
         validation_items: scan.validation_items,
@@ -330,7 +333,11 @@ pub fn train_ranked(
             window_images += count;
             images_seen += count;
             let steps_in_epoch = steps.map_or(steps_per_epoch, |s| s as i64);
-            if run.manifest.step % options.log_every.max(1) as i64 == 0 {
+            let at_limit = options.max_steps.is_some_and(|m| run.manifest.step >= m);
+            // The last step of an epoch or of the run is always reported, so
+            // that a job's final status and curves end where training did.
+            let last = at_limit || (index + 1) as i64 >= steps_in_epoch;
+            if last || run.manifest.step % options.log_every.max(1) as i64 == 0 {
                 let rate = window_images as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
                 let mean = window_loss / (window_images * world).max(1) as f64;
                 run.metrics.push(MetricsLine {
@@ -356,7 +363,6 @@ pub fn train_ranked(
                 window_images = 0;
                 window_start = Instant::now();
             }
-            let at_limit = options.max_steps.is_some_and(|m| run.manifest.step >= m);
             if rank == 0
                 && (at_limit
                     || (options.checkpoint_every > 0
