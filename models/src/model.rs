@@ -189,44 +189,39 @@ impl Model {
 
     /// Summed cross-entropy over attributes; targets are `[N]` per attribute with
     /// [`IGNORE_INDEX`] for missing labels. Returns the loss and per-attribute
-    /// (correct, counted) pairs for accuracy.
+    /// (correct, counted) pairs for accuracy, which are read back to the host.
     pub fn classification_loss(
         &self,
         logits: &Logits,
         targets: &BTreeMap<String, Tensor>,
     ) -> (Tensor, Vec<(i64, i64)>) {
-        let mut total: Option<Tensor> = None;
-        let mut accuracy = Vec::new();
-        for (name, logit) in logits {
-            let Some(target) = targets.get(name) else {
-                continue;
-            };
-            let counted = target.ne(IGNORE_INDEX);
-            let n = counted.sum(Kind::Int64).int64_value(&[]);
-            let correct = logit
-                .argmax(-1, false)
-                .eq_tensor(target)
-                .logical_and(&counted)
-                .sum(Kind::Int64)
-                .int64_value(&[]);
-            accuracy.push((correct, n));
-            if n == 0 {
-                continue;
-            }
-            let loss = logit.cross_entropy_loss::<Tensor>(
-                target,
-                None,
-                tch::Reduction::Mean,
-                IGNORE_INDEX,
-                0.0,
-            );
-            total = Some(match total {
-                Some(t) => t + loss,
-                None => loss,
-            });
-        }
-        let loss = total.unwrap_or_else(|| Tensor::zeros([], (Kind::Float, self.device())));
-        (loss, accuracy)
+        let accuracy = logits
+            .iter()
+            .filter_map(|(name, logit)| {
+                let target = targets.get(name)?;
+                let counted = target.ne(IGNORE_INDEX);
+                let n = counted.sum(Kind::Int64).int64_value(&[]);
+                let correct = logit
+                    .argmax(-1, false)
+                    .eq_tensor(target)
+                    .logical_and(&counted)
+                    .sum(Kind::Int64)
+                    .int64_value(&[]);
+                Some((correct, n))
+            })
+            .collect();
+        (self.training_loss(logits, targets), accuracy)
+    }
+
+    /// The loss of [`Model::classification_loss`] alone, with nothing read
+    /// back to the host: a training step on a GPU then never waits for the
+    /// device, and the host queues the next step while this one runs.
+    pub fn training_loss(&self, logits: &Logits, targets: &BTreeMap<String, Tensor>) -> Tensor {
+        logits
+            .iter()
+            .filter_map(|(name, logit)| Some(attribute_loss(logit, targets.get(name)?)))
+            .reduce(|a, b| a + b)
+            .unwrap_or_else(|| Tensor::zeros([], (Kind::Float, self.device())))
     }
 
     pub fn annotator(&self) -> Option<&Annotator> {
@@ -284,6 +279,15 @@ impl Model {
         })?;
         Ok(loaded)
     }
+}
+
+/// Mean cross-entropy over the labelled items of one attribute, as the sum
+/// over the count of labels on the device: zero when nothing is labelled
+/// (where a mean would be NaN), without the host having to look first.
+fn attribute_loss(logit: &Tensor, target: &Tensor) -> Tensor {
+    let labelled = target.ne(IGNORE_INDEX).sum(Kind::Float).clamp_min(1.0);
+    logit.cross_entropy_loss::<Tensor>(target, None, tch::Reduction::Sum, IGNORE_INDEX, 0.0)
+        / labelled
 }
 
 /// Copies `tensor` into its variable; false when `skip` leaves it out.
@@ -460,8 +464,24 @@ mod tests {
         .into_iter()
         .collect();
         let (loss, accuracy) = model.classification_loss(&logits, &targets);
-        assert!(loss.double_value(&[]).is_finite());
         let counted: Vec<i64> = accuracy.iter().map(|(_, n)| *n).collect();
         assert_eq!(counted, vec![3, 0, 4]);
+        // The mean over labelled items per attribute, summed; brand has none
+        // and adds nothing (a plain mean over zero items would be NaN).
+        let mean = |name: &str| {
+            let (_, logit) = logits.iter().find(|(n, _)| n == name).unwrap();
+            logit
+                .cross_entropy_loss::<Tensor>(
+                    &targets[name],
+                    None,
+                    tch::Reduction::Mean,
+                    IGNORE_INDEX,
+                    0.0,
+                )
+                .double_value(&[])
+        };
+        let expected = mean("color") + mean("category");
+        let got = loss.double_value(&[]);
+        assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
     }
 }

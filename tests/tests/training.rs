@@ -176,6 +176,32 @@ fn resuming_gives_the_same_state_as_an_uninterrupted_run() {
 }
 
 #[test]
+fn a_diverging_run_stops_with_the_step_named() {
+    let _turn = torch_turn();
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalogue(dir.path(), 64);
+    let checkpoint = dir.path().join("ckpt").to_str().unwrap().to_string();
+    let rt = runtime();
+    let mut opts = options(&catalog, &checkpoint, Task::Color, 3);
+    // The loss is read back only when reported or saved; it must still be caught.
+    opts.lr = 1e30;
+    opts.log_every = 1000;
+    let mut reported = Vec::new();
+    let err = train(&opts, rt.handle(), &mut |event| {
+        if let TrainEvent::Step { loss, .. } = event {
+            reported.push(*loss);
+        }
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("loss became") && err.contains("lower --lr"),
+        "{err}"
+    );
+    assert!(reported.iter().all(|l| l.is_finite()), "{reported:?}");
+}
+
+#[test]
 fn a_checkpoint_of_another_task_is_not_resumed() {
     let _turn = torch_turn();
     let dir = tempfile::tempdir().unwrap();

@@ -171,7 +171,7 @@ impl Taggers {
         beams: usize,
     ) -> Result<RecordBatch> {
         let _guard = tch::no_grad_guard();
-        let images = (batch.ok_count() > 0).then(|| batch.tensor().to_device(device));
+        let images = (batch.ok_count() > 0).then(|| crate::device::upload(&batch.tensor(), device));
         let mut features: Vec<Option<Tensor>> = Vec::new();
         for (_, model) in &self.models {
             features.push(images.as_ref().map(|x| model.features(x, false)));

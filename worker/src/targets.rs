@@ -20,7 +20,7 @@ pub struct Inputs {
 
 pub fn inputs(spec: &ModelSpec, batch: &Batch, device: Device) -> Inputs {
     let ok: Vec<_> = batch.items.iter().filter(|i| i.slot.is_ok()).collect();
-    let images = batch.tensor().to_device(device);
+    let images = crate::device::upload(&batch.tensor(), device);
     let classes = spec
         .labels
         .iter()
@@ -31,7 +31,7 @@ pub fn inputs(spec: &ModelSpec, batch: &Batch, device: Device) -> Inputs {
                 .collect();
             (
                 attribute.clone(),
-                Tensor::from_slice(&targets).to_device(device),
+                crate::device::upload(&Tensor::from_slice(&targets), device),
             )
         })
         .collect();
@@ -57,9 +57,10 @@ pub fn inputs(spec: &ModelSpec, batch: &Batch, device: Device) -> Inputs {
                     .take(width)
             })
             .collect();
-        Tensor::from_slice(&flat)
-            .view([rows.len() as i64, width as i64])
-            .to_device(device)
+        crate::device::upload(
+            &Tensor::from_slice(&flat).view([rows.len() as i64, width as i64]),
+            device,
+        )
     });
     Inputs {
         images,

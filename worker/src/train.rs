@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use atelier_catalog::{Catalog, ReadRange};
 use atelier_collective::{
-    broadcast_tensors, Collective, GradientBuckets, SingleRank, DEFAULT_BUCKET_BYTES,
+    broadcast_tensors, Backend, Collective, GradientBuckets, SingleRank, DEFAULT_BUCKET_BYTES,
 };
 use atelier_models::autocast::Bf16Autocast;
 use atelier_models::checkpoint::{
@@ -277,7 +277,7 @@ pub fn train_ranked(
             None => (epoch_loader(options, &catalog, handle, epoch, false)?, None),
         };
         let mut loader = loader.fuse();
-        let mut window_loss = 0.0;
+        let mut window_loss = WindowLoss::default();
         let mut window_images = 0usize;
         let mut window_start = Instant::now();
         for index in 0.. {
@@ -309,27 +309,27 @@ pub fn train_ranked(
                 Some(inputs) if inputs.count > 0 => {
                     let loss = autocast.run(|| loss(&run.model, inputs, true));
                     loss.backward();
-                    loss.double_value(&[])
+                    Some(loss.detach())
                 }
-                _ => 0.0,
+                _ => None,
             };
             if distributed {
                 define_missing_grads(&trainable);
             }
-            let synced = buckets.sync(collective, count, local_loss * count as f64)?;
-            allreduce_seconds += synced.seconds;
-            allreduce_bytes += synced.bytes;
-            run.optimizer.step(lr);
-            let loss = synced.loss_sum / synced.items.max(1.0);
-            if !loss.is_finite() {
-                return Err(WorkerError::Data(format!(
-                    "loss became {loss} at step {}; lower --lr",
-                    run.optimizer.steps
-                )));
+            // A world of one forced onto NCCL (the GPU check) all-reduces too.
+            if collective.backend() != Backend::Single {
+                // The all-reduce waits for the device anyway; the loss rides along.
+                let local = local_loss.map_or(0.0, |l| l.double_value(&[]));
+                let synced = buckets.sync(collective, count, local * count as f64)?;
+                allreduce_seconds += synced.seconds;
+                allreduce_bytes += synced.bytes;
+                window_loss.add(synced.loss_sum, synced.items);
+            } else if let Some(local) = local_loss {
+                window_loss.add_on_device(&local, count);
             }
+            run.optimizer.step(lr);
             run.manifest.step = run.optimizer.steps;
             run.manifest.batch_in_epoch = index + 1;
-            window_loss += loss * synced.items;
             window_images += count;
             images_seen += count;
             let steps_in_epoch = steps.map_or(steps_per_epoch, |s| s as i64);
@@ -337,9 +337,22 @@ pub fn train_ranked(
             // The last step of an epoch or of the run is always reported, so
             // that a job's final status and curves end where training did.
             let last = at_limit || (index + 1) as i64 >= steps_in_epoch;
-            if last || run.manifest.step % options.log_every.max(1) as i64 == 0 {
+            let report = last || run.manifest.step % options.log_every.max(1) as i64 == 0;
+            let save_now = rank == 0
+                && (at_limit
+                    || (options.checkpoint_every > 0
+                        && run.manifest.step % options.checkpoint_every as i64 == 0));
+            // The loss is looked at when reported or saved, not every step: a
+            // diverged run stops there, before a checkpoint could keep it.
+            let mean = (report || save_now).then(|| window_loss.mean());
+            if let Some(mean) = mean.filter(|m| !m.is_finite()) {
+                return Err(WorkerError::Data(format!(
+                    "loss became {mean} by step {}; lower --lr",
+                    run.optimizer.steps
+                )));
+            }
+            if let Some(mean) = mean.filter(|_| report) {
                 let rate = window_images as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
-                let mean = window_loss / (window_images * world).max(1) as f64;
                 run.metrics.push(MetricsLine {
                     step: run.manifest.step,
                     epoch: epoch as f64 + (index + 1) as f64 / steps_in_epoch as f64,
@@ -359,15 +372,11 @@ pub fn train_ranked(
                     allreduce_seconds,
                     allreduce_bytes,
                 });
-                window_loss = 0.0;
+                window_loss = WindowLoss::default();
                 window_images = 0;
                 window_start = Instant::now();
             }
-            if rank == 0
-                && (at_limit
-                    || (options.checkpoint_every > 0
-                        && run.manifest.step % options.checkpoint_every as i64 == 0))
-            {
+            if save_now {
                 save(&mut run, &checkpoint, handle)?;
             }
             if at_limit {
@@ -738,15 +747,44 @@ fn train_augment(options: &TrainOptions) -> Augment {
 }
 
 /// The training loss of a batch (classification or captioning).
+/// The loss summed over a logging window's items. A single process keeps
+/// the sum on the device: reading a loss back every step would make the host
+/// wait for the GPU each time instead of queueing the next step while the
+/// device runs this one. A gang learns the sum from its all-reduce.
+#[derive(Debug, Default)]
+struct WindowLoss {
+    sum: f64,
+    items: f64,
+    on_device: Option<tch::Tensor>,
+}
+
+impl WindowLoss {
+    fn add(&mut self, loss_sum: f64, items: f64) {
+        self.sum += loss_sum;
+        self.items += items;
+    }
+
+    fn add_on_device(&mut self, mean: &tch::Tensor, items: usize) {
+        let sum = mean.to_kind(Kind::Double) * items as f64;
+        self.on_device = Some(match self.on_device.take() {
+            Some(total) => total + sum,
+            None => sum,
+        });
+        self.items += items as f64;
+    }
+
+    /// The mean loss per item so far; waits for the device.
+    fn mean(&self) -> f64 {
+        let on_device = self.on_device.as_ref().map_or(0.0, |t| t.double_value(&[]));
+        (self.sum + on_device) / self.items.max(1.0)
+    }
+}
+
 pub fn loss(model: &Model, inputs: &crate::targets::Inputs, train: bool) -> tch::Tensor {
     let features = model.features(&inputs.images, train);
     match (model.annotator(), &inputs.tokens) {
         (Some(annotator), Some(tokens)) => annotator.loss(&features, tokens),
-        _ => {
-            model
-                .classification_loss(&model.logits(&features), &inputs.classes)
-                .0
-        }
+        _ => model.training_loss(&model.logits(&features), &inputs.classes),
     }
 }
 
