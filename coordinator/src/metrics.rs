@@ -103,6 +103,7 @@ pub fn render(handle: &LoopHandle) -> String {
         ("fetch", stage(&|s| s.fetch)),
         ("decode", stage(&|s| s.decode)),
         ("transform", stage(&|s| s.transform)),
+        ("upload", stage(&|s| s.upload)),
         ("forward", stage(&|s| s.forward)),
         ("write", stage(&|s| s.write)),
     ] {

@@ -88,6 +88,7 @@ impl From<StageTimes> for v1::StageTimes {
             transform: s.transform,
             forward: s.forward,
             write: s.write,
+            upload: s.upload,
         }
     }
 }
@@ -101,6 +102,7 @@ impl From<v1::StageTimes> for StageTimes {
             transform: s.transform,
             forward: s.forward,
             write: s.write,
+            upload: s.upload,
         }
     }
 }

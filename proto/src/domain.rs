@@ -190,6 +190,9 @@ pub struct StageTimes {
     pub transform: f64,
     pub forward: f64,
     pub write: f64,
+    /// Host time staging batches for the device (the H2D copy's host side).
+    #[serde(default)]
+    pub upload: f64,
 }
 
 impl StageTimes {
@@ -200,6 +203,7 @@ impl StageTimes {
         self.transform += other.transform;
         self.forward += other.forward;
         self.write += other.write;
+        self.upload += other.upload;
     }
 }
 

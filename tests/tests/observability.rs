@@ -122,8 +122,14 @@ fn counters_move_during_a_job_and_logs_name_the_task() {
         let series = format!("atelier_worker_stage_seconds_total{{stage=\"{stage}\"}}");
         assert!(value(&after, &series) > 0.0, "{series}");
     }
+    // The H2D stage is exported too (about zero on a CPU worker).
+    let upload = "atelier_worker_stage_seconds_total{stage=\"upload\"}";
+    assert!(value(&after, upload) >= 0.0, "{upload}");
     let status = cluster.cli_ok(&["status", &job]);
-    assert!(status.contains("seconds by stage"), "{status}");
+    assert!(
+        status.contains("seconds by stage") && status.contains("upload "),
+        "{status}"
+    );
 
     let healthy = rt.block_on(async {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{worker_health}"))

@@ -330,6 +330,13 @@ fn test_plot_and_tag_produce_their_outputs() {
         tagged.contains("tagged 40 items (3 with errors)"),
         "{tagged}"
     );
+    // Where the time went, in the run's summary.
+    assert!(
+        tagged.contains("seconds by stage")
+            && tagged.contains("decode ")
+            && tagged.contains("upload "),
+        "{tagged}"
+    );
 
     let file = std::fs::File::open(out.join("part-00000.parquet")).unwrap();
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)

@@ -45,6 +45,7 @@ pub struct TagSummary {
     pub files: Vec<String>,
     pub seconds: f64,
     pub model_version: String,
+    pub stages: atelier_proto::domain::StageTimes,
 }
 
 /// Models loaded for tagging, with what they predict.
@@ -163,18 +164,18 @@ impl Taggers {
     }
 
     /// Predictions for the decoded items of `batch`, then the output rows for all of them.
+    /// `images`: the decoded items of `batch` on the device, none if none decoded.
     fn tag(
         &self,
         batch: &Batch,
+        images: Option<&Tensor>,
         schema: &SchemaRef,
-        device: Device,
         beams: usize,
     ) -> Result<RecordBatch> {
         let _guard = tch::no_grad_guard();
-        let images = (batch.ok_count() > 0).then(|| crate::device::upload(&batch.tensor(), device));
         let mut features: Vec<Option<Tensor>> = Vec::new();
         for (_, model) in &self.models {
-            features.push(images.as_ref().map(|x| model.features(x, false)));
+            features.push(images.map(|x| model.features(x, false)));
         }
         let mut ids = StringBuilder::new();
         let mut versions = StringBuilder::new();
@@ -325,8 +326,12 @@ impl Taggers {
                 return Err(WorkerError::Cancelled);
             }
             let batch = batch?;
+            let upload = Instant::now();
+            let images = (batch.ok_count() > 0)
+                .then(|| crate::device::upload(&batch.tensor(), tagging.device));
+            written.stages.upload += upload.elapsed().as_secs_f64();
             let forward = Instant::now();
-            let rows = self.tag(&batch, &schema, tagging.device, tagging.beams)?;
+            let rows = self.tag(&batch, images.as_ref(), &schema, tagging.beams)?;
             written.stages.forward += forward.elapsed().as_secs_f64();
             written.rows += rows.num_rows();
             written.errors += batch.items.len() - batch.ok_count();
@@ -395,6 +400,7 @@ pub fn tag(
         )?;
         summary.items += written.rows;
         summary.errors += written.errors;
+        summary.stages.add(&written.stages);
         summary.files.push(target.url());
     }
     summary.seconds = started.elapsed().as_secs_f64();

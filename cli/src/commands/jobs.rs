@@ -383,11 +383,8 @@ pub fn print_job(job: &JobStatus) {
         }
     }
     let s = &job.stages;
-    if s.read + s.fetch + s.decode + s.transform + s.forward + s.write > 0.0 {
-        println!(
-            "  seconds by stage (summed over threads): read {:.1}, fetch {:.1}, decode {:.1}, transform {:.1}, forward {:.1}, write {:.1}",
-            s.read, s.fetch, s.decode, s.transform, s.forward, s.write
-        );
+    if let Some(line) = crate::commands::stages::describe(s) {
+        println!("  {line}");
     }
     if !job.metrics.is_empty() {
         let shown: Vec<String> = job

@@ -5,6 +5,7 @@ pub mod local;
 pub mod local_cluster;
 pub mod pipeline;
 pub mod plot;
+pub mod stages;
 pub mod tag;
 pub mod tag_accuracy;
 pub mod test;

@@ -101,5 +101,8 @@ pub fn run(args: &TagArgs, handle: &Handle) -> anyhow::Result<()> {
         summary.files.len(),
         args.out
     );
+    if let Some(line) = crate::commands::stages::describe(&summary.stages) {
+        println!("{line}");
+    }
     Ok(())
 }

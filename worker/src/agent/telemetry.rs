@@ -15,7 +15,7 @@ pub struct WorkerMetrics {
     tasks_stopped: Counter,
     items: Counter,
     item_errors: Counter,
-    stages: [Counter; 6],
+    stages: [Counter; STAGES.len()],
     allreduce_seconds: Counter,
     allreduce_bytes: Counter,
     busy: Gauge,
@@ -23,10 +23,26 @@ pub struct WorkerMetrics {
     gpu_memory: Vec<(usize, Gauge)>,
 }
 
-const STAGES: [&str; 6] = ["read", "fetch", "decode", "transform", "forward", "write"];
+const STAGES: [&str; 7] = [
+    "read",
+    "fetch",
+    "decode",
+    "transform",
+    "upload",
+    "forward",
+    "write",
+];
 
-fn stage_values(s: &StageTimes) -> [f64; 6] {
-    [s.read, s.fetch, s.decode, s.transform, s.forward, s.write]
+fn stage_values(s: &StageTimes) -> [f64; 7] {
+    [
+        s.read,
+        s.fetch,
+        s.decode,
+        s.transform,
+        s.upload,
+        s.forward,
+        s.write,
+    ]
 }
 
 impl WorkerMetrics {

@@ -1,0 +1,50 @@
+//! Where a tagging run's time went, stage by stage, as one line.
+
+use atelier_proto::domain::StageTimes;
+
+/// `None` before any stage has counted time.
+pub fn describe(s: &StageTimes) -> Option<String> {
+    let stages = [
+        ("read", s.read),
+        ("fetch", s.fetch),
+        ("decode", s.decode),
+        ("transform", s.transform),
+        ("upload", s.upload),
+        ("forward", s.forward),
+        ("write", s.write),
+    ];
+    if stages.iter().all(|(_, seconds)| *seconds <= 0.0) {
+        return None;
+    }
+    let shown: Vec<String> = stages
+        .iter()
+        .map(|(name, seconds)| format!("{name} {seconds:.1}"))
+        .collect();
+    Some(format!(
+        "seconds by stage (pipeline stages summed over its threads): {}",
+        shown.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stage_is_named_in_pipeline_order() {
+        assert_eq!(describe(&StageTimes::default()), None);
+        let line = describe(&StageTimes {
+            decode: 2.0,
+            upload: 0.25,
+            forward: 3.5,
+            ..StageTimes::default()
+        })
+        .unwrap();
+        assert!(
+            line.ends_with(
+                "read 0.0, fetch 0.0, decode 2.0, transform 0.0, upload 0.2, forward 3.5, write 0.0"
+            ),
+            "{line}"
+        );
+    }
+}
