@@ -4,6 +4,7 @@
 # Runs release binaries built elsewhere against this machine's torch 2.11:
 #
 #   BIN=.gpu/atelier SCALE=.gpu/scale bench/gpu_cluster.sh
+# SCALE=none skips the scale benchmark, TAG=0 the tag job.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bin="${BIN:-.gpu/atelier}"
@@ -11,7 +12,9 @@ scale="${SCALE:-.gpu/scale}"
 work=/tmp/atelier-gpu-cluster
 rm -rf "$work"; mkdir -p "$work"
 export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
-ulimit -n 65536 2>/dev/null || true
+# 1,000 workers hold 1,000 connections, plus the coordinator's side of them.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+echo "open files: $(ulimit -n)"
 echo "cores: $(nproc); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 
 if [ "$scale" != none ]; then
@@ -19,6 +22,7 @@ if [ "$scale" != none ]; then
   "$scale" "$bin" "$work/scale" 2>&1 | grep --line-buffered -v "worker registered\|manifest not written\|job submitted\|job cancelled"
 fi
 
+[ "${TAG:-1}" = 0 ] && exit 0
 echo "== tag job through a coordinator and one cuda:0 worker"
 export RUST_LOG=warn
 "$bin" catalog generate --items 12000 --out "$work/catalog" --size 384x512 | tail -n 1
