@@ -125,10 +125,10 @@ impl GradientBuckets {
                     .to_device(flat.device());
                 flat = Tensor::cat(&[flat, extra], 0);
             }
-            collective.all_reduce_sum(&mut flat)?;
             bytes += (flat.numel() * flat.kind().elt_size_in_bytes()) as u64;
             flats.push(flat);
         }
+        collective.all_reduce_sum_many(&mut flats)?;
         let tail = flats
             .last()
             .map(|f| f.narrow(0, f.size()[0] - 2, 2).to_kind(Kind::Double))

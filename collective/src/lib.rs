@@ -40,6 +40,11 @@ pub trait Collective: Send + std::fmt::Debug {
     fn backend(&self) -> Backend;
     /// Replaces `tensor` on every rank with the sum over ranks.
     fn all_reduce_sum(&mut self, tensor: &mut Tensor) -> Result<()>;
+    /// `all_reduce_sum` on each of `tensors`, in order. A backend that queues
+    /// work on a device overrides it to wait once for all of them.
+    fn all_reduce_sum_many(&mut self, tensors: &mut [Tensor]) -> Result<()> {
+        tensors.iter_mut().try_for_each(|t| self.all_reduce_sum(t))
+    }
     /// Replaces `tensor` on every rank with `root`'s.
     fn broadcast(&mut self, tensor: &mut Tensor, root: usize) -> Result<()>;
 }

@@ -155,6 +155,31 @@ impl NcclCollective {
         self.library.check("ncclCommGetAsyncError", code)?;
         self.library.check(call, state)
     }
+
+    /// Queues an in-place sum of `tensor`; false when it is empty.
+    fn queue_all_reduce(&mut self, tensor: &mut Tensor) -> Result<bool> {
+        let (count, kind) = self.check_tensor(tensor, "ncclAllReduce")?;
+        if count == 0 {
+            return Ok(false);
+        }
+        let data = tensor.data_ptr();
+        // SAFETY: in place on a contiguous device tensor of `count` elements
+        // that the caller's `&mut` keeps alive until `wait` has seen the
+        // kernel finish.
+        let code = unsafe {
+            (self.library.all_reduce)(
+                data,
+                data,
+                count,
+                kind,
+                NCCL_SUM,
+                self.comm,
+                TORCH_DEFAULT_STREAM,
+            )
+        };
+        self.library.check("ncclAllReduce", code)?;
+        Ok(true)
+    }
 }
 
 fn init(
@@ -202,26 +227,31 @@ impl Collective for NcclCollective {
     }
 
     fn all_reduce_sum(&mut self, tensor: &mut Tensor) -> Result<()> {
-        let (count, kind) = self.check_tensor(tensor, "ncclAllReduce")?;
-        if count == 0 {
-            return Ok(());
+        self.all_reduce_sum_many(std::slice::from_mut(tensor))
+    }
+
+    /// Queues every all-reduce on the stream, then waits once: the host does
+    /// not stall between a step's buckets.
+    fn all_reduce_sum_many(&mut self, tensors: &mut [Tensor]) -> Result<()> {
+        let mut queued = false;
+        let mut refused = None;
+        for tensor in tensors.iter_mut() {
+            match self.queue_all_reduce(tensor) {
+                Ok(now) => queued |= now,
+                Err(error) => {
+                    refused = Some(error);
+                    break;
+                }
+            }
         }
-        let data = tensor.data_ptr();
-        // SAFETY: in place on a contiguous device tensor of `count` elements
-        // that `&mut` keeps alive until `wait` has seen the kernel finish.
-        let code = unsafe {
-            (self.library.all_reduce)(
-                data,
-                data,
-                count,
-                kind,
-                NCCL_SUM,
-                self.comm,
-                TORCH_DEFAULT_STREAM,
-            )
+        // Whatever was queued still writes into its tensor: wait for it
+        // before the caller may drop them, even when a later one was refused.
+        let waited = if queued {
+            self.wait("ncclAllReduce")
+        } else {
+            Ok(())
         };
-        self.library.check("ncclAllReduce", code)?;
-        self.wait("ncclAllReduce")
+        refused.map_or(waited, Err)
     }
 
     fn broadcast(&mut self, tensor: &mut Tensor, root: usize) -> Result<()> {
@@ -230,7 +260,7 @@ impl Collective for NcclCollective {
             return Ok(());
         }
         let data = tensor.data_ptr();
-        // SAFETY: as in all_reduce_sum.
+        // SAFETY: as in queue_all_reduce.
         let code = unsafe {
             (self.library.broadcast)(
                 data,
