@@ -139,15 +139,19 @@ async fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_file(work.join("state.db-wal"));
     let _ = std::fs::remove_file(work.join("state.db-shm"));
 
-    let mut coordinator = Command::new(&bin)
+    let coordinator = Command::new(&bin)
         .args(["coordinator", "--listen", "127.0.0.1:0", "--state"])
         .arg(work.join("state.db"))
         .args(["--lease-timeout-ms", "60000"])
         .env("RUST_LOG", "warn,atelier_coordinator::event_loop=info")
         .stdout(Stdio::piped())
         .spawn()?;
-    let pid = coordinator.id();
+    // A run that fails half-way must not leave the coordinator behind (it
+    // would hold the caller's pipe open and look like a hang).
+    let mut coordinator = KillOnDrop(coordinator);
+    let pid = coordinator.0.id();
     let stdout = coordinator
+        .0
         .stdout
         .take()
         .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
@@ -355,6 +359,17 @@ async fn main() -> anyhow::Result<()> {
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
-    let _ = coordinator.wait();
+    let _ = coordinator.0.wait();
     Ok(())
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }

@@ -9,6 +9,7 @@ use atelier_proto::v1::worker_service_server::WorkerServiceServer;
 use atelier_proto::FILE_DESCRIPTOR_SET;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::{Stream, StreamExt};
 
 use crate::config::CoordinatorConfig;
 use crate::error::{CoordinatorError, Result};
@@ -110,7 +111,7 @@ pub async fn serve_with_metrics(
         .add_service(reflection)
         .add_service(jobs)
         .add_service(workers)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(without_nagle(listener), shutdown)
         .await;
     // The services (and the metrics server) held the last loop handles;
     // with them gone the loop ends.
@@ -120,4 +121,21 @@ pub async fn serve_with_metrics(
         .map_err(|_| CoordinatorError::Internal("the event loop panicked".into()))?;
     served.map_err(|e| CoordinatorError::Internal(format!("grpc server: {e}")))?;
     looped
+}
+
+/// Accepted connections with Nagle's algorithm off, as tonic sets up the
+/// listeners it binds itself (`serve_with_incoming` leaves sockets as they
+/// come): a small answer is sent at once instead of waiting for the
+/// acknowledgement of the previous one.
+fn without_nagle(
+    listener: TcpListener,
+) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "could not turn off nagle on a connection");
+            }
+        }
+        accepted
+    })
 }
