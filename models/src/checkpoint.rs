@@ -226,7 +226,7 @@ pub fn tensors_from_bytes(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
 /// of `bytes` only when its turn comes.
 pub fn each_tensor(bytes: &[u8], mut f: impl FnMut(String, Tensor) -> Result<()>) -> Result<()> {
     let file = safetensors::SafeTensors::deserialize(bytes)
-        .map_err(|e| ModelError::Weights(format!("not a safetensors file: {e}")))?;
+        .map_err(|e| ModelError::Corrupt(format!("not safetensors ({e})")))?;
     for (name, view) in file.tensors() {
         f(name, Tensor::try_from(view)?)?;
     }

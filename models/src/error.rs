@@ -7,6 +7,9 @@ pub enum ModelError {
     Spec(String),
     #[error("weights do not fit the model: {0}")]
     Weights(String),
+    /// A weights file that cannot be read as safetensors (truncated, overwritten).
+    #[error("unreadable weights file: {0}")]
+    Corrupt(String),
     #[error("checkpoint {url}: {reason}")]
     Checkpoint { url: String, reason: String },
     #[error(transparent)]
@@ -36,6 +39,7 @@ impl ModelError {
         match self {
             ModelError::Spec(_) | ModelError::Weights(_) => Code::InvalidArgument,
             ModelError::Checkpoint { .. } => Code::FailedPrecondition,
+            ModelError::Corrupt(_) => Code::DataLoss,
             ModelError::Catalog(e) => e.grpc_code(),
             ModelError::Torch(_) => Code::Internal,
             ModelError::Io { .. } => Code::Unavailable,

@@ -202,6 +202,39 @@ fn a_diverging_run_stops_with_the_step_named() {
 }
 
 #[test]
+fn a_corrupt_weights_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalogue(dir.path(), 64);
+    let checkpoint = dir.path().join("ckpt");
+    let checkpoint_url = checkpoint.to_str().unwrap();
+    atelier_tests::train_quick_color_model(&catalog, checkpoint_url);
+    let weights = std::fs::read_dir(&checkpoint)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|e| e == "safetensors"))
+        .unwrap();
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let out = dir.path().join("tags");
+    let output = atelier_tests::atelier(&[
+        "tag",
+        "--checkpoint",
+        checkpoint_url,
+        "--catalog",
+        &catalog,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let name = weights.file_name().unwrap().to_str().unwrap();
+    assert!(
+        stderr.contains(name) && stderr.contains("safetensors") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_checkpoint_of_another_task_is_not_resumed() {
     let _turn = torch_turn();
     let dir = tempfile::tempdir().unwrap();
