@@ -94,9 +94,14 @@ pub fn gpu_memory_used(index: usize) -> Option<usize> {
 /// stream without the host waiting for it.
 pub fn upload(images: &Tensor, device: Device) -> Tensor {
     if device.is_cuda() {
-        images
-            .pin_memory(device)
-            .to_device_(device, images.kind(), true, false)
+        // `_pin_memory`: the public `pin_memory(device)` logs a deprecation
+        // warning for its device argument on every call, and tch cannot
+        // leave the argument out. Pinned memory can run short; the copy then
+        // goes from pageable memory as before.
+        match images.f_internal_pin_memory(device) {
+            Ok(pinned) => pinned.to_device_(device, images.kind(), true, false),
+            Err(_) => images.to_device(device),
+        }
     } else {
         images.to_device(device)
     }
