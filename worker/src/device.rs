@@ -107,6 +107,37 @@ pub fn upload(images: &Tensor, device: Device) -> Tensor {
     }
 }
 
+/// The decoded images of `batch` onto `device`, as [`upload`] does. To a GPU
+/// the pixels are pinned straight from the batch's buffer instead of being
+/// copied into a tensor of their own first: a batch of 256 at 224 px is
+/// 154 MB, and every host copy of it costs the compute thread milliseconds
+/// that a GPU tagging 10,000 images/s does not have.
+pub fn upload_batch(batch: &atelier_pipeline::Batch, device: Device) -> Tensor {
+    if device.is_cuda() {
+        let (n, s) = (batch.ok_count() as i64, batch.size as i64);
+        if batch.pixels.len() as i64 == n * 3 * s * s {
+            // SAFETY: the view borrows `batch.pixels` (the length checked
+            // above) and ends with this statement, after `_pin_memory` has
+            // copied it into pinned memory of its own; nothing returned
+            // refers to it.
+            let pinned = unsafe {
+                Tensor::f_from_blob(
+                    batch.pixels.as_ptr().cast(),
+                    &[n, 3, s, s],
+                    &[3 * s * s, s * s, s, 1],
+                    tch::Kind::Float,
+                    Device::Cpu,
+                )
+            }
+            .and_then(|view| view.f_internal_pin_memory(device));
+            if let Ok(pinned) = pinned {
+                return pinned.to_device_(device, tch::Kind::Float, true, false);
+            }
+        }
+    }
+    upload(&batch.tensor(), device)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +155,29 @@ mod tests {
             let error = parse_devices("cuda:0,cuda:0").unwrap_err().to_string();
             assert!(error.contains("listed twice"), "{error}");
         }
+    }
+
+    #[test]
+    fn an_uploaded_batch_holds_the_decoded_images() {
+        use atelier_pipeline::{Batch, BatchItem};
+        let item = |slot| BatchItem {
+            item_id: "i".into(),
+            labels: Default::default(),
+            extra: Vec::new(),
+            slot,
+        };
+        let batch = Batch {
+            items: vec![item(Ok(0)), item(Ok(1))],
+            pixels: (0..2 * 3 * 4 * 4).map(|v| v as f32).collect(),
+            size: 4,
+        };
+        let device = if tch::Cuda::is_available() {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        };
+        let uploaded = upload_batch(&batch, device);
+        assert_eq!(uploaded.size(), vec![2, 3, 4, 4]);
+        assert!(uploaded.to_device(Device::Cpu).equal(&batch.tensor()));
     }
 }

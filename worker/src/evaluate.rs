@@ -140,7 +140,7 @@ pub fn evaluate(options: &EvaluateOptions, handle: &Handle) -> Result<EvalReport
             continue;
         }
         let ok: Vec<_> = batch.items.iter().filter(|i| i.slot.is_ok()).collect();
-        let features = model.features(&crate::device::upload(&batch.tensor(), device), false);
+        let features = model.features(&crate::device::upload_batch(&batch, device), false);
         if let Some(annotator) = model.annotator() {
             let vocab = spec.vocab.as_ref().expect("a captioner has a vocabulary");
             let decoded = if options.beams > 1 {

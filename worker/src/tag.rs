@@ -327,8 +327,8 @@ impl Taggers {
             }
             let batch = batch?;
             let upload = Instant::now();
-            let images = (batch.ok_count() > 0)
-                .then(|| crate::device::upload(&batch.tensor(), tagging.device));
+            let images =
+                (batch.ok_count() > 0).then(|| crate::device::upload_batch(&batch, tagging.device));
             written.stages.upload += upload.elapsed().as_secs_f64();
             let forward = Instant::now();
             let rows = self.tag(&batch, images.as_ref(), &schema, tagging.beams)?;

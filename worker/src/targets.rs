@@ -20,7 +20,7 @@ pub struct Inputs {
 
 pub fn inputs(spec: &ModelSpec, batch: &Batch, device: Device) -> Inputs {
     let ok: Vec<_> = batch.items.iter().filter(|i| i.slot.is_ok()).collect();
-    let images = crate::device::upload(&batch.tensor(), device);
+    let images = crate::device::upload_batch(batch, device);
     let classes = spec
         .labels
         .iter()
