@@ -3,6 +3,7 @@
 use atelier_catalog::Labels;
 
 use crate::error::{ItemError, ItemFailure};
+use crate::transform::Normalization;
 
 /// One input row and what became of it.
 #[derive(Debug, Clone)]
@@ -15,12 +16,38 @@ pub struct BatchItem {
     pub slot: Result<usize, ItemError>,
 }
 
+/// The pixels of a batch's decoded images: `ok_count() × 3 × size × size`
+/// values, NCHW.
+#[derive(Debug, Clone)]
+pub enum Pixels {
+    /// Normalised floats, ready for a model.
+    Normalized(Vec<f32>),
+    /// The bytes as decoded (0..=255), for the receiver to normalise: a
+    /// quarter of the bytes to copy to a GPU, which normalises them itself.
+    Bytes {
+        values: Vec<u8>,
+        normalization: Normalization,
+    },
+}
+
+impl Pixels {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Normalized(values) => values.len(),
+            Self::Bytes { values, .. } => values.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A batch of items, every input row present, in input order.
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub items: Vec<BatchItem>,
-    /// `ok_count() × 3 × size × size` floats, NCHW, normalised.
-    pub pixels: Vec<f32>,
+    pub pixels: Pixels,
     pub size: usize,
 }
 
@@ -40,10 +67,33 @@ impl Batch {
         })
     }
 
-    /// The decoded images as an `[N, 3, size, size]` float tensor on the CPU.
+    /// The decoded images as an `[N, 3, size, size]` normalised float
+    /// tensor on the CPU.
     pub fn tensor(&self) -> tch::Tensor {
         let n = self.ok_count() as i64;
         let s = self.size as i64;
-        tch::Tensor::from_slice(&self.pixels).view([n, 3, s, s])
+        match &self.pixels {
+            Pixels::Normalized(values) => tch::Tensor::from_slice(values).view([n, 3, s, s]),
+            Pixels::Bytes {
+                values,
+                normalization,
+            } => normalize(
+                &tch::Tensor::from_slice(values).view([n, 3, s, s]),
+                normalization,
+            ),
+        }
     }
+}
+
+/// `[N, 3, H, W]` bytes (0..=255) to normalised floats, on their device; the
+/// same arithmetic as the pipeline's tables.
+pub fn normalize(bytes: &tch::Tensor, normalization: &Normalization) -> tch::Tensor {
+    let device = bytes.device();
+    let channel = |values: &[f32; 3]| {
+        tch::Tensor::from_slice(values)
+            .view([1, 3, 1, 1])
+            .to_device(device)
+    };
+    (bytes.to_kind(tch::Kind::Float) / 255.0 - channel(&normalization.mean))
+        / channel(&normalization.std)
 }

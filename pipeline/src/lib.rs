@@ -14,7 +14,7 @@ pub mod loader;
 pub mod stats;
 pub mod transform;
 
-pub use batch::{Batch, BatchItem};
+pub use batch::{normalize, Batch, BatchItem, Pixels};
 pub use decode::{decode, DecodeLimits, RgbImage};
 pub use error::{ItemError, ItemFailure, PipelineError, Result};
 pub use loader::{ImageLoader, ItemFilter, LoaderOptions};

@@ -74,6 +74,7 @@ pub struct Transformer {
     tables: [[f32; 256]; 3],
     resizer: Resizer,
     resized: Image<'static>,
+    warped: Vec<u8>,
 }
 
 impl std::fmt::Debug for Transformer {
@@ -120,6 +121,7 @@ impl Transformer {
             tables: normalization.tables(),
             resizer: Resizer::new(),
             resized: Image::new(size as u32, size as u32, PixelType::U8x3),
+            warped: Vec::new(),
         }
     }
 
@@ -162,12 +164,39 @@ impl Transformer {
 
     /// Crops and resizes `image` in one pass, then writes normalised CHW floats to `out`.
     pub fn apply(&mut self, image: &RgbImage, crop: Crop, out: &mut [f32]) -> Result<(), String> {
-        let plane = self.size * self.size;
-        if out.len() != 3 * plane {
+        self.resize(image, crop, out.len())?;
+        let [tr, tg, tb] = &self.tables;
+        write_planes(
+            self.resized(crop),
+            self.size,
+            crop.flip,
+            out,
+            |channel, value| [tr, tg, tb][channel][usize::from(value)],
+        );
+        Ok(())
+    }
+
+    /// As [`Transformer::apply`], but writes the CHW bytes as they are, for
+    /// the receiver to normalise (see [`crate::batch::Pixels::Bytes`]).
+    pub fn apply_bytes(
+        &mut self,
+        image: &RgbImage,
+        crop: Crop,
+        out: &mut [u8],
+    ) -> Result<(), String> {
+        self.resize(image, crop, out.len())?;
+        write_planes(self.resized(crop), self.size, crop.flip, out, |_, value| {
+            value
+        });
+        Ok(())
+    }
+
+    /// Crops, resizes and warps `image` into the scratch buffers.
+    fn resize(&mut self, image: &RgbImage, crop: Crop, out_len: usize) -> Result<(), String> {
+        if out_len != 3 * self.size * self.size {
             return Err(format!(
-                "output holds {} floats, need {}",
-                out.len(),
-                3 * plane
+                "output holds {out_len} values, need {}",
+                3 * self.size * self.size
             ));
         }
         let source = ImageRef::new(
@@ -183,28 +212,42 @@ impl Transformer {
         self.resizer
             .resize(&source, &mut self.resized, &options)
             .map_err(|e| e.to_string())?;
-        let warped;
-        let pixels = match crop.warp {
-            Some(matrix) => {
-                warped = warp(self.resized.buffer(), self.size, matrix);
-                &warped[..]
-            }
-            None => self.resized.buffer(),
-        };
-        let (r, rest) = out.split_at_mut(plane);
-        let (g, b) = rest.split_at_mut(plane);
-        let [tr, tg, tb] = &self.tables;
-        for y in 0..self.size {
-            let row = &pixels[y * self.size * 3..(y + 1) * self.size * 3];
-            for x in 0..self.size {
-                let src = if crop.flip { self.size - 1 - x } else { x } * 3;
-                let dst = y * self.size + x;
-                r[dst] = tr[usize::from(row[src])];
-                g[dst] = tg[usize::from(row[src + 1])];
-                b[dst] = tb[usize::from(row[src + 2])];
-            }
+        if let Some(matrix) = crop.warp {
+            self.warped = warp(self.resized.buffer(), self.size, matrix);
         }
         Ok(())
+    }
+
+    /// The interleaved RGB result of the last [`Transformer::resize`] with `crop`.
+    fn resized(&self, crop: Crop) -> &[u8] {
+        match crop.warp {
+            Some(_) => &self.warped,
+            None => self.resized.buffer(),
+        }
+    }
+}
+
+/// Interleaved RGB rows to three planes, mirrored when `flip`, each byte
+/// through `value(channel, byte)`.
+fn write_planes<T: Copy>(
+    pixels: &[u8],
+    size: usize,
+    flip: bool,
+    out: &mut [T],
+    value: impl Fn(usize, u8) -> T,
+) {
+    let plane = size * size;
+    let (r, rest) = out.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    for y in 0..size {
+        let row = &pixels[y * size * 3..(y + 1) * size * 3];
+        for x in 0..size {
+            let src = if flip { size - 1 - x } else { x } * 3;
+            let dst = y * size + x;
+            r[dst] = value(0, row[src]);
+            g[dst] = value(1, row[src + 1]);
+            b[dst] = value(2, row[src + 2]);
+        }
     }
 }
 
@@ -261,6 +304,42 @@ mod tests {
             height: side,
             pixels: (0..side * side * 3).map(|i| (i % 256) as u8).collect(),
         }
+    }
+
+    #[test]
+    fn bytes_normalised_later_equal_the_floats() {
+        let source = RgbImage {
+            width: 40,
+            height: 30,
+            pixels: (0..40 * 30 * 3).map(|i| (i * 7 % 256) as u8).collect(),
+        };
+        let normalization = Normalization {
+            mean: [0.5, 0.4, 0.3],
+            std: [0.2, 0.25, 0.3],
+        };
+        let mut transformer = Transformer::new(16, Augment::CenterCrop, normalization);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        // Flipped, so that both writers mirror the same way.
+        let crop = Crop {
+            flip: true,
+            ..transformer.crop(40, 30, &mut rng)
+        };
+        let mut floats = vec![0f32; 3 * 16 * 16];
+        transformer.apply(&source, crop, &mut floats).unwrap();
+        let mut bytes = vec![0u8; 3 * 16 * 16];
+        transformer.apply_bytes(&source, crop, &mut bytes).unwrap();
+        let later = crate::batch::normalize(
+            &tch::Tensor::from_slice(&bytes).view([1, 3, 16, 16]),
+            &normalization,
+        );
+        let diff = (later - tch::Tensor::from_slice(&floats).view([1, 3, 16, 16]))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff < 1e-6, "differs by {diff}");
+        assert!(transformer
+            .apply_bytes(&source, crop, &mut bytes[1..])
+            .is_err());
     }
 
     #[test]

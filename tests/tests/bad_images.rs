@@ -8,7 +8,7 @@ use std::io::Cursor;
 
 use atelier_catalog::synthetic::encode_jpeg;
 use atelier_catalog::{Catalog, CatalogItem, CatalogWriter, StoreLocation, WriterOptions};
-use atelier_pipeline::{decode, DecodeLimits, ImageLoader, ItemError, LoaderOptions};
+use atelier_pipeline::{decode, DecodeLimits, ImageLoader, ItemError, LoaderOptions, Pixels};
 use atelier_tests::runtime;
 
 fn gradient(width: usize, height: usize) -> Vec<u8> {
@@ -223,9 +223,11 @@ fn every_bad_image_gets_its_error_and_good_ones_pass() {
     )
     .unwrap();
     let mut outcomes = Vec::new();
+    let mut tensors = Vec::new();
     for batch in loader {
         let batch = batch.unwrap();
         assert_eq!(batch.tensor().size()[0], batch.ok_count() as i64);
+        tensors.push(batch.tensor());
         for item in batch.items {
             outcomes.push((
                 item.item_id,
@@ -249,6 +251,30 @@ fn every_bad_image_gets_its_error_and_good_ones_pass() {
             (want, got) => panic!("{id}: expected {want:?}, got {got:?}"),
         }
     }
+
+    // Bytes for the consumer to normalise (what a GPU gets) come out the same.
+    let as_bytes = ImageLoader::all(
+        &catalog,
+        LoaderOptions {
+            image_size: 32,
+            batch_size: 5,
+            threads: 2,
+            prefetch: 2,
+            raw_bytes: true,
+            ..LoaderOptions::default()
+        },
+        rt.handle().clone(),
+    )
+    .unwrap();
+    let mut compared = 0;
+    for (batch, floats) in as_bytes.zip(&tensors) {
+        let batch = batch.unwrap();
+        assert!(matches!(batch.pixels, Pixels::Bytes { .. }));
+        let diff = (batch.tensor() - floats).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "batch {compared} differs by {diff}");
+        compared += 1;
+    }
+    assert_eq!(compared, tensors.len());
 }
 
 #[test]

@@ -84,11 +84,13 @@ pub fn load_model(
     Ok((manifest, model))
 }
 
-/// The loader options a checkpoint was trained for, with centre crops.
+/// The loader options a checkpoint was trained for, with centre crops. For a
+/// GPU the pixels come as bytes and are normalised on the device.
 pub fn inference_loader_options(
     manifest: &Manifest,
     batch_size: usize,
     threads: usize,
+    device: tch::Device,
 ) -> LoaderOptions {
     LoaderOptions {
         image_size: manifest.image_size,
@@ -100,6 +102,7 @@ pub fn inference_loader_options(
             mean: manifest.normalization.mean,
             std: manifest.normalization.std,
         },
+        raw_bytes: device.is_cuda(),
         ..LoaderOptions::default()
     }
 }
@@ -118,7 +121,7 @@ pub fn evaluate(options: &EvaluateOptions, handle: &Handle) -> Result<EvalReport
         .and_then(serde_json::Value::as_f64)
         .unwrap_or(0.1);
     let mut loader_options =
-        inference_loader_options(&manifest, options.batch_size, options.threads);
+        inference_loader_options(&manifest, options.batch_size, options.threads, device);
     if options.validation_only {
         loader_options.keep = Some(ItemFilter::new(move |id| in_validation(id, val_fraction)));
     }

@@ -309,8 +309,12 @@ impl Taggers {
         progress: &mut dyn FnMut(Written),
     ) -> Result<Written> {
         let schema = self.schema();
-        let loader_options =
-            inference_loader_options(&self.models[0].0, tagging.batch_size, tagging.threads);
+        let loader_options = inference_loader_options(
+            &self.models[0].0,
+            tagging.batch_size,
+            tagging.threads,
+            tagging.device,
+        );
         let loader = ImageLoader::new(catalog, ranges, loader_options, handle.clone())?;
         let stats = loader.stats();
         let parquet_error = |source| atelier_catalog::CatalogError::Parquet {
