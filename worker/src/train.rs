@@ -706,6 +706,8 @@ fn loader_for(
         seed: options.seed.wrapping_add(epoch as u64),
         keep: Some(keep),
         shuffle_window: if validation { 0 } else { shuffle_window },
+        // A GPU gets bytes and normalises them itself (see upload_batch).
+        raw_bytes: crate::device::parse_device(&options.device).is_ok_and(|d| d.is_cuda()),
         ..defaults
     };
     Ok(ImageLoader::new(
