@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use atelier_proto::domain::{JobKind, JobState};
+use atelier_proto::domain::{JobKind, JobState, StageTimes};
 use atelier_telemetry::Exposition;
 
 use crate::event_loop::LoopHandle;
@@ -95,18 +95,11 @@ pub fn render(handle: &LoopHandle) -> String {
         "counter",
         "Pipeline seconds per stage, summed over threads and jobs.",
     );
-    let stage = |f: &dyn Fn(&atelier_proto::domain::StageTimes) -> f64| -> f64 {
-        jobs.iter().map(|j| f(&j.stages)).sum()
-    };
-    for (name, value) in [
-        ("read", stage(&|s| s.read)),
-        ("fetch", stage(&|s| s.fetch)),
-        ("decode", stage(&|s| s.decode)),
-        ("transform", stage(&|s| s.transform)),
-        ("upload", stage(&|s| s.upload)),
-        ("forward", stage(&|s| s.forward)),
-        ("write", stage(&|s| s.write)),
-    ] {
+    let mut total = StageTimes::default();
+    for job in &jobs {
+        total.add(&job.stages);
+    }
+    for (name, value) in StageTimes::NAMES.into_iter().zip(total.values()) {
         out.sample("atelier_stage_seconds_total", &[("stage", name)], value);
     }
 

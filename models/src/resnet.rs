@@ -257,10 +257,6 @@ impl ResNet {
         }
     }
 
-    pub fn is_folded(&self) -> bool {
-        self.folded
-    }
-
     /// Folded biases live outside the variable store; they follow the weights' kind.
     pub fn cast_folded_biases(&mut self, kind: tch::Kind) {
         self.conv_bns().for_each(|c| c.cast_bias(kind));

@@ -2,8 +2,9 @@
 
 use atelier_catalog::Labels;
 
+use crate::decode::RgbImage;
 use crate::error::{ItemError, ItemFailure};
-use crate::transform::Normalization;
+use crate::transform::{Crop, Normalization, Transformer};
 
 /// One input row and what became of it.
 #[derive(Debug, Clone)]
@@ -31,15 +32,45 @@ pub enum Pixels {
 }
 
 impl Pixels {
-    pub fn len(&self) -> usize {
-        match self {
-            Self::Normalized(values) => values.len(),
-            Self::Bytes { values, .. } => values.len(),
+    /// Room for `images` images of `plane` values each, bytes if `raw`.
+    pub(crate) fn zeroed(
+        raw: bool,
+        images: usize,
+        plane: usize,
+        normalization: Normalization,
+    ) -> Self {
+        if raw {
+            Self::Bytes {
+                values: vec![0; images * plane],
+                normalization,
+            }
+        } else {
+            Self::Normalized(vec![0.0; images * plane])
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Transforms `image` into image slot `slot`.
+    pub(crate) fn write(
+        &mut self,
+        transformer: &mut Transformer,
+        image: &RgbImage,
+        crop: Crop,
+        slot: usize,
+        plane: usize,
+    ) -> Result<(), String> {
+        let range = slot * plane..(slot + 1) * plane;
+        match self {
+            Self::Normalized(values) => transformer.apply(image, crop, &mut values[range]),
+            Self::Bytes { values, .. } => transformer.apply_bytes(image, crop, &mut values[range]),
+        }
+    }
+
+    /// Keeps the first `images` images.
+    pub(crate) fn truncate(&mut self, images: usize, plane: usize) {
+        match self {
+            Self::Normalized(values) => values.truncate(images * plane),
+            Self::Bytes { values, .. } => values.truncate(images * plane),
+        }
     }
 }
 

@@ -204,22 +204,7 @@ fn process(items: Vec<RawItem>, options: &LoaderOptions, stats: &PipelineStats) 
     let size = options.image_size;
     let plane = 3 * size * size;
     let mut transformer = Transformer::new(size, options.augment, options.normalization);
-    let mut pixels = vec![
-        0f32;
-        if options.raw_bytes {
-            0
-        } else {
-            items.len() * plane
-        }
-    ];
-    let mut byte_pixels = vec![
-        0u8;
-        if options.raw_bytes {
-            items.len() * plane
-        } else {
-            0
-        }
-    ];
+    let mut pixels = Pixels::zeroed(options.raw_bytes, items.len(), plane, options.normalization);
     let mut ok = 0;
     let mut out = Vec::with_capacity(items.len());
     for raw in items {
@@ -234,15 +219,7 @@ fn process(items: Vec<RawItem>, options: &LoaderOptions, stats: &PipelineStats) 
                     let mut rng =
                         ChaCha8Rng::seed_from_u64(options.seed ^ stable_hash(&raw.item_id));
                     let crop = transformer.crop(image.width, image.height, &mut rng);
-                    let written = if options.raw_bytes {
-                        transformer.apply_bytes(
-                            &image,
-                            crop,
-                            &mut byte_pixels[ok * plane..(ok + 1) * plane],
-                        )
-                    } else {
-                        transformer.apply(&image, crop, &mut pixels[ok * plane..(ok + 1) * plane])
-                    };
+                    let written = pixels.write(&mut transformer, &image, crop, ok, plane);
                     let result = written.map(|()| ok).map_err(|reason| ItemError::Corrupt {
                         format: "image",
                         reason,
@@ -263,16 +240,7 @@ fn process(items: Vec<RawItem>, options: &LoaderOptions, stats: &PipelineStats) 
         });
     }
     stats.add_outcomes(ok as u64, (out.len() - ok) as u64);
-    let pixels = if options.raw_bytes {
-        byte_pixels.truncate(ok * plane);
-        Pixels::Bytes {
-            values: byte_pixels,
-            normalization: options.normalization,
-        }
-    } else {
-        pixels.truncate(ok * plane);
-        Pixels::Normalized(pixels)
-    };
+    pixels.truncate(ok, plane);
     Batch {
         items: out,
         pixels,

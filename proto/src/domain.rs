@@ -196,6 +196,30 @@ pub struct StageTimes {
 }
 
 impl StageTimes {
+    /// Stage names, in pipeline order, as status lines and metrics label them.
+    pub const NAMES: [&'static str; 7] = [
+        "read",
+        "fetch",
+        "decode",
+        "transform",
+        "upload",
+        "forward",
+        "write",
+    ];
+
+    /// Seconds per stage, in the order of [`StageTimes::NAMES`].
+    pub fn values(&self) -> [f64; 7] {
+        [
+            self.read,
+            self.fetch,
+            self.decode,
+            self.transform,
+            self.upload,
+            self.forward,
+            self.write,
+        ]
+    }
+
     pub fn add(&mut self, other: &StageTimes) {
         self.read += other.read;
         self.fetch += other.fetch;

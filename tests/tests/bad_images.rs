@@ -210,18 +210,14 @@ fn every_bad_image_gets_its_error_and_good_ones_pass() {
     let catalog = rt
         .block_on(Catalog::open(dir.path().join("catalog").to_str().unwrap()))
         .unwrap();
-    let loader = ImageLoader::all(
-        &catalog,
-        LoaderOptions {
-            image_size: 32,
-            batch_size: 5,
-            threads: 2,
-            prefetch: 2,
-            ..LoaderOptions::default()
-        },
-        rt.handle().clone(),
-    )
-    .unwrap();
+    let options = LoaderOptions {
+        image_size: 32,
+        batch_size: 5,
+        threads: 2,
+        prefetch: 2,
+        ..LoaderOptions::default()
+    };
+    let loader = ImageLoader::all(&catalog, options.clone(), rt.handle().clone()).unwrap();
     let mut outcomes = Vec::new();
     let mut tensors = Vec::new();
     for batch in loader {
@@ -256,12 +252,8 @@ fn every_bad_image_gets_its_error_and_good_ones_pass() {
     let as_bytes = ImageLoader::all(
         &catalog,
         LoaderOptions {
-            image_size: 32,
-            batch_size: 5,
-            threads: 2,
-            prefetch: 2,
             raw_bytes: true,
-            ..LoaderOptions::default()
+            ..options
         },
         rt.handle().clone(),
     )

@@ -123,16 +123,17 @@ pub fn upload_batch(batch: &Batch, device: Device) -> Tensor {
             batch.size as i64,
             batch.size as i64,
         ];
-        let pinned = match &batch.pixels {
-            Pixels::Normalized(values) => pin(values, &shape, Kind::Float, device),
-            Pixels::Bytes { values, .. } => pin(values, &shape, Kind::Uint8, device),
+        let copy = |pinned: Tensor| pinned.to_device_(device, pinned.kind(), true, false);
+        let uploaded = match &batch.pixels {
+            Pixels::Normalized(values) => pin(values, &shape, Kind::Float, device).map(copy),
+            Pixels::Bytes {
+                values,
+                normalization,
+            } => pin(values, &shape, Kind::Uint8, device)
+                .map(|pinned| normalize(&copy(pinned), normalization)),
         };
-        if let Some(pinned) = pinned {
-            let on_device = pinned.to_device_(device, pinned.kind(), true, false);
-            return match &batch.pixels {
-                Pixels::Normalized(_) => on_device,
-                Pixels::Bytes { normalization, .. } => normalize(&on_device, normalization),
-            };
+        if let Some(uploaded) = uploaded {
+            return uploaded;
         }
     }
     upload(&batch.tensor(), device)

@@ -41,7 +41,7 @@ fn apply() -> bool {
             let _ = set_isize(name, NEVER);
         }
     }
-    kept &= read_isize(c"arenas.dirty_decay_ms") == Some(NEVER);
+    kept &= read::<isize>(c"arenas.dirty_decay_ms") == Some(NEVER);
     kept
 }
 
@@ -51,23 +51,7 @@ fn apply() -> bool {
 }
 
 fn arena_count() -> u32 {
-    let mut count: u32 = 0;
-    let mut len = std::mem::size_of::<u32>();
-    // SAFETY: `arenas.narenas` is an unsigned int; old points at one, with its size.
-    let rc = unsafe {
-        tikv_jemalloc_sys::mallctl(
-            c"arenas.narenas".as_ptr(),
-            (&mut count as *mut u32).cast(),
-            &mut len,
-            std::ptr::null_mut(),
-            0,
-        )
-    };
-    if rc == 0 {
-        count
-    } else {
-        0
-    }
+    read(c"arenas.narenas").unwrap_or(0)
 }
 
 fn set_isize(name: &CStr, value: isize) -> bool {
@@ -84,14 +68,17 @@ fn set_isize(name: &CStr, value: isize) -> bool {
     }
 }
 
-fn read_isize(name: &CStr) -> Option<isize> {
-    let mut value: isize = 0;
-    let mut len = std::mem::size_of::<isize>();
-    // SAFETY: old points at an ssize_t, with its size.
+/// A jemalloc setting or statistic of type `T` (`arenas.narenas` is an
+/// unsigned int, the decay settings ssize_t).
+fn read<T: Copy + Default>(name: &CStr) -> Option<T> {
+    let mut value = T::default();
+    let mut len = std::mem::size_of::<T>();
+    // SAFETY: old points at a `T` with its size; mallctl refuses (non-zero)
+    // a size that does not match the setting's type.
     let rc = unsafe {
         tikv_jemalloc_sys::mallctl(
             name.as_ptr(),
-            (&mut value as *mut isize).cast(),
+            (&mut value as *mut T).cast(),
             &mut len,
             std::ptr::null_mut(),
             0,
@@ -125,7 +112,7 @@ mod tests {
     #[test]
     fn freed_memory_is_kept_once_applied() {
         assert!(super::apply());
-        assert_eq!(super::read_isize(c"arenas.dirty_decay_ms"), Some(-1));
-        assert_eq!(super::read_isize(c"arena.0.dirty_decay_ms"), Some(-1));
+        assert_eq!(super::read::<isize>(c"arenas.dirty_decay_ms"), Some(-1));
+        assert_eq!(super::read::<isize>(c"arena.0.dirty_decay_ms"), Some(-1));
     }
 }

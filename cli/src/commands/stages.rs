@@ -4,20 +4,13 @@ use atelier_proto::domain::StageTimes;
 
 /// `None` before any stage has counted time.
 pub fn describe(s: &StageTimes) -> Option<String> {
-    let stages = [
-        ("read", s.read),
-        ("fetch", s.fetch),
-        ("decode", s.decode),
-        ("transform", s.transform),
-        ("upload", s.upload),
-        ("forward", s.forward),
-        ("write", s.write),
-    ];
-    if stages.iter().all(|(_, seconds)| *seconds <= 0.0) {
+    let values = s.values();
+    if values.iter().all(|seconds| *seconds <= 0.0) {
         return None;
     }
-    let shown: Vec<String> = stages
+    let shown: Vec<String> = StageTimes::NAMES
         .iter()
+        .zip(values)
         .map(|(name, seconds)| format!("{name} {seconds:.1}"))
         .collect();
     Some(format!(

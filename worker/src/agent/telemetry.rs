@@ -15,34 +15,12 @@ pub struct WorkerMetrics {
     tasks_stopped: Counter,
     items: Counter,
     item_errors: Counter,
-    stages: [Counter; STAGES.len()],
+    stages: [Counter; StageTimes::NAMES.len()],
     allreduce_seconds: Counter,
     allreduce_bytes: Counter,
     busy: Gauge,
     /// One gauge per GPU lane.
     gpu_memory: Vec<(usize, Gauge)>,
-}
-
-const STAGES: [&str; 7] = [
-    "read",
-    "fetch",
-    "decode",
-    "transform",
-    "upload",
-    "forward",
-    "write",
-];
-
-fn stage_values(s: &StageTimes) -> [f64; 7] {
-    [
-        s.read,
-        s.fetch,
-        s.decode,
-        s.transform,
-        s.upload,
-        s.forward,
-        s.write,
-    ]
 }
 
 impl WorkerMetrics {
@@ -58,7 +36,7 @@ impl WorkerMetrics {
         };
         let (tasks_done, tasks_failed, tasks_stopped) =
             (tasks("done"), tasks("failed"), tasks("stopped"));
-        let stages = STAGES.map(|stage| {
+        let stages = StageTimes::NAMES.map(|stage| {
             registry.counter(
                 "atelier_worker_stage_seconds_total",
                 "Pipeline seconds per stage, summed over threads.",
@@ -129,7 +107,7 @@ impl WorkerMetrics {
                     self.items.add(outcome.rows_written as f64);
                 }
                 self.item_errors.add(outcome.items_failed as f64);
-                for (counter, value) in self.stages.iter().zip(stage_values(&outcome.stages)) {
+                for (counter, value) in self.stages.iter().zip(outcome.stages.values()) {
                     counter.add(value);
                 }
             }
