@@ -149,7 +149,7 @@ pub fn run_coordinator(args: &CoordinatorArgs, handle: &Handle) -> anyhow::Resul
             Some(address) => Some(bind(address, "metrics").await?),
             None => None,
         };
-        let listener = tokio::net::TcpListener::bind(&args.listen)
+        let listener = bind_for_workers(&args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
         let address = listener.local_addr()?;
@@ -166,6 +166,34 @@ pub fn run_coordinator(args: &CoordinatorArgs, handle: &Handle) -> anyhow::Resul
         .await
         .context("coordinator")
     })
+}
+
+/// Binds the coordinator's address with room for a thousand workers that
+/// connect at once (all of them, after a coordinator restart): tokio's
+/// default backlog of 1,024 overflowed under the scale benchmark, and every
+/// dropped SYN cost its worker a one-second retransmit.
+async fn bind_for_workers(address: &str) -> std::io::Result<tokio::net::TcpListener> {
+    const BACKLOG: u32 = 4096;
+    let mut last_error = None;
+    for resolved in tokio::net::lookup_host(address).await? {
+        let socket = if resolved.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        match socket.bind(resolved) {
+            Ok(()) => return socket.listen(BACKLOG),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolves to nothing",
+        )
+    }))
 }
 
 /// Binds `address` and says where (port 0 picks a free port).
@@ -223,4 +251,32 @@ pub fn run_worker(args: &WorkerArgs, handle: &Handle) -> anyhow::Result<()> {
         summary.tasks_done, summary.tasks_failed, summary.tasks_stopped
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind_for_workers;
+
+    #[tokio::test]
+    async fn the_coordinator_listener_accepts_on_the_port_it_picked() {
+        let listener = bind_for_workers("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        assert_ne!(address.port(), 0);
+        let (connected, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(address), listener.accept());
+        assert_eq!(
+            connected.unwrap().peer_addr().unwrap(),
+            address,
+            "the client reached the coordinator's listener"
+        );
+        assert!(accepted.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_address_in_use_is_an_error_not_a_second_listener() {
+        let first = bind_for_workers("127.0.0.1:0").await.unwrap();
+        let taken = first.local_addr().unwrap().to_string();
+        let second = bind_for_workers(&taken).await;
+        assert!(second.is_err(), "bound {taken} twice");
+    }
 }
