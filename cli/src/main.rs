@@ -79,6 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             | Command::Test(_)
             | Command::Tag(_)
             | Command::Worker(_)
+            | Command::Pipeline(_)
     ) && atelier_worker::memory::keep_freed_memory();
     init_tracing(cli.log_format);
     tracing::debug!(

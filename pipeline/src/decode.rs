@@ -14,6 +14,8 @@ use atelier_catalog::sniff::ImageFormat;
 use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr, jpeg_std_error};
 
 use crate::error::ItemError;
+use crate::jpeg_rows;
+use crate::transform::Crop;
 
 /// An RGB image, row-major, 3 bytes per pixel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +42,7 @@ impl Default for DecodeLimits {
 }
 
 impl DecodeLimits {
-    fn check(&self, width: u64, height: u64) -> Result<(), ItemError> {
+    pub(crate) fn check(&self, width: u64, height: u64) -> Result<(), ItemError> {
         if width == 0 || height == 0 {
             return Err(ItemError::Corrupt {
                 format: "image",
@@ -130,19 +132,65 @@ fn decode_jpeg(
             pixels,
         })
     }));
-    match result {
-        Ok(decoded) => decoded,
-        Err(payload) => Err(ItemError::Corrupt {
-            format: "jpeg",
-            reason: payload
-                .downcast_ref::<String>()
-                .map(|m| m.trim_start_matches("libjpeg fatal error: ").to_string())
-                .unwrap_or_else(|| "decoder failed".into()),
-        }),
+    result.unwrap_or_else(|payload| Err(libjpeg_failure(payload)))
+}
+
+/// What a libjpeg error said, from the panic its error manager unwound with.
+fn libjpeg_failure(payload: Box<dyn std::any::Any + Send>) -> ItemError {
+    ItemError::Corrupt {
+        format: "jpeg",
+        reason: payload
+            .downcast_ref::<String>()
+            .map(|m| m.trim_start_matches("libjpeg fatal error: ").to_string())
+            .unwrap_or_else(|| "decoder failed".into()),
     }
 }
 
-fn strict_error_manager() -> Box<jpeg_error_mgr> {
+/// Decodes `bytes` for the crop that `crop_for(width, height)` picks from the
+/// decoded size, to be resized to `side` pixels: a JPEG's rows outside the
+/// crop, less the resize filter's reach, are skipped rather than decoded. The
+/// crop comes back in the coordinates of the returned image, which then holds
+/// only those rows; resizing it gives the same pixels as the whole picture.
+pub fn decode_for_crop(
+    bytes: &[u8],
+    min_short_side: u32,
+    limits: &DecodeLimits,
+    side: usize,
+    crop_for: impl FnOnce(usize, usize) -> Crop,
+) -> Result<(RgbImage, Crop), ItemError> {
+    if ImageFormat::detect(bytes) != Some(ImageFormat::Jpeg) {
+        let image = decode(bytes, min_short_side, limits)?;
+        let crop = crop_for(image.width, image.height);
+        return Ok((image, crop));
+    }
+    let mut chosen = None;
+    let decoded = catch_unwind(AssertUnwindSafe(|| {
+        jpeg_rows::decode_rows(
+            bytes,
+            limits,
+            |width, height| dct_scale(width, height, min_short_side),
+            |width, height| {
+                let crop = crop_for(width, height);
+                // A shrinking bilinear filter reads one source pixel per
+                // output pixel either side; two more rows of slack.
+                let reach = (crop.height / side.max(1) as f64).max(1.0).ceil() + 2.0;
+                let first = (crop.top - reach).floor().max(0.0) as usize;
+                let end = (crop.top + crop.height + reach).ceil().max(0.0) as usize;
+                chosen = Some(crop);
+                first..end
+            },
+        )
+    }))
+    .unwrap_or_else(|payload| Err(libjpeg_failure(payload)))?;
+    let mut crop = chosen.ok_or_else(|| ItemError::Corrupt {
+        format: "jpeg",
+        reason: "decoded without a crop".into(),
+    })?;
+    crop.top -= decoded.first_row as f64;
+    Ok((decoded.image, crop))
+}
+
+pub(crate) fn strict_error_manager() -> Box<jpeg_error_mgr> {
     // SAFETY: jpeg_error_mgr is a plain C struct; jpeg_std_error fills every field.
     let mut manager: Box<jpeg_error_mgr> = Box::new(unsafe { std::mem::zeroed() });
     unsafe { jpeg_std_error(&mut manager) };

@@ -10,12 +10,13 @@
 pub mod batch;
 pub mod decode;
 pub mod error;
+pub mod jpeg_rows;
 pub mod loader;
 pub mod stats;
 pub mod transform;
 
 pub use batch::{normalize, Batch, BatchItem, Pixels};
-pub use decode::{decode, DecodeLimits, RgbImage};
+pub use decode::{decode, decode_for_crop, DecodeLimits, RgbImage};
 pub use error::{ItemError, ItemFailure, PipelineError, Result};
 pub use loader::{ImageLoader, ItemFilter, LoaderOptions};
 pub use stats::{PipelineStats, StatsSnapshot};

@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 use crate::batch::{Batch, BatchItem, Pixels};
-use crate::decode::{decode, DecodeLimits};
+use crate::decode::{decode_for_crop, DecodeLimits};
 use crate::error::{ItemError, PipelineError, Result};
 use crate::stats::{PipelineStats, Stage};
 use crate::transform::{Augment, Normalization, Transformer};
@@ -212,13 +212,14 @@ fn process(items: Vec<RawItem>, options: &LoaderOptions, stats: &PipelineStats) 
             Source::Failed(error) => Err(error),
             Source::Bytes(bytes) => {
                 let started = Instant::now();
-                let decoded = decode(&bytes, size as u32, &options.limits);
+                let mut rng = ChaCha8Rng::seed_from_u64(options.seed ^ stable_hash(&raw.item_id));
+                let decoded =
+                    decode_for_crop(&bytes, size as u32, &options.limits, size, |w, h| {
+                        transformer.crop(w, h, &mut rng)
+                    });
                 stats.add_time(Stage::Decode, started.elapsed());
-                decoded.and_then(|image| {
+                decoded.and_then(|(image, crop)| {
                     let started = Instant::now();
-                    let mut rng =
-                        ChaCha8Rng::seed_from_u64(options.seed ^ stable_hash(&raw.item_id));
-                    let crop = transformer.crop(image.width, image.height, &mut rng);
                     let written = pixels.write(&mut transformer, &image, crop, ok, plane);
                     let result = written.map(|()| ok).map_err(|reason| ItemError::Corrupt {
                         format: "image",

@@ -41,6 +41,10 @@ pub enum AugmentArg {
 }
 
 pub fn run(args: &PipelineArgs, handle: &Handle) -> anyhow::Result<()> {
+    // The consumer only turns batches into tensors; libtorch's OpenMP pool
+    // would spin after each copy, a fifth of the process's CPU time, taken
+    // from the decode threads this command measures.
+    tch::set_num_threads(1);
     let catalog = handle.block_on(Catalog::open(&args.catalog))?;
     let defaults = LoaderOptions::default();
     let threads = args.threads.unwrap_or(defaults.threads);
