@@ -80,6 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             | Command::Tag(_)
             | Command::Worker(_)
             | Command::Pipeline(_)
+            | Command::Coordinator(_)
     ) && atelier_worker::memory::keep_freed_memory();
     init_tracing(cli.log_format);
     tracing::debug!(
