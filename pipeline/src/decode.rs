@@ -1,6 +1,6 @@
 //! Decoding JPEG, PNG and WebP into RGB, strictly and within limits.
 //!
-//! JPEGs go through libjpeg-turbo (via mozjpeg) and are decoded at a reduced
+//! JPEGs go through libjpeg-turbo (mozjpeg-sys; see [`crate::jpeg_rows`]) and are decoded at a reduced
 //! DCT scale whenever the source is larger than the pipeline needs: an 8×8
 //! block is inverse-transformed straight to M×M pixels, which skips most of the
 //! decode work for large photos. Truncated or corrupt entropy data, which
@@ -97,42 +97,16 @@ fn decode_jpeg(
     min_short_side: u32,
     limits: &DecodeLimits,
 ) -> Result<RgbImage, ItemError> {
-    let result = catch_unwind(AssertUnwindSafe(|| -> Result<RgbImage, ItemError> {
-        let corrupt = |reason: String| ItemError::Corrupt {
-            format: "jpeg",
-            reason,
-        };
-        let mut decompress = mozjpeg::Decompress::with_err(*strict_error_manager())
-            .from_mem(bytes)
-            .map_err(|e| corrupt(e.to_string()))?;
-        let (width, height) = decompress.size();
-        limits.check(width as u64, height as u64)?;
-        match decompress.color_space() {
-            mozjpeg::ColorSpace::JCS_CMYK | mozjpeg::ColorSpace::JCS_YCCK => {
-                return Err(corrupt("CMYK JPEGs are not supported".into()));
-            }
-            _ => {}
-        }
-        decompress.scale(dct_scale(width, height, min_short_side));
-        let mut started = decompress.rgb().map_err(|e| corrupt(e.to_string()))?;
-        let (width, height) = (started.width(), started.height());
-        let pixels: Vec<u8> = started
-            .read_scanlines()
-            .map_err(|e| corrupt(e.to_string()))?;
-        started.finish().map_err(|e| corrupt(e.to_string()))?;
-        if pixels.len() != width * height * 3 {
-            return Err(corrupt(format!(
-                "decoded {} bytes for {width}x{height}",
-                pixels.len()
-            )));
-        }
-        Ok(RgbImage {
-            width,
-            height,
-            pixels,
-        })
-    }));
-    result.unwrap_or_else(|payload| Err(libjpeg_failure(payload)))
+    catch_unwind(AssertUnwindSafe(|| {
+        jpeg_rows::decode_rows(
+            bytes,
+            limits,
+            |width, height| dct_scale(width, height, min_short_side),
+            |_, height| 0..height,
+        )
+    }))
+    .unwrap_or_else(|payload| Err(libjpeg_failure(payload)))
+    .map(|decoded| decoded.image)
 }
 
 /// What a libjpeg error said, from the panic its error manager unwound with.
@@ -193,9 +167,9 @@ pub fn decode_for_crop(
             Ok((decoded.image, crop))
         }
         // Whatever libjpeg refuses while skipping rows (a coding it cannot
-        // skip in, say), the verdict is the whole decode's: a photo that
-        // decodes whole is never lost to the shortcut, and a broken one
-        // fails with the same message either way.
+        // skip in, say), the verdict is that of reading every row: a photo
+        // that decodes whole is never lost to the shortcut, and a broken
+        // one fails with the same message either way.
         (_, chosen) => {
             let image = decode(bytes, min_short_side, limits)?;
             let crop = match (chosen, crop_for) {

@@ -1,6 +1,5 @@
-//! JPEG decoding through libjpeg-turbo's own API, for the one thing the
-//! mozjpeg wrapper does not expose: skipping the rows a crop will not use.
-//! Skipped rows are still entropy-decoded, so corruption there is still
+//! JPEG decoding through libjpeg-turbo's own API (the mozjpeg wrapper crate
+//! cannot skip rows), whole or only the rows a crop will use. Skipped rows are still entropy-decoded, so corruption there is still
 //! caught, but they are not inverse-transformed, upsampled or colour-converted,
 //! which is most of a JPEG's decode time. A portrait photo centre-cropped to a
 //! square skips a quarter of its rows.
