@@ -1,8 +1,9 @@
 //! JPEG decoding through libjpeg-turbo's own API (the mozjpeg wrapper crate
-//! cannot skip rows), whole or only the rows a crop will use. Skipped rows are still entropy-decoded, so corruption there is still
-//! caught, but they are not inverse-transformed, upsampled or colour-converted,
-//! which is most of a JPEG's decode time. A portrait photo centre-cropped to a
-//! square skips a quarter of its rows.
+//! cannot skip rows), whole or only the rows a crop will use. Skipped rows are
+//! still entropy-decoded, so corruption there is still caught, but they are
+//! not inverse-transformed, upsampled or colour-converted, which is most of a
+//! JPEG's decode time. A portrait photo centre-cropped to a square skips a
+//! quarter of its rows.
 
 use std::ops::Range;
 use std::os::raw::c_ulong;
@@ -26,7 +27,8 @@ pub struct JpegRows {
 /// unwinding panic out of the error manager) included.
 struct Decompressor {
     cinfo: Box<ffi::jpeg_decompress_struct>,
-    _errors: Box<ffi::jpeg_error_mgr>,
+    /// Pointed to by `cinfo`, so it lives exactly as long.
+    errors: Box<ffi::jpeg_error_mgr>,
 }
 
 impl Drop for Decompressor {
@@ -53,10 +55,10 @@ pub fn decode_rows(
     let mut decompressor = Decompressor {
         // SAFETY: a plain C struct; zeroed is what jpeg_create_decompress expects.
         cinfo: Box::new(unsafe { std::mem::zeroed() }),
-        _errors: strict_error_manager(),
+        errors: strict_error_manager(),
     };
     let cinfo = &mut *decompressor.cinfo;
-    cinfo.common.err = &mut *decompressor._errors;
+    cinfo.common.err = &mut *decompressor.errors;
     // SAFETY: `cinfo` and its error manager live in boxes that outlive every
     // call below; `bytes` outlives the decompressor's use of it.
     unsafe {
