@@ -67,9 +67,9 @@ async fn write_catalogue(dir: &std::path::Path) -> anyhow::Result<String> {
     Ok(url)
 }
 
-/// User plus system CPU seconds of a process so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+/// User plus system CPU seconds in a `/proc/.../stat` file.
+fn stat_cpu_seconds(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
@@ -81,6 +81,11 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
+/// User plus system CPU seconds of a process so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
 /// CPU seconds of the coordinator's event-loop thread.
 fn loop_cpu_seconds(pid: u32) -> f64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -89,18 +94,7 @@ fn loop_cpu_seconds(pid: u32) -> f64 {
     for task in tasks.flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
         if comm.trim() == "coordinator-loo" {
-            let tid: u32 = task.file_name().to_string_lossy().parse().unwrap_or(0);
-            let stat =
-                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap_or_default();
-            let fields: Vec<&str> = stat
-                .rsplit_once(')')
-                .map(|(_, rest)| rest.split_whitespace().collect())
-                .unwrap_or_default();
-            return [11, 12]
-                .iter()
-                .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
-                .sum::<f64>()
-                / 100.0;
+            return stat_cpu_seconds(&task.path().join("stat").to_string_lossy());
         }
     }
     f64::NAN

@@ -97,27 +97,13 @@ fn decode_jpeg(
     min_short_side: u32,
     limits: &DecodeLimits,
 ) -> Result<RgbImage, ItemError> {
-    catch_unwind(AssertUnwindSafe(|| {
-        jpeg_rows::decode_rows(
-            bytes,
-            limits,
-            |width, height| dct_scale(width, height, min_short_side),
-            |_, height| 0..height,
-        )
-    }))
-    .unwrap_or_else(|payload| Err(libjpeg_failure(payload)))
+    jpeg_rows::decode_rows(
+        bytes,
+        limits,
+        |width, height| dct_scale(width, height, min_short_side),
+        |_, height| 0..height,
+    )
     .map(|decoded| decoded.image)
-}
-
-/// What a libjpeg error said, from the panic its error manager unwound with.
-fn libjpeg_failure(payload: Box<dyn std::any::Any + Send>) -> ItemError {
-    ItemError::Corrupt {
-        format: "jpeg",
-        reason: payload
-            .downcast_ref::<String>()
-            .map(|m| m.trim_start_matches("libjpeg fatal error: ").to_string())
-            .unwrap_or_else(|| "decoder failed".into()),
-    }
 }
 
 /// Decodes `bytes` for the crop that `crop_for(width, height)` picks from the
@@ -141,50 +127,39 @@ pub fn decode_for_crop(
     // comes from a random generator.
     let mut crop_for = Some(crop_for);
     let mut chosen = None;
-    let decoded = catch_unwind(AssertUnwindSafe(|| {
-        jpeg_rows::decode_rows(
-            bytes,
-            limits,
-            |width, height| dct_scale(width, height, min_short_side),
-            |width, height| {
-                let Some(crop) = crop_for.take().map(|pick| pick(width, height)) else {
-                    return 0..height;
-                };
-                // A shrinking bilinear filter reads one source pixel per
-                // output pixel either side; two more rows of slack.
-                let reach = (crop.height / side.max(1) as f64).max(1.0).ceil() + 2.0;
-                let first = (crop.top - reach).floor().max(0.0) as usize;
-                let end = (crop.top + crop.height + reach).ceil().max(0.0) as usize;
-                chosen = Some(crop);
-                first..end
-            },
-        )
-    }))
-    .unwrap_or_else(|payload| Err(libjpeg_failure(payload)));
-    match (decoded, chosen) {
-        (Ok(decoded), Some(mut crop)) => {
-            crop.top -= decoded.first_row as f64;
-            Ok((decoded.image, crop))
-        }
-        // Whatever libjpeg refuses while skipping rows (a coding it cannot
-        // skip in, say), the verdict is that of reading every row: a photo
-        // that decodes whole is never lost to the shortcut, and a broken
-        // one fails with the same message either way.
-        (_, chosen) => {
-            let image = decode(bytes, min_short_side, limits)?;
-            let crop = match (chosen, crop_for) {
-                (Some(crop), _) => crop,
-                (None, Some(pick)) => pick(image.width, image.height),
-                (None, None) => {
-                    return Err(ItemError::Corrupt {
-                        format: "jpeg",
-                        reason: "no crop for the decoded picture".into(),
-                    })
-                }
+    let decoded = jpeg_rows::decode_rows(
+        bytes,
+        limits,
+        |width, height| dct_scale(width, height, min_short_side),
+        |width, height| {
+            let Some(pick) = crop_for.take() else {
+                return 0..height;
             };
-            Ok((image, crop))
-        }
+            let crop = *chosen.insert(pick(width, height));
+            // A shrinking bilinear filter reads one source pixel per output
+            // pixel either side; two more rows of slack.
+            let reach = (crop.height / side.max(1) as f64).max(1.0).ceil() + 2.0;
+            let first = (crop.top - reach).floor().max(0.0) as usize;
+            let end = (crop.top + crop.height + reach).ceil().max(0.0) as usize;
+            first..end
+        },
+    );
+    if let (Ok(rows), Some(mut crop)) = (decoded, chosen) {
+        crop.top -= rows.first_row as f64;
+        return Ok((rows.image, crop));
     }
+    // Whatever libjpeg refuses while skipping rows (a coding it cannot skip
+    // in, say), the verdict is that of reading every row: a photo that
+    // decodes whole is never lost to the shortcut, and a broken one fails
+    // with the same message either way.
+    let image = decode(bytes, min_short_side, limits)?;
+    let crop = chosen
+        .or_else(|| crop_for.map(|pick| pick(image.width, image.height)))
+        .ok_or_else(|| ItemError::Corrupt {
+            format: "jpeg",
+            reason: "no crop for the decoded picture".into(),
+        })?;
+    Ok((image, crop))
 }
 
 pub(crate) fn strict_error_manager() -> Box<jpeg_error_mgr> {

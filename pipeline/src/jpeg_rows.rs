@@ -7,6 +7,7 @@
 
 use std::ops::Range;
 use std::os::raw::c_ulong;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use mozjpeg_sys as ffi;
 
@@ -15,12 +16,11 @@ use crate::decode::{strict_error_manager, DecodeLimits, RgbImage};
 use crate::error::ItemError;
 
 /// Rows of a JPEG decoded at a reduced DCT scale: `image` holds rows
-/// `first_row..first_row + image.height` of the `full_height`-row picture.
+/// `first_row..first_row + image.height` of the picture.
 #[derive(Debug)]
 pub struct JpegRows {
     pub image: RgbImage,
     pub first_row: usize,
-    pub full_height: usize,
 }
 
 /// A decompressor destroyed however its use ends, a libjpeg error (an
@@ -40,9 +40,30 @@ impl Drop for Decompressor {
 }
 
 /// Decodes the rows `rows(width, height)` of `bytes` at DCT scale
-/// `scale(width, height)`/8, where `rows` sees the scaled size. Must run under
-/// `catch_unwind`: libjpeg errors unwind out of the error manager.
+/// `scale(width, height)`/8, where `rows` sees the scaled size.
 pub fn decode_rows(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    scale: impl FnOnce(usize, usize) -> u8,
+    rows: impl FnOnce(usize, usize) -> Range<usize>,
+) -> Result<JpegRows, ItemError> {
+    // libjpeg errors unwind out of the error manager as panics.
+    catch_unwind(AssertUnwindSafe(|| read_rows(bytes, limits, scale, rows)))
+        .unwrap_or_else(|payload| Err(libjpeg_failure(payload)))
+}
+
+/// What a libjpeg error said, from the panic its error manager unwound with.
+fn libjpeg_failure(payload: Box<dyn std::any::Any + Send>) -> ItemError {
+    ItemError::Corrupt {
+        format: "jpeg",
+        reason: payload
+            .downcast_ref::<String>()
+            .map(|m| m.trim_start_matches("libjpeg fatal error: ").to_string())
+            .unwrap_or_else(|| "decoder failed".into()),
+    }
+}
+
+fn read_rows(
     bytes: &[u8],
     limits: &DecodeLimits,
     scale: impl FnOnce(usize, usize) -> u8,
@@ -138,7 +159,6 @@ pub fn decode_rows(
             pixels,
         },
         first_row: first,
-        full_height,
     })
 }
 

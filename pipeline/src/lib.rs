@@ -10,7 +10,7 @@
 pub mod batch;
 pub mod decode;
 pub mod error;
-pub mod jpeg_rows;
+mod jpeg_rows;
 pub mod loader;
 pub mod stats;
 pub mod transform;
