@@ -5,7 +5,8 @@ tuned with torch.jit.optimize_for_inference (batch norms folded, oneDNN).
 Prints one JSON line per variant.
 
 python bench/forward_peer.py --checkpoint DIR [--batch-size 32 --iters 8 --threads 2 --device cpu|cuda:0]
-(on CUDA: eager, channels_last, and bf16 autocast + channels_last instead of the TorchScript variant)
+(on CUDA: eager, channels_last, and bf16 autocast + channels_last, under inference_mode and
+under no_grad, instead of the TorchScript variant)
 """
 import argparse
 import json
@@ -19,14 +20,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tag_peer import load_model  # noqa: E402
 
 
-def images_per_s(model, x, iters, bf16=False):
+def images_per_s(model, x, iters, bf16=False, grad_off=torch.inference_mode):
     def run():
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
             out = model(x)
         # Wait for the device, as a tagger does when it reads results back.
         (out[0] if isinstance(out, tuple) else next(iter(out.values())))[0, 0].item()
 
-    with torch.inference_mode():
+    with grad_off():
         run()
         start = time.perf_counter()
         for _ in range(iters):
@@ -64,6 +65,12 @@ def main():
     results["channels_last"] = images_per_s(last, x_last, args.iters)
     if args.device.startswith("cuda"):
         results["bf16_channels_last"] = images_per_s(last, x_last, args.iters, bf16=True)
+        # atelier runs under no_grad (tch binds no InferenceMode guard): this
+        # says what the guard would be worth on a GPU. On the 2-core CPU the
+        # two were 1.001x apart (BENCHMARKS.md).
+        results["bf16_channels_last_no_grad"] = images_per_s(
+            last, x_last, args.iters, bf16=True, grad_off=torch.no_grad
+        )
     else:
         with torch.inference_mode():
             tuned = torch.jit.optimize_for_inference(torch.jit.trace(Tuple(model).eval(), x))

@@ -19,7 +19,7 @@ echo "cores: $(nproc); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 
 if [ "$scale" != none ]; then
   echo "== coordinator scale benchmark"
-  "$scale" "$bin" "$work/scale" 2>&1 | grep --line-buffered -v "worker registered\|manifest not written\|job submitted\|job cancelled"
+  "$scale" "${COORDINATOR:-$bin}" "$work/scale" 2>&1 | grep --line-buffered -v "worker registered\|manifest not written\|job submitted\|job cancelled"
 fi
 
 [ "${TAG:-1}" = 0 ] && exit 0

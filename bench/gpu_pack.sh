@@ -5,10 +5,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/setup.sh
 cargo build --release -q -p atelier-cli -p atelier-worker --example forward \
-  -p atelier-collective --example allreduce -p atelier-coordinator --example scale
+  -p atelier-collective --example allreduce -p atelier-coordinator --bins --example scale
 mkdir -p .gpu
 grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
-for path in atelier examples/forward examples/allreduce examples/scale; do
+for path in atelier atelier-coordinator examples/forward examples/allreduce examples/scale; do
   name=$(basename "$path")
   strip -o ".gpu/$name" "$CARGO_TARGET_DIR/release/$path"
   gzip -f9 ".gpu/$name"

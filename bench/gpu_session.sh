@@ -18,7 +18,7 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bins=/tmp/atelier-gpu-bin
 rm -rf "$bins"; mkdir -p "$bins"
-for name in atelier forward allreduce scale; do
+for name in atelier atelier-coordinator forward allreduce scale; do
   gunzip -c ".gpu/$name.gz" > "$bins/$name" && chmod +x "$bins/$name"
 done
 log="${OUT:-/tmp}/gpu_session.log"
@@ -35,7 +35,7 @@ part() {
   echo "=== exit $code after: $*"
 }
 
-part 120 env BIN="$bins/atelier" SCALE="$bins/scale" TAG=0 bash bench/gpu_cluster.sh
+part 120 env BIN="$bins/atelier" COORDINATOR="$bins/atelier-coordinator" SCALE="$bins/scale" TAG=0 bash bench/gpu_cluster.sh
 part 170 env BIN="$bins/atelier" ALLREDUCE="$bins/allreduce" bash bench/gpu_ddp.sh
 part 220 env BIN="$bins/atelier" FORWARD="$bins/forward" bash bench/gpu_perf.sh
 echo "=== done $(date -u +%T)"

@@ -20,7 +20,10 @@ stop() {
   wait "${pids[@]}" 2>/dev/null || true
 }
 trap stop EXIT INT TERM
-"$bin" coordinator --listen "127.0.0.1:$port" --state "$home/coordinator.db" >"$home/coordinator.log" 2>&1 &
+# The libtorch-free coordinator where it was built or installed beside atelier.
+coordinator=("$(dirname "$bin")/atelier-coordinator")
+[ -x "${coordinator[0]}" ] || coordinator=("$bin" coordinator)
+"${coordinator[@]}" --listen "127.0.0.1:$port" --state "$home/coordinator.db" >"$home/coordinator.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do grep -q "listening on" "$home/coordinator.log" 2>/dev/null && break; sleep 0.1; done
 grep -q "listening on" "$home/coordinator.log" || { cat "$home/coordinator.log"; exit 1; }

@@ -3,8 +3,8 @@
 mod commands;
 mod progress;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
+use atelier_process::logging::{init_tracing, LogFormat};
+use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -18,12 +18,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,7 +38,7 @@ enum Command {
     /// The whole job on this machine with local files: the README's first command.
     Local(commands::local::LocalArgs),
     /// Run the coordinator: jobs in, tasks out to workers, state in SQLite.
-    Coordinator(commands::cluster::CoordinatorArgs),
+    Coordinator(atelier_coordinator::command::CoordinatorArgs),
     /// Run a worker: takes tasks from the coordinator and runs them.
     Worker(commands::cluster::WorkerArgs),
     /// Submit a job to the coordinator.
@@ -71,7 +65,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    // Before any thread starts (see atelier_worker::memory).
+    // Before any thread starts (see atelier_process::memory).
     let kept = matches!(
         cli.command,
         Command::Local(_)
@@ -81,7 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             | Command::Worker(_)
             | Command::Pipeline(_)
             | Command::Coordinator(_)
-    ) && atelier_worker::memory::keep_freed_memory();
+    ) && atelier_process::memory::keep_freed_memory();
     init_tracing(cli.log_format);
     tracing::debug!(
         kept,
@@ -110,17 +104,4 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     result
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only on a terminal, never in log files.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

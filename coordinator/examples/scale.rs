@@ -6,7 +6,10 @@
 //! Workers take their next shard with each completion, as `atelier worker`
 //! does; `LEASE_NEXT=0` makes them call LeaseTask for every shard instead.
 //!
-//!   cargo run --release -p atelier-coordinator --example scale -- ATELIER_BIN WORKDIR
+//!   cargo run --release -p atelier-coordinator --example scale -- COORDINATOR_BIN WORKDIR
+//!
+//! COORDINATOR_BIN is `atelier-coordinator`, or `atelier` to measure
+//! `atelier coordinator` (the same server with libtorch mapped).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -112,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (bin, work) = match args.as_slice() {
         [_, bin, work] => (bin.clone(), std::path::PathBuf::from(work)),
-        _ => anyhow::bail!("usage: scale ATELIER_BIN WORKDIR"),
+        _ => anyhow::bail!("usage: scale COORDINATOR_BIN WORKDIR"),
     };
     std::fs::create_dir_all(&work)?;
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
@@ -133,8 +136,18 @@ async fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_file(work.join("state.db-wal"));
     let _ = std::fs::remove_file(work.join("state.db-shm"));
 
+    let standalone = bin.ends_with("atelier-coordinator");
+    println!(
+        "coordinator: {}",
+        if standalone {
+            "atelier-coordinator"
+        } else {
+            "atelier coordinator"
+        }
+    );
     let coordinator = Command::new(&bin)
-        .args(["coordinator", "--listen", "127.0.0.1:0", "--state"])
+        .args((!standalone).then_some("coordinator"))
+        .args(["--listen", "127.0.0.1:0", "--state"])
         .arg(work.join("state.db"))
         .args(["--lease-timeout-ms", "60000"])
         .env("RUST_LOG", "warn,atelier_coordinator::event_loop=info")

@@ -34,6 +34,10 @@ pub enum CoordinatorError {
     },
     #[error("output {url}: {reason}")]
     Output { url: String, reason: String },
+    /// Not `#[source]`: the message carries the cause, and a cause chain
+    /// would print it twice.
+    #[error("{what}: {error}")]
+    Io { what: String, error: std::io::Error },
     #[error("the coordinator is shutting down")]
     ShuttingDown,
     #[error("{0}")]
@@ -60,7 +64,9 @@ impl CoordinatorError {
             Self::ProtocolMismatch { .. } | Self::StaleLease { .. } => Code::FailedPrecondition,
             Self::Output { .. } => Code::FailedPrecondition,
             Self::ShuttingDown => Code::Unavailable,
-            Self::Store { .. } | Self::Record { .. } | Self::Internal(_) => Code::Internal,
+            Self::Store { .. } | Self::Record { .. } | Self::Io { .. } | Self::Internal(_) => {
+                Code::Internal
+            }
         }
     }
 }

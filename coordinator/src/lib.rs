@@ -4,8 +4,10 @@
 //!
 //! All state changes go through one event loop (`event_loop`) applying a pure
 //! state machine (`state`); the gRPC services (`service`) only convert and
-//! forward.
+//! forward. The `atelier-coordinator` binary (`src/main.rs`) serves it
+//! without libtorch in the process, unlike `atelier coordinator`.
 
+pub mod command;
 pub mod config;
 pub mod error;
 pub mod event_loop;

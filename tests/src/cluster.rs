@@ -1,5 +1,6 @@
-//! A multi-process harness: the real `atelier coordinator` and `atelier
-//! worker` binaries on loopback, each logging to a file. Processes are killed
+//! A multi-process harness: the real `atelier coordinator` (or the
+//! libtorch-free `atelier-coordinator`) and `atelier worker` binaries on
+//! loopback, each logging to a file. Processes are killed
 //! on drop; when a test fails, the tail of every log is printed.
 
 use std::io::{BufRead, BufReader};
@@ -11,7 +12,7 @@ use atelier_proto::client::{connect_jobs, Connect, JobClient};
 use atelier_proto::domain::JobStatus;
 use atelier_proto::v1;
 
-use crate::atelier_bin;
+use crate::{atelier_bin, built_bin};
 
 /// One child process and its log file.
 #[derive(Debug)]
@@ -22,13 +23,13 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(name: &str, dir: &Path, args: &[String], token: Option<&str>) -> Self {
+    fn spawn(program: &Path, name: &str, dir: &Path, args: &[String], token: Option<&str>) -> Self {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
         let err = file
             .try_clone()
             .unwrap_or_else(|e| panic!("{}: {e}", log.display()));
-        let mut command = Command::new(atelier_bin());
+        let mut command = Command::new(program);
         command
             .args(args)
             .env("RUST_LOG", "info")
@@ -39,13 +40,20 @@ impl Process {
             command.env("ATELIER_TOKEN", token);
         }
         let child = command.spawn().unwrap_or_else(|e| {
-            panic!("cannot start atelier {name} (build it with `cargo build --bins`): {e}")
+            panic!(
+                "cannot start {} for {name} (build it with `cargo build --bins`): {e}",
+                program.display()
+            )
         });
         Self {
             name: name.to_string(),
             log,
             child: Some(child),
         }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn log_text(&self) -> String {
@@ -114,6 +122,7 @@ pub struct Cluster {
     pub coordinator: Option<Process>,
     pub workers: Vec<Process>,
     restarts: usize,
+    standalone: bool,
 }
 
 impl Cluster {
@@ -128,23 +137,34 @@ impl Cluster {
             coordinator: None,
             workers: Vec::new(),
             restarts: 0,
+            standalone: false,
         };
         cluster.start_coordinator("127.0.0.1:0");
         cluster
     }
 
+    /// From the next (re)start on, the coordinator is the libtorch-free
+    /// `atelier-coordinator` binary rather than `atelier coordinator`.
+    pub fn use_standalone_coordinator(&mut self) {
+        self.standalone = true;
+    }
+
     fn start_coordinator(&mut self, listen: &str) {
         let state = self.dir.join("coordinator.db");
-        let mut args = vec![
-            "coordinator".to_string(),
+        let (program, mut args) = if self.standalone {
+            (built_bin("atelier-coordinator"), Vec::new())
+        } else {
+            (atelier_bin(), vec!["coordinator".to_string()])
+        };
+        args.extend([
             "--listen".into(),
             listen.into(),
             "--state".into(),
             state.to_string_lossy().into_owned(),
-        ];
+        ]);
         args.extend(self.coordinator_args.iter().cloned());
         let name = format!("coordinator-{}", self.restarts);
-        let mut process = Process::spawn(&name, &self.dir, &args, self.token.as_deref());
+        let mut process = Process::spawn(&program, &name, &self.dir, &args, self.token.as_deref());
         let deadline = Instant::now() + Duration::from_secs(30);
         let address = loop {
             let found = std::fs::File::open(&process.log).ok().and_then(|f| {
@@ -211,6 +231,7 @@ impl Cluster {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let process = Process::spawn(
+            &atelier_bin(),
             &format!("worker-{index}"),
             &self.dir,
             &args,

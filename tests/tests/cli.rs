@@ -137,3 +137,42 @@ fn unsupported_urls_are_refused_by_scheme() {
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains("unsupported scheme \"ftp\""), "{err}");
 }
+
+#[test]
+fn the_standalone_coordinator_names_an_address_in_use_and_a_missing_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let state = dir.path().join("coordinator.db");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(atelier_tests::built_bin("atelier-coordinator"))
+            .args(["--state", state.to_str().unwrap()])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let output = run(&["--listen", &address]);
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains(&format!("binding {address}")) && err.contains("in use"),
+        "{err}"
+    );
+    let missing = dir.path().join("absent.pem");
+    let missing = missing.to_str().unwrap();
+    let output = run(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        missing,
+        "--tls-key",
+        missing,
+    ]);
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains(&format!("reading {missing}")) && !err.contains("panicked"),
+        "{err}"
+    );
+}

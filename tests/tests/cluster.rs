@@ -282,7 +282,20 @@ fn a_coordinator_killed_mid_job_resumes_it_after_a_restart() {
     );
     cluster.kill_coordinator();
     std::thread::sleep(Duration::from_millis(800));
+    // It comes back as the libtorch-free binary deployments run, on the
+    // state `atelier coordinator` wrote: the two are interchangeable.
+    cluster.use_standalone_coordinator();
     cluster.restart_coordinator();
+    let restarted = cluster.coordinator.as_ref().unwrap();
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", restarted.pid().unwrap())).unwrap();
+    assert!(
+        maps.contains("atelier-coordinator"),
+        "not the standalone binary"
+    );
+    assert!(
+        !maps.contains("libtorch"),
+        "atelier-coordinator maps libtorch"
+    );
     let done = rt.block_on(cluster.wait_done(&job, SLOW));
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
     let tag = done.tag.unwrap();

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use atelier_tests::{atelier, workspace_root};
+use atelier_tests::{atelier, built_bin, workspace_root};
 
 fn k8s_dir() -> PathBuf {
     workspace_root().join("deploy/k8s")
@@ -81,7 +81,7 @@ fn every_flag_in_the_manifests_exists() {
         let mut command = None;
         for line in text.lines() {
             let item = line.trim().trim_start_matches("- ");
-            if item == "coordinator" || item == "worker" {
+            if item == "coordinator" || item == "worker" || item == "atelier-coordinator" {
                 command = Some(item.to_string());
             }
             let flag = item
@@ -89,11 +89,18 @@ fn every_flag_in_the_manifests_exists() {
                 .filter(|f| f.starts_with(|c: char| c.is_ascii_lowercase()));
             if let (Some(command), Some(flag)) = (&command, flag) {
                 let flag = flag.split('=').next().unwrap();
-                let help = atelier(&[command.as_str(), "--help"]);
+                let help = if command == "atelier-coordinator" {
+                    std::process::Command::new(built_bin(command))
+                        .arg("--help")
+                        .output()
+                        .unwrap()
+                } else {
+                    atelier(&[command.as_str(), "--help"])
+                };
                 let help = String::from_utf8_lossy(&help.stdout);
                 assert!(
                     help.contains(&format!("--{flag}")),
-                    "{}: atelier {command} has no --{flag}",
+                    "{}: {command} has no --{flag}",
                     file.display()
                 );
             }

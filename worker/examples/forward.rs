@@ -20,7 +20,7 @@ fn flag_value(args: &[String], name: &str, default: &str) -> String {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // As the `atelier` commands that run models do.
-    atelier_worker::memory::keep_freed_memory();
+    atelier_process::memory::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let checkpoint = args.first().ok_or("usage: forward CHECKPOINT [flags]")?;
     let batch: i64 = flag_value(&args, "--batch-size", "32").parse()?;

@@ -10,7 +10,6 @@ pub mod dataset;
 pub mod device;
 pub mod error;
 pub mod evaluate;
-pub mod memory;
 pub mod metrics;
 pub mod sampler;
 pub mod tag;

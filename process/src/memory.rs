@@ -1,4 +1,4 @@
-//! How processes that run models use the C heap.
+//! How atelier's processes use the C heap.
 //!
 //! Every binary that links this crate uses jemalloc as its `malloc`, for
 //! libtorch's tensors as much as for Rust's allocations (the

@@ -1,0 +1,153 @@
+//! The coordinator as a command: its flags, and serving them until a shutdown
+//! signal. `atelier coordinator` and the libtorch-free `atelier-coordinator`
+//! binary both run this, so they take the same flags.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::config::{CoordinatorConfig, TlsIdentity};
+use crate::error::{CoordinatorError, Result};
+
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    /// Address to listen on (port 0: any free port; the chosen one is printed).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: String,
+    /// SQLite file with every job, task and attempt; reloaded on restart.
+    #[arg(long, default_value = "data/coordinator.db")]
+    pub state: PathBuf,
+    /// Shared secret for both services (clients send it as a bearer token).
+    #[arg(long, env = "ATELIER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A lease not renewed by a heartbeat for this long expires.
+    #[arg(long, default_value_t = 10_000)]
+    pub lease_timeout_ms: u64,
+    #[arg(long, default_value_t = 2_000)]
+    pub heartbeat_interval_ms: u64,
+    /// Rows per tag shard when a job does not say.
+    #[arg(long, default_value_t = 8192)]
+    pub shard_rows: u64,
+    /// Attempts per task when a job does not say.
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
+}
+
+impl CoordinatorArgs {
+    pub fn config(&self) -> Result<CoordinatorConfig> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|error| CoordinatorError::Io {
+                what: format!("reading {}", path.display()),
+                error,
+            })
+        };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsIdentity {
+                cert_pem: read(cert)?,
+                key_pem: read(key)?,
+            }),
+            _ => None,
+        };
+        Ok(CoordinatorConfig {
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
+            lease_timeout: Duration::from_millis(self.lease_timeout_ms),
+            default_shard_rows: self.shard_rows,
+            default_max_attempts: self.max_attempts,
+            token: self.token.clone(),
+            tls,
+            ..CoordinatorConfig::default()
+        })
+    }
+}
+
+/// Binds, prints `coordinator listening on ADDR` (scripts and the test
+/// harness wait for it) and serves until `shutdown` resolves.
+pub async fn run(args: &CoordinatorArgs, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    let config = args.config()?;
+    let metrics = match &args.metrics_addr {
+        Some(address) => Some(
+            atelier_process::listen::bind_announced(address, "metrics")
+                .await
+                .map_err(|error| CoordinatorError::Io {
+                    what: format!("binding the metrics address {address}"),
+                    error,
+                })?,
+        ),
+        None => None,
+    };
+    let bound = |error| CoordinatorError::Io {
+        what: format!("binding {}", args.listen),
+        error,
+    };
+    let listener = bind_for_workers(&args.listen).await.map_err(bound)?;
+    let address = listener.local_addr().map_err(bound)?;
+    println!("coordinator listening on {address}");
+    crate::serve_with_metrics(listener, metrics, &args.state, config, shutdown).await
+}
+
+/// Binds the coordinator's address with room for a thousand workers that
+/// connect at once (all of them, after a coordinator restart): tokio's
+/// default backlog of 1,024 overflowed under the scale benchmark, and every
+/// dropped SYN cost its worker a one-second retransmit.
+async fn bind_for_workers(address: &str) -> std::io::Result<tokio::net::TcpListener> {
+    const BACKLOG: u32 = 4096;
+    let mut last_error = None;
+    for resolved in tokio::net::lookup_host(address).await? {
+        let socket = if resolved.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        match socket.bind(resolved) {
+            Ok(()) => return socket.listen(BACKLOG),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolves to nothing",
+        )
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind_for_workers;
+
+    #[tokio::test]
+    async fn the_coordinator_listener_accepts_on_the_port_it_picked() {
+        let listener = bind_for_workers("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        assert_ne!(address.port(), 0);
+        let (connected, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(address), listener.accept());
+        assert_eq!(
+            connected.unwrap().peer_addr().unwrap(),
+            address,
+            "the client reached the coordinator's listener"
+        );
+        assert!(accepted.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_address_in_use_is_an_error_not_a_second_listener() {
+        let first = bind_for_workers("127.0.0.1:0").await.unwrap();
+        let taken = first.local_addr().unwrap().to_string();
+        let second = bind_for_workers(&taken).await;
+        assert!(second.is_err(), "bound {taken} twice");
+    }
+}

@@ -1,0 +1,51 @@
+//! `atelier-coordinator`: the coordinator alone, as `atelier coordinator`
+//! runs it, in a process without libtorch. The `atelier` binary links
+//! libtorch for its other commands and so maps it, and runs its static
+//! initialisers, whatever the command; a scheduler needs none of it.
+
+use clap::Parser;
+
+use atelier_coordinator::command::{run, CoordinatorArgs};
+use atelier_process::logging::{init_tracing, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "atelier-coordinator",
+    version,
+    about = "Runs the atelier coordinator: jobs in, tasks out to workers, state in SQLite"
+)]
+struct Cli {
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "ATELIER_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(flatten)]
+    args: CoordinatorArgs,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // Before any thread starts (see atelier_process::memory).
+    let kept = atelier_process::memory::keep_freed_memory();
+    init_tracing(cli.log_format);
+    tracing::debug!(
+        kept,
+        "freed memory is kept for reuse, not returned to the kernel"
+    );
+    match serve(&cli.args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: &CoordinatorArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("atelier-io")
+        .build()?;
+    let served = runtime.block_on(run(args, atelier_process::signal::shutdown_signal()));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    Ok(served?)
+}
