@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the release binaries bench/gpu_session.sh runs on the GPU machine,
-# stripped and gzipped into .gpu/ (about 28 MB; a device call carries 64 MiB).
+# stripped and gzipped into .gpu/ (about 36 MB; a device call carries 64 MiB).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/setup.sh
