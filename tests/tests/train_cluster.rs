@@ -1,7 +1,7 @@
 //! Train jobs as gangs of real worker processes on loopback: W ranks (two
 //! lanes of one worker) equal one process with the global batch, a killed
-//! rank restarts the gang from its checkpoint, and a gang never starts on
-//! too few workers.
+//! rank restarts the gang from its checkpoint, a killed coordinator costs
+//! the gang nothing, and a gang never starts on too few workers.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
@@ -216,6 +216,85 @@ fn a_killed_rank_restarts_the_gang_from_its_checkpoint() {
     assert!(status.contains("restart 1 at step"), "{status}");
     // The survivor noticed the dead peer through the ring, not a lease timeout.
     assert!(killed_at.elapsed() < SLOW);
+}
+
+#[test]
+fn a_coordinator_killed_mid_training_still_ends_the_job_once() {
+    let _one = one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalogue(dir.path());
+    let checkpoint = dir.path().join("model").to_str().unwrap().to_string();
+    let mut cluster = Cluster::start(
+        dir.path(),
+        None,
+        &[
+            "--lease-timeout-ms",
+            "3000",
+            "--heartbeat-interval-ms",
+            "300",
+        ],
+    );
+    for _ in 0..2 {
+        cluster.add_worker(&[]);
+    }
+    let job = cluster.submit(&[
+        "submit",
+        "train",
+        "--world-size",
+        "2",
+        "--max-restarts",
+        "2",
+        "--collective-timeout-s",
+        "10",
+        "--model-type",
+        "color",
+        "--arch",
+        "resnet18",
+        "--image-size",
+        "64",
+        "--n-epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--checkpoint-every",
+        "4",
+        "--val-fraction",
+        "0.2",
+        "--log-every",
+        "1",
+        "--catalog",
+        &catalog,
+        "--checkpoint",
+        &checkpoint,
+    ]);
+    let rt = runtime();
+    let before = rt.block_on(cluster.wait_for(&job, SLOW, "step 6", |j| {
+        j.train.as_ref().is_some_and(|t| t.step >= 6) || j.state.is_terminal()
+    }));
+    assert!(
+        !before.state.is_terminal(),
+        "ended before the kill: {before:?}"
+    );
+    cluster.kill_coordinator();
+    std::thread::sleep(Duration::from_millis(800));
+    cluster.use_standalone_coordinator();
+    cluster.restart_coordinator();
+
+    let done = rt.block_on(cluster.wait_done(&job, SLOW));
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let train = done.train.as_ref().unwrap();
+    assert_eq!(train.step, train.total_steps, "{train:?}");
+    // The ranks talk to each other, not through the coordinator: they train
+    // on through its absence, and its restart costs the gang no restart.
+    assert!(train.restarts.is_empty(), "{train:?}");
+    let (_, step) = checkpoint_weights(&checkpoint);
+    assert_eq!(step, train.total_steps);
+    for worker in &cluster.workers[..2] {
+        assert!(worker.count("heartbeats reach the coordinator again") >= 1);
+        assert_eq!(worker.count("task complete"), 1);
+    }
+    let restarted = cluster.coordinator.as_ref().unwrap();
+    assert_eq!(restarted.count("coordinator state loaded"), 1);
 }
 
 #[test]
