@@ -430,10 +430,7 @@ impl EventLoop {
             self.refresh_gauges();
             let save_started = Instant::now();
             let (jobs, tasks) = self.state.take_dirty();
-            let saved = self.store.save(
-                &jobs.iter().collect::<Vec<_>>(),
-                &tasks.iter().collect::<Vec<_>>(),
-            );
+            let saved = self.store.save(&jobs, &tasks);
             saving += save_started.elapsed();
             let error = saved.as_ref().err().map(ToString::to_string);
             // Readers see a change before its requester hears of it, so a

@@ -672,16 +672,15 @@ impl State {
     }
 
     /// Records changed since the last call, for the store.
-    pub fn take_dirty(&mut self) -> (Vec<JobRecord>, Vec<TaskRecord>) {
-        let jobs = self
-            .dirty_jobs
-            .drain()
-            .filter_map(|id| self.jobs.get(&id).cloned())
-            .collect();
-        let tasks = self
-            .dirty_tasks
-            .drain()
-            .filter_map(|id| self.tasks.get(&id).cloned())
+    /// The records changed since the last call, borrowed: a task record
+    /// carries its work (files, row groups), too much to copy per batch.
+    pub fn take_dirty(&mut self) -> (Vec<&JobRecord>, Vec<&TaskRecord>) {
+        let job_ids: Vec<String> = self.dirty_jobs.drain().collect();
+        let task_ids: Vec<String> = self.dirty_tasks.drain().collect();
+        let jobs = job_ids.iter().filter_map(|id| self.jobs.get(id)).collect();
+        let tasks = task_ids
+            .iter()
+            .filter_map(|id| self.tasks.get(id))
             .collect();
         (jobs, tasks)
     }

@@ -236,12 +236,7 @@ fn a_restart_from_the_store_keeps_attempts_and_the_queue() {
         .unwrap();
     let mut store = StateStore::open(&path).unwrap();
     let (jobs, tasks) = state.take_dirty();
-    store
-        .save(
-            &jobs.iter().collect::<Vec<_>>(),
-            &tasks.iter().collect::<Vec<_>>(),
-        )
-        .unwrap();
+    store.save(&jobs, &tasks).unwrap();
     drop(store);
 
     let loaded: Loaded = StateStore::open(&path).unwrap().load().unwrap();
@@ -494,12 +489,7 @@ fn waiting_gangs_survive_a_restart() {
     let job = gang_job(&mut state, 2, 0);
     let mut store = StateStore::open(&path).unwrap();
     let (jobs, tasks) = state.take_dirty();
-    store
-        .save(
-            &jobs.iter().collect::<Vec<_>>(),
-            &tasks.iter().collect::<Vec<_>>(),
-        )
-        .unwrap();
+    store.save(&jobs, &tasks).unwrap();
     drop(store);
     let loaded: Loaded = StateStore::open(&path).unwrap().load().unwrap();
     let mut restored = State::restore(TIMEOUT, loaded, now);
