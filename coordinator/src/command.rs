@@ -10,6 +10,7 @@ use clap::Args;
 
 use crate::config::{CoordinatorConfig, TlsIdentity};
 use crate::error::{CoordinatorError, Result};
+use crate::server::Restored;
 
 #[derive(Debug, Args)]
 pub struct CoordinatorArgs {
@@ -71,10 +72,17 @@ impl CoordinatorArgs {
     }
 }
 
-/// Binds, prints `coordinator listening on ADDR` (scripts and the test
-/// harness wait for it) and serves until `shutdown` resolves.
+/// Loads the state, binds, prints `coordinator listening on ADDR` (scripts
+/// and the test harness wait for it) and serves until `shutdown` resolves.
+/// A bad state file or address fails before that line.
 pub async fn run(args: &CoordinatorArgs, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
     let config = args.config()?;
+    let restored = {
+        let (path, config) = (args.state.clone(), config.clone());
+        tokio::task::spawn_blocking(move || Restored::load(&path, &config))
+            .await
+            .map_err(|e| CoordinatorError::Internal(format!("loading the state: {e}")))??
+    };
     let metrics = match &args.metrics_addr {
         Some(address) => Some(
             atelier_process::listen::bind_announced(address, "metrics")
@@ -93,7 +101,7 @@ pub async fn run(args: &CoordinatorArgs, shutdown: impl Future<Output = ()> + Se
     let listener = bind_for_workers(&args.listen).await.map_err(bound)?;
     let address = listener.local_addr().map_err(bound)?;
     println!("coordinator listening on {address}");
-    crate::serve_with_metrics(listener, metrics, &args.state, config, shutdown).await
+    restored.serve(listener, metrics, config, shutdown).await
 }
 
 /// Binds the coordinator's address with room for a thousand workers that

@@ -20,11 +20,12 @@ pub enum CoordinatorError {
         attempt: u32,
         reason: String,
     },
-    #[error("state store {path}: {source}")]
+    /// Not `#[source]`: the message carries the cause once (rusqlite's
+    /// errors chain to SQLite's, which say the same again).
+    #[error("state store {path}: {error}")]
     Store {
         path: String,
-        #[source]
-        source: rusqlite::Error,
+        error: rusqlite::Error,
     },
     #[error("state record {id} cannot be read: {source}")]
     Record {

@@ -40,18 +40,58 @@ pub async fn serve_with_metrics(
     config: CoordinatorConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    let mut store = StateStore::open(state_path)?;
-    let loaded = store.load()?;
-    tracing::info!(
-        jobs = loaded.jobs.len(),
-        tasks = loaded.tasks.len(),
-        state = %state_path.display(),
-        "coordinator state loaded"
-    );
-    let state = State::restore(config.lease_timeout, loaded, Instant::now());
+    let restored = Restored::load(state_path, &config)?;
+    restored.serve(listener, metrics, config, shutdown).await
+}
+
+/// The coordinator's state as its file left it, ready to serve. Loading it
+/// apart from serving lets a command refuse a bad state file before it says
+/// it is listening.
+#[derive(Debug)]
+pub struct Restored {
+    store: StateStore,
+    state: State,
+}
+
+impl Restored {
+    /// Opens (or creates) the SQLite file at `state_path` and rebuilds every
+    /// job from it. Blocking file I/O.
+    pub fn load(state_path: &Path, config: &CoordinatorConfig) -> Result<Self> {
+        let mut store = StateStore::open(state_path)?;
+        let loaded = store.load()?;
+        tracing::info!(
+            jobs = loaded.jobs.len(),
+            tasks = loaded.tasks.len(),
+            state = %state_path.display(),
+            "coordinator state loaded"
+        );
+        let state = State::restore(config.lease_timeout, loaded, Instant::now());
+        Ok(Self { store, state })
+    }
+
+    /// Serves both services, health and reflection on `listener` (and
+    /// metrics on `metrics`) until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        metrics: Option<TcpListener>,
+        config: CoordinatorConfig,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<()> {
+        serve_restored(self, listener, metrics, config, shutdown).await
+    }
+}
+
+async fn serve_restored(
+    restored: Restored,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    config: CoordinatorConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
     let (handle, loop_thread) = event_loop::start(
-        state,
-        store,
+        restored.state,
+        restored.store,
         config.max_lease_wait,
         config.default_gang_timeout,
     )

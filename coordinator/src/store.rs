@@ -49,14 +49,14 @@ pub struct Loaded {
 impl StateStore {
     pub fn open(path: &Path) -> Result<Self> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| CoordinatorError::Store {
-                path: path.display().to_string(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            std::fs::create_dir_all(parent).map_err(|error| CoordinatorError::Io {
+                what: format!("creating the state directory {}", parent.display()),
+                error,
             })?;
         }
-        let connection = Connection::open(path).map_err(|source| CoordinatorError::Store {
+        let connection = Connection::open(path).map_err(|error| CoordinatorError::Store {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         let store = Self {
             path: path.to_path_buf(),
@@ -80,10 +80,10 @@ impl StateStore {
         Ok(store)
     }
 
-    fn error(&self, source: rusqlite::Error) -> CoordinatorError {
+    fn error(&self, error: rusqlite::Error) -> CoordinatorError {
         CoordinatorError::Store {
             path: self.path.display().to_string(),
-            source,
+            error,
         }
     }
 
@@ -144,9 +144,9 @@ impl StateStore {
             return Ok(());
         }
         let path = self.path.display().to_string();
-        let store_error = |source| CoordinatorError::Store {
+        let store_error = |error| CoordinatorError::Store {
             path: path.clone(),
-            source,
+            error,
         };
         let transaction = self.connection.transaction().map_err(store_error)?;
         {

@@ -139,7 +139,7 @@ fn unsupported_urls_are_refused_by_scheme() {
 }
 
 #[test]
-fn the_standalone_coordinator_names_an_address_in_use_and_a_missing_certificate() {
+fn the_standalone_coordinator_names_an_address_in_use_a_missing_certificate_and_a_bad_state_file() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap().to_string();
@@ -174,5 +174,45 @@ fn the_standalone_coordinator_names_an_address_in_use_and_a_missing_certificate(
     assert!(
         err.contains(&format!("reading {missing}")) && !err.contains("panicked"),
         "{err}"
+    );
+
+    // A bad state file is refused before the coordinator says it listens,
+    // so nothing waiting for that line takes it for a running server.
+    let bad_state = |state: &std::path::Path| {
+        std::process::Command::new(atelier_tests::built_bin("atelier-coordinator"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--state",
+                state.to_str().unwrap(),
+            ])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let not_sqlite = dir.path().join("notes.db");
+    std::fs::write(&not_sqlite, b"these are not the jobs you are looking for").unwrap();
+    let output = bad_state(&not_sqlite);
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains(&format!("state store {}", not_sqlite.display()))
+            && err.contains("not a database"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("listening"));
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let output = bad_state(&file.join("coordinator.db"));
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains(&format!("creating the state directory {}", file.display())),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("File exists").count(),
+        1,
+        "the cause once, not once per link of the chain: {err}"
     );
 }
