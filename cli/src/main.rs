@@ -58,7 +58,10 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             // The cause chain on one line; no backtrace, whatever RUST_BACKTRACE says.
-            eprintln!("error: {error:#}");
+            eprintln!(
+                "error: {}",
+                atelier_process::report::one_line(error.as_ref())
+            );
             std::process::ExitCode::FAILURE
         }
     }

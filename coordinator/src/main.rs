@@ -34,7 +34,10 @@ fn main() -> std::process::ExitCode {
     match serve(&cli.args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!(
+                "error: {}",
+                atelier_process::report::one_line(error.as_ref())
+            );
             std::process::ExitCode::FAILURE
         }
     }

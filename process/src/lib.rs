@@ -7,4 +7,5 @@
 pub mod listen;
 pub mod logging;
 pub mod memory;
+pub mod report;
 pub mod signal;
