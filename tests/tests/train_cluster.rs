@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use atelier_proto::domain::JobState;
+use atelier_proto::domain::{JobState, JobStatus};
 use atelier_tests::cluster::Cluster;
 use atelier_tests::{atelier_ok, checkpoint_weights, runtime};
 
@@ -144,14 +144,14 @@ fn a_gang_of_two_lanes_equals_one_process_with_the_global_batch() {
     assert!(Path::new(&ranked).join("plots/curves.png").exists());
 }
 
-#[test]
-fn a_killed_rank_restarts_the_gang_from_its_checkpoint() {
-    let _one = one_cluster();
-    let dir = tempfile::tempdir().unwrap();
-    let catalog = catalogue(dir.path());
-    let checkpoint = dir.path().join("model").to_str().unwrap().to_string();
+/// A 2-rank gang on `workers` CPU workers, checkpointing every 4 steps,
+/// run until step 6 (short leases, so losses show quickly). Returns the
+/// cluster, the job, its checkpoint and its status at step 6.
+fn gang_at_step_six(dir: &Path, workers: usize) -> (Cluster, String, String, JobStatus) {
+    let catalog = catalogue(dir);
+    let checkpoint = dir.join("model").to_str().unwrap().to_string();
     let mut cluster = Cluster::start(
-        dir.path(),
+        dir,
         None,
         &[
             "--lease-timeout-ms",
@@ -160,7 +160,7 @@ fn a_killed_rank_restarts_the_gang_from_its_checkpoint() {
             "300",
         ],
     );
-    for _ in 0..3 {
+    for _ in 0..workers {
         cluster.add_worker(&[]);
     }
     let job = cluster.submit(&[
@@ -193,17 +193,24 @@ fn a_killed_rank_restarts_the_gang_from_its_checkpoint() {
         "--checkpoint",
         &checkpoint,
     ]);
-    let rt = runtime();
-    rt.block_on(cluster.wait_for(&job, SLOW, "step 6", |j| {
+    let at_six = runtime().block_on(cluster.wait_for(&job, SLOW, "step 6", |j| {
         j.train.as_ref().is_some_and(|t| t.step >= 6) || j.state.is_terminal()
     }));
+    (cluster, job, checkpoint, at_six)
+}
+
+#[test]
+fn a_killed_rank_restarts_the_gang_from_its_checkpoint() {
+    let _one = one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cluster, job, checkpoint, _) = gang_at_step_six(dir.path(), 3);
     let busy = (0..cluster.workers.len())
         .find(|&w| cluster.workers[w].count("task leased") > 0)
         .expect("a worker holds a rank");
     cluster.workers[busy].kill();
     let killed_at = Instant::now();
 
-    let done = rt.block_on(cluster.wait_done(&job, SLOW));
+    let done = runtime().block_on(cluster.wait_done(&job, SLOW));
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
     let train = done.train.as_ref().unwrap();
     assert!(!train.restarts.is_empty(), "{train:?}");
@@ -222,55 +229,7 @@ fn a_killed_rank_restarts_the_gang_from_its_checkpoint() {
 fn a_coordinator_killed_mid_training_still_ends_the_job_once() {
     let _one = one_cluster();
     let dir = tempfile::tempdir().unwrap();
-    let catalog = catalogue(dir.path());
-    let checkpoint = dir.path().join("model").to_str().unwrap().to_string();
-    let mut cluster = Cluster::start(
-        dir.path(),
-        None,
-        &[
-            "--lease-timeout-ms",
-            "3000",
-            "--heartbeat-interval-ms",
-            "300",
-        ],
-    );
-    for _ in 0..2 {
-        cluster.add_worker(&[]);
-    }
-    let job = cluster.submit(&[
-        "submit",
-        "train",
-        "--world-size",
-        "2",
-        "--max-restarts",
-        "2",
-        "--collective-timeout-s",
-        "10",
-        "--model-type",
-        "color",
-        "--arch",
-        "resnet18",
-        "--image-size",
-        "64",
-        "--n-epochs",
-        "3",
-        "--batch-size",
-        "4",
-        "--checkpoint-every",
-        "4",
-        "--val-fraction",
-        "0.2",
-        "--log-every",
-        "1",
-        "--catalog",
-        &catalog,
-        "--checkpoint",
-        &checkpoint,
-    ]);
-    let rt = runtime();
-    let before = rt.block_on(cluster.wait_for(&job, SLOW, "step 6", |j| {
-        j.train.as_ref().is_some_and(|t| t.step >= 6) || j.state.is_terminal()
-    }));
+    let (mut cluster, job, checkpoint, before) = gang_at_step_six(dir.path(), 2);
     assert!(
         !before.state.is_terminal(),
         "ended before the kill: {before:?}"
@@ -280,7 +239,7 @@ fn a_coordinator_killed_mid_training_still_ends_the_job_once() {
     cluster.use_standalone_coordinator();
     cluster.restart_coordinator();
 
-    let done = rt.block_on(cluster.wait_done(&job, SLOW));
+    let done = runtime().block_on(cluster.wait_done(&job, SLOW));
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
     let train = done.train.as_ref().unwrap();
     assert_eq!(train.step, train.total_steps, "{train:?}");
