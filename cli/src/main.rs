@@ -84,10 +84,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         kept,
         "freed memory is kept for reuse, not returned to the kernel"
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("atelier-io")
-        .build()?;
+    let runtime = atelier_process::runtime::io_runtime()?;
     let handle = runtime.handle().clone();
     // Commands block on compute; they run on this thread and use the runtime for I/O.
     let result = match cli.command {

@@ -44,10 +44,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn serve(args: &CoordinatorArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("atelier-io")
-        .build()?;
+    let runtime = atelier_process::runtime::io_runtime()?;
     let served = runtime.block_on(run(args, atelier_process::signal::shutdown_signal()));
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     Ok(served?)

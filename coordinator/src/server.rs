@@ -78,89 +78,79 @@ impl Restored {
         config: CoordinatorConfig,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<()> {
-        serve_restored(self, listener, metrics, config, shutdown).await
-    }
-}
+        let (handle, loop_thread) = event_loop::start(
+            self.state,
+            self.store,
+            config.max_lease_wait,
+            config.default_gang_timeout,
+        )
+        .map_err(|e| CoordinatorError::Internal(format!("starting the event loop: {e}")))?;
 
-async fn serve_restored(
-    restored: Restored,
-    listener: TcpListener,
-    metrics: Option<TcpListener>,
-    config: CoordinatorConfig,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<()> {
-    let (handle, loop_thread) = event_loop::start(
-        restored.state,
-        restored.store,
-        config.max_lease_wait,
-        config.default_gang_timeout,
-    )
-    .map_err(|e| CoordinatorError::Internal(format!("starting the event loop: {e}")))?;
-
-    let auth = BearerAuth::new(config.token.as_deref());
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<JobServiceServer<JobApi>>().await;
-    health.set_serving::<WorkerServiceServer<WorkerApi>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| CoordinatorError::Internal(format!("reflection: {e}")))?;
-    let jobs = JobServiceServer::with_interceptor(
-        JobApi {
-            handle: handle.clone(),
-            config: config.clone(),
-        },
-        auth.clone(),
-    );
-    let workers = WorkerServiceServer::with_interceptor(
-        WorkerApi {
-            handle: handle.clone(),
-            config: config.clone(),
-        },
-        auth,
-    );
-    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-    if let Some(metrics) = metrics {
-        let scraped = handle.clone();
-        let render: atelier_telemetry::Render =
-            std::sync::Arc::new(move || crate::metrics::render(&scraped));
-        tokio::spawn(atelier_telemetry::serve_metrics(
-            metrics,
-            render,
-            async move {
-                let _ = metrics_stopped.await;
+        let auth = BearerAuth::new(config.token.as_deref());
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<JobServiceServer<JobApi>>().await;
+        health.set_serving::<WorkerServiceServer<WorkerApi>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| CoordinatorError::Internal(format!("reflection: {e}")))?;
+        let jobs = JobServiceServer::with_interceptor(
+            JobApi {
+                handle: handle.clone(),
+                config: config.clone(),
             },
-        ));
+            auth.clone(),
+        );
+        let workers = WorkerServiceServer::with_interceptor(
+            WorkerApi {
+                handle: handle.clone(),
+                config: config.clone(),
+            },
+            auth,
+        );
+        let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        if let Some(metrics) = metrics {
+            let scraped = handle.clone();
+            let render: atelier_telemetry::Render =
+                std::sync::Arc::new(move || crate::metrics::render(&scraped));
+            tokio::spawn(atelier_telemetry::serve_metrics(
+                metrics,
+                render,
+                async move {
+                    let _ = metrics_stopped.await;
+                },
+            ));
+        }
+        drop(handle);
+        let address = listener.local_addr().ok();
+        tracing::info!(?address, "coordinator serving");
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &config.tls {
+            atelier_proto::client::install_crypto_provider();
+            let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .map_err(|e| {
+                    CoordinatorError::InvalidArgument(format!("TLS certificate or key: {e}"))
+                })?;
+        }
+        let served = builder
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(jobs)
+            .add_service(workers)
+            .serve_with_incoming_shutdown(without_nagle(listener), shutdown)
+            .await;
+        // The services (and the metrics server) held the last loop handles;
+        // with them gone the loop ends.
+        let _ = stop_metrics.send(());
+        let looped = loop_thread
+            .join()
+            .map_err(|_| CoordinatorError::Internal("the event loop panicked".into()))?;
+        served.map_err(|e| CoordinatorError::Internal(format!("grpc server: {e}")))?;
+        looped
     }
-    drop(handle);
-    let address = listener.local_addr().ok();
-    tracing::info!(?address, "coordinator serving");
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &config.tls {
-        atelier_proto::client::install_crypto_provider();
-        let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
-        builder = builder
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-            .map_err(|e| {
-                CoordinatorError::InvalidArgument(format!("TLS certificate or key: {e}"))
-            })?;
-    }
-    let served = builder
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(jobs)
-        .add_service(workers)
-        .serve_with_incoming_shutdown(without_nagle(listener), shutdown)
-        .await;
-    // The services (and the metrics server) held the last loop handles;
-    // with them gone the loop ends.
-    let _ = stop_metrics.send(());
-    let looped = loop_thread
-        .join()
-        .map_err(|_| CoordinatorError::Internal("the event loop panicked".into()))?;
-    served.map_err(|e| CoordinatorError::Internal(format!("grpc server: {e}")))?;
-    looped
 }
 
 /// Accepted connections with Nagle's algorithm off, as tonic sets up the

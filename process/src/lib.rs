@@ -1,6 +1,6 @@
 //! What every atelier binary sets up before its real work: jemalloc as the
-//! process's allocator, the log subscriber, its listeners and the shutdown
-//! signal. Shared
+//! process's allocator, the log subscriber, the I/O runtime, its listeners
+//! and the shutdown signal. Shared
 //! by `atelier` and the libtorch-free `atelier-coordinator`, so the two
 //! servers start, log and stop alike.
 
@@ -8,4 +8,5 @@ pub mod listen;
 pub mod logging;
 pub mod memory;
 pub mod report;
+pub mod runtime;
 pub mod signal;
