@@ -139,10 +139,7 @@ pub async fn inspect(url: &str) -> Result<InspectReport> {
 async fn samples(catalog: &Catalog) -> Result<Vec<SampleRow>> {
     let mut wanted = vec![ITEM_ID, IMAGE, IMAGE_URI];
     wanted.extend(LABEL_COLUMNS);
-    let first = ReadRange {
-        file: 0,
-        row_groups: vec![0],
-    };
+    let first = ReadRange::groups(0, vec![0]);
     let mut stream = catalog.stream(vec![first], &wanted, SAMPLES);
     let Some(batch) = stream.next().await.transpose()? else {
         return Ok(Vec::new());

@@ -1,14 +1,18 @@
 //! Opening catalogues from their footers and streaming selected row groups.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
+};
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::errors::ParquetError;
+use parquet::file::metadata::PageIndexPolicy;
 
 use crate::error::{CatalogError, Result};
 use crate::object_reader::ObjectFileReader;
@@ -47,6 +51,30 @@ impl CatalogFile {
 
     /// Opens the footer of one object and checks it against the column contract.
     pub async fn open(location: StoreLocation, size: Option<u64>) -> Result<Self> {
+        Self::open_with(location, size, ArrowReaderOptions::new()).await
+    }
+
+    /// As [`CatalogFile::open`], and also reads the offset index (where each
+    /// page lies), so that reading part of a row group fetches only its pages
+    /// rather than the whole column chunk of image bytes.
+    pub async fn open_indexed(location: StoreLocation, size: Option<u64>) -> Result<Self> {
+        let options = ArrowReaderOptions::new().with_offset_index_policy(PageIndexPolicy::Optional);
+        Self::open_with(location, size, options).await
+    }
+
+    async fn open_any(location: StoreLocation, size: Option<u64>, indexed: bool) -> Result<Self> {
+        if indexed {
+            Self::open_indexed(location, size).await
+        } else {
+            Self::open(location, size).await
+        }
+    }
+
+    async fn open_with(
+        location: StoreLocation,
+        size: Option<u64>,
+        options: ArrowReaderOptions,
+    ) -> Result<Self> {
         let size = match size {
             Some(size) => size,
             None => {
@@ -67,7 +95,7 @@ impl CatalogFile {
         }
         let mut reader =
             ObjectFileReader::new(Arc::clone(&location.store), location.path.clone(), size);
-        let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
+        let metadata = ArrowReaderMetadata::load_async(&mut reader, options)
             .await
             .map_err(|e| footer_error(&file, e))?;
         let columns = schema::validate(metadata.schema(), &file)?;
@@ -101,6 +129,20 @@ fn footer_error(file: &str, error: ParquetError) -> CatalogError {
 pub struct ReadRange {
     pub file: usize,
     pub row_groups: Vec<usize>,
+    /// Only these rows of the listed row groups taken together (counted from
+    /// the first row of the first group); every row when `None`.
+    pub rows: Option<Range<usize>>,
+}
+
+impl ReadRange {
+    /// Every row of `row_groups`.
+    pub fn groups(file: usize, row_groups: Vec<usize>) -> Self {
+        Self {
+            file,
+            row_groups,
+            rows: None,
+        }
+    }
 }
 
 /// A catalogue: every `*.parquet` object under a prefix, or one object.
@@ -119,7 +161,17 @@ impl Catalog {
         Self::open_location(location).await
     }
 
+    /// As [`Catalog::open`], with each file's offset index too (see
+    /// [`CatalogFile::open_indexed`]): for readers of parts of row groups.
+    pub async fn open_indexed(url: &str) -> Result<Self> {
+        Self::open_listed(StoreLocation::parse(url)?, true).await
+    }
+
     pub async fn open_location(location: StoreLocation) -> Result<Self> {
+        Self::open_listed(location, false).await
+    }
+
+    async fn open_listed(location: StoreLocation, indexed: bool) -> Result<Self> {
         let listed: Vec<_> = match location
             .store
             .list(Some(&location.path))
@@ -150,7 +202,8 @@ impl Catalog {
             // The URL may name a single file rather than a prefix.
             return match location.store.head(&location.path).await {
                 Ok(meta) => {
-                    let file = CatalogFile::open(location.clone(), Some(meta.size)).await?;
+                    let file =
+                        CatalogFile::open_any(location.clone(), Some(meta.size), indexed).await?;
                     Ok(Self {
                         location,
                         files: vec![file],
@@ -170,7 +223,9 @@ impl Catalog {
         }
 
         let files: Vec<CatalogFile> = stream::iter(parquet)
-            .map(|(path, size)| CatalogFile::open(location.with_path(path), Some(size)))
+            .map(|(path, size)| {
+                CatalogFile::open_any(location.with_path(path), Some(size), indexed)
+            })
             .buffered(FOOTER_CONCURRENCY)
             .try_collect()
             .await?;
@@ -203,9 +258,8 @@ impl Catalog {
         self.files
             .iter()
             .enumerate()
-            .map(|(file, f)| ReadRange {
-                file,
-                row_groups: (0..f.metadata.metadata().num_row_groups()).collect(),
+            .map(|(file, f)| {
+                ReadRange::groups(file, (0..f.metadata.metadata().num_row_groups()).collect())
             })
             .collect()
     }
@@ -230,7 +284,7 @@ impl Catalog {
                             range.file
                         ))
                     })?;
-                    open_range(file, range.row_groups, &columns, batch_rows)
+                    open_range(file, range, &columns, batch_rows)
                 }
             })
             .try_flatten()
@@ -240,7 +294,7 @@ impl Catalog {
 
 fn open_range(
     file: CatalogFile,
-    row_groups: Vec<usize>,
+    range: ReadRange,
     columns: &[String],
     batch_rows: usize,
 ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
@@ -259,10 +313,36 @@ fn open_range(
         file.metadata.metadata().file_metadata().schema_descr(),
         roots,
     );
-    let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, file.metadata.clone())
-        .with_projection(mask)
-        .with_row_groups(row_groups)
-        .with_batch_size(batch_rows.max(1))
+    let mut builder =
+        ParquetRecordBatchStreamBuilder::new_with_metadata(reader, file.metadata.clone())
+            .with_projection(mask)
+            .with_batch_size(batch_rows.max(1));
+    if let Some(rows) = range.rows {
+        let groups = file.metadata.metadata().row_groups();
+        let mut available = 0usize;
+        for &g in &range.row_groups {
+            let group = groups.get(g).ok_or_else(|| {
+                CatalogError::InvalidArgument(format!(
+                    "{url} has {} row groups, no row group {g}",
+                    groups.len()
+                ))
+            })?;
+            available += usize::try_from(group.num_rows()).unwrap_or(0);
+        }
+        if rows.start > rows.end || rows.end > available {
+            return Err(CatalogError::InvalidArgument(format!(
+                "rows {}..{} of {url} are outside its row groups {:?} ({available} rows)",
+                rows.start, rows.end, range.row_groups
+            )));
+        }
+        builder = builder.with_row_selection(RowSelection::from(vec![
+            RowSelector::skip(rows.start),
+            RowSelector::select(rows.end - rows.start),
+            RowSelector::skip(available - rows.end),
+        ]));
+    }
+    let stream = builder
+        .with_row_groups(range.row_groups)
         .build()
         .map_err(|source| CatalogError::Parquet {
             file: url.clone(),

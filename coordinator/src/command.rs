@@ -10,6 +10,7 @@ use clap::Args;
 
 use crate::config::{CoordinatorConfig, TlsIdentity};
 use crate::error::{CoordinatorError, Result};
+use crate::plan::ShardSizing;
 use crate::server::Restored;
 
 #[derive(Debug, Args)]
@@ -28,9 +29,15 @@ pub struct CoordinatorArgs {
     pub lease_timeout_ms: u64,
     #[arg(long, default_value_t = 2_000)]
     pub heartbeat_interval_ms: u64,
-    /// Rows per tag shard when a job does not say.
+    /// Rows per tag shard when a job does not say; fewer when the catalogue
+    /// would otherwise give the registered workers under --shards-per-worker
+    /// shards each (never under 512 rows).
     #[arg(long, default_value_t = 8192)]
     pub shard_rows: u64,
+    /// Shards to aim for per registered worker when a job does not set its
+    /// shard size; 0 always cuts --shard-rows.
+    #[arg(long, default_value_t = 4)]
+    pub shards_per_worker: u64,
     /// Attempts per task when a job does not say.
     #[arg(long, default_value_t = 3)]
     pub max_attempts: u32,
@@ -63,7 +70,10 @@ impl CoordinatorArgs {
         Ok(CoordinatorConfig {
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
             lease_timeout: Duration::from_millis(self.lease_timeout_ms),
-            default_shard_rows: self.shard_rows,
+            shard_sizing: ShardSizing {
+                max_rows: self.shard_rows,
+                per_worker: self.shards_per_worker,
+            },
             default_max_attempts: self.max_attempts,
             token: self.token.clone(),
             tls,

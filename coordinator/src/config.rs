@@ -1,5 +1,7 @@
 use std::time::Duration;
 
+use crate::plan::ShardSizing;
+
 /// How the coordinator paces workers and cuts jobs.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -7,8 +9,8 @@ pub struct CoordinatorConfig {
     pub heartbeat_interval: Duration,
     /// A lease not renewed for this long expires and its task goes back in the queue.
     pub lease_timeout: Duration,
-    /// Rows per tag shard when a job does not say.
-    pub default_shard_rows: u64,
+    /// How tag shards are sized when a job does not say.
+    pub shard_sizing: ShardSizing,
     /// Attempts per task when a job does not say.
     pub default_max_attempts: u32,
     /// Longest a LeaseTask call waits for work.
@@ -40,7 +42,10 @@ impl Default for CoordinatorConfig {
         Self {
             heartbeat_interval: Duration::from_secs(2),
             lease_timeout: Duration::from_secs(10),
-            default_shard_rows: 8192,
+            shard_sizing: ShardSizing {
+                max_rows: 8192,
+                per_worker: 4,
+            },
             default_max_attempts: 3,
             max_lease_wait: Duration::from_secs(20),
             token: None,

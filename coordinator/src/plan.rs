@@ -6,11 +6,47 @@ use object_store::ObjectStoreExt;
 
 use crate::error::{CoordinatorError, Result};
 
-/// The shards of a tag job, each a run of whole row groups of one file.
+/// Automatic shards never go below this many rows: a shard costs a lease, a
+/// footer read and an output object, which a few hundred images amortise.
+pub const MIN_AUTO_SHARD_ROWS: u64 = 512;
+
+/// The shards of a tag job: runs of whole row groups of one file, or slices of
+/// one row group when a group is larger than the target.
 #[derive(Debug, Clone)]
 pub struct TagPlan {
     pub shards: Vec<ShardWork>,
     pub rows: u64,
+    /// The target the shards were cut to.
+    pub target_rows: u64,
+}
+
+/// How a tag job's shards are sized when the job does not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardSizing {
+    /// The largest automatic shard (`--shard-rows`).
+    pub max_rows: u64,
+    /// Shards to aim for per registered worker; 0 always cuts `max_rows`.
+    pub per_worker: u64,
+}
+
+impl ShardSizing {
+    /// Rows per shard: the job's own figure when it gives one. Otherwise at most
+    /// `max_rows`, and smaller when that would leave registered workers without
+    /// `per_worker` shards each (a 10^6-item catalogue at 8,192 rows is 123
+    /// shards, which would idle most of a thousand workers), but never below
+    /// [`MIN_AUTO_SHARD_ROWS`] unless `max_rows` is.
+    pub fn target_rows(&self, requested: u64, catalogue_rows: u64, workers: usize) -> u64 {
+        if requested > 0 {
+            return requested;
+        }
+        let max_rows = self.max_rows.max(1);
+        if self.per_worker == 0 || workers == 0 {
+            return max_rows;
+        }
+        let wanted_shards = (workers as u64).saturating_mul(self.per_worker);
+        let even = catalogue_rows.div_ceil(wanted_shards);
+        even.max(MIN_AUTO_SHARD_ROWS).min(max_rows)
+    }
 }
 
 /// The object shard `index` writes; fixed, so a retried shard replaces it.
@@ -18,54 +54,87 @@ pub fn shard_output(output: &StoreLocation, index: usize) -> String {
     output.child(&format!("part-{index:05}.parquet")).url()
 }
 
-/// Opens every footer (never image bytes), checks the schema and cuts shards of
-/// about `target_rows` rows. Fails naming the catalogue when it is unreachable,
-/// not Parquet, missing a column or empty.
-pub async fn plan_tag_job(spec: &TagJobSpec, target_rows: u64) -> Result<TagPlan> {
+/// Opens every footer (never image bytes), checks the schema and cuts shards
+/// sized by `sizing` for `workers` registered workers. Fails naming the
+/// catalogue when it is unreachable, not Parquet, missing a column or empty.
+pub async fn plan_tag_job(
+    spec: &TagJobSpec,
+    sizing: &ShardSizing,
+    workers: usize,
+) -> Result<TagPlan> {
     let catalog = Catalog::open(&spec.catalog)
         .await
         .map_err(CoordinatorError::BadCatalog)?;
     let output = StoreLocation::parse(&spec.output)
         .map_err(|e| CoordinatorError::InvalidArgument(format!("output: {e}")))?;
-    Ok(cut(&catalog, spec, &output, target_rows.max(1)))
+    let target = sizing.target_rows(spec.target_shard_rows, catalog.num_rows() as u64, workers);
+    Ok(cut(&catalog, spec, &output, target))
 }
 
 fn cut(catalog: &Catalog, spec: &TagJobSpec, output: &StoreLocation, target: u64) -> TagPlan {
     let mut shards = Vec::new();
-    let mut rows_total = 0u64;
     for file in &catalog.files {
         let url = file.location.url();
         let mut groups = Vec::new();
         let mut rows = 0u64;
         for (index, group_rows) in file.row_group_rows().into_iter().enumerate() {
-            groups.push(index as u32);
-            rows += group_rows as u64;
+            let index = index as u32;
+            let group_rows = group_rows as u64;
+            // Rounded, so a group only a little over the target stays whole.
+            let slices = ((group_rows + target / 2) / target).max(1);
+            if slices > 1 {
+                if rows > 0 {
+                    shards.push(shard(spec, &url, std::mem::take(&mut groups), None, rows));
+                }
+                groups.clear();
+                rows = 0;
+                for slice in 0..slices {
+                    let start = group_rows * slice / slices;
+                    let end = group_rows * (slice + 1) / slices;
+                    shards.push(shard(
+                        spec,
+                        &url,
+                        vec![index],
+                        Some(start..end),
+                        end - start,
+                    ));
+                }
+                continue;
+            }
+            groups.push(index);
+            rows += group_rows;
             if rows >= target {
-                shards.push(shard(spec, &url, std::mem::take(&mut groups), rows));
-                rows_total += rows;
+                shards.push(shard(spec, &url, std::mem::take(&mut groups), None, rows));
                 rows = 0;
             }
         }
         if !groups.is_empty() && rows > 0 {
-            shards.push(shard(spec, &url, groups, rows));
-            rows_total += rows;
+            shards.push(shard(spec, &url, groups, None, rows));
         }
     }
     for (index, shard) in shards.iter_mut().enumerate() {
         shard.output = shard_output(output, index);
     }
     TagPlan {
+        rows: shards.iter().map(|s| s.rows).sum(),
         shards,
-        rows: rows_total,
+        target_rows: target,
     }
 }
 
-fn shard(spec: &TagJobSpec, file: &str, row_groups: Vec<u32>, rows: u64) -> ShardWork {
+fn shard(
+    spec: &TagJobSpec,
+    file: &str,
+    row_groups: Vec<u32>,
+    slice: Option<std::ops::Range<u64>>,
+    rows: u64,
+) -> ShardWork {
     ShardWork {
         catalog: spec.catalog.clone(),
         ranges: vec![FileRowGroups {
             file: file.to_string(),
             row_groups,
+            rows: slice,
         }],
         checkpoints: spec.checkpoints.clone(),
         output: String::new(),
@@ -145,12 +214,114 @@ mod tests {
             inference: Default::default(),
             overwrite: false,
         };
-        let plan = runtime.block_on(plan_tag_job(&spec, 250)).unwrap();
+        let fixed = ShardSizing {
+            max_rows: 250,
+            per_worker: 0,
+        };
+        let plan = runtime.block_on(plan_tag_job(&spec, &fixed, 7)).unwrap();
         assert_eq!(plan.rows, 1000);
         // 3 files of 4, 4 and 2 groups: 300 + 100, 300 + 100, 200 rows.
         let sizes: Vec<u64> = plan.shards.iter().map(|s| s.rows).collect();
         assert_eq!(sizes, vec![300, 100, 300, 100, 200]);
         assert!(plan.shards[4].output.ends_with("out/part-00004.parquet"));
         assert_eq!(plan.shards[1].ranges[0].row_groups, vec![3]);
+        assert!(plan.shards.iter().all(|s| s.ranges[0].rows.is_none()));
+    }
+
+    #[test]
+    fn groups_larger_than_the_target_are_cut_into_even_slices() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("catalog").to_str().unwrap().to_string();
+        // One file: groups of 1,000, 1,000 and 100 rows.
+        let options = synthetic::GenerateOptions {
+            items: 2100,
+            width: 48,
+            height: 64,
+            threads: 2,
+            writer: atelier_catalog::WriterOptions {
+                rows_per_group: 1000,
+                groups_per_file: 3,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let out = StoreLocation::parse(&url).unwrap();
+        synthetic::generate(&options, out, runtime.handle(), |_| {}).unwrap();
+        let spec = TagJobSpec {
+            catalog: url,
+            checkpoints: vec![],
+            output: dir.path().join("out").to_str().unwrap().into(),
+            target_shard_rows: 300,
+            max_attempts: 0,
+            inference: Default::default(),
+            overwrite: false,
+        };
+        let sizing = ShardSizing {
+            max_rows: 8192,
+            per_worker: 4,
+        };
+        let plan = runtime.block_on(plan_tag_job(&spec, &sizing, 1)).unwrap();
+        assert_eq!((plan.rows, plan.target_rows), (2100, 300));
+        let cuts: Vec<(Vec<u32>, Option<std::ops::Range<u64>>, u64)> = plan
+            .shards
+            .iter()
+            .map(|s| {
+                (
+                    s.ranges[0].row_groups.clone(),
+                    s.ranges[0].rows.clone(),
+                    s.rows,
+                )
+            })
+            .collect();
+        // 1,000 / 300 rounds to 3 slices; the 100-row group stays whole.
+        assert_eq!(
+            cuts,
+            vec![
+                (vec![0], Some(0..333), 333),
+                (vec![0], Some(333..666), 333),
+                (vec![0], Some(666..1000), 334),
+                (vec![1], Some(0..333), 333),
+                (vec![1], Some(333..666), 333),
+                (vec![1], Some(666..1000), 334),
+                (vec![2], None, 100),
+            ]
+        );
+        // A group only a little over the target stays whole.
+        let spec = TagJobSpec {
+            target_shard_rows: 900,
+            ..spec
+        };
+        let plan = runtime.block_on(plan_tag_job(&spec, &sizing, 1)).unwrap();
+        let sizes: Vec<u64> = plan.shards.iter().map(|s| s.rows).collect();
+        assert_eq!(sizes, vec![1000, 1000, 100]);
+    }
+
+    #[test]
+    fn automatic_shards_give_every_registered_worker_several() {
+        let sizing = ShardSizing {
+            max_rows: 8192,
+            per_worker: 4,
+        };
+        // A job's own size always wins.
+        assert_eq!(sizing.target_rows(100, 1_000_000, 1000), 100);
+        // No worker registered yet, or sizing off: the largest shard.
+        assert_eq!(sizing.target_rows(0, 1_000_000, 0), 8192);
+        let off = ShardSizing {
+            per_worker: 0,
+            ..sizing
+        };
+        assert_eq!(off.target_rows(0, 1_000_000, 1000), 8192);
+        // 10^6 items: 30 workers get 4 shards each of 8,334 > 8,192 rows.
+        assert_eq!(sizing.target_rows(0, 1_000_000, 30), 8192);
+        assert_eq!(sizing.target_rows(0, 1_000_000, 100), 2500);
+        // A thousand workers would want 250-row shards; 512 is the floor.
+        assert_eq!(sizing.target_rows(0, 1_000_000, 1000), MIN_AUTO_SHARD_ROWS);
+        // Unless the largest shard is set below the floor.
+        let small = ShardSizing {
+            max_rows: 100,
+            ..sizing
+        };
+        assert_eq!(small.target_rows(0, 1_000_000, 1000), 100);
     }
 }

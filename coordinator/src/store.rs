@@ -241,4 +241,23 @@ mod tests {
             .unwrap();
         assert_eq!(rows, 1, "the old rows are still there");
     }
+
+    #[test]
+    fn shard_work_stored_before_row_slices_loads_as_whole_row_groups() {
+        use atelier_proto::domain::TaskWork;
+        // A tag shard's work as the version before row slices stored it.
+        let old = r#"{"Tag":{"catalog":"file:///c","ranges":[{"file":"file:///c/part-00000.parquet","row_groups":[2,3]}],"checkpoints":[],"output":"file:///o/part-00001.parquet","inference":{"batch_size":0,"beams":1,"bf16":false,"channels_last":false},"rows":4096}}"#;
+        let TaskWork::Tag(shard) = serde_json::from_str::<TaskWork>(old).unwrap() else {
+            panic!("not a tag shard");
+        };
+        assert_eq!(shard.ranges[0].row_groups, vec![2, 3]);
+        assert_eq!(shard.ranges[0].rows, None);
+        let mut sliced = shard.clone();
+        sliced.ranges[0].rows = Some(512..1024);
+        let json = serde_json::to_string(&TaskWork::Tag(sliced.clone())).unwrap();
+        assert_eq!(
+            serde_json::from_str::<TaskWork>(&json).unwrap(),
+            TaskWork::Tag(sliced)
+        );
+    }
 }

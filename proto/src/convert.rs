@@ -443,6 +443,10 @@ impl From<Assignment> for v1::Task {
                         .map(|r| v1::FileRowGroups {
                             file: r.file,
                             row_groups: r.row_groups,
+                            rows: r.rows.map(|rows| v1::RowRange {
+                                start: rows.start,
+                                end: rows.end,
+                            }),
                         })
                         .collect(),
                     checkpoints: s.checkpoints,
@@ -487,11 +491,24 @@ impl TryFrom<v1::Task> for Assignment {
                 ranges: s
                     .ranges
                     .into_iter()
-                    .map(|r| FileRowGroups {
-                        file: r.file,
-                        row_groups: r.row_groups,
+                    .map(|r| {
+                        let rows = match r.rows {
+                            Some(v1::RowRange { start, end }) if start > end => {
+                                return Err(ProtoError::Invalid {
+                                    field: "tag.ranges.rows",
+                                    reason: format!("start {start} is after end {end}"),
+                                })
+                            }
+                            Some(v1::RowRange { start, end }) => Some(start..end),
+                            None => None,
+                        };
+                        Ok(FileRowGroups {
+                            file: r.file,
+                            row_groups: r.row_groups,
+                            rows,
+                        })
                     })
-                    .collect(),
+                    .collect::<Result<_>>()?,
                 checkpoints: s.checkpoints,
                 output: non_empty(s.output, "tag.output")?,
                 inference: InferenceSettings {
@@ -742,6 +759,7 @@ mod tests {
                 ranges: vec![FileRowGroups {
                     file: "file:///c/part-00000.parquet".into(),
                     row_groups: vec![2, 3],
+                    rows: Some(100..612),
                 }],
                 checkpoints: vec!["file:///ck".into()],
                 output: "file:///o/part-00003.parquet".into(),

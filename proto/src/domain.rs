@@ -318,6 +318,11 @@ pub struct LeaseRef {
 pub struct FileRowGroups {
     pub file: String,
     pub row_groups: Vec<u32>,
+    /// Only these rows of the groups taken together (from the first row of the
+    /// first group); every row when `None`. State files from before slices
+    /// existed load as `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<std::ops::Range<u64>>,
 }
 
 /// One shard of a tag job: the rows it reads and the one object it writes.

@@ -13,7 +13,9 @@ pub mod error;
 pub use error::{ProtoError, Result};
 
 /// Bumped on every incompatible change; workers send it when they register.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: a shard may be part of a row group (`FileRowGroups.rows`), which a
+/// version-1 worker would read whole.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 #[allow(clippy::all, missing_debug_implementations, unreachable_pub)]
 pub mod v1 {
@@ -43,6 +45,10 @@ mod tests {
                 ranges: vec![v1::FileRowGroups {
                     file: "s3://bucket/catalog/part-00000.parquet".into(),
                     row_groups: vec![0, 1],
+                    rows: Some(v1::RowRange {
+                        start: 10,
+                        end: 2000,
+                    }),
                 }],
                 rows: 4096,
                 ..Default::default()

@@ -184,3 +184,85 @@ fn a_shuffle_window_reorders_every_item_exactly_once_and_reproducibly() {
     assert_eq!(order(1), first, "same seed, same order");
     assert_ne!(order(2), first, "another seed, another order");
 }
+
+fn item_ids(catalog: &Catalog, range: atelier_catalog::ReadRange) -> Vec<String> {
+    use arrow_array::cast::AsArray;
+    use futures::TryStreamExt;
+    let rt = runtime();
+    let batches: Vec<_> = rt
+        .block_on(catalog.stream(vec![range], &["item_id"], 64).try_collect())
+        .unwrap();
+    batches
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name("item_id")
+                .unwrap()
+                .as_string::<i32>()
+                .iter()
+                .map(|v| v.unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn a_slice_of_row_groups_reads_exactly_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = GenerateOptions {
+        items: 1000,
+        width: 48,
+        height: 64,
+        threads: 2,
+        writer: WriterOptions {
+            rows_per_group: 500,
+            groups_per_file: 2,
+            ..WriterOptions::default()
+        },
+        ..GenerateOptions::default()
+    };
+    let rt = runtime();
+    let url = dir.path().to_str().unwrap();
+    let out = StoreLocation::parse(url).unwrap();
+    generate(&options, out, rt.handle(), |_| {}).unwrap();
+    let plain = rt.block_on(Catalog::open(url)).unwrap();
+    let indexed = rt.block_on(Catalog::open_indexed(url)).unwrap();
+    // The writer leaves an offset index, so a slice can fetch only its pages.
+    let offsets = |catalog: &Catalog| {
+        catalog.files[0]
+            .metadata
+            .metadata()
+            .page_index()
+            .is_some_and(|index| index.offset_index(1, 0).is_some())
+    };
+    assert!(!offsets(&plain));
+    assert!(offsets(&indexed));
+
+    let all = item_ids(&plain, atelier_catalog::ReadRange::groups(0, vec![0, 1]));
+    assert_eq!(all.len(), 1000);
+    for catalog in [&plain, &indexed] {
+        let slice = |groups: Vec<usize>, rows: std::ops::Range<usize>| atelier_catalog::ReadRange {
+            file: 0,
+            row_groups: groups,
+            rows: Some(rows),
+        };
+        // Three slices of the second group, and one across both groups.
+        let mut second = Vec::new();
+        for rows in [0..166, 166..333, 333..500] {
+            second.extend(item_ids(catalog, slice(vec![1], rows)));
+        }
+        assert_eq!(second, all[500..]);
+        assert_eq!(
+            item_ids(catalog, slice(vec![0, 1], 400..600)),
+            all[400..600]
+        );
+        assert!(item_ids(catalog, slice(vec![0], 7..7)).is_empty());
+        // Past the end of the groups: an error naming the file, not a panic.
+        let mut stream = catalog.stream(vec![slice(vec![0], 100..501)], &["item_id"], 64);
+        let error = rt
+            .block_on(futures::StreamExt::next(&mut stream))
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("part-") && error.contains("501"), "{error}");
+    }
+}

@@ -196,6 +196,74 @@ fn three_workers_tag_five_thousand_items_exactly_once() {
     assert!(read.contains("\"rows\": 5000"), "{read}");
 }
 
+/// The coordinator sizes shards from the registered workers when a job does not
+/// say: one 2,400-row group on two workers (at least 4 shards each, never under
+/// 512 rows) becomes 5 slices of that group, which the workers read in part.
+#[test]
+fn one_large_row_group_is_sliced_so_every_worker_has_work() {
+    let fixture = fixture();
+    let _one = one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog");
+    atelier_ok(&[
+        "catalog",
+        "generate",
+        "--items",
+        "2400",
+        "--out",
+        catalog.to_str().unwrap(),
+        "--size",
+        "48x64",
+        "--rows-per-group",
+        "2400",
+    ]);
+    let mut cluster = Cluster::start(dir.path(), None, &[]);
+    for _ in 0..2 {
+        cluster.add_worker(&[]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster
+        .workers
+        .iter()
+        .any(|w| w.count("registered with the coordinator") == 0)
+    {
+        assert!(Instant::now() < deadline, "the workers did not register");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = dir.path().join("tags");
+    let job = cluster.submit(&[
+        "submit",
+        "tag",
+        "--catalog",
+        catalog.to_str().unwrap(),
+        "--checkpoint",
+        &fixture.checkpoint,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let done = runtime().block_on(cluster.wait_done(&job, SLOW));
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let tag = done.tag.unwrap();
+    assert_eq!((tag.items_done, tag.items_failed), (2400, 0));
+    assert_eq!((tag.shards_total, tag.shards_done), (5, 5));
+    assert_exactly_once(catalog.to_str().unwrap(), &out);
+    let manifest = manifest(&out);
+    let rows: Vec<u64> = manifest["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["rows"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rows, vec![480; 5]);
+    for worker in &cluster.workers {
+        assert!(
+            worker.count("task complete") > 0,
+            "{} did no work",
+            worker.name
+        );
+    }
+}
+
 #[test]
 fn a_worker_killed_mid_shard_costs_a_retry_not_a_row() {
     let fixture = fixture();

@@ -113,10 +113,7 @@ fn linked_images_are_fetched_by_uri() {
         .block_on(Catalog::open(dir.path().to_str().unwrap()))
         .unwrap();
     assert!(catalog.files[0].columns.has_image_uri && !catalog.files[0].columns.has_image);
-    let first_group = atelier_catalog::ReadRange {
-        file: 0,
-        row_groups: vec![0],
-    };
+    let first_group = atelier_catalog::ReadRange::groups(0, vec![0]);
     let loader = ImageLoader::new(
         &catalog,
         vec![first_group],

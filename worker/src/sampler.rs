@@ -32,10 +32,9 @@ pub fn single_row_groups(catalog: &Catalog) -> Vec<ReadRange> {
         .full_ranges()
         .into_iter()
         .flat_map(|r| {
-            r.row_groups.into_iter().map(move |g| ReadRange {
-                file: r.file,
-                row_groups: vec![g],
-            })
+            r.row_groups
+                .into_iter()
+                .map(move |g| ReadRange::groups(r.file, vec![g]))
         })
         .collect()
 }

@@ -387,10 +387,10 @@ pub fn tag(
         threads: options.threads,
     };
     for (index, file) in catalog.files.iter().enumerate() {
-        let range = ReadRange {
-            file: index,
-            row_groups: (0..file.metadata.metadata().num_row_groups()).collect(),
-        };
+        let range = ReadRange::groups(
+            index,
+            (0..file.metadata.metadata().num_row_groups()).collect(),
+        );
         let target = out.child(&file.location.file_name());
         let before = summary.items;
         let written = taggers.write(

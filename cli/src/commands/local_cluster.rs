@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
+use atelier_coordinator::plan::ShardSizing;
 use atelier_coordinator::CoordinatorConfig;
 use atelier_worker::agent::{run_agent, AgentOptions};
 use tokio::runtime::Handle;
@@ -39,7 +40,10 @@ impl LocalCluster {
         let config = CoordinatorConfig {
             heartbeat_interval: Duration::from_millis(500),
             lease_timeout: Duration::from_secs(5),
-            default_shard_rows: 512,
+            shard_sizing: ShardSizing {
+                max_rows: 512,
+                per_worker: 4,
+            },
             ..CoordinatorConfig::default()
         };
         let state = state.to_path_buf();

@@ -1,4 +1,5 @@
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 
 use atelier_catalog::Catalog;
 use atelier_proto::convert;
@@ -30,17 +31,21 @@ fn new_job_id() -> String {
 impl JobApi {
     async fn submit_tag(&self, spec: TagJobSpec) -> Result<String> {
         check_checkpoints(&spec.checkpoints).await?;
-        let target = match spec.target_shard_rows {
-            0 => self.config.default_shard_rows,
-            rows => rows,
-        };
-        let plan = plan_tag_job(&spec, target).await?;
+        let workers = self.handle.gauges().workers.load(Ordering::Relaxed) as usize;
+        let plan = plan_tag_job(&spec, &self.config.shard_sizing, workers).await?;
         prepare_output(&spec.output, spec.overwrite).await?;
         let attempts = match spec.max_attempts {
             0 => self.config.default_max_attempts,
             n => n,
         };
-        tracing::info!(shards = plan.shards.len(), rows = plan.rows, catalog = %spec.catalog, "tag job planned");
+        tracing::info!(
+            shards = plan.shards.len(),
+            rows = plan.rows,
+            shard_rows = plan.target_rows,
+            workers,
+            catalog = %spec.catalog,
+            "tag job planned"
+        );
         let works = plan.shards.into_iter().map(TaskWork::Tag).collect();
         let status = self
             .handle

@@ -30,6 +30,7 @@ fn shard(index: usize) -> TaskWork {
         ranges: vec![FileRowGroups {
             file: "file:///c/part-00000.parquet".into(),
             row_groups: vec![index as u32],
+            rows: None,
         }],
         checkpoints: vec!["file:///ck".into()],
         output: format!("file:///o/part-{index:05}.parquet"),

@@ -199,10 +199,17 @@ impl Context {
             threads: self.threads,
         };
         let target = StoreLocation::parse(&shard.output)?;
-        let catalog = handle.block_on(Catalog::open(&range.file))?;
+        let catalog = match range.rows {
+            Some(_) => handle.block_on(Catalog::open_indexed(&range.file))?,
+            None => handle.block_on(Catalog::open(&range.file))?,
+        };
         let ranges = vec![ReadRange {
             file: 0,
             row_groups: range.row_groups.iter().map(|&g| g as usize).collect(),
+            rows: range
+                .rows
+                .as_ref()
+                .map(|rows| rows.start as usize..rows.end as usize),
         }];
         let taggers = self.taggers(shard)?;
         let version = taggers.version().to_string();
