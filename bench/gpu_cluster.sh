@@ -19,7 +19,24 @@ echo "cores: $(nproc); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 
 if [ "$scale" != none ]; then
   echo "== coordinator scale benchmark"
-  "$scale" "${COORDINATOR:-$bin}" "$work/scale" 2>&1 | grep --line-buffered -v "worker registered\|manifest not written\|job submitted\|job cancelled"
+  quiet="worker registered\|manifest not written\|job submitted\|job cancelled\|event loop stopped"
+  "$scale" "${COORDINATOR:-$bin}" "$work/scale" 2>&1 | grep --line-buffered -v "$quiet"
+  # The coordinator with 2 and then 4 cores of its own, the simulated workers on
+  # the rest: what a dedicated coordinator machine of that size would dispatch.
+  coordinator=$(readlink -f "${COORDINATOR:-$bin}")
+  last=$(($(nproc) - 1))
+  for cores in 2 4; do
+    [ "$last" -ge $((cores + 3)) ] && command -v taskset >/dev/null || continue
+    echo "== coordinator scale benchmark, coordinator alone on CPUs 0-$((cores - 1)), workers on $cores-$last"
+    # Named as the binary it wraps (the harness tells the two apart by name);
+    # exec keeps the pid the harness reads the coordinator's CPU time from.
+    mkdir -p "$work/pinned$cores"
+    wrapper="$work/pinned$cores/$(basename "$coordinator")"
+    printf '#!/bin/sh\nexec taskset -c 0-%d %q "$@"\n' $((cores - 1)) "$coordinator" >"$wrapper"
+    chmod +x "$wrapper"
+    timeout -k 2 25 taskset -c "$cores-$last" "$scale" "$wrapper" "$work/scale" 2>&1 |
+      grep --line-buffered -v "$quiet"
+  done
 fi
 
 [ "${TAG:-1}" = 0 ] && exit 0
