@@ -186,34 +186,47 @@ mod tests {
     use super::*;
     use atelier_catalog::synthetic;
 
-    #[test]
-    fn shards_are_whole_row_groups_of_about_the_target_size() {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let url = dir.path().join("catalog").to_str().unwrap().to_string();
+    /// A synthetic catalogue of `items` in groups of `rows_per_group`, and a
+    /// tag job of it asking for `target_shard_rows`.
+    fn catalogue_job(
+        runtime: &tokio::runtime::Runtime,
+        dir: &std::path::Path,
+        items: usize,
+        rows_per_group: usize,
+        groups_per_file: usize,
+        target_shard_rows: u64,
+    ) -> TagJobSpec {
+        let url = dir.join("catalog").to_str().unwrap().to_string();
         let options = synthetic::GenerateOptions {
-            items: 1000,
+            items,
             width: 48,
             height: 64,
             threads: 2,
             writer: atelier_catalog::WriterOptions {
-                rows_per_group: 100,
-                groups_per_file: 4,
+                rows_per_group,
+                groups_per_file,
                 ..Default::default()
             },
             ..Default::default()
         };
         let out = StoreLocation::parse(&url).unwrap();
         synthetic::generate(&options, out, runtime.handle(), |_| {}).unwrap();
-        let spec = TagJobSpec {
+        TagJobSpec {
             catalog: url,
             checkpoints: vec![],
-            output: dir.path().join("out").to_str().unwrap().into(),
-            target_shard_rows: 0,
+            output: dir.join("out").to_str().unwrap().into(),
+            target_shard_rows,
             max_attempts: 0,
             inference: Default::default(),
             overwrite: false,
-        };
+        }
+    }
+
+    #[test]
+    fn shards_are_whole_row_groups_of_about_the_target_size() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let spec = catalogue_job(&runtime, dir.path(), 1000, 100, 4, 0);
         let fixed = ShardSizing {
             max_rows: 250,
             per_worker: 0,
@@ -232,31 +245,8 @@ mod tests {
     fn groups_larger_than_the_target_are_cut_into_even_slices() {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let url = dir.path().join("catalog").to_str().unwrap().to_string();
         // One file: groups of 1,000, 1,000 and 100 rows.
-        let options = synthetic::GenerateOptions {
-            items: 2100,
-            width: 48,
-            height: 64,
-            threads: 2,
-            writer: atelier_catalog::WriterOptions {
-                rows_per_group: 1000,
-                groups_per_file: 3,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let out = StoreLocation::parse(&url).unwrap();
-        synthetic::generate(&options, out, runtime.handle(), |_| {}).unwrap();
-        let spec = TagJobSpec {
-            catalog: url,
-            checkpoints: vec![],
-            output: dir.path().join("out").to_str().unwrap().into(),
-            target_shard_rows: 300,
-            max_attempts: 0,
-            inference: Default::default(),
-            overwrite: false,
-        };
+        let spec = catalogue_job(&runtime, dir.path(), 2100, 1000, 3, 300);
         let sizing = ShardSizing {
             max_rows: 8192,
             per_worker: 4,

@@ -9,6 +9,16 @@ use atelier_pipeline::{ImageLoader, LoaderOptions};
 use atelier_tests::runtime;
 
 fn small_catalog(dir: &std::path::Path, items: usize, seed: u64) -> GenerateOptions {
+    catalog_in_groups(dir, items, seed, 50, 3)
+}
+
+fn catalog_in_groups(
+    dir: &std::path::Path,
+    items: usize,
+    seed: u64,
+    rows_per_group: usize,
+    groups_per_file: usize,
+) -> GenerateOptions {
     let options = GenerateOptions {
         items,
         seed,
@@ -16,8 +26,8 @@ fn small_catalog(dir: &std::path::Path, items: usize, seed: u64) -> GenerateOpti
         height: 128,
         threads: 2,
         writer: WriterOptions {
-            rows_per_group: 50,
-            groups_per_file: 3,
+            rows_per_group,
+            groups_per_file,
             ..WriterOptions::default()
         },
         ..GenerateOptions::default()
@@ -208,22 +218,9 @@ fn item_ids(catalog: &Catalog, range: atelier_catalog::ReadRange) -> Vec<String>
 #[test]
 fn a_slice_of_row_groups_reads_exactly_its_rows() {
     let dir = tempfile::tempdir().unwrap();
-    let options = GenerateOptions {
-        items: 1000,
-        width: 48,
-        height: 64,
-        threads: 2,
-        writer: WriterOptions {
-            rows_per_group: 500,
-            groups_per_file: 2,
-            ..WriterOptions::default()
-        },
-        ..GenerateOptions::default()
-    };
+    catalog_in_groups(dir.path(), 1000, 5, 500, 2);
     let rt = runtime();
     let url = dir.path().to_str().unwrap();
-    let out = StoreLocation::parse(url).unwrap();
-    generate(&options, out, rt.handle(), |_| {}).unwrap();
     let plain = rt.block_on(Catalog::open(url)).unwrap();
     let indexed = rt.block_on(Catalog::open_indexed(url)).unwrap();
     // The writer leaves an offset index, so a slice can fetch only its pages.
