@@ -317,29 +317,8 @@ fn open_range(
         ParquetRecordBatchStreamBuilder::new_with_metadata(reader, file.metadata.clone())
             .with_projection(mask)
             .with_batch_size(batch_rows.max(1));
-    if let Some(rows) = range.rows {
-        let groups = file.metadata.metadata().row_groups();
-        let mut available = 0usize;
-        for &g in &range.row_groups {
-            let group = groups.get(g).ok_or_else(|| {
-                CatalogError::InvalidArgument(format!(
-                    "{url} has {} row groups, no row group {g}",
-                    groups.len()
-                ))
-            })?;
-            available += usize::try_from(group.num_rows()).unwrap_or(0);
-        }
-        if rows.start > rows.end || rows.end > available {
-            return Err(CatalogError::InvalidArgument(format!(
-                "rows {}..{} of {url} are outside its row groups {:?} ({available} rows)",
-                rows.start, rows.end, range.row_groups
-            )));
-        }
-        builder = builder.with_row_selection(RowSelection::from(vec![
-            RowSelector::skip(rows.start),
-            RowSelector::select(rows.end - rows.start),
-            RowSelector::skip(available - rows.end),
-        ]));
+    if let Some(selection) = slice_selection(&file, &range, &url)? {
+        builder = builder.with_row_selection(selection);
     }
     let stream = builder
         .with_row_groups(range.row_groups)
@@ -354,4 +333,37 @@ fn open_range(
             source,
         })
         .boxed())
+}
+
+/// The row selection of `range.rows` within its row groups; `None` for all rows.
+fn slice_selection(
+    file: &CatalogFile,
+    range: &ReadRange,
+    url: &str,
+) -> Result<Option<RowSelection>> {
+    let Some(rows) = &range.rows else {
+        return Ok(None);
+    };
+    let groups = file.metadata.metadata().row_groups();
+    let mut available = 0usize;
+    for &g in &range.row_groups {
+        let group = groups.get(g).ok_or_else(|| {
+            CatalogError::InvalidArgument(format!(
+                "{url} has {} row groups, no row group {g}",
+                groups.len()
+            ))
+        })?;
+        available += usize::try_from(group.num_rows()).unwrap_or(0);
+    }
+    if rows.start > rows.end || rows.end > available {
+        return Err(CatalogError::InvalidArgument(format!(
+            "rows {}..{} of {url} are outside its row groups {:?} ({available} rows)",
+            rows.start, rows.end, range.row_groups
+        )));
+    }
+    Ok(Some(RowSelection::from(vec![
+        RowSelector::skip(rows.start),
+        RowSelector::select(rows.end - rows.start),
+        RowSelector::skip(available - rows.end),
+    ])))
 }
