@@ -49,6 +49,21 @@ impl CatalogFile {
         self.metadata.schema()
     }
 
+    /// Whether reading part of row group `group` costs only that part's pages:
+    /// its image bytes have an offset index (the footer says where), or the file
+    /// holds no image bytes. Without one a reader fetches the whole column
+    /// chunk, so slicing a group would read it once per slice.
+    pub fn can_read_part_of(&self, group: usize) -> bool {
+        let Some(group) = self.metadata.metadata().row_groups().get(group) else {
+            return false;
+        };
+        group
+            .columns()
+            .iter()
+            .filter(|column| column.column_path().parts() == [schema::IMAGE])
+            .all(|column| column.offset_index_offset().is_some())
+    }
+
     /// Opens the footer of one object and checks it against the column contract.
     pub async fn open(location: StoreLocation, size: Option<u64>) -> Result<Self> {
         Self::open_with(location, size, ArrowReaderOptions::new()).await

@@ -11,7 +11,8 @@ use crate::error::{CoordinatorError, Result};
 pub const MIN_AUTO_SHARD_ROWS: u64 = 512;
 
 /// The shards of a tag job: runs of whole row groups of one file, or slices of
-/// one row group when a group is larger than the target.
+/// one row group when a group is larger than the target and its image bytes
+/// have an offset index (so a slice reads only its own pages).
 #[derive(Debug, Clone)]
 pub struct TagPlan {
     pub shards: Vec<ShardWork>,
@@ -78,10 +79,13 @@ fn cut(catalog: &Catalog, spec: &TagJobSpec, output: &StoreLocation, target: u64
         let mut groups = Vec::new();
         let mut rows = 0u64;
         for (index, group_rows) in file.row_group_rows().into_iter().enumerate() {
-            let index = index as u32;
             let group_rows = group_rows as u64;
             // Rounded, so a group only a little over the target stays whole.
-            let slices = ((group_rows + target / 2) / target).max(1);
+            let slices = match file.can_read_part_of(index) {
+                true => ((group_rows + target / 2) / target).max(1),
+                false => 1,
+            };
+            let index = index as u32;
             if slices > 1 {
                 if rows > 0 {
                     shards.push(shard(spec, &url, std::mem::take(&mut groups), None, rows));
@@ -285,6 +289,55 @@ mod tests {
         let plan = runtime.block_on(plan_tag_job(&spec, &sizing, 1)).unwrap();
         let sizes: Vec<u64> = plan.shards.iter().map(|s| s.rows).collect();
         assert_eq!(sizes, vec![1000, 1000, 100]);
+    }
+
+    /// Rewrites every Parquet file under `dir` the way writers that skip the
+    /// page index do (pyarrow's default), keeping its row groups.
+    fn drop_offset_indexes(dir: &std::path::Path, rows_per_group: usize) {
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        use parquet::arrow::ArrowWriter;
+        use parquet::file::properties::{EnabledStatistics, WriterProperties};
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "parquet") {
+                continue;
+            }
+            let reader =
+                ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
+                    .unwrap()
+                    .build()
+                    .unwrap();
+            let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
+            let properties = WriterProperties::builder()
+                .set_max_row_group_row_count(Some(rows_per_group))
+                .set_statistics_enabled(EnabledStatistics::Chunk)
+                .set_offset_index_disabled(true)
+                .build();
+            let file = std::fs::File::create(&path).unwrap();
+            let mut writer =
+                ArrowWriter::try_new(file, batches[0].schema(), Some(properties)).unwrap();
+            for batch in &batches {
+                writer.write(batch).unwrap();
+            }
+            writer.close().unwrap();
+        }
+    }
+
+    #[test]
+    fn groups_without_an_offset_index_stay_whole() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let spec = catalogue_job(&runtime, dir.path(), 2100, 1000, 3, 300);
+        drop_offset_indexes(&dir.path().join("catalog"), 1000);
+        let sizing = ShardSizing {
+            max_rows: 8192,
+            per_worker: 4,
+        };
+        let plan = runtime.block_on(plan_tag_job(&spec, &sizing, 1)).unwrap();
+        // Slicing would read each 1,000-row chunk of images three times.
+        let sizes: Vec<u64> = plan.shards.iter().map(|s| s.rows).collect();
+        assert_eq!(sizes, vec![1000, 1000, 100]);
+        assert!(plan.shards.iter().all(|s| s.ranges[0].rows.is_none()));
     }
 
     #[test]
