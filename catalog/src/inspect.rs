@@ -34,6 +34,9 @@ pub struct FileReport {
     pub rows: usize,
     pub row_groups: usize,
     pub max_row_group_rows: usize,
+    /// Every row group can be read in part (see `CatalogFile::can_read_part_of`),
+    /// so the coordinator may cut a large group into several shards.
+    pub sliceable: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -68,6 +71,7 @@ pub async fn inspect(url: &str) -> Result<InspectReport> {
                 rows: groups.iter().sum(),
                 row_groups: groups.len(),
                 max_row_group_rows: groups.iter().copied().max().unwrap_or(0),
+                sliceable: (0..groups.len()).all(|g| f.can_read_part_of(g)),
             }
         })
         .collect();
@@ -225,6 +229,15 @@ impl fmt::Display for InspectReport {
         }
         for ignored in &self.ignored {
             writeln!(f, "  {ignored:<60} ignored: not *.parquet")?;
+        }
+        let whole = self.files.iter().filter(|file| !file.sliceable).count();
+        if whole > 0 {
+            writeln!(
+                f,
+                "  {whole} of {} files have no offset index for their images: their row groups \
+                 are never split into smaller shards",
+                self.files.len()
+            )?;
         }
         writeln!(f, "\nschema: ok")?;
         for (name, data_type) in &self.columns {

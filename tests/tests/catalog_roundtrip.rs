@@ -51,6 +51,7 @@ fn generated_catalogue_inspects_and_reads_back_with_its_labels() {
     assert_eq!(report.files.len(), 3);
     assert_eq!(report.row_groups, 7);
     assert!(report.files.iter().all(|f| f.max_row_group_rows <= 50));
+    assert!(report.files.iter().all(|f| f.sliceable));
     assert_eq!(report.duplicate_item_ids, 0);
     let colors = &report.labels["color"];
     assert_eq!(colors.missing, 0);
