@@ -58,8 +58,9 @@ pub struct SubmitTagArgs {
     /// Replace whatever is under --out.
     #[arg(long)]
     pub overwrite: bool,
-    /// Rows per shard; a row group larger than this is split. 0: the
-    /// coordinator sizes shards from its --shard-rows and the registered workers.
+    /// Rows per shard; a larger row group is split where its images have an
+    /// offset index. 0: the coordinator sizes shards from its --shard-rows and
+    /// the registered workers.
     #[arg(long, default_value_t = 0)]
     pub shard_rows: u64,
     /// Attempts per shard (0: the coordinator's default).
