@@ -81,9 +81,10 @@ fn cut(catalog: &Catalog, spec: &TagJobSpec, output: &StoreLocation, target: u64
         for (index, group_rows) in file.row_group_rows().into_iter().enumerate() {
             let group_rows = group_rows as u64;
             // Rounded, so a group only a little over the target stays whole.
-            let slices = match file.can_read_part_of(index) {
-                true => ((group_rows + target / 2) / target).max(1),
-                false => 1,
+            let slices = if file.can_read_part_of(index) {
+                ((group_rows + target / 2) / target).max(1)
+            } else {
+                1
             };
             let index = index as u32;
             if slices > 1 {
