@@ -196,31 +196,27 @@ fn three_workers_tag_five_thousand_items_exactly_once() {
     assert!(read.contains("\"rows\": 5000"), "{read}");
 }
 
-/// The coordinator sizes shards from the registered workers when a job does not
-/// say: one 2,400-row group on two workers (at least 4 shards each, never under
-/// 512 rows) becomes 5 slices of that group, which the workers read in part.
-#[test]
-fn one_large_row_group_is_sliced_so_every_worker_has_work() {
-    let fixture = fixture();
-    let _one = one_cluster();
-    let dir = tempfile::tempdir().unwrap();
-    let catalog = dir.path().join("catalog");
+/// A catalogue of one 2,400-row group under `dir`.
+fn one_group_catalogue(dir: &Path) -> String {
+    let catalog = dir.join("catalog").to_str().unwrap().to_string();
     atelier_ok(&[
         "catalog",
         "generate",
         "--items",
         "2400",
         "--out",
-        catalog.to_str().unwrap(),
+        &catalog,
         "--size",
         "48x64",
         "--rows-per-group",
         "2400",
     ]);
-    let mut cluster = Cluster::start(dir.path(), None, &[]);
-    for _ in 0..2 {
-        cluster.add_worker(&[]);
-    }
+    catalog
+}
+
+/// Waits until every worker of `cluster` has registered, so that a job
+/// submitted next is planned for all of them.
+fn wait_registered(cluster: &Cluster) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while cluster
         .workers
@@ -228,33 +224,56 @@ fn one_large_row_group_is_sliced_so_every_worker_has_work() {
         .any(|w| w.count("registered with the coordinator") == 0)
     {
         assert!(Instant::now() < deadline, "the workers did not register");
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
-    let out = dir.path().join("tags");
-    let job = cluster.submit(&[
+}
+
+/// A tag job of `catalog` without `--shard-rows`: the coordinator sizes it.
+fn submit_unsized(cluster: &Cluster, catalog: &str, out: &Path) -> String {
+    cluster.submit(&[
         "submit",
         "tag",
         "--catalog",
-        catalog.to_str().unwrap(),
+        catalog,
         "--checkpoint",
-        &fixture.checkpoint,
+        &fixture().checkpoint,
         "--out",
         out.to_str().unwrap(),
-    ]);
+    ])
+}
+
+fn part_rows(out: &Path) -> Vec<u64> {
+    manifest(out)["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["rows"].as_u64().unwrap())
+        .collect()
+}
+
+/// The coordinator sizes shards from the registered workers when a job does not
+/// say: one 2,400-row group on two workers (at least 4 shards each, never under
+/// 512 rows) becomes 5 slices of that group, which the workers read in part.
+#[test]
+fn one_large_row_group_is_sliced_so_every_worker_has_work() {
+    fixture();
+    let _one = one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = one_group_catalogue(dir.path());
+    let mut cluster = Cluster::start(dir.path(), None, &[]);
+    for _ in 0..2 {
+        cluster.add_worker(&[]);
+    }
+    wait_registered(&cluster);
+    let out = dir.path().join("tags");
+    let job = submit_unsized(&cluster, &catalog, &out);
     let done = runtime().block_on(cluster.wait_done(&job, SLOW));
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
     let tag = done.tag.unwrap();
     assert_eq!((tag.items_done, tag.items_failed), (2400, 0));
     assert_eq!((tag.shards_total, tag.shards_done), (5, 5));
-    assert_exactly_once(catalog.to_str().unwrap(), &out);
-    let manifest = manifest(&out);
-    let rows: Vec<u64> = manifest["parts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["rows"].as_u64().unwrap())
-        .collect();
-    assert_eq!(rows, vec![480; 5]);
+    assert_exactly_once(&catalog, &out);
+    assert_eq!(part_rows(&out), vec![480; 5]);
     for worker in &cluster.workers {
         assert!(
             worker.count("task complete") > 0,
@@ -262,6 +281,44 @@ fn one_large_row_group_is_sliced_so_every_worker_has_work() {
             worker.name
         );
     }
+}
+
+/// A slice whose worker dies is retried whole: its part file is written once,
+/// by the retry, and no row of the group is lost or doubled.
+#[test]
+fn a_worker_killed_mid_slice_costs_a_retry_not_a_row() {
+    fixture();
+    let _one = one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = one_group_catalogue(dir.path());
+    let mut cluster = Cluster::start(
+        dir.path(),
+        None,
+        &[
+            "--lease-timeout-ms",
+            "1500",
+            "--heartbeat-interval-ms",
+            "300",
+        ],
+    );
+    let doomed = cluster.add_worker(&[]);
+    cluster.add_worker(&[]);
+    wait_registered(&cluster);
+    let out = dir.path().join("tags");
+    let job = submit_unsized(&cluster, &catalog, &out);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.workers[doomed].count("task leased") == 0 {
+        assert!(Instant::now() < deadline, "the worker never leased a task");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    cluster.workers[doomed].kill();
+    let done = runtime().block_on(cluster.wait_done(&job, SLOW));
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let tag = done.tag.unwrap();
+    assert!(tag.shards_retried >= 1, "{tag:?}");
+    assert_eq!((tag.items_done, tag.shards_total), (2400, 5));
+    assert_exactly_once(&catalog, &out);
+    assert_eq!(part_rows(&out), vec![480; 5]);
 }
 
 #[test]
