@@ -283,6 +283,30 @@ fn one_large_row_group_is_sliced_so_every_worker_has_work() {
     }
 }
 
+/// A cluster whose leases expire 1.5 s after a worker's last heartbeat.
+fn quick_lease_cluster(dir: &Path) -> Cluster {
+    Cluster::start(
+        dir,
+        None,
+        &[
+            "--lease-timeout-ms",
+            "1500",
+            "--heartbeat-interval-ms",
+            "300",
+        ],
+    )
+}
+
+/// `kill -9` of worker `index` as soon as it has leased a task.
+fn kill_once_leased(cluster: &mut Cluster, index: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.workers[index].count("task leased") == 0 {
+        assert!(Instant::now() < deadline, "the worker never leased a task");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    cluster.workers[index].kill();
+}
+
 /// A slice whose worker dies is retried whole: its part file is written once,
 /// by the retry, and no row of the group is lost or doubled.
 #[test]
@@ -291,27 +315,13 @@ fn a_worker_killed_mid_slice_costs_a_retry_not_a_row() {
     let _one = one_cluster();
     let dir = tempfile::tempdir().unwrap();
     let catalog = one_group_catalogue(dir.path());
-    let mut cluster = Cluster::start(
-        dir.path(),
-        None,
-        &[
-            "--lease-timeout-ms",
-            "1500",
-            "--heartbeat-interval-ms",
-            "300",
-        ],
-    );
+    let mut cluster = quick_lease_cluster(dir.path());
     let doomed = cluster.add_worker(&[]);
     cluster.add_worker(&[]);
     wait_registered(&cluster);
     let out = dir.path().join("tags");
     let job = submit_unsized(&cluster, &catalog, &out);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while cluster.workers[doomed].count("task leased") == 0 {
-        assert!(Instant::now() < deadline, "the worker never leased a task");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    cluster.workers[doomed].kill();
+    kill_once_leased(&mut cluster, doomed);
     let done = runtime().block_on(cluster.wait_done(&job, SLOW));
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
     let tag = done.tag.unwrap();
@@ -326,16 +336,7 @@ fn a_worker_killed_mid_shard_costs_a_retry_not_a_row() {
     let fixture = fixture();
     let _one = one_cluster();
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(
-        dir.path(),
-        None,
-        &[
-            "--lease-timeout-ms",
-            "1500",
-            "--heartbeat-interval-ms",
-            "300",
-        ],
-    );
+    let mut cluster = quick_lease_cluster(dir.path());
     let doomed = cluster.add_worker(&[]);
     let out = dir.path().join("tags");
     let job = cluster.submit(&[
@@ -350,12 +351,7 @@ fn a_worker_killed_mid_shard_costs_a_retry_not_a_row() {
         "--shard-rows",
         "1000",
     ]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while cluster.workers[doomed].count("task leased") == 0 {
-        assert!(Instant::now() < deadline, "the worker never leased a task");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    cluster.workers[doomed].kill();
+    kill_once_leased(&mut cluster, doomed);
     cluster.add_worker(&[]);
     cluster.add_worker(&[]);
     let rt = runtime();
