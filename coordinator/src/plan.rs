@@ -69,7 +69,11 @@ pub async fn plan_tag_job(
     let output = StoreLocation::parse(&spec.output)
         .map_err(|e| CoordinatorError::InvalidArgument(format!("output: {e}")))?;
     let target = sizing.target_rows(spec.target_shard_rows, catalog.num_rows() as u64, workers);
-    Ok(cut(&catalog, spec, &output, target))
+    // Ten thousand shards take milliseconds to build: off the I/O threads.
+    let spec = spec.clone();
+    tokio::task::spawn_blocking(move || cut(&catalog, &spec, &output, target))
+        .await
+        .map_err(|e| CoordinatorError::Internal(format!("planning: {e}")))
 }
 
 fn cut(catalog: &Catalog, spec: &TagJobSpec, output: &StoreLocation, target: u64) -> TagPlan {
