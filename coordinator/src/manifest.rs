@@ -1,7 +1,10 @@
 //! `manifest.json` and `_SUCCESS` under a finished tag job's output prefix.
 
+use std::collections::HashSet;
+
 use atelier_catalog::StoreLocation;
 use bytes::Bytes;
+use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use serde::Serialize;
 
@@ -43,15 +46,7 @@ pub async fn write_manifest(finalize: &Finalize) -> Result<(), String> {
     };
     let output = StoreLocation::parse(&spec.output).map_err(|e| e.to_string())?;
     let parts: Vec<Part<'_>> = finalize.parts.iter().map(part).collect();
-    for task in &finalize.parts {
-        let url = shard_output(task);
-        let location = StoreLocation::parse(url).map_err(|e| e.to_string())?;
-        location
-            .store
-            .head(&location.path)
-            .await
-            .map_err(|e| format!("part {url} reported written but not found: {e}"))?;
-    }
+    check_parts_exist(&output, &finalize.parts).await?;
     let finished = crate::state::unix_ms();
     let manifest = Manifest {
         job_id: &job.id,
@@ -83,6 +78,41 @@ pub async fn write_manifest(finalize: &Finalize) -> Result<(), String> {
     Ok(())
 }
 
+/// Lists the output prefix once rather than asking for each part: a job of
+/// thousands of shards would otherwise spend a round trip per part (tens of
+/// seconds on S3) before its `_SUCCESS`. A part the listing lacks is asked
+/// for directly before the job is failed for it.
+async fn check_parts_exist(output: &StoreLocation, parts: &[TaskRecord]) -> Result<(), String> {
+    for url in unlisted_parts(output, parts).await? {
+        let location = StoreLocation::parse(url).map_err(|e| e.to_string())?;
+        location
+            .store
+            .head(&location.path)
+            .await
+            .map_err(|e| format!("part {url} reported written but not found: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The parts that one listing of the output prefix does not show.
+async fn unlisted_parts<'t>(
+    output: &StoreLocation,
+    parts: &'t [TaskRecord],
+) -> Result<Vec<&'t str>, String> {
+    let listed: HashSet<String> = output
+        .store
+        .list(Some(&output.path))
+        .map_ok(|object| output.url_of(&object.location))
+        .try_collect()
+        .await
+        .map_err(|e| format!("listing {}: {e}", output.url()))?;
+    Ok(parts
+        .iter()
+        .map(shard_output)
+        .filter(|url| !listed.contains(*url))
+        .collect())
+}
+
 /// The object the shard was told to write (not whatever the worker reported).
 fn shard_output(task: &TaskRecord) -> &str {
     match &task.work {
@@ -98,5 +128,95 @@ fn part(task: &TaskRecord) -> Part<'_> {
         rows: task.rows_written,
         items_with_errors: task.items_failed,
         attempts: task.attempt,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use atelier_proto::domain::{FileRowGroups, JobSpec, JobState, ShardWork, TagJobSpec};
+
+    use super::*;
+    use crate::plan::shard_output as part_url;
+    use crate::records::JobRecord;
+
+    fn finalize(output: &str, shards: usize) -> Finalize {
+        let location = StoreLocation::parse(output).unwrap();
+        let parts = (0..shards)
+            .map(|index| {
+                let work = TaskWork::Tag(ShardWork {
+                    catalog: "file:///catalog".into(),
+                    ranges: vec![FileRowGroups {
+                        file: "file:///catalog/part-0.parquet".into(),
+                        row_groups: vec![index as u32],
+                        rows: None,
+                    }],
+                    checkpoints: vec![],
+                    output: part_url(&location, index),
+                    inference: Default::default(),
+                    rows: 10,
+                });
+                let mut task = TaskRecord::new("job-1", index as u32, work);
+                task.rows_written = 10;
+                task
+            })
+            .collect();
+        let job = JobRecord {
+            id: "job-1".into(),
+            spec: JobSpec::Tag(TagJobSpec {
+                catalog: "file:///catalog".into(),
+                checkpoints: vec![],
+                output: output.into(),
+                target_shard_rows: 0,
+                max_attempts: 0,
+                inference: Default::default(),
+                overwrite: false,
+            }),
+            state: JobState::Running,
+            created_unix_ms: 1,
+            updated_unix_ms: 1,
+            started_unix_ms: Some(1),
+            finished_unix_ms: None,
+            error: None,
+            max_attempts: 3,
+            task_count: shards as u32,
+            finalizing: true,
+            metrics: BTreeMap::new(),
+            model_version: String::new(),
+            restarts: Vec::new(),
+            gang_waiting_since_unix_ms: None,
+        };
+        Finalize { job, parts }
+    }
+
+    #[test]
+    fn the_manifest_waits_for_every_part_and_names_a_missing_one() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().to_str().unwrap();
+        let finalize = finalize(output, 3);
+        for index in [0, 2] {
+            std::fs::write(dir.path().join(format!("part-{index:05}.parquet")), b"x").unwrap();
+        }
+        let error = runtime.block_on(write_manifest(&finalize)).unwrap_err();
+        assert!(
+            error.contains("part-00001.parquet") && error.contains("not found"),
+            "{error}"
+        );
+        assert!(!dir.path().join("_SUCCESS").exists());
+
+        std::fs::write(dir.path().join("part-00001.parquet"), b"x").unwrap();
+        // One listing finds them all: no part needs a request of its own.
+        let location = StoreLocation::parse(output).unwrap();
+        let unlisted = runtime.block_on(unlisted_parts(&location, &finalize.parts));
+        assert_eq!(unlisted.unwrap(), Vec::<&str>::new());
+        runtime.block_on(write_manifest(&finalize)).unwrap();
+        assert!(dir.path().join("_SUCCESS").exists());
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap())
+                .unwrap();
+        assert_eq!(manifest["rows"], 30);
+        assert_eq!(manifest["parts"].as_array().unwrap().len(), 3);
     }
 }
