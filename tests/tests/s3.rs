@@ -132,6 +132,28 @@ fn a_tag_job_reads_and_writes_s3() {
     let out = s3.root.join("tags/run-1");
     let read = python(&["tests/python/read_tags.py", out.to_str().unwrap(), "1200"]);
     assert!(read.contains("\"parts\": 6"), "{read}");
+
+    // The same output again with --overwrite: the old objects go in one bulk
+    // delete at submit and the run writes a fresh set, never a mix.
+    std::fs::write(out.join("part-00099.parquet"), b"left from another run").unwrap();
+    let again = cluster.submit(&[
+        "submit",
+        "tag",
+        "--catalog",
+        &catalog,
+        "--checkpoint",
+        &model,
+        "--out",
+        "s3://tags/run-1",
+        "--shard-rows",
+        "400",
+        "--overwrite",
+    ]);
+    let done = runtime().block_on(cluster.wait_done(&again, Duration::from_secs(300)));
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert!(!out.join("part-00099.parquet").exists());
+    let read = python(&["tests/python/read_tags.py", out.to_str().unwrap(), "1200"]);
+    assert!(read.contains("\"parts\": 3"), "{read}");
 }
 
 #[test]

@@ -14,7 +14,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
 use futures::TryStreamExt;
-use object_store::ObjectStoreExt;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::runtime::Handle;
@@ -174,11 +173,15 @@ pub async fn prepare_output(out: &StoreLocation, overwrite: bool) -> Result<()> 
     if !overwrite {
         return Err(CatalogError::AlreadyExists { url: out.url() });
     }
-    for object in existing {
-        out.store
-            .delete(&object.location)
-            .await
-            .map_err(|e| CatalogError::store(out.url_of(&object.location), e))?;
+    // One stream, so stores with a bulk delete (S3 takes a thousand keys a
+    // request) clear a big prefix in a few round trips rather than one a part.
+    let paths = futures::stream::iter(existing.into_iter().map(|object| Ok(object.location)));
+    let mut deleted = out.store.delete_stream(Box::pin(paths));
+    while let Some(result) = futures::StreamExt::next(&mut deleted).await {
+        match result {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(CatalogError::store(out.url(), e)),
+        }
     }
     Ok(())
 }
