@@ -3,7 +3,7 @@
 mod commands;
 mod progress;
 
-use atelier_process::logging::{init_tracing, LogFormat};
+use atelier_process::logging::LogArgs;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -13,9 +13,8 @@ use clap::{Parser, Subcommand};
     about = "Tags a fashion catalogue with colour, brand, clothing type and a caption"
 )]
 struct Cli {
-    /// Log line format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ATELIER_LOG_FORMAT")]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -79,11 +78,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             | Command::Pipeline(_)
             | Command::Coordinator(_)
     ) && atelier_process::memory::keep_freed_memory();
-    init_tracing(cli.log_format);
-    tracing::debug!(
-        kept,
-        "freed memory is kept for reuse, not returned to the kernel"
-    );
+    cli.log.init(kept);
     let runtime = atelier_process::runtime::io_runtime()?;
     let handle = runtime.handle().clone();
     // Commands block on compute; they run on this thread and use the runtime for I/O.

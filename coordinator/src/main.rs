@@ -6,7 +6,7 @@
 use clap::Parser;
 
 use atelier_coordinator::command::{run, CoordinatorArgs};
-use atelier_process::logging::{init_tracing, LogFormat};
+use atelier_process::logging::LogArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -15,9 +15,8 @@ use atelier_process::logging::{init_tracing, LogFormat};
     about = "Runs the atelier coordinator: jobs in, tasks out to workers, state in SQLite"
 )]
 struct Cli {
-    /// Log line format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "ATELIER_LOG_FORMAT")]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
     #[command(flatten)]
     args: CoordinatorArgs,
 }
@@ -26,11 +25,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Before any thread starts (see atelier_process::memory).
     let kept = atelier_process::memory::keep_freed_memory();
-    init_tracing(cli.log_format);
-    tracing::debug!(
-        kept,
-        "freed memory is kept for reuse, not returned to the kernel"
-    );
+    cli.log.init(kept);
     match serve(&cli.args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

@@ -9,8 +9,28 @@ pub enum LogFormat {
     Json,
 }
 
+/// The logging flag both binaries take.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ATELIER_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+impl LogArgs {
+    /// Sets up the subscriber, then records whether freed memory is kept
+    /// (decided earlier, before any thread started: see `memory`).
+    pub fn init(&self, kept_freed_memory: bool) {
+        init_tracing(self.log_format);
+        tracing::debug!(
+            kept = kept_freed_memory,
+            "freed memory is kept for reuse, not returned to the kernel"
+        );
+    }
+}
+
 /// Logs to stderr at `RUST_LOG`'s levels (`info` when unset).
-pub fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only on a terminal, never in log files.
     let builder = tracing_subscriber::fmt()
