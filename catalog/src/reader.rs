@@ -66,30 +66,17 @@ impl CatalogFile {
 
     /// Opens the footer of one object and checks it against the column contract.
     pub async fn open(location: StoreLocation, size: Option<u64>) -> Result<Self> {
-        Self::open_with(location, size, ArrowReaderOptions::new()).await
+        Self::open_with(location, size, false).await
     }
 
     /// As [`CatalogFile::open`], and also reads the offset index (where each
     /// page lies), so that reading part of a row group fetches only its pages
     /// rather than the whole column chunk of image bytes.
     pub async fn open_indexed(location: StoreLocation, size: Option<u64>) -> Result<Self> {
-        let options = ArrowReaderOptions::new().with_offset_index_policy(PageIndexPolicy::Optional);
-        Self::open_with(location, size, options).await
+        Self::open_with(location, size, true).await
     }
 
-    async fn open_any(location: StoreLocation, size: Option<u64>, indexed: bool) -> Result<Self> {
-        if indexed {
-            Self::open_indexed(location, size).await
-        } else {
-            Self::open(location, size).await
-        }
-    }
-
-    async fn open_with(
-        location: StoreLocation,
-        size: Option<u64>,
-        options: ArrowReaderOptions,
-    ) -> Result<Self> {
+    async fn open_with(location: StoreLocation, size: Option<u64>, indexed: bool) -> Result<Self> {
         let size = match size {
             Some(size) => size,
             None => {
@@ -110,6 +97,10 @@ impl CatalogFile {
         }
         let mut reader =
             ObjectFileReader::new(Arc::clone(&location.store), location.path.clone(), size);
+        let mut options = ArrowReaderOptions::new();
+        if indexed {
+            options = options.with_offset_index_policy(PageIndexPolicy::Optional);
+        }
         let metadata = ArrowReaderMetadata::load_async(&mut reader, options)
             .await
             .map_err(|e| footer_error(&file, e))?;
@@ -218,7 +209,7 @@ impl Catalog {
             return match location.store.head(&location.path).await {
                 Ok(meta) => {
                     let file =
-                        CatalogFile::open_any(location.clone(), Some(meta.size), indexed).await?;
+                        CatalogFile::open_with(location.clone(), Some(meta.size), indexed).await?;
                     Ok(Self {
                         location,
                         files: vec![file],
@@ -239,7 +230,7 @@ impl Catalog {
 
         let files: Vec<CatalogFile> = stream::iter(parquet)
             .map(|(path, size)| {
-                CatalogFile::open_any(location.with_path(path), Some(size), indexed)
+                CatalogFile::open_with(location.with_path(path), Some(size), indexed)
             })
             .buffered(FOOTER_CONCURRENCY)
             .try_collect()

@@ -195,6 +195,12 @@ mod tests {
     use super::*;
     use atelier_catalog::synthetic;
 
+    /// The coordinator's defaults.
+    const DEFAULT_SIZING: ShardSizing = ShardSizing {
+        max_rows: 8192,
+        per_worker: 4,
+    };
+
     /// A synthetic catalogue of `items` in groups of `rows_per_group`, and a
     /// tag job of it asking for `target_shard_rows`.
     fn catalogue_job(
@@ -256,10 +262,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // One file: groups of 1,000, 1,000 and 100 rows.
         let spec = catalogue_job(&runtime, dir.path(), 2100, 1000, 3, 300);
-        let sizing = ShardSizing {
-            max_rows: 8192,
-            per_worker: 4,
-        };
+        let sizing = DEFAULT_SIZING;
         let plan = runtime.block_on(plan_tag_job(&spec, &sizing, 1)).unwrap();
         assert_eq!((plan.rows, plan.target_rows), (2100, 300));
         let cuts: Vec<(Vec<u32>, Option<std::ops::Range<u64>>, u64)> = plan
@@ -334,10 +337,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spec = catalogue_job(&runtime, dir.path(), 2100, 1000, 3, 300);
         drop_offset_indexes(&dir.path().join("catalog"), 1000);
-        let sizing = ShardSizing {
-            max_rows: 8192,
-            per_worker: 4,
-        };
+        let sizing = DEFAULT_SIZING;
         let plan = runtime.block_on(plan_tag_job(&spec, &sizing, 1)).unwrap();
         // Slicing would read each 1,000-row chunk of images three times.
         let sizes: Vec<u64> = plan.shards.iter().map(|s| s.rows).collect();
@@ -347,10 +347,7 @@ mod tests {
 
     #[test]
     fn automatic_shards_give_every_registered_worker_several() {
-        let sizing = ShardSizing {
-            max_rows: 8192,
-            per_worker: 4,
-        };
+        let sizing = DEFAULT_SIZING;
         // A job's own size always wins.
         assert_eq!(sizing.target_rows(100, 1_000_000, 1000), 100);
         // No worker registered yet, or sizing off: the largest shard.
