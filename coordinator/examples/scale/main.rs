@@ -5,6 +5,9 @@
 //! the real binary in its own process, so its peak memory is its own.
 //! Workers take their next shard with each completion, as `atelier worker`
 //! does; `LEASE_NEXT=0` makes them call LeaseTask for every shard instead.
+//! They speak gRPC through a lean h2 client (`lean_client.rs`), so that they
+//! take less of the CPU they share with the coordinator; `SIM_CLIENT=tonic`
+//! makes them use tonic's client, as `atelier worker` does.
 //!
 //!   cargo run --release -p atelier-coordinator --example scale -- COORDINATOR_BIN WORKDIR
 //!
@@ -18,9 +21,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use atelier_catalog::{CatalogItem, CatalogWriter, Labels, StoreLocation, WriterOptions};
-use atelier_proto::client::{connect_jobs, worker_client, Connect};
+mod lean_client;
+mod sim_client;
+
+use atelier_proto::client::{connect_jobs, Connect};
 use atelier_proto::v1;
 use atelier_proto::PROTOCOL_VERSION;
+use sim_client::SimClient;
 
 const ITEMS: usize = 1_000_000;
 const FILES: usize = 250;
@@ -223,6 +230,11 @@ async fn main() -> anyhow::Result<()> {
     let completed = Arc::new(AtomicU64::new(0));
     let lease_next = std::env::var("LEASE_NEXT").as_deref() != Ok("0");
     println!("workers lease with each completion: {lease_next}");
+    let lean = std::env::var("SIM_CLIENT").as_deref() != Ok("tonic");
+    println!(
+        "simulated workers' gRPC client: {}",
+        if lean { "lean h2" } else { "tonic" }
+    );
     // Connecting and registering 1,000 workers is a start-up storm, not
     // dispatch: every worker is registered before the dispatch clock starts.
     let registered = Arc::new(tokio::sync::Barrier::new(WORKERS + 1));
@@ -234,18 +246,23 @@ async fn main() -> anyhow::Result<()> {
         let completed = Arc::clone(&completed);
         let registered = Arc::clone(&registered);
         workers.push(tokio::spawn(async move {
-            let mut client = worker_client(&address, &Connect::default())?;
-            let worker_id = client
-                .register(v1::RegisterRequest {
-                    protocol_version: PROTOCOL_VERSION,
-                    hostname: "sim".into(),
-                    ..Default::default()
-                })
-                .await;
+            let registration = async {
+                let mut client = SimClient::connect(&address, lean).await?;
+                let worker_id = client
+                    .register(v1::RegisterRequest {
+                        protocol_version: PROTOCOL_VERSION,
+                        hostname: "sim".into(),
+                        ..Default::default()
+                    })
+                    .await?
+                    .worker_id;
+                anyhow::Ok((client, worker_id))
+            }
+            .await;
             // Every worker reaches the barrier, failed or not, so that
             // the run never waits for one that will not come.
             registered.wait().await;
-            let worker_id = worker_id?.into_inner().worker_id;
+            let (mut client, worker_id) = registration?;
             let mut next = None;
             while !done.load(Ordering::Relaxed) {
                 let task = match next.take() {
@@ -257,7 +274,6 @@ async fn main() -> anyhow::Result<()> {
                                 wait_ms: 200,
                             })
                             .await?
-                            .into_inner()
                             .task;
                         let Some(task) = leased else { continue };
                         task
@@ -276,7 +292,6 @@ async fn main() -> anyhow::Result<()> {
                         ..Default::default()
                     })
                     .await?
-                    .into_inner()
                     .next;
                 completed.fetch_add(1, Ordering::Relaxed);
             }
