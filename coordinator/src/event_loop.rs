@@ -414,8 +414,9 @@ impl EventLoop {
                 let Some(done) = self.myself.upgrade() else {
                     break;
                 };
+                let job = std::sync::Arc::new(job);
                 tokio::spawn(async move {
-                    let result = write_manifest(&job).await;
+                    let result = write_manifest(std::sync::Arc::clone(&job)).await;
                     if let Err(e) = &result {
                         tracing::error!(job = %job.job.id, error = %e, "manifest not written");
                     }

@@ -1,6 +1,7 @@
 //! `manifest.json` and `_SUCCESS` under a finished tag job's output prefix.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use atelier_catalog::StoreLocation;
 use bytes::Bytes;
@@ -39,15 +40,46 @@ struct Part<'a> {
 }
 
 /// Checks that every part is there, then writes the manifest and, last, `_SUCCESS`.
-pub async fn write_manifest(finalize: &Finalize) -> Result<(), String> {
-    let job = &finalize.job;
-    let atelier_proto::domain::JobSpec::Tag(spec) = &job.spec else {
+pub async fn write_manifest(finalize: Arc<Finalize>) -> Result<(), String> {
+    let atelier_proto::domain::JobSpec::Tag(spec) = &finalize.job.spec else {
         return Ok(());
     };
     let output = StoreLocation::parse(&spec.output).map_err(|e| e.to_string())?;
-    let parts: Vec<Part<'_>> = finalize.parts.iter().map(part).collect();
-    check_parts_exist(&output, &finalize.parts).await?;
+    check_parts_exist(&output, &finalize).await?;
     let finished = crate::state::unix_ms();
+    // Tens of thousands of parts take milliseconds to serialise: too long
+    // for a runtime thread that also answers workers.
+    let body = off_runtime(&finalize, move |f| manifest_json(f, finished)).await??;
+    for (name, bytes) in [
+        ("manifest.json", Bytes::from(body)),
+        ("_SUCCESS", Bytes::new()),
+    ] {
+        let target = output.child(name);
+        target
+            .store
+            .put(&target.path, bytes.into())
+            .await
+            .map_err(|e| format!("{}: {e}", target.url()))?;
+    }
+    Ok(())
+}
+
+async fn off_runtime<T: Send + 'static>(
+    finalize: &Arc<Finalize>,
+    work: impl FnOnce(&Finalize) -> T + Send + 'static,
+) -> Result<T, String> {
+    let finalize = Arc::clone(finalize);
+    tokio::task::spawn_blocking(move || work(&finalize))
+        .await
+        .map_err(|e| format!("building the manifest: {e}"))
+}
+
+fn manifest_json(finalize: &Finalize, finished: i64) -> Result<Vec<u8>, String> {
+    let job = &finalize.job;
+    let atelier_proto::domain::JobSpec::Tag(spec) = &job.spec else {
+        return Err(format!("job {} is not a tag job", job.id));
+    };
+    let parts: Vec<Part<'_>> = finalize.parts.iter().map(part).collect();
     let manifest = Manifest {
         job_id: &job.id,
         catalog: &spec.catalog,
@@ -63,28 +95,16 @@ pub async fn write_manifest(finalize: &Finalize) -> Result<(), String> {
         seconds: (finished - job.started_unix_ms.unwrap_or(job.created_unix_ms)) as f64 / 1000.0,
         parts,
     };
-    let body = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
-    for (name, bytes) in [
-        ("manifest.json", Bytes::from(body)),
-        ("_SUCCESS", Bytes::new()),
-    ] {
-        let target = output.child(name);
-        target
-            .store
-            .put(&target.path, bytes.into())
-            .await
-            .map_err(|e| format!("{}: {e}", target.url()))?;
-    }
-    Ok(())
+    serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())
 }
 
 /// Lists the output prefix once rather than asking for each part: a job of
 /// thousands of shards would otherwise spend a round trip per part (tens of
 /// seconds on S3) before its `_SUCCESS`. A part the listing lacks is asked
 /// for directly before the job is failed for it.
-async fn check_parts_exist(output: &StoreLocation, parts: &[TaskRecord]) -> Result<(), String> {
-    for url in unlisted_parts(output, parts).await? {
-        let location = StoreLocation::parse(url).map_err(|e| e.to_string())?;
+async fn check_parts_exist(output: &StoreLocation, finalize: &Arc<Finalize>) -> Result<(), String> {
+    for url in unlisted_parts(output, finalize).await? {
+        let location = StoreLocation::parse(&url).map_err(|e| e.to_string())?;
         location
             .store
             .head(&location.path)
@@ -95,10 +115,10 @@ async fn check_parts_exist(output: &StoreLocation, parts: &[TaskRecord]) -> Resu
 }
 
 /// The parts that one listing of the output prefix does not show.
-async fn unlisted_parts<'t>(
+async fn unlisted_parts(
     output: &StoreLocation,
-    parts: &'t [TaskRecord],
-) -> Result<Vec<&'t str>, String> {
+    finalize: &Arc<Finalize>,
+) -> Result<Vec<String>, String> {
     let listed: HashSet<String> = output
         .store
         .list(Some(&output.path))
@@ -106,11 +126,15 @@ async fn unlisted_parts<'t>(
         .try_collect()
         .await
         .map_err(|e| format!("listing {}: {e}", output.url()))?;
-    Ok(parts
-        .iter()
-        .map(shard_output)
-        .filter(|url| !listed.contains(*url))
-        .collect())
+    off_runtime(finalize, move |f| {
+        f.parts
+            .iter()
+            .map(shard_output)
+            .filter(|url| !listed.contains(*url))
+            .map(str::to_string)
+            .collect()
+    })
+    .await
 }
 
 /// The object the shard was told to write (not whatever the worker reported).
@@ -199,7 +223,10 @@ mod tests {
         for index in [0, 2] {
             std::fs::write(dir.path().join(format!("part-{index:05}.parquet")), b"x").unwrap();
         }
-        let error = runtime.block_on(write_manifest(&finalize)).unwrap_err();
+        let finalize = Arc::new(finalize);
+        let error = runtime
+            .block_on(write_manifest(Arc::clone(&finalize)))
+            .unwrap_err();
         assert!(
             error.contains("part-00001.parquet") && error.contains("not found"),
             "{error}"
@@ -209,9 +236,9 @@ mod tests {
         std::fs::write(dir.path().join("part-00001.parquet"), b"x").unwrap();
         // One listing finds them all: no part needs a request of its own.
         let location = StoreLocation::parse(output).unwrap();
-        let unlisted = runtime.block_on(unlisted_parts(&location, &finalize.parts));
-        assert_eq!(unlisted.unwrap(), Vec::<&str>::new());
-        runtime.block_on(write_manifest(&finalize)).unwrap();
+        let unlisted = runtime.block_on(unlisted_parts(&location, &finalize));
+        assert_eq!(unlisted.unwrap(), Vec::<String>::new());
+        runtime.block_on(write_manifest(finalize)).unwrap();
         assert!(dir.path().join("_SUCCESS").exists());
         let manifest: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap())
