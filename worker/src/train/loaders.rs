@@ -1,0 +1,136 @@
+//! What an epoch reads, in which order, and how it augments it.
+
+use atelier_catalog::{Catalog, ReadRange};
+use atelier_pipeline::{Augment, ImageLoader, ItemFilter, LoaderOptions, RandomAffine};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tokio::runtime::Handle;
+
+use crate::dataset::in_validation;
+use crate::error::Result;
+use crate::sampler::single_row_groups;
+
+use super::TrainOptions;
+
+/// The loader of one epoch: training items in a seeded row-group order with
+/// augmentation, or validation items in catalogue order.
+pub fn epoch_loader(
+    options: &TrainOptions,
+    catalog: &Catalog,
+    handle: &Handle,
+    epoch: usize,
+    validation: bool,
+) -> Result<ImageLoader> {
+    let fraction = options.val_fraction;
+    let keep = ItemFilter::new(move |id| in_validation(id, fraction) == validation);
+    loader_for(
+        options,
+        catalog,
+        handle,
+        epoch,
+        validation,
+        keep,
+        options.shuffle_window,
+    )
+}
+
+/// The epoch's training loader over only the items `keep` accepts (a
+/// rank's share), in the epoch's group order without reshuffling, so that
+/// batches follow the sampler's order exactly.
+pub fn epoch_loader_with(
+    options: &TrainOptions,
+    catalog: &Catalog,
+    handle: &Handle,
+    epoch: usize,
+    keep: Option<ItemFilter>,
+) -> Result<ImageLoader> {
+    let fraction = options.val_fraction;
+    let keep = keep.unwrap_or_else(|| ItemFilter::new(move |id| !in_validation(id, fraction)));
+    loader_for(options, catalog, handle, epoch, false, keep, 0)
+}
+
+/// The order in which an epoch reads the catalogue's row groups: seeded and
+/// shuffled per epoch, the same on every rank.
+pub fn epoch_group_order(options: &TrainOptions, catalog: &Catalog, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..single_row_groups(catalog).len()).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(
+        options.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    order.shuffle(&mut rng);
+    order
+}
+
+pub(super) fn loader_for(
+    options: &TrainOptions,
+    catalog: &Catalog,
+    handle: &Handle,
+    epoch: usize,
+    validation: bool,
+    keep: ItemFilter,
+    shuffle_window: usize,
+) -> Result<ImageLoader> {
+    let groups = single_row_groups(catalog);
+    let ranges: Vec<ReadRange> = if validation {
+        groups
+    } else {
+        epoch_group_order(options, catalog, epoch)
+            .into_iter()
+            .map(|g| groups[g].clone())
+            .collect()
+    };
+    let defaults = LoaderOptions::default();
+    let loader_options = LoaderOptions {
+        image_size: options.image_size,
+        batch_size: options.batch_size,
+        threads: options.threads.max(1),
+        prefetch: options.threads.max(1) * 2,
+        augment: if options.augment && !validation {
+            train_augment(options)
+        } else {
+            Augment::CenterCrop
+        },
+        seed: options.seed.wrapping_add(epoch as u64),
+        keep: Some(keep),
+        shuffle_window: if validation { 0 } else { shuffle_window },
+        // A GPU gets bytes and normalises them itself (see upload_batch).
+        raw_bytes: crate::device::parse_device(&options.device).is_ok_and(|d| d.is_cuda()),
+        ..defaults
+    };
+    Ok(ImageLoader::new(
+        catalog,
+        ranges,
+        loader_options,
+        handle.clone(),
+    )?)
+}
+
+/// The smallest crop area of the pipeline's training transform.
+pub const DEFAULT_CROP_SCALE: f32 = match Augment::TRAIN_DEFAULT {
+    Augment::RandomResizedCrop { scale, .. } => scale.0,
+    Augment::CenterCrop => 1.0,
+};
+
+pub(super) fn default_crop_scale() -> f32 {
+    DEFAULT_CROP_SCALE
+}
+
+fn train_augment(options: &TrainOptions) -> Augment {
+    let affine = (options.affine_degrees > 0.0
+        || options.affine_translate > 0.0
+        || options.affine_scale > 0.0)
+        .then_some(RandomAffine {
+            degrees: options.affine_degrees,
+            translate: options.affine_translate,
+            scale: options.affine_scale,
+        });
+    match Augment::TRAIN_DEFAULT {
+        Augment::RandomResizedCrop { ratio, flip, .. } => Augment::RandomResizedCrop {
+            scale: (options.crop_scale.clamp(0.01, 1.0), 1.0),
+            ratio,
+            flip,
+            affine,
+        },
+        other => other,
+    }
+}
