@@ -671,8 +671,7 @@ impl State {
         self.touched_jobs.insert(job_id.to_string());
     }
 
-    /// Records changed since the last call, for the store.
-    /// The records changed since the last call, borrowed: a task record
+    /// The records changed since the last call, for the store, borrowed: a task record
     /// carries its work (files, row groups), too much to copy per batch.
     pub fn take_dirty(&mut self) -> (Vec<&JobRecord>, Vec<&TaskRecord>) {
         let job_ids: Vec<String> = self.dirty_jobs.drain().collect();

@@ -4,21 +4,24 @@
 //! only then answers: an answer never promises a change that a crash could lose.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use atelier_proto::domain::{
-    Assignment, Gang, JobSpec, JobState, JobStatus, LeaseRef, Registration, RendezvousOffer,
-    TaskFailure, TaskOutcome, TaskProgressReport, TaskWork,
-};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use atelier_proto::domain::JobStatus;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::error::{CoordinatorError, Result};
 use crate::manifest::write_manifest;
-use crate::state::gang::gather;
 use crate::state::State;
 use crate::store::StateStore;
+
+mod handle;
+mod waiting;
+
+use handle::{Command, Reply};
+pub use handle::{LoopGauges, LoopHandle, Snapshot};
+use waiting::{Gathering, Waiter};
 
 /// Commands that queue up while one batch is applied are taken together, up
 /// to this many, and committed in one transaction.
@@ -28,258 +31,6 @@ const TICK: Duration = Duration::from_millis(100);
 /// status walks its tasks, and under a thousand workers batches come every
 /// few milliseconds. A change of state is published at once.
 const PUBLISH_EVERY: Duration = Duration::from_millis(50);
-
-type Reply<T> = oneshot::Sender<Result<T>>;
-
-#[derive(Debug)]
-enum Command {
-    Submit {
-        id: String,
-        spec: JobSpec,
-        works: Vec<TaskWork>,
-        max_attempts: u32,
-        reply: Reply<JobStatus>,
-    },
-    Cancel {
-        job_id: String,
-        reply: Reply<JobStatus>,
-    },
-    Register {
-        registration: Registration,
-        reply: Reply<String>,
-    },
-    Heartbeat {
-        worker_id: String,
-        held: Vec<LeaseRef>,
-        reply: Reply<Vec<LeaseRef>>,
-    },
-    Lease {
-        worker_id: String,
-        wait: Duration,
-        reply: Reply<Option<Assignment>>,
-    },
-    Progress {
-        worker_id: String,
-        lease: LeaseRef,
-        report: TaskProgressReport,
-        reply: Reply<bool>,
-    },
-    Complete {
-        worker_id: String,
-        lease: LeaseRef,
-        outcome: TaskOutcome,
-        lease_next: bool,
-        reply: Reply<Option<Assignment>>,
-    },
-    Fail {
-        worker_id: String,
-        lease: LeaseRef,
-        failure: TaskFailure,
-        reply: Reply<()>,
-    },
-    Finalized {
-        job_id: String,
-        result: std::result::Result<(), String>,
-    },
-    Rendezvous {
-        lease: LeaseRef,
-        offer: RendezvousOffer,
-        wait: Duration,
-        reply: Reply<Option<Gang>>,
-    },
-}
-
-/// The jobs as they stood after the last committed batch; reads never wait
-/// for the event loop.
-#[derive(Debug, Default)]
-pub struct Snapshot {
-    jobs: HashMap<String, JobStatus>,
-    order: Vec<String>,
-}
-
-impl Snapshot {
-    pub fn get(&self, job_id: &str) -> Option<JobStatus> {
-        self.jobs.get(job_id).cloned()
-    }
-
-    /// Newest first.
-    pub fn list(&self, states: &[JobState], limit: usize) -> Vec<JobStatus> {
-        self.order
-            .iter()
-            .rev()
-            .filter_map(|id| self.jobs.get(id))
-            .filter(|job| states.is_empty() || states.contains(&job.state))
-            .take(if limit == 0 { usize::MAX } else { limit })
-            .cloned()
-            .collect()
-    }
-}
-
-/// Figures the loop refreshes after every batch, for metrics.
-#[derive(Debug, Default)]
-pub struct LoopGauges {
-    pub workers: AtomicU64,
-    pub tasks_running: AtomicU64,
-    pub tasks_queued: AtomicU64,
-    pub gangs_waiting: AtomicU64,
-    pub lease_expiries: AtomicU64,
-}
-
-/// The way into the event loop, cheap to clone.
-#[derive(Debug, Clone)]
-pub struct LoopHandle {
-    commands: mpsc::UnboundedSender<Command>,
-    snapshot: Arc<RwLock<Snapshot>>,
-    events: broadcast::Sender<JobStatus>,
-    gauges: Arc<LoopGauges>,
-}
-
-impl LoopHandle {
-    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(make(reply))
-            .map_err(|_| CoordinatorError::ShuttingDown)?;
-        answer.await.map_err(|_| CoordinatorError::ShuttingDown)?
-    }
-
-    pub async fn submit(
-        &self,
-        id: String,
-        spec: JobSpec,
-        works: Vec<TaskWork>,
-        max_attempts: u32,
-    ) -> Result<JobStatus> {
-        self.ask(|reply| Command::Submit {
-            id,
-            spec,
-            works,
-            max_attempts,
-            reply,
-        })
-        .await
-    }
-
-    pub async fn cancel(&self, job_id: String) -> Result<JobStatus> {
-        self.ask(|reply| Command::Cancel { job_id, reply }).await
-    }
-
-    pub async fn register(&self, registration: Registration) -> Result<String> {
-        self.ask(|reply| Command::Register {
-            registration,
-            reply,
-        })
-        .await
-    }
-
-    pub async fn heartbeat(&self, worker_id: String, held: Vec<LeaseRef>) -> Result<Vec<LeaseRef>> {
-        self.ask(|reply| Command::Heartbeat {
-            worker_id,
-            held,
-            reply,
-        })
-        .await
-    }
-
-    pub async fn lease(&self, worker_id: String, wait: Duration) -> Result<Option<Assignment>> {
-        self.ask(|reply| Command::Lease {
-            worker_id,
-            wait,
-            reply,
-        })
-        .await
-    }
-
-    pub async fn progress(
-        &self,
-        worker_id: String,
-        lease: LeaseRef,
-        report: TaskProgressReport,
-    ) -> Result<bool> {
-        self.ask(|reply| Command::Progress {
-            worker_id,
-            lease,
-            report,
-            reply,
-        })
-        .await
-    }
-
-    /// Completes the task; with `lease_next`, also leases the worker its
-    /// next task if one is ready now.
-    pub async fn complete(
-        &self,
-        worker_id: String,
-        lease: LeaseRef,
-        outcome: TaskOutcome,
-        lease_next: bool,
-    ) -> Result<Option<Assignment>> {
-        self.ask(|reply| Command::Complete {
-            worker_id,
-            lease,
-            outcome,
-            lease_next,
-            reply,
-        })
-        .await
-    }
-
-    pub async fn fail(
-        &self,
-        worker_id: String,
-        lease: LeaseRef,
-        failure: TaskFailure,
-    ) -> Result<()> {
-        self.ask(|reply| Command::Fail {
-            worker_id,
-            lease,
-            failure,
-            reply,
-        })
-        .await
-    }
-
-    /// Offers this rank to its gang; the gang once every rank has offered.
-    pub async fn rendezvous(
-        &self,
-        lease: LeaseRef,
-        offer: RendezvousOffer,
-        wait: Duration,
-    ) -> Result<Option<Gang>> {
-        self.ask(|reply| Command::Rendezvous {
-            lease,
-            offer,
-            wait,
-            reply,
-        })
-        .await
-    }
-
-    pub fn job(&self, job_id: &str) -> Result<JobStatus> {
-        self.read()
-            .get(job_id)
-            .ok_or_else(|| CoordinatorError::JobNotFound(job_id.to_string()))
-    }
-
-    pub fn jobs(&self, states: &[JobState], limit: usize) -> Vec<JobStatus> {
-        self.read().list(states, limit)
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Snapshot> {
-        // A panic while holding the lock cannot leave the snapshot half-written
-        // (inserts are single calls), so a poisoned lock is still readable.
-        self.snapshot.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Job updates as they are committed.
-    pub fn subscribe(&self) -> broadcast::Receiver<JobStatus> {
-        self.events.subscribe()
-    }
-
-    pub fn gauges(&self) -> &LoopGauges {
-        &self.gauges
-    }
-}
 
 /// An answer held back until the batch it belongs to is committed.
 type Deferred = Box<dyn FnOnce(Option<&str>) + Send>;
@@ -292,20 +43,6 @@ fn defer<T: Send + 'static>(reply: Reply<T>, value: Result<T>) -> Deferred {
         };
         let _ = reply.send(value);
     })
-}
-
-#[derive(Debug)]
-struct Waiter {
-    worker_id: String,
-    deadline: Instant,
-    reply: Reply<Option<Assignment>>,
-}
-
-/// The ranks of one train job that have offered themselves so far.
-#[derive(Default)]
-struct Gathering {
-    offers: std::collections::BTreeMap<usize, (LeaseRef, RendezvousOffer)>,
-    waiting: Vec<(Instant, Reply<Option<Gang>>)>,
 }
 
 struct EventLoop {
@@ -552,116 +289,6 @@ impl EventLoop {
                 state.finalized(&job_id, result);
             }
         }
-    }
-
-    fn rendezvous(
-        &mut self,
-        lease: LeaseRef,
-        offer: RendezvousOffer,
-        deadline: Instant,
-        reply: Reply<Option<Gang>>,
-        deferred: &mut Vec<Deferred>,
-    ) {
-        let member = match self.state.gang_member(&lease) {
-            Ok(member) => member,
-            Err(e) => return deferred.push(defer(reply, Err(e))),
-        };
-        let state = &self.state;
-        let gathering = self.gatherings.entry(member.job_id.clone()).or_default();
-        gathering.offers.insert(member.rank, (lease, offer));
-        // Offers of an earlier attempt of the gang no longer count.
-        gathering
-            .offers
-            .retain(|_, (lease, _)| state.is_current(lease));
-        gathering.waiting.push((deadline, reply));
-        if gathering.offers.len() < member.world_size {
-            return;
-        }
-        let offers: Vec<_> = gathering.offers.values().cloned().collect();
-        let gang = gather(&offers);
-        tracing::info!(job = %member.job_id, ranks = offers.len(), session = gang.session, "gang assembled");
-        for (_, reply) in std::mem::take(&mut gathering.waiting) {
-            deferred.push(defer(reply, Ok(Some(gang.clone()))));
-        }
-        self.gatherings.remove(&member.job_id);
-    }
-
-    /// Answers "not yet" to ranks whose wait is over.
-    fn expire_gatherings(&mut self, now: Instant, deferred: &mut Vec<Deferred>) {
-        for gathering in self.gatherings.values_mut() {
-            let (over, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut gathering.waiting)
-                .into_iter()
-                .filter(|(_, reply)| !reply.is_closed())
-                .partition(|(deadline, _)| *deadline <= now);
-            gathering.waiting = kept;
-            for (_, reply) in over {
-                deferred.push(defer(reply, Ok(None)));
-            }
-        }
-        let state = &self.state;
-        self.gatherings.retain(|_, g| {
-            g.offers.retain(|_, (lease, _)| state.is_current(lease));
-            !g.offers.is_empty() || !g.waiting.is_empty()
-        });
-    }
-
-    /// Starts waiting gangs on the workers now waiting for work.
-    fn serve_gangs(&mut self, now: Instant, deferred: &mut Vec<Deferred>) {
-        while self.state.has_waiting_gangs() {
-            self.waiters.retain(|w| !w.reply.is_closed());
-            let mut idle: Vec<String> = Vec::new();
-            for waiter in &self.waiters {
-                if !idle.contains(&waiter.worker_id) {
-                    idle.push(waiter.worker_id.clone());
-                }
-            }
-            let Some(placed) = self.state.place_gang(&idle, now) else {
-                break;
-            };
-            for (worker_id, assignment) in placed {
-                if let Some(position) = self.waiters.iter().position(|w| w.worker_id == worker_id) {
-                    if let Some(waiter) = self.waiters.remove(position) {
-                        deferred.push(defer(waiter.reply, Ok(Some(assignment))));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Hands queued tasks to waiting workers.
-    fn serve_waiters(&mut self, now: Instant, deferred: &mut Vec<Deferred>) {
-        self.serve_gangs(now, deferred);
-        while self.state.has_queued_work() {
-            let Some(waiter) = self.waiters.pop_front() else {
-                break;
-            };
-            if waiter.reply.is_closed() {
-                continue;
-            }
-            match self.state.lease(&waiter.worker_id, now) {
-                Ok(None) => {
-                    self.waiters.push_front(waiter);
-                    break;
-                }
-                other => deferred.push(defer(waiter.reply, other)),
-            }
-        }
-    }
-
-    /// Answers "no work" to waiters whose wait is over, and drops those gone.
-    fn expire_waiters(&mut self, now: Instant, deferred: &mut Vec<Deferred>) {
-        let mut kept = VecDeque::with_capacity(self.waiters.len());
-        for waiter in self.waiters.drain(..) {
-            if waiter.reply.is_closed() {
-                continue;
-            }
-            if waiter.deadline <= now {
-                deferred.push(defer(waiter.reply, Ok(None)));
-            } else {
-                kept.push_back(waiter);
-            }
-        }
-        self.waiters = kept;
     }
 
     fn refresh_gauges(&self) {
