@@ -1,0 +1,199 @@
+//! What users do to jobs: submit, cancel, read their status; and how a job ends.
+
+use std::collections::BTreeMap;
+
+use atelier_proto::domain::{JobSpec, JobState, JobStatus, StageTimes, TagProgress, TaskWork};
+
+use crate::error::{CoordinatorError, Result};
+use crate::records::{JobRecord, TaskRecord, TaskState};
+
+use super::{unix_ms, Finalize, State};
+
+impl State {
+    /// Adds a job and its tasks, which wait in the queue behind earlier jobs.
+    pub fn submit(
+        &mut self,
+        id: String,
+        spec: JobSpec,
+        works: Vec<TaskWork>,
+        max_attempts: u32,
+    ) -> JobStatus {
+        let now = unix_ms();
+        let job = JobRecord {
+            id: id.clone(),
+            spec,
+            state: JobState::Pending,
+            created_unix_ms: now,
+            updated_unix_ms: now,
+            started_unix_ms: None,
+            finished_unix_ms: None,
+            error: None,
+            max_attempts: max_attempts.max(1),
+            task_count: works.len() as u32,
+            finalizing: false,
+            metrics: BTreeMap::new(),
+            model_version: String::new(),
+            restarts: Vec::new(),
+            gang_waiting_since_unix_ms: None,
+        };
+        let mut ids = Vec::with_capacity(works.len());
+        let gang = matches!(job.spec, JobSpec::Train(_));
+        for (index, work) in works.into_iter().enumerate() {
+            let task = TaskRecord::new(&id, index as u32, work);
+            if !gang {
+                self.queue.push_back(task.id.clone());
+            }
+            self.dirty_tasks.insert(task.id.clone());
+            ids.push(task.id.clone());
+            self.tasks.insert(task.id.clone(), task);
+        }
+        self.unfinished.insert(id.clone(), ids.len());
+        self.job_tasks.insert(id.clone(), ids);
+        self.job_order.push(id.clone());
+        self.jobs.insert(id.clone(), job);
+        if gang {
+            self.wait_for_gang(&id);
+        }
+        self.mark_job(&id);
+        if self.job_tasks[&id].is_empty() {
+            // Nothing to do, e.g. a catalogue of empty files: done at once.
+            self.start_finalizing(&id);
+        }
+        self.status(&id).expect("job was just inserted")
+    }
+
+    pub fn cancel(&mut self, job_id: &str) -> Result<JobStatus> {
+        let job = self
+            .jobs
+            .get(job_id)
+            .ok_or_else(|| CoordinatorError::JobNotFound(job_id.to_string()))?;
+        if !job.state.is_terminal() {
+            self.end_job(job_id, JobState::Cancelled, None);
+        }
+        self.status(job_id)
+    }
+
+    pub fn status(&self, job_id: &str) -> Result<JobStatus> {
+        let job = self
+            .jobs
+            .get(job_id)
+            .ok_or_else(|| CoordinatorError::JobNotFound(job_id.to_string()))?;
+        let mut stages = StageTimes::default();
+        let mut tag = TagProgress {
+            shards_total: job.task_count,
+            ..TagProgress::default()
+        };
+        for task in self.job_tasks.get(job_id).into_iter().flatten() {
+            let Some(task) = self.tasks.get(task) else {
+                continue;
+            };
+            stages.add(&task.stages);
+            tag.items_total += match &task.work {
+                TaskWork::Tag(shard) => shard.rows,
+                _ => 0,
+            };
+            tag.shards_retried += task.retries;
+            match task.state {
+                TaskState::Done => {
+                    tag.shards_done += 1;
+                    tag.items_done += task.rows_written;
+                    tag.items_failed += task.items_failed;
+                }
+                TaskState::Running => {
+                    tag.items_done += task.items_done;
+                    tag.items_failed += task.items_failed;
+                }
+                TaskState::Failed => tag.shards_failed += 1,
+                _ => {}
+            }
+        }
+        let end = job.finished_unix_ms.unwrap_or_else(unix_ms);
+        if let Some(start) = job.started_unix_ms {
+            let seconds = (end - start).max(1) as f64 / 1000.0;
+            tag.items_per_second = tag.items_done as f64 / seconds;
+        }
+        let tag = match &job.spec {
+            JobSpec::Tag(spec) => Some(TagProgress {
+                output: spec.output.clone(),
+                ..tag
+            }),
+            _ => None,
+        };
+        Ok(JobStatus {
+            id: job.id.clone(),
+            kind: job.spec.kind(),
+            state: job.state,
+            created_unix_ms: job.created_unix_ms,
+            updated_unix_ms: job.updated_unix_ms,
+            error: job.error.clone(),
+            description: job.spec.describe(),
+            tag,
+            train: matches!(job.spec, JobSpec::Train(_)).then(|| self.train_progress(job)),
+            stages,
+            metrics: job.metrics.clone(),
+        })
+    }
+
+    pub(super) fn start_finalizing(&mut self, job_id: &str) {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        if matches!(job.spec, JobSpec::Tag(_)) {
+            job.finalizing = true;
+            self.finalize.push(job_id.to_string());
+            self.mark_job(job_id);
+        } else {
+            self.end_job(job_id, JobState::Succeeded, None);
+        }
+    }
+
+    /// Jobs whose manifest the event loop must now write.
+    pub fn take_finalize(&mut self) -> Vec<Finalize> {
+        std::mem::take(&mut self.finalize)
+            .into_iter()
+            .filter_map(|id| {
+                let job = self.jobs.get(&id)?.clone();
+                let parts = self.job_tasks[&id]
+                    .iter()
+                    .map(|t| self.tasks[t].clone())
+                    .collect();
+                Some(Finalize { job, parts })
+            })
+            .collect()
+    }
+
+    /// The manifest is written (or could not be): the job ends.
+    pub fn finalized(&mut self, job_id: &str, result: std::result::Result<(), String>) {
+        if self.jobs.get(job_id).is_none_or(|j| j.state.is_terminal()) {
+            return;
+        }
+        match result {
+            Ok(()) => self.end_job(job_id, JobState::Succeeded, None),
+            Err(reason) => self.end_job(
+                job_id,
+                JobState::Failed,
+                Some(format!("writing the manifest: {reason}")),
+            ),
+        }
+    }
+
+    pub(super) fn end_job(&mut self, job_id: &str, state: JobState, error: Option<String>) {
+        let now = unix_ms();
+        if let Some(job) = self.jobs.get_mut(job_id) {
+            job.state = state;
+            job.error = error;
+            job.finalizing = false;
+            job.finished_unix_ms = Some(now);
+        }
+        for task_id in self.job_tasks.get(job_id).cloned().unwrap_or_default() {
+            if let Some(task) = self.tasks.get_mut(&task_id) {
+                if matches!(task.state, TaskState::Pending | TaskState::Running) {
+                    task.state = TaskState::Cancelled;
+                    self.leases.remove(&task_id);
+                    self.dirty_tasks.insert(task_id);
+                }
+            }
+        }
+        self.mark_job(job_id);
+    }
+}

@@ -1,0 +1,342 @@
+//! What workers do: register, heartbeat, lease tasks, report progress,
+//! complete or fail them; and leases that expire.
+
+use std::time::Instant;
+
+use atelier_proto::domain::{
+    Assignment, JobState, LeaseRef, Registration, TaskFailure, TaskOutcome, TaskProgressReport,
+    TaskWork,
+};
+use atelier_proto::PROTOCOL_VERSION;
+
+use crate::error::{CoordinatorError, Result};
+use crate::records::{JobRecord, TaskRecord, TaskState};
+
+use super::{unix_ms, Counts, Lease, State, Worker};
+
+impl State {
+    /// Checks that `lease` is the current attempt of a running task.
+    pub(crate) fn check_lease(&self, lease: &LeaseRef) -> Result<&TaskRecord> {
+        let stale = |reason: String| CoordinatorError::StaleLease {
+            task_id: lease.task_id.clone(),
+            attempt: lease.attempt,
+            reason,
+        };
+        let task = self
+            .tasks
+            .get(&lease.task_id)
+            .ok_or_else(|| stale("no such task".into()))?;
+        if task.attempt != lease.attempt {
+            return Err(stale(format!(
+                "the lease expired and the task was handed out again (attempt {})",
+                task.attempt
+            )));
+        }
+        match task.state {
+            TaskState::Running if self.leases.contains_key(&lease.task_id) => Ok(task),
+            TaskState::Running | TaskState::Pending => Err(stale("the lease expired".into())),
+            TaskState::Done => Err(stale("the task is already complete".into())),
+            TaskState::Failed => Err(stale("the task failed".into())),
+            TaskState::Cancelled => Err(stale("the job was cancelled".into())),
+        }
+    }
+
+    pub fn register(&mut self, registration: Registration, now: Instant) -> Result<String> {
+        if registration.protocol_version != PROTOCOL_VERSION {
+            return Err(CoordinatorError::ProtocolMismatch {
+                worker: registration.protocol_version,
+                coordinator: PROTOCOL_VERSION,
+            });
+        }
+        // Random, so that an id from before a restart never names a new worker.
+        let id = format!(
+            "{}-{:08x}",
+            if registration.hostname.is_empty() {
+                "worker"
+            } else {
+                &registration.hostname
+            },
+            rand::random::<u32>()
+        );
+        let process = if registration.process_id.is_empty() {
+            id.clone()
+        } else {
+            registration.process_id
+        };
+        self.workers.insert(
+            id.clone(),
+            Worker {
+                last_seen: now,
+                process,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Sizes the metrics report, each O(1).
+    pub fn counts(&self) -> Counts {
+        Counts {
+            workers: self.workers.len(),
+            running: self.leases.len(),
+            queued: self.queue.len(),
+            gangs: self.gangs.len(),
+        }
+    }
+
+    pub(super) fn see_worker(&mut self, worker_id: &str, now: Instant) -> Result<()> {
+        match self.workers.get_mut(worker_id) {
+            Some(worker) => {
+                worker.last_seen = now;
+                Ok(())
+            }
+            None => Err(CoordinatorError::UnknownWorker(worker_id.to_string())),
+        }
+    }
+
+    /// Renews the leases the worker still holds and names those it lost.
+    pub fn heartbeat(
+        &mut self,
+        worker_id: &str,
+        held: &[LeaseRef],
+        now: Instant,
+    ) -> Result<Vec<LeaseRef>> {
+        self.see_worker(worker_id, now)?;
+        let mut revoked = Vec::new();
+        for lease in held {
+            if self.check_lease(lease).is_ok() {
+                if let Some(entry) = self.leases.get_mut(&lease.task_id) {
+                    entry.deadline = now + self.lease_timeout;
+                    entry.worker_id = worker_id.to_string();
+                }
+            } else {
+                revoked.push(lease.clone());
+            }
+        }
+        Ok(revoked)
+    }
+
+    /// The next queued task, leased to `worker_id`.
+    pub fn lease(&mut self, worker_id: &str, now: Instant) -> Result<Option<Assignment>> {
+        self.see_worker(worker_id, now)?;
+        while let Some(task_id) = self.queue.pop_front() {
+            let Some(task) = self.tasks.get_mut(&task_id) else {
+                continue;
+            };
+            let live = self
+                .jobs
+                .get(&task.job_id)
+                .is_some_and(|job| !job.state.is_terminal());
+            if task.state != TaskState::Pending || !live {
+                continue;
+            }
+            return Ok(self.hand_out(&task_id, worker_id, now));
+        }
+        Ok(None)
+    }
+
+    /// Leases one pending task to `worker_id`.
+    pub(super) fn hand_out(
+        &mut self,
+        task_id: &str,
+        worker_id: &str,
+        now: Instant,
+    ) -> Option<Assignment> {
+        let task = self.tasks.get_mut(task_id)?;
+        task.state = TaskState::Running;
+        task.attempt += 1;
+        task.items_done = 0;
+        task.items_failed = 0;
+        task.started_unix_ms = Some(unix_ms());
+        task.worker_id = worker_id.to_string();
+        let assignment = Assignment {
+            lease: LeaseRef {
+                task_id: task.id.clone(),
+                attempt: task.attempt,
+            },
+            job_id: task.job_id.clone(),
+            work: task.work.clone(),
+        };
+        self.leases.insert(
+            task_id.to_string(),
+            Lease {
+                worker_id: worker_id.to_string(),
+                deadline: now + self.lease_timeout,
+            },
+        );
+        self.dirty_tasks.insert(task_id.to_string());
+        let job_id = assignment.job_id.clone();
+        if let Some(job) = self.jobs.get_mut(&job_id) {
+            if job.state == JobState::Pending {
+                job.state = JobState::Running;
+                job.started_unix_ms = Some(unix_ms());
+            }
+        }
+        self.mark_job(&job_id);
+        Some(assignment)
+    }
+
+    pub fn has_queued_work(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Records progress; `Ok(true)` tells the worker to stop because the job ended.
+    pub fn progress(
+        &mut self,
+        worker_id: &str,
+        lease: &LeaseRef,
+        report: TaskProgressReport,
+        now: Instant,
+    ) -> Result<bool> {
+        self.see_worker(worker_id, now)?;
+        if self
+            .job_of(&lease.task_id)
+            .is_some_and(|j| j.state.is_terminal())
+        {
+            return Ok(true);
+        }
+        self.check_lease(lease)?;
+        if let Some(entry) = self.leases.get_mut(&lease.task_id) {
+            entry.deadline = now + self.lease_timeout;
+        }
+        if let Some(task) = self.tasks.get_mut(&lease.task_id) {
+            task.items_done = report.items_done;
+            task.items_failed = report.items_failed;
+            task.stages = report.stages;
+            if report.train.is_some() {
+                task.train = report.train;
+            }
+            let job_id = task.job_id.clone();
+            self.touched_jobs.insert(job_id);
+        }
+        Ok(false)
+    }
+
+    pub(super) fn job_of(&self, task_id: &str) -> Option<&JobRecord> {
+        self.tasks
+            .get(task_id)
+            .and_then(|t| self.jobs.get(&t.job_id))
+    }
+
+    /// Accepts a finished task. Repeating the report of the same attempt is
+    /// harmless, so a worker may resend it after a lost answer.
+    pub fn complete(
+        &mut self,
+        worker_id: &str,
+        lease: &LeaseRef,
+        outcome: TaskOutcome,
+        now: Instant,
+    ) -> Result<()> {
+        let _ = self.see_worker(worker_id, now);
+        if let Some(task) = self.tasks.get(&lease.task_id) {
+            if task.state == TaskState::Done && task.attempt == lease.attempt {
+                return Ok(());
+            }
+        }
+        self.check_lease(lease)?;
+        self.leases.remove(&lease.task_id);
+        let task = self
+            .tasks
+            .get_mut(&lease.task_id)
+            .ok_or_else(|| CoordinatorError::Internal("checked task vanished".into()))?;
+        task.state = TaskState::Done;
+        task.rows_written = outcome.rows_written;
+        task.items_done = outcome.rows_written;
+        task.items_failed = outcome.items_failed;
+        task.stages = outcome.stages;
+        task.output = outcome.output;
+        task.finished_unix_ms = Some(unix_ms());
+        let job_id = task.job_id.clone();
+        self.dirty_tasks.insert(lease.task_id.clone());
+        if let Some(job) = self.jobs.get_mut(&job_id) {
+            if job.model_version.is_empty() {
+                job.model_version = outcome.model_version;
+            }
+            job.metrics.extend(outcome.metrics);
+        }
+        self.mark_job(&job_id);
+        let unfinished = self.unfinished.entry(job_id.clone()).or_default();
+        *unfinished = unfinished.saturating_sub(1);
+        if *unfinished == 0 {
+            self.start_finalizing(&job_id);
+        }
+        Ok(())
+    }
+
+    pub fn fail(
+        &mut self,
+        worker_id: &str,
+        lease: &LeaseRef,
+        failure: TaskFailure,
+        now: Instant,
+    ) -> Result<()> {
+        let _ = self.see_worker(worker_id, now);
+        self.check_lease(lease)?;
+        self.leases.remove(&lease.task_id);
+        self.retry_or_fail(&lease.task_id, failure.reason, failure.retryable);
+        Ok(())
+    }
+
+    pub(super) fn retry_or_fail(&mut self, task_id: &str, reason: String, retryable: bool) {
+        let Some(task) = self.tasks.get_mut(task_id) else {
+            return;
+        };
+        let job_id = task.job_id.clone();
+        if matches!(task.work, TaskWork::Train { .. }) {
+            let cause = format!("rank {}: {reason}", task.index);
+            task.last_error = Some(reason);
+            self.dirty_tasks.insert(task_id.to_string());
+            self.restart_gang(&job_id, cause, retryable);
+            return;
+        }
+        let max_attempts = self.jobs.get(&job_id).map_or(1, |j| j.max_attempts);
+        task.last_error = Some(reason.clone());
+        self.dirty_tasks.insert(task_id.to_string());
+        if retryable && task.attempt < max_attempts {
+            tracing::info!(task = task_id, attempt = task.attempt, %reason, "retrying task");
+            task.state = TaskState::Pending;
+            task.retries += 1;
+            task.items_done = 0;
+            task.items_failed = 0;
+            self.queue.push_back(task_id.to_string());
+            self.mark_job(&job_id);
+        } else {
+            task.state = TaskState::Failed;
+            task.finished_unix_ms = Some(unix_ms());
+            let message = format!(
+                "task {task_id} failed after {} attempt{}: {reason}",
+                task.attempt,
+                if task.attempt == 1 { "" } else { "s" }
+            );
+            tracing::warn!(task = task_id, %reason, "task failed for good");
+            self.end_job(&job_id, JobState::Failed, Some(message));
+        }
+    }
+
+    /// Takes back the leases whose workers stopped heartbeating, and forgets
+    /// workers silent for three lease timeouts.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let expired: Vec<(String, String)> = self
+            .leases
+            .iter()
+            .filter(|(_, lease)| lease.deadline <= now)
+            .map(|(task, lease)| (task.clone(), lease.worker_id.clone()))
+            .collect();
+        for (task_id, worker_id) in &expired {
+            self.leases.remove(task_id);
+            let who = if worker_id.is_empty() {
+                "its worker".to_string()
+            } else {
+                format!("worker {worker_id}")
+            };
+            self.retry_or_fail(
+                task_id,
+                format!("lease expired: {who} stopped heartbeating"),
+                true,
+            );
+        }
+        let silent = self.lease_timeout * 3;
+        self.workers
+            .retain(|_, worker| now.duration_since(worker.last_seen) < silent);
+        expired.len()
+    }
+}
