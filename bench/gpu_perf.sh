@@ -38,11 +38,16 @@ echo "== 1. model only, batch $batch"
 python3 bench/forward_peer.py --checkpoint "$work/model" --device "$device" --batch-size "$batch" --iters "$iters"
 
 echo "== 2. end to end, $items items, $cores cores decoding"
+# The CPU side alone (read, decode, resize; no model): the ceiling the GPU run
+# can reach with this machine's cores.
+"$bin" pipeline --catalog "$work/catalog" --batch-size "$batch" --threads "$cores" 2>&1 | tail -n 3 | sed "s/^/pipeline only: /"
 for round in 1 2; do
   start=$EPOCHREALTIME
   "$bin" tag --catalog "$work/catalog" --checkpoint "$work/model" --out "$work/tags-$round" --device "$device" \
     --batch-size "$batch" --threads "$cores" --bf16 --channels-last > "$work/tag.log" 2>&1
   python3 -c "print('round $round atelier tag images/s: %.1f' % ($items / ($EPOCHREALTIME - $start)))"
+  # Its own summary: the stage counters say where the time went.
+  tail -n 2 "$work/tag.log" | sed "s/^/round $round atelier: /"
   python3 bench/tag_peer.py --catalog "$work/catalog" --checkpoint "$work/model" --out "$work/peer.parquet" \
     --device "$device" --bf16 --batch-size "$batch" --workers "$(( cores - 2 ))" --threads 2 | sed "s/^/round $round pytorch: /"
 done
