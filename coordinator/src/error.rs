@@ -27,6 +27,8 @@ pub enum CoordinatorError {
         path: String,
         error: rusqlite::Error,
     },
+    #[error("state store {path} is held by another process, most likely a coordinator already running on it; one coordinator per --state")]
+    StateInUse { path: String },
     #[error("state record {id} cannot be read: {source}")]
     Record {
         id: String,
@@ -65,7 +67,11 @@ impl CoordinatorError {
             Self::ProtocolMismatch { .. } | Self::StaleLease { .. } => Code::FailedPrecondition,
             Self::Output { .. } => Code::FailedPrecondition,
             Self::ShuttingDown => Code::Unavailable,
-            Self::Store { .. } | Self::Record { .. } | Self::Io { .. } | Self::Internal(_) => {
+            Self::Store { .. }
+            | Self::StateInUse { .. }
+            | Self::Record { .. }
+            | Self::Io { .. }
+            | Self::Internal(_) => {
                 Code::Internal
             }
         }

@@ -21,15 +21,26 @@
 //! checkpointed. With 1 KiB pages the event loop spent 25-35% less time
 //! saving (BENCHMARKS.md). A file made before keeps its page size: SQLite
 //! fixes it at creation.
+//!
+//! The coordinator holds its state file exclusively (`locking_mode=EXCLUSIVE`)
+//! for as long as it runs. Two coordinators on one file would each lease the
+//! same tasks under the same attempt numbers, which defeats fencing; the
+//! second one is refused at start-up instead, after waiting `BUSY_WAIT` for a
+//! predecessor that is still shutting down. The lock dies with the process,
+//! so a `kill -9`ed coordinator's replacement starts at once.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, ErrorCode};
 
 use crate::error::{CoordinatorError, Result};
 use crate::records::{unset_work, JobRecord, TaskRecord};
 use atelier_proto::domain::TaskWork;
+
+/// How long a coordinator starting up waits for another process to let go
+/// of the state file before giving up.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct StateStore {
@@ -65,8 +76,13 @@ impl StateStore {
         };
         store
             .connection
+            .busy_timeout(BUSY_WAIT)
+            .map_err(|e| store.error(e))?;
+        store
+            .connection
             .execute_batch(
                 "PRAGMA page_size=1024;
+                 PRAGMA locking_mode=EXCLUSIVE;
                  PRAGMA journal_mode=WAL;
                  PRAGMA synchronous=NORMAL;
                  PRAGMA cache_size=-65536;
@@ -81,10 +97,7 @@ impl StateStore {
     }
 
     fn error(&self, error: rusqlite::Error) -> CoordinatorError {
-        CoordinatorError::Store {
-            path: self.path.display().to_string(),
-            error,
-        }
+        store_error(&self.path, error)
     }
 
     pub fn load(&mut self) -> Result<Loaded> {
@@ -143,19 +156,16 @@ impl StateStore {
         if jobs.is_empty() && tasks.is_empty() {
             return Ok(());
         }
-        let path = self.path.display().to_string();
-        let store_error = |error| CoordinatorError::Store {
-            path: path.clone(),
-            error,
-        };
-        let transaction = self.connection.transaction().map_err(store_error)?;
+        let path = self.path.clone();
+        let failed = |error| store_error(&path, error);
+        let transaction = self.connection.transaction().map_err(failed)?;
         {
             let mut put_job = transaction
                 .prepare_cached(
                     "INSERT INTO jobs (id, data) VALUES (?1, ?2) \
                      ON CONFLICT(id) DO UPDATE SET data = excluded.data",
                 )
-                .map_err(store_error)?;
+                .map_err(failed)?;
             for job in jobs {
                 let data =
                     serde_json::to_string(job).map_err(|source| CoordinatorError::Record {
@@ -164,11 +174,11 @@ impl StateStore {
                     })?;
                 put_job
                     .execute(params![job.id, data])
-                    .map_err(store_error)?;
+                    .map_err(failed)?;
             }
             let mut put_work = transaction
                 .prepare_cached("INSERT OR REPLACE INTO task_work (id, work) VALUES (?1, ?2)")
-                .map_err(store_error)?;
+                .map_err(failed)?;
             for task in tasks.iter().filter(|t| !self.work_saved.contains(&t.id)) {
                 let work = serde_json::to_string(&task.work).map_err(|source| {
                     CoordinatorError::Record {
@@ -178,14 +188,14 @@ impl StateStore {
                 })?;
                 put_work
                     .execute(params![task.id, work])
-                    .map_err(store_error)?;
+                    .map_err(failed)?;
             }
             let mut put_task = transaction
                 .prepare_cached(
                     "INSERT INTO tasks (id, job_id, data) VALUES (?1, ?2, ?3) \
                      ON CONFLICT(id) DO UPDATE SET data = excluded.data",
                 )
-                .map_err(store_error)?;
+                .map_err(failed)?;
             for task in tasks {
                 let data =
                     serde_json::to_string(task).map_err(|source| CoordinatorError::Record {
@@ -194,13 +204,23 @@ impl StateStore {
                     })?;
                 put_task
                     .execute(params![task.id, task.job_id, data])
-                    .map_err(store_error)?;
+                    .map_err(failed)?;
             }
         }
-        transaction.commit().map_err(store_error)?;
+        transaction.commit().map_err(failed)?;
         // Only once committed: a failed batch writes the work again.
         self.work_saved.extend(tasks.iter().map(|t| t.id.clone()));
         Ok(())
+    }
+}
+
+fn store_error(path: &Path, error: rusqlite::Error) -> CoordinatorError {
+    let path = path.display().to_string();
+    match error.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            CoordinatorError::StateInUse { path }
+        }
+        _ => CoordinatorError::Store { path, error },
     }
 }
 

@@ -216,3 +216,37 @@ fn the_standalone_coordinator_names_an_address_in_use_a_missing_certificate_and_
         "the cause once, not once per link of the chain: {err}"
     );
 }
+
+#[test]
+fn a_second_coordinator_on_a_state_file_in_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = atelier_tests::cluster::Cluster::start(dir.path(), None, &[]);
+    let state = dir.path().join("coordinator.db");
+    let mut child = std::process::Command::new(atelier_tests::built_bin("atelier-coordinator"))
+        .args(["--listen", "127.0.0.1:0", "--state", state.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A coordinator that wrongly shares the file would serve forever.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let second = child.wait_with_output().unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains(&format!("state store {}", state.display()))
+            && err.contains("held by another process"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&second.stdout).contains("listening"));
+    // The first one is unharmed, and its lock dies with it.
+    cluster.cli_ok(&["jobs"]);
+    cluster.kill_coordinator();
+    cluster.restart_coordinator();
+    cluster.cli_ok(&["jobs"]);
+}
