@@ -71,9 +71,7 @@ impl CoordinatorError {
             | Self::StateInUse { .. }
             | Self::Record { .. }
             | Self::Io { .. }
-            | Self::Internal(_) => {
-                Code::Internal
-            }
+            | Self::Internal(_) => Code::Internal,
         }
     }
 }

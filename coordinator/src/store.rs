@@ -172,9 +172,7 @@ impl StateStore {
                         id: job.id.clone(),
                         source,
                     })?;
-                put_job
-                    .execute(params![job.id, data])
-                    .map_err(failed)?;
+                put_job.execute(params![job.id, data]).map_err(failed)?;
             }
             let mut put_work = transaction
                 .prepare_cached("INSERT OR REPLACE INTO task_work (id, work) VALUES (?1, ?2)")
@@ -186,9 +184,7 @@ impl StateStore {
                         source,
                     }
                 })?;
-                put_work
-                    .execute(params![task.id, work])
-                    .map_err(failed)?;
+                put_work.execute(params![task.id, work]).map_err(failed)?;
             }
             let mut put_task = transaction
                 .prepare_cached(

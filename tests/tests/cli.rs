@@ -223,7 +223,12 @@ fn a_second_coordinator_on_a_state_file_in_use_is_refused() {
     let mut cluster = atelier_tests::cluster::Cluster::start(dir.path(), None, &[]);
     let state = dir.path().join("coordinator.db");
     let mut child = std::process::Command::new(atelier_tests::built_bin("atelier-coordinator"))
-        .args(["--listen", "127.0.0.1:0", "--state", state.to_str().unwrap()])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+            state.to_str().unwrap(),
+        ])
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
