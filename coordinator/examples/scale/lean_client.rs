@@ -10,6 +10,8 @@ use h2::client::SendRequest;
 use prost::Message;
 use tokio::net::TcpStream;
 
+/// Clones share the connection, as tonic channels do.
+#[derive(Clone)]
 pub struct LeanClient {
     authority: String,
     send: SendRequest<Bytes>,

@@ -7,7 +7,9 @@
 //! does; `LEASE_NEXT=0` makes them call LeaseTask for every shard instead.
 //! They speak gRPC through a lean h2 client (`lean_client.rs`), so that they
 //! take less of the CPU they share with the coordinator; `SIM_CLIENT=tonic`
-//! makes them use tonic's client, as `atelier worker` does.
+//! makes them use tonic's client, as `atelier worker` does. Like real
+//! workers, each also heartbeats at the interval the coordinator gives it,
+//! on the same connection, naming the lease it holds.
 //!
 //!   cargo run --release -p atelier-coordinator --example scale -- COORDINATOR_BIN WORKDIR
 //!
@@ -240,7 +242,11 @@ async fn main() -> anyhow::Result<()> {
     let registered = Arc::new(tokio::sync::Barrier::new(WORKERS + 1));
     let registration_started = Instant::now();
     let mut workers = Vec::new();
-    for _ in 0..WORKERS {
+    let heartbeats = Arc::new(AtomicU64::new(0));
+    let heartbeat_failures = Arc::new(AtomicU64::new(0));
+    for index in 0..WORKERS {
+        let heartbeats = Arc::clone(&heartbeats);
+        let heartbeat_failures = Arc::clone(&heartbeat_failures);
         let address = address.clone();
         let done = Arc::clone(&done);
         let completed = Arc::clone(&completed);
@@ -248,21 +254,48 @@ async fn main() -> anyhow::Result<()> {
         workers.push(tokio::spawn(async move {
             let registration = async {
                 let mut client = SimClient::connect(&address, lean).await?;
-                let worker_id = client
+                let registered = client
                     .register(v1::RegisterRequest {
                         protocol_version: PROTOCOL_VERSION,
                         hostname: "sim".into(),
                         ..Default::default()
                     })
-                    .await?
-                    .worker_id;
-                anyhow::Ok((client, worker_id))
+                    .await?;
+                anyhow::Ok((client, registered))
             }
             .await;
             // Every worker reaches the barrier, failed or not, so that
             // the run never waits for one that will not come.
             registered.wait().await;
-            let (mut client, worker_id) = registration?;
+            let (mut client, registered) = registration?;
+            let worker_id = registered.worker_id;
+            let held = Arc::new(std::sync::Mutex::new(None::<v1::LeaseRef>));
+            {
+                let mut client = client.clone();
+                let worker_id = worker_id.clone();
+                let held = Arc::clone(&held);
+                let done = Arc::clone(&done);
+                let interval =
+                    Duration::from_millis(u64::from(registered.heartbeat_interval_ms.max(1)));
+                tokio::spawn(async move {
+                    // Spread over the interval, as workers started apart would be.
+                    tokio::time::sleep(interval.mul_f64(index as f64 / WORKERS as f64)).await;
+                    let mut ticker = tokio::time::interval(interval);
+                    while !done.load(Ordering::Relaxed) {
+                        ticker.tick().await;
+                        let leases = held.lock().map(|h| h.clone()).unwrap_or_default();
+                        let request = v1::HeartbeatRequest {
+                            worker_id: worker_id.clone(),
+                            leases: leases.into_iter().collect(),
+                        };
+                        let counter = match client.heartbeat(request).await {
+                            Ok(_) => &heartbeats,
+                            Err(_) => &heartbeat_failures,
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
             let mut next = None;
             while !done.load(Ordering::Relaxed) {
                 let task = match next.take() {
@@ -279,6 +312,9 @@ async fn main() -> anyhow::Result<()> {
                         task
                     }
                 };
+                if let Ok(mut held) = held.lock() {
+                    held.clone_from(&task.lease);
+                }
                 let rows = match task.work {
                     Some(v1::task::Work::Tag(shard)) => shard.rows,
                     _ => 0,
@@ -307,6 +343,7 @@ async fn main() -> anyhow::Result<()> {
     let cpu_before = cpu_seconds(pid);
     let loop_before = loop_cpu_seconds(pid);
     let harness_before = cpu_seconds(std::process::id());
+    let heartbeats_before = heartbeats.load(Ordering::Relaxed);
     let mut pollers = Vec::new();
     for _ in 0..POLLERS {
         let mut jobs = jobs.clone();
@@ -365,6 +402,7 @@ async fn main() -> anyhow::Result<()> {
     let coordinator_cpu = cpu_seconds(pid) - cpu_before;
     let loop_cpu = loop_cpu_seconds(pid) - loop_before;
     let harness_cpu = cpu_seconds(std::process::id()) - harness_before;
+    let heartbeats_during = heartbeats.load(Ordering::Relaxed) - heartbeats_before;
     watcher.await??;
     latencies.sort_by(f64::total_cmp);
     let n = completed.load(Ordering::Relaxed);
@@ -382,6 +420,10 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "of which the event loop (one thread: state machine + SQLite): {loop_cpu:.2}s, {:.0} shards per loop CPU-second",
         n as f64 / loop_cpu.max(1e-9)
+    );
+    println!(
+        "heartbeats during dispatch: {heartbeats_during} answered, {} failed in the whole run",
+        heartbeat_failures.load(Ordering::Relaxed)
     );
     println!(
         "GetJob during dispatch: {} calls, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",

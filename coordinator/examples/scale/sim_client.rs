@@ -1,4 +1,4 @@
-//! The three calls a simulated worker makes, through tonic (what
+//! The calls a simulated worker makes, through tonic (what
 //! `atelier worker` uses) or the lean h2 client (`SIM_CLIENT=tonic|h2`).
 
 use atelier_proto::client::{worker_client, Connect, WorkerClient};
@@ -6,6 +6,7 @@ use atelier_proto::v1;
 
 use crate::lean_client::LeanClient;
 
+#[derive(Clone)]
 pub enum SimClient {
     Tonic(WorkerClient),
     Lean(LeanClient),
@@ -27,6 +28,16 @@ impl SimClient {
         Ok(match self {
             Self::Tonic(client) => client.register(request).await?.into_inner(),
             Self::Lean(client) => client.call("WorkerService/Register", &request).await?,
+        })
+    }
+
+    pub async fn heartbeat(
+        &mut self,
+        request: v1::HeartbeatRequest,
+    ) -> anyhow::Result<v1::HeartbeatResponse> {
+        Ok(match self {
+            Self::Tonic(client) => client.heartbeat(request).await?.into_inner(),
+            Self::Lean(client) => client.call("WorkerService/Heartbeat", &request).await?,
         })
     }
 
