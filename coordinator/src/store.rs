@@ -29,7 +29,7 @@
 //! predecessor that is still shutting down. The lock dies with the process,
 //! so a `kill -9`ed coordinator's replacement starts at once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, ErrorCode};
@@ -47,7 +47,7 @@ pub struct StateStore {
     path: PathBuf,
     connection: Connection,
     /// Tasks whose work row is written.
-    work_saved: HashSet<String>,
+    work_saved: rustc_hash::FxHashSet<String>,
 }
 
 /// Everything the store holds, as loaded at start-up.
@@ -72,7 +72,7 @@ impl StateStore {
         let store = Self {
             path: path.to_path_buf(),
             connection,
-            work_saved: HashSet::new(),
+            work_saved: Default::default(),
         };
         store
             .connection

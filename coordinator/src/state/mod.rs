@@ -3,13 +3,18 @@
 //! The event loop owns the one instance, persists what it marks dirty and
 //! answers requests only after that.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use atelier_proto::domain::{JobState, TaskWork};
 
 use crate::records::{JobRecord, TaskRecord, TaskState};
 use crate::store::Loaded;
+
+// The keys are ids the coordinator made itself, so SipHash's defence
+// against chosen keys buys nothing here.
+type HashMap<K, V> = rustc_hash::FxHashMap<K, V>;
+type HashSet<T> = rustc_hash::FxHashSet<T>;
 
 #[derive(Debug, Clone)]
 struct Lease {
@@ -72,18 +77,18 @@ impl State {
     pub fn new(lease_timeout: Duration) -> Self {
         Self {
             lease_timeout,
-            jobs: HashMap::new(),
+            jobs: HashMap::default(),
             job_order: Vec::new(),
-            tasks: HashMap::new(),
-            job_tasks: HashMap::new(),
-            unfinished: HashMap::new(),
+            tasks: HashMap::default(),
+            job_tasks: HashMap::default(),
+            unfinished: HashMap::default(),
             queue: VecDeque::new(),
             gangs: VecDeque::new(),
-            leases: HashMap::new(),
-            workers: HashMap::new(),
-            dirty_jobs: HashSet::new(),
-            dirty_tasks: HashSet::new(),
-            touched_jobs: HashSet::new(),
+            leases: HashMap::default(),
+            workers: HashMap::default(),
+            dirty_jobs: HashSet::default(),
+            dirty_tasks: HashSet::default(),
+            touched_jobs: HashSet::default(),
             finalize: Vec::new(),
         }
     }
