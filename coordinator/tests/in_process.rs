@@ -1,6 +1,6 @@
 //! A whole coordinator in-process on port 0, driven by hand-made workers:
 //! lease expiry and fencing with short intervals, the next lease carried by a
-//! completion, health and reflection.
+//! completion, the `Work` stream, health and reflection.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
@@ -223,6 +223,110 @@ fn a_completion_can_carry_the_next_lease() {
         assert_eq!(seen.len(), 3, "{seen:?}");
         // Every shard went out with a completion; nothing is left to lease.
         assert!(lease(&mut worker, &worker_id).await.is_none());
+        running.stop.take().unwrap().send(()).unwrap();
+        running.server.await.unwrap().unwrap();
+    });
+}
+
+/// One call on a `Work` stream.
+async fn work_call(
+    calls: &tokio::sync::mpsc::Sender<v1::WorkRequest>,
+    answers: &mut tonic::Streaming<v1::WorkResponse>,
+    call: v1::work_request::Call,
+) -> v1::work_response::Answer {
+    calls
+        .send(v1::WorkRequest { call: Some(call) })
+        .await
+        .unwrap();
+    answers.message().await.unwrap().unwrap().answer.unwrap()
+}
+
+#[test]
+fn the_work_stream_answers_each_call_in_turn_and_survives_a_refusal() {
+    use v1::work_request::Call;
+    use v1::work_response::Answer;
+    let dir = tempfile::tempdir().unwrap();
+    let (catalog, checkpoint) = catalogue(dir.path());
+    runtime().block_on(async {
+        let mut running = start(dir.path(), CoordinatorConfig::default()).await;
+        let mut jobs = job_client_lazy(&running.address, &Connect::default()).unwrap();
+        jobs.submit_tag_job(v1::SubmitTagJobRequest {
+            catalog,
+            checkpoints: vec![checkpoint],
+            output: dir.path().join("out").to_str().unwrap().into(),
+            target_shard_rows: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut worker = worker_client(&running.address, &Connect::default()).unwrap();
+        let worker_id = register(&mut worker).await;
+        let (calls, queued) = tokio::sync::mpsc::channel(1);
+        let mut answers = worker
+            .work(tokio_stream::wrappers::ReceiverStream::new(queued))
+            .await
+            .unwrap()
+            .into_inner();
+        let lease_request = |worker_id: &str| {
+            Call::Lease(v1::LeaseTaskRequest {
+                worker_id: worker_id.to_string(),
+                wait_ms: 2000,
+            })
+        };
+        let Answer::Lease(first) = work_call(&calls, &mut answers, lease_request(&worker_id)).await
+        else {
+            panic!("a lease answered with something else");
+        };
+        let held = first.task.unwrap().lease.unwrap();
+
+        // A completion under a lease that is not held is refused with the
+        // unary call's code, and the stream goes on.
+        let stale = v1::LeaseRef {
+            attempt: held.attempt + 1,
+            ..held.clone()
+        };
+        let complete = |lease: v1::LeaseRef, lease_next: bool| {
+            Call::Complete(v1::CompleteTaskRequest {
+                worker_id: worker_id.clone(),
+                lease: Some(lease),
+                rows_written: 100,
+                lease_next,
+                ..Default::default()
+            })
+        };
+        let Answer::Error(refused) = work_call(&calls, &mut answers, complete(stale, false)).await
+        else {
+            panic!("a stale completion was accepted");
+        };
+        assert_eq!(
+            tonic::Code::from(refused.code),
+            tonic::Code::FailedPrecondition,
+            "{}",
+            refused.message
+        );
+        let Answer::Error(unknown) = work_call(&calls, &mut answers, lease_request("nobody")).await
+        else {
+            panic!("an unknown worker got a lease");
+        };
+        assert_eq!(tonic::Code::from(unknown.code), tonic::Code::NotFound);
+
+        // The real lease still completes, carrying the next one, on the same stream.
+        let mut task_ids = vec![held.task_id.clone()];
+        let mut next = Some(held);
+        while let Some(lease) = next.take() {
+            let Answer::Complete(done) =
+                work_call(&calls, &mut answers, complete(lease, true)).await
+            else {
+                panic!("a completion answered with something else");
+            };
+            next = done.next.map(|task| task.lease.unwrap());
+            task_ids.extend(next.iter().map(|l| l.task_id.clone()));
+        }
+        task_ids.sort();
+        task_ids.dedup();
+        assert_eq!(task_ids.len(), 3, "{task_ids:?}");
+        drop(calls);
+        assert!(answers.message().await.unwrap().is_none());
         running.stop.take().unwrap().send(()).unwrap();
         running.server.await.unwrap().unwrap();
     });

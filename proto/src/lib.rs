@@ -15,7 +15,9 @@ pub use error::{ProtoError, Result};
 /// Bumped on every incompatible change; workers send it when they register.
 /// 2: a shard may be part of a row group (`FileRowGroups.rows`), which a
 /// version-1 worker would read whole.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: workers lease and complete shards on the `Work` stream, which a
+/// version-2 coordinator lacks.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 #[allow(clippy::all, missing_debug_implementations, unreachable_pub)]
 pub mod v1 {

@@ -30,6 +30,8 @@ use atelier_proto::client::{connect_jobs, Connect};
 use atelier_proto::v1;
 use atelier_proto::PROTOCOL_VERSION;
 use sim_client::SimClient;
+use v1::work_request::Call;
+use v1::work_response::Answer;
 
 const ITEMS: usize = 1_000_000;
 const FILES: usize = 250;
@@ -233,6 +235,15 @@ async fn main() -> anyhow::Result<()> {
     let lease_next = std::env::var("LEASE_NEXT").as_deref() != Ok("0");
     println!("workers lease with each completion: {lease_next}");
     let lean = std::env::var("SIM_CLIENT").as_deref() != Ok("tonic");
+    let streamed = std::env::var("SIM_CALLS").as_deref() != Ok("unary");
+    println!(
+        "simulated workers lease and complete {}",
+        if streamed {
+            "on the Work stream, as atelier worker does"
+        } else {
+            "with unary calls"
+        }
+    );
     println!(
         "simulated workers' gRPC client: {}",
         if lean { "lean h2" } else { "tonic" }
@@ -296,18 +307,26 @@ async fn main() -> anyhow::Result<()> {
                     }
                 });
             }
+            let mut work = match streamed {
+                true => Some(client.open_work().await?),
+                false => None,
+            };
             let mut next = None;
             while !done.load(Ordering::Relaxed) {
                 let task = match next.take() {
                     Some(task) => task,
                     None => {
-                        let leased = client
-                            .lease_task(v1::LeaseTaskRequest {
-                                worker_id: worker_id.clone(),
-                                wait_ms: 200,
-                            })
-                            .await?
-                            .task;
+                        let request = v1::LeaseTaskRequest {
+                            worker_id: worker_id.clone(),
+                            wait_ms: 200,
+                        };
+                        let leased = match work.as_mut() {
+                            Some(work) => match work.call(Call::Lease(request)).await? {
+                                Answer::Lease(answer) => answer.task,
+                                _ => anyhow::bail!("a lease answered with something else"),
+                            },
+                            None => client.lease_task(request).await?.task,
+                        };
                         let Some(task) = leased else { continue };
                         task
                     }
@@ -319,16 +338,20 @@ async fn main() -> anyhow::Result<()> {
                     Some(v1::task::Work::Tag(shard)) => shard.rows,
                     _ => 0,
                 };
-                next = client
-                    .complete_task(v1::CompleteTaskRequest {
-                        worker_id: worker_id.clone(),
-                        lease: task.lease,
-                        rows_written: rows,
-                        lease_next,
-                        ..Default::default()
-                    })
-                    .await?
-                    .next;
+                let request = v1::CompleteTaskRequest {
+                    worker_id: worker_id.clone(),
+                    lease: task.lease,
+                    rows_written: rows,
+                    lease_next,
+                    ..Default::default()
+                };
+                next = match work.as_mut() {
+                    Some(work) => match work.call(Call::Complete(request)).await? {
+                        Answer::Complete(answer) => answer.next,
+                        _ => anyhow::bail!("a completion answered with something else"),
+                    },
+                    None => client.complete_task(request).await?.next,
+                };
                 completed.fetch_add(1, Ordering::Relaxed);
             }
             anyhow::Ok(())

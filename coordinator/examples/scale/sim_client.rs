@@ -4,7 +4,10 @@
 use atelier_proto::client::{worker_client, Connect, WorkerClient};
 use atelier_proto::v1;
 
-use crate::lean_client::LeanClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::lean_client::{LeanClient, LeanStream};
 
 #[derive(Clone)]
 pub enum SimClient {
@@ -41,6 +44,18 @@ impl SimClient {
         })
     }
 
+    /// Opens the `Work` stream on which `atelier worker` leases and completes.
+    pub async fn open_work(&mut self) -> anyhow::Result<SimWork> {
+        Ok(match self {
+            Self::Tonic(client) => {
+                let (calls, queued) = mpsc::channel(1);
+                let answers = client.work(ReceiverStream::new(queued)).await?.into_inner();
+                SimWork::Tonic { calls, answers }
+            }
+            Self::Lean(client) => SimWork::Lean(client.open_stream("WorkerService/Work").await?),
+        })
+    }
+
     pub async fn lease_task(
         &mut self,
         request: v1::LeaseTaskRequest,
@@ -59,5 +74,40 @@ impl SimClient {
             Self::Tonic(client) => client.complete_task(request).await?.into_inner(),
             Self::Lean(client) => client.call("WorkerService/CompleteTask", &request).await?,
         })
+    }
+}
+
+pub enum SimWork {
+    Tonic {
+        calls: mpsc::Sender<v1::WorkRequest>,
+        answers: tonic::Streaming<v1::WorkResponse>,
+    },
+    Lean(LeanStream),
+}
+
+impl SimWork {
+    /// One call on the stream; an error answer becomes an error.
+    pub async fn call(
+        &mut self,
+        call: v1::work_request::Call,
+    ) -> anyhow::Result<v1::work_response::Answer> {
+        let request = v1::WorkRequest { call: Some(call) };
+        let response: v1::WorkResponse = match self {
+            Self::Tonic { calls, answers } => {
+                calls.send(request).await?;
+                answers
+                    .message()
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("the work stream ended"))?
+            }
+            Self::Lean(stream) => stream.call(&request).await?,
+        };
+        match response.answer {
+            Some(v1::work_response::Answer::Error(error)) => {
+                anyhow::bail!("work call refused: {} (code {})", error.message, error.code)
+            }
+            Some(answer) => Ok(answer),
+            None => anyhow::bail!("a work answer without an answer"),
+        }
     }
 }

@@ -1,3 +1,4 @@
+use std::pin::Pin;
 use std::time::Duration;
 
 use atelier_proto::convert;
@@ -5,7 +6,8 @@ use atelier_proto::domain::{
     LeaseRef, Registration, RendezvousOffer, TaskFailure, TaskOutcome, TaskProgressReport,
 };
 use atelier_proto::v1::{self, worker_service_server::WorkerService};
-use tonic::{Request, Response, Status};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::CoordinatorConfig;
 use crate::event_loop::LoopHandle;
@@ -16,8 +18,82 @@ pub struct WorkerApi {
     pub config: CoordinatorConfig,
 }
 
+impl WorkerApi {
+    async fn lease(&self, request: v1::LeaseTaskRequest) -> Result<v1::LeaseTaskResponse, Status> {
+        let wait = Duration::from_millis(u64::from(request.wait_ms));
+        let task = self.handle.lease(request.worker_id, wait).await?;
+        Ok(v1::LeaseTaskResponse {
+            task: task.map(Into::into),
+        })
+    }
+
+    async fn complete(
+        &self,
+        mut request: v1::CompleteTaskRequest,
+    ) -> Result<v1::CompleteTaskResponse, Status> {
+        let lease = convert::lease(request.lease.take())?;
+        let worker_id = std::mem::take(&mut request.worker_id);
+        let lease_next = request.lease_next;
+        let outcome = TaskOutcome::from(request);
+        let next = self
+            .handle
+            .complete(worker_id, lease, outcome, lease_next)
+            .await?;
+        Ok(v1::CompleteTaskResponse {
+            next: next.map(Into::into),
+        })
+    }
+
+    /// One call on the `Work` stream; a refused call becomes an error answer.
+    async fn answer(&self, request: v1::WorkRequest) -> v1::WorkResponse {
+        use v1::work_request::Call;
+        use v1::work_response::Answer;
+        let answer = match request.call {
+            Some(Call::Lease(lease)) => self.lease(lease).await.map(Answer::Lease),
+            Some(Call::Complete(complete)) => self.complete(complete).await.map(Answer::Complete),
+            None => Err(Status::invalid_argument("a work request without a call")),
+        };
+        v1::WorkResponse {
+            answer: Some(answer.unwrap_or_else(|status| {
+                Answer::Error(v1::WorkError {
+                    code: status.code() as i32,
+                    message: status.message().to_string(),
+                })
+            })),
+        }
+    }
+}
+
+type WorkAnswers = Pin<Box<dyn Stream<Item = Result<v1::WorkResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl WorkerService for WorkerApi {
+    type WorkStream = WorkAnswers;
+
+    /// Answers each request in turn, as the answer stream is read: no task
+    /// or channel of its own per worker.
+    async fn work(
+        &self,
+        request: Request<Streaming<v1::WorkRequest>>,
+    ) -> Result<Response<Self::WorkStream>, Status> {
+        let calls = request.into_inner();
+        let answers =
+            futures::stream::unfold((calls, self.clone()), |(mut calls, api)| async move {
+                match calls.message().await {
+                    Ok(Some(request)) => {
+                        let answer = api.answer(request).await;
+                        Some((Ok(answer), (calls, api)))
+                    }
+                    Ok(None) => None,
+                    Err(status) => {
+                        tracing::debug!(%status, "work stream ended");
+                        None
+                    }
+                }
+            });
+        Ok(Response::new(Box::pin(answers)))
+    }
+
     async fn register(
         &self,
         request: Request<v1::RegisterRequest>,
@@ -51,12 +127,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<v1::LeaseTaskRequest>,
     ) -> Result<Response<v1::LeaseTaskResponse>, Status> {
-        let request = request.into_inner();
-        let wait = Duration::from_millis(u64::from(request.wait_ms));
-        let task = self.handle.lease(request.worker_id, wait).await?;
-        Ok(Response::new(v1::LeaseTaskResponse {
-            task: task.map(Into::into),
-        }))
+        self.lease(request.into_inner()).await.map(Response::new)
     }
 
     async fn report_progress(
@@ -75,18 +146,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<v1::CompleteTaskRequest>,
     ) -> Result<Response<v1::CompleteTaskResponse>, Status> {
-        let mut request = request.into_inner();
-        let lease = convert::lease(request.lease.take())?;
-        let worker_id = std::mem::take(&mut request.worker_id);
-        let lease_next = request.lease_next;
-        let outcome = TaskOutcome::from(request);
-        let next = self
-            .handle
-            .complete(worker_id, lease, outcome, lease_next)
-            .await?;
-        Ok(Response::new(v1::CompleteTaskResponse {
-            next: next.map(Into::into),
-        }))
+        self.complete(request.into_inner()).await.map(Response::new)
     }
 
     async fn fail_task(

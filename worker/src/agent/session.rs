@@ -14,8 +14,12 @@ use atelier_proto::domain::{
     TaskOutcome, TaskProgressReport,
 };
 use atelier_proto::v1;
+use atelier_proto::v1::work_request::Call;
+use atelier_proto::v1::work_response::Answer;
 use atelier_proto::PROTOCOL_VERSION;
-use tonic::{Code, Status};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Status, Streaming};
 
 use crate::error::{Result, WorkerError};
 
@@ -32,9 +36,20 @@ pub struct Session {
     registering: tokio::sync::Mutex<()>,
     /// The leases this worker holds, with the flag that stops each task.
     held: Mutex<HashMap<LeaseRef, Arc<AtomicBool>>>,
+    /// The lane's `Work` stream, opened on first use. A call takes it out
+    /// and puts it back only once answered, so a call abandoned half-way
+    /// (at shutdown) drops the stream instead of leaving its answer to be
+    /// read as the next call's.
+    work: tokio::sync::Mutex<Option<WorkStream>>,
 }
 
-async fn call<T>(
+#[derive(Debug)]
+struct WorkStream {
+    calls: mpsc::Sender<v1::WorkRequest>,
+    answers: Streaming<v1::WorkResponse>,
+}
+
+async fn call_with_timeout<T>(
     what: &str,
     future: impl Future<Output = Result<tonic::Response<T>, Status>>,
 ) -> Result<T> {
@@ -100,6 +115,55 @@ impl Session {
             heartbeat_interval: Mutex::new(Duration::from_secs(2)),
             registering: tokio::sync::Mutex::new(()),
             held: Mutex::new(HashMap::new()),
+            work: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// One call on the `Work` stream, answered within `wait` plus the usual
+    /// allowance; a refused call comes back as the status a unary call
+    /// would have ended with.
+    async fn work(&self, what: &str, call: Call, wait: Duration) -> Result<Answer> {
+        let unavailable = |why: String| WorkerError::Coordinator(Status::unavailable(why));
+        let mut slot = self.work.lock().await;
+        let mut stream = match slot.take() {
+            Some(stream) => stream,
+            None => {
+                let (calls, queued) = mpsc::channel(1);
+                let answers = call_with_timeout(
+                    "opening the work stream",
+                    self.client.clone().work(ReceiverStream::new(queued)),
+                )
+                .await?;
+                WorkStream { calls, answers }
+            }
+        };
+        let request = v1::WorkRequest { call: Some(call) };
+        if stream.calls.send(request).await.is_err() {
+            return Err(unavailable(format!("{what}: the work stream is closed")));
+        }
+        let response =
+            match tokio::time::timeout(wait + CALL_TIMEOUT, stream.answers.message()).await {
+                Ok(Ok(Some(response))) => response,
+                Ok(Ok(None)) => {
+                    return Err(unavailable(format!(
+                        "{what}: the coordinator closed the work stream"
+                    )))
+                }
+                Ok(Err(status)) => return Err(WorkerError::Coordinator(status)),
+                Err(_) => {
+                    return Err(WorkerError::Coordinator(Status::deadline_exceeded(
+                        format!("{what}: no answer within {:?}", wait + CALL_TIMEOUT),
+                    )))
+                }
+            };
+        *slot = Some(stream);
+        match response.answer {
+            Some(Answer::Error(error)) => Err(WorkerError::Coordinator(Status::new(
+                Code::from(error.code),
+                error.message,
+            ))),
+            Some(answer) => Ok(answer),
+            None => Err(unavailable(format!("{what}: an empty answer"))),
         }
     }
 
@@ -118,7 +182,7 @@ impl Session {
             return Ok(());
         }
         let request = v1::RegisterRequest::from(self.registration.clone());
-        let response = call("register", self.client.clone().register(request)).await?;
+        let response = call_with_timeout("register", self.client.clone().register(request)).await?;
         tracing::info!(worker = %response.worker_id, "registered with the coordinator");
         *lock(&self.heartbeat_interval) =
             Duration::from_millis(u64::from(response.heartbeat_interval_ms.max(50)));
@@ -146,19 +210,15 @@ impl Session {
     pub async fn lease(&self, wait: Duration) -> Result<Option<Assignment>> {
         let task = self
             .as_registered(|worker_id| {
-                let mut client = self.client.clone();
+                let request = v1::LeaseTaskRequest {
+                    worker_id,
+                    wait_ms: wait.as_millis() as u32,
+                };
                 async move {
-                    let request = v1::LeaseTaskRequest {
-                        worker_id,
-                        wait_ms: wait.as_millis() as u32,
-                    };
-                    let response =
-                        tokio::time::timeout(wait + CALL_TIMEOUT, client.lease_task(request)).await;
-                    match response {
-                        Ok(Ok(r)) => Ok(r.into_inner().task),
-                        Ok(Err(status)) => Err(WorkerError::Coordinator(status)),
-                        Err(_) => Err(WorkerError::Coordinator(Status::deadline_exceeded(
-                            "lease: no answer",
+                    match self.work("lease", Call::Lease(request), wait).await? {
+                        Answer::Lease(answer) => Ok(answer.task),
+                        _ => Err(WorkerError::Coordinator(Status::internal(
+                            "lease: answered as another call",
                         ))),
                     }
                 }
@@ -188,7 +248,7 @@ impl Session {
                 };
                 {
                     let mut client = self.client.clone();
-                    async move { call("heartbeat", client.heartbeat(request)).await }
+                    async move { call_with_timeout("heartbeat", client.heartbeat(request)).await }
                 }
             })
             .await?;
@@ -209,7 +269,7 @@ impl Session {
                 let request = convert::progress_request(&worker_id, lease, report.clone());
                 {
                     let mut client = self.client.clone();
-                    async move { call("progress", client.report_progress(request)).await }
+                    async move { call_with_timeout("progress", client.report_progress(request)).await }
                 }
             })
             .await;
@@ -235,8 +295,17 @@ impl Session {
             .as_registered(|worker_id| {
                 let request =
                     convert::complete_request(&worker_id, lease, outcome.clone(), lease_next);
-                let mut client = self.client.clone();
-                async move { call("complete", client.complete_task(request)).await }
+                async move {
+                    match self
+                        .work("complete", Call::Complete(request), Duration::ZERO)
+                        .await?
+                    {
+                        Answer::Complete(answer) => Ok(answer),
+                        _ => Err(WorkerError::Coordinator(Status::internal(
+                            "complete: answered as another call",
+                        ))),
+                    }
+                }
             })
             .await?;
         Ok(response.next.map(Assignment::try_from).transpose()?)
@@ -279,7 +348,7 @@ impl Session {
             let request = convert::fail_request(&worker_id, lease, failure.clone());
             {
                 let mut client = self.client.clone();
-                async move { call("fail", client.fail_task(request)).await }
+                async move { call_with_timeout("fail", client.fail_task(request)).await }
             }
         })
         .await
