@@ -707,9 +707,34 @@ pub fn gang(response: v1::RendezvousResponse) -> Option<Gang> {
     })
 }
 
+/// A refused call on the `Work` stream, answered with the status the
+/// unary call would have ended with.
+pub fn work_error(status: &tonic::Status) -> v1::work_response::Answer {
+    v1::work_response::Answer::Error(v1::WorkError {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+    })
+}
+
+/// The status a `Work` stream's error answer stands for.
+pub fn work_status(error: v1::WorkError) -> tonic::Status {
+    tonic::Status::new(tonic::Code::from(error.code), error.message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_work_call_keeps_its_code_and_message() {
+        let status = tonic::Status::failed_precondition("lease t/1 attempt 2 is no longer held");
+        let v1::work_response::Answer::Error(error) = work_error(&status) else {
+            panic!("not an error answer");
+        };
+        let back = work_status(error);
+        assert_eq!(back.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(back.message(), status.message());
+    }
 
     #[test]
     fn a_job_survives_the_round_trip() {

@@ -54,12 +54,7 @@ impl WorkerApi {
             None => Err(Status::invalid_argument("a work request without a call")),
         };
         v1::WorkResponse {
-            answer: Some(answer.unwrap_or_else(|status| {
-                Answer::Error(v1::WorkError {
-                    code: status.code() as i32,
-                    message: status.message().to_string(),
-                })
-            })),
+            answer: Some(answer.unwrap_or_else(|status| convert::work_error(&status))),
         }
     }
 }

@@ -158,10 +158,9 @@ impl Session {
             };
         *slot = Some(stream);
         match response.answer {
-            Some(Answer::Error(error)) => Err(WorkerError::Coordinator(Status::new(
-                Code::from(error.code),
-                error.message,
-            ))),
+            Some(Answer::Error(error)) => {
+                Err(WorkerError::Coordinator(convert::work_status(error)))
+            }
             Some(answer) => Ok(answer),
             None => Err(unavailable(format!("{what}: an empty answer"))),
         }
