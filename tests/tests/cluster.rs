@@ -1,6 +1,6 @@
 //! The coordinator and workers as real processes on loopback: exactly-once
-//! tagging, killed workers and coordinators, corrupt images, bad catalogues,
-//! cancellation, draining, and the bearer token.
+//! tagging, killed workers and coordinators, a frozen coordinator, corrupt
+//! images, bad catalogues, cancellation, draining, and the bearer token.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
@@ -424,6 +424,49 @@ fn a_coordinator_killed_mid_job_resumes_it_after_a_restart() {
     assert_exactly_once(&fixture.catalog, &out);
     let restarted = cluster.coordinator.as_ref().unwrap();
     assert!(restarted.count("coordinator state loaded") == 1);
+}
+
+#[test]
+fn a_frozen_coordinator_costs_a_worker_a_timeout_not_a_hang() {
+    let fixture = fixture();
+    let _one = one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), None, &[]);
+    cluster.add_worker(&[]);
+    wait_registered(&cluster);
+    let pid = cluster.coordinator.as_ref().unwrap().pid().unwrap();
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {name} {pid}");
+    };
+    // Stopped, the coordinator still takes the bytes (the kernel does) but
+    // answers nothing: the idle worker's long poll on its Work stream must
+    // end in an error after its wait and allowance, not hang.
+    signal("-STOP");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.workers[0].count("lease: no answer within") == 0 {
+        if Instant::now() > deadline {
+            signal("-CONT");
+            panic!("the worker never gave up on the stopped coordinator");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    signal("-CONT");
+    // And it carries on: a job submitted now is tagged by it.
+    let out = dir.path().join("tags");
+    let job = cluster.submit_tag(
+        &fixture.catalog,
+        &fixture.checkpoint,
+        out.to_str().unwrap(),
+        "2000",
+    );
+    let done = runtime().block_on(cluster.wait_done(&job, SLOW));
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert_exactly_once(&fixture.catalog, &out);
+    assert!(cluster.workers[0].count("task complete") > 0);
 }
 
 fn corrupt_catalogue(dir: &Path) -> (String, BTreeMap<String, bool>) {

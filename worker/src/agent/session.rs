@@ -138,24 +138,29 @@ impl Session {
             }
         };
         let request = v1::WorkRequest { call: Some(call) };
-        if stream.calls.send(request).await.is_err() {
-            return Err(unavailable(format!("{what}: the work stream is closed")));
-        }
-        let response =
-            match tokio::time::timeout(wait + CALL_TIMEOUT, stream.answers.message()).await {
-                Ok(Ok(Some(response))) => response,
-                Ok(Ok(None)) => {
-                    return Err(unavailable(format!(
-                        "{what}: the coordinator closed the work stream"
-                    )))
-                }
-                Ok(Err(status)) => return Err(WorkerError::Coordinator(status)),
-                Err(_) => {
-                    return Err(WorkerError::Coordinator(Status::deadline_exceeded(
-                        format!("{what}: no answer within {:?}", wait + CALL_TIMEOUT),
-                    )))
-                }
-            };
+        let limit = wait + CALL_TIMEOUT;
+        // The send is under the limit too: a stalled connection stops
+        // taking requests as well as answering them.
+        let exchange = async {
+            if stream.calls.send(request).await.is_err() {
+                return Err(unavailable(format!("{what}: the work stream is closed")));
+            }
+            match stream.answers.message().await {
+                Ok(Some(response)) => Ok(response),
+                Ok(None) => Err(unavailable(format!(
+                    "{what}: the coordinator closed the work stream"
+                ))),
+                Err(status) => Err(WorkerError::Coordinator(status)),
+            }
+        };
+        let response = match tokio::time::timeout(limit, exchange).await {
+            Ok(answered) => answered?,
+            Err(_) => {
+                return Err(WorkerError::Coordinator(Status::deadline_exceeded(
+                    format!("{what}: no answer within {limit:?}"),
+                )))
+            }
+        };
         *slot = Some(stream);
         match response.answer {
             Some(Answer::Error(error)) => {
