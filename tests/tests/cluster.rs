@@ -149,18 +149,12 @@ fn three_workers_tag_five_thousand_items_exactly_once() {
         cluster.add_worker(&[]);
     }
     let out = dir.path().join("tags");
-    let job = cluster.submit(&[
-        "submit",
-        "tag",
-        "--catalog",
+    let job = cluster.submit_tag(
         &fixture.catalog,
-        "--checkpoint",
         &fixture.checkpoint,
-        "--out",
         out.to_str().unwrap(),
-        "--shard-rows",
         "500",
-    ]);
+    );
     let rt = runtime();
     let done = rt.block_on(cluster.wait_done(&job, SLOW));
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
@@ -339,18 +333,12 @@ fn a_worker_killed_mid_shard_costs_a_retry_not_a_row() {
     let mut cluster = quick_lease_cluster(dir.path());
     let doomed = cluster.add_worker(&[]);
     let out = dir.path().join("tags");
-    let job = cluster.submit(&[
-        "submit",
-        "tag",
-        "--catalog",
+    let job = cluster.submit_tag(
         &fixture.catalog,
-        "--checkpoint",
         &fixture.checkpoint,
-        "--out",
         out.to_str().unwrap(),
-        "--shard-rows",
         "1000",
-    ]);
+    );
     kill_once_leased(&mut cluster, doomed);
     cluster.add_worker(&[]);
     cluster.add_worker(&[]);
@@ -381,18 +369,12 @@ fn a_coordinator_killed_mid_job_resumes_it_after_a_restart() {
     cluster.add_worker(&[]);
     cluster.add_worker(&[]);
     let out = dir.path().join("tags");
-    let job = cluster.submit(&[
-        "submit",
-        "tag",
-        "--catalog",
+    let job = cluster.submit_tag(
         &fixture.catalog,
-        "--checkpoint",
         &fixture.checkpoint,
-        "--out",
         out.to_str().unwrap(),
-        "--shard-rows",
         "500",
-    ]);
+    );
     let rt = runtime();
     let before = rt.block_on(cluster.wait_for(&job, SLOW, "some shards done", |j| {
         j.tag.as_ref().is_some_and(|t| t.shards_done >= 2)
@@ -617,18 +599,12 @@ fn cancel_stops_the_work() {
     let mut cluster = Cluster::start(dir.path(), None, &[]);
     let worker = cluster.add_worker(&[]);
     let out = dir.path().join("tags");
-    let job = cluster.submit(&[
-        "submit",
-        "tag",
-        "--catalog",
+    let job = cluster.submit_tag(
         &fixture.catalog,
-        "--checkpoint",
         &fixture.checkpoint,
-        "--out",
         out.to_str().unwrap(),
-        "--shard-rows",
         "250",
-    ]);
+    );
     let rt = runtime();
     rt.block_on(cluster.wait_for(&job, SLOW, "progress", |j| {
         j.tag.as_ref().is_some_and(|t| t.items_done > 0)
@@ -657,18 +633,12 @@ fn sigterm_drains_the_task_in_hand() {
     let mut cluster = Cluster::start(dir.path(), None, &[]);
     let worker = cluster.add_worker(&[]);
     let out = dir.path().join("tags");
-    let job = cluster.submit(&[
-        "submit",
-        "tag",
-        "--catalog",
+    let job = cluster.submit_tag(
         &fixture.catalog,
-        "--checkpoint",
         &fixture.checkpoint,
-        "--out",
         out.to_str().unwrap(),
-        "--shard-rows",
         "1000",
-    ]);
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while cluster.workers[worker].count("task leased") == 0 {
         assert!(Instant::now() < deadline, "the worker never leased a task");
