@@ -342,10 +342,10 @@ impl EventLoop {
 
     fn publish_all(&mut self) {
         let mut snapshot = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
-        for id in self.state.job_ids() {
-            if let Ok(status) = self.state.status(id) {
+        for id in self.state.job_ids().to_vec() {
+            if let Ok(status) = self.state.status(&id) {
                 snapshot.jobs.insert(id.clone(), status);
-                snapshot.order.push(id.clone());
+                snapshot.order.push(id);
             }
         }
     }

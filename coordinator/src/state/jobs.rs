@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use atelier_proto::domain::{JobSpec, JobState, JobStatus, StageTimes, TagProgress, TaskWork};
+use atelier_proto::domain::{JobSpec, JobState, JobStatus, TagProgress, TaskWork};
 
 use crate::error::{CoordinatorError, Result};
 use crate::records::{JobRecord, TaskRecord, TaskState};
@@ -73,40 +73,28 @@ impl State {
         self.status(job_id)
     }
 
-    pub fn status(&self, job_id: &str) -> Result<JobStatus> {
+    pub fn status(&mut self, job_id: &str) -> Result<JobStatus> {
+        // Tasks changed since their batch was saved (a status read in the
+        // middle of a change, as submit and cancel do).
+        for id in &self.dirty_tasks {
+            self.tallies.count(id, &self.tasks);
+        }
         let job = self
             .jobs
             .get(job_id)
             .ok_or_else(|| CoordinatorError::JobNotFound(job_id.to_string()))?;
-        let mut stages = StageTimes::default();
+        let tally = self.tallies.job(job_id);
+        let stages = tally.stages;
         let mut tag = TagProgress {
             shards_total: job.task_count,
+            items_total: tally.items_total,
+            items_done: tally.items_done,
+            items_failed: tally.items_failed,
+            shards_done: tally.shards_done,
+            shards_failed: tally.shards_failed,
+            shards_retried: tally.shards_retried,
             ..TagProgress::default()
         };
-        for task in self.job_tasks.get(job_id).into_iter().flatten() {
-            let Some(task) = self.tasks.get(task) else {
-                continue;
-            };
-            stages.add(&task.stages);
-            tag.items_total += match &task.work {
-                TaskWork::Tag(shard) => shard.rows,
-                _ => 0,
-            };
-            tag.shards_retried += task.retries;
-            match task.state {
-                TaskState::Done => {
-                    tag.shards_done += 1;
-                    tag.items_done += task.rows_written;
-                    tag.items_failed += task.items_failed;
-                }
-                TaskState::Running => {
-                    tag.items_done += task.items_done;
-                    tag.items_failed += task.items_failed;
-                }
-                TaskState::Failed => tag.shards_failed += 1,
-                _ => {}
-            }
-        }
         let end = job.finished_unix_ms.unwrap_or_else(unix_ms);
         if let Some(start) = job.started_unix_ms {
             let seconds = (end - start).max(1) as f64 / 1000.0;

@@ -10,6 +10,7 @@ use atelier_proto::domain::{JobState, TaskWork};
 
 use crate::records::{JobRecord, TaskRecord, TaskState};
 use crate::store::Loaded;
+use tally::Tallies;
 
 // The keys are ids the coordinator made itself, so SipHash's defence
 // against chosen keys buys nothing here.
@@ -63,6 +64,8 @@ pub struct State {
     workers: HashMap<String, Worker>,
     dirty_jobs: HashSet<String>,
     dirty_tasks: HashSet<String>,
+    /// Each job's figures summed over its tasks.
+    tallies: Tallies,
     touched_jobs: HashSet<String>,
     finalize: Vec<String>,
 }
@@ -88,6 +91,7 @@ impl State {
             workers: HashMap::default(),
             dirty_jobs: HashSet::default(),
             dirty_tasks: HashSet::default(),
+            tallies: Tallies::default(),
             touched_jobs: HashSet::default(),
             finalize: Vec::new(),
         }
@@ -138,7 +142,9 @@ impl State {
                 .push(task.id.clone());
             *state.unfinished.entry(task.job_id.clone()).or_default() +=
                 usize::from(task.state != TaskState::Done);
-            state.tasks.insert(task.id.clone(), task);
+            let id = task.id.clone();
+            state.tasks.insert(id.clone(), task);
+            state.tallies.count(&id, &state.tasks);
         }
         pending.sort();
         state.queue = pending.into_iter().map(|(_, id, _)| id).collect();
@@ -163,6 +169,9 @@ impl State {
     pub fn take_dirty(&mut self) -> (Vec<&JobRecord>, Vec<&TaskRecord>) {
         let job_ids: Vec<String> = self.dirty_jobs.drain().collect();
         let task_ids: Vec<String> = self.dirty_tasks.drain().collect();
+        for id in &task_ids {
+            self.tallies.count(id, &self.tasks);
+        }
         let jobs = job_ids.iter().filter_map(|id| self.jobs.get(id)).collect();
         let tasks = task_ids
             .iter()
@@ -187,6 +196,7 @@ impl State {
 
 pub mod gang;
 mod jobs;
+mod tally;
 mod tasks;
 #[cfg(test)]
 mod tests;

@@ -207,6 +207,8 @@ impl State {
             }
             let job_id = task.job_id.clone();
             self.touched_jobs.insert(job_id);
+            // Progress is not saved, so it is counted here.
+            self.tallies.count(&lease.task_id, &self.tasks);
         }
         Ok(false)
     }

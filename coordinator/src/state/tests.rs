@@ -499,3 +499,153 @@ fn waiting_gangs_survive_a_restart() {
     assert_eq!(restored.place_gang(&idle, now).unwrap().len(), 2);
     assert_eq!(restored.status(&job).unwrap().state, JobState::Running);
 }
+
+/// A job's figures counted from scratch, task by task.
+fn recount(state: &State, job: &str) -> super::tally::Tally {
+    let mut total = super::tally::Tally::default();
+    for task in &state.job_tasks[job] {
+        let one = super::tally::Tally::of(&state.tasks[task]);
+        total.items_total += one.items_total;
+        total.items_done += one.items_done;
+        total.items_failed += one.items_failed;
+        total.shards_done += one.shards_done;
+        total.shards_failed += one.shards_failed;
+        total.shards_retried += one.shards_retried;
+        total.stages.add(&one.stages);
+    }
+    total
+}
+
+fn assert_figures_match(state: &mut State, job: &str, context: &str) {
+    let expected = recount(state, job);
+    let status = state.status(job).unwrap();
+    let tag = status.tag.unwrap();
+    assert_eq!(
+        (
+            tag.items_total,
+            tag.items_done,
+            tag.items_failed,
+            tag.shards_done,
+            tag.shards_failed,
+            tag.shards_retried
+        ),
+        (
+            expected.items_total,
+            expected.items_done,
+            expected.items_failed,
+            expected.shards_done,
+            expected.shards_failed,
+            expected.shards_retried
+        ),
+        "{context}"
+    );
+    for (kept, counted) in status.stages.values().iter().zip(expected.stages.values()) {
+        assert!(
+            (kept - counted).abs() < 1e-6,
+            "{context}: stages {kept} vs {counted}"
+        );
+    }
+}
+
+#[test]
+fn job_figures_kept_as_tasks_change_equal_a_recount_after_every_step() {
+    use rand::{Rng, SeedableRng};
+    for seed in 0..16 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(&dir.path().join("state.db")).unwrap();
+        let mut now = Instant::now();
+        let mut state = State::new(TIMEOUT);
+        let jobs: Vec<String> = (0..2)
+            .map(|j| {
+                let works = (0..6).map(shard).collect();
+                state.submit(format!("job-{j}"), tag_spec(), works, 3).id
+            })
+            .collect();
+        let mut workers: Vec<String> = (0..3)
+            .map(|_| state.register(registration(), now).unwrap())
+            .collect();
+        let mut held: Vec<(String, LeaseRef)> = Vec::new();
+        for step in 0..150 {
+            let pick = |rng: &mut rand::rngs::StdRng, n: usize| rng.random_range(0..n);
+            match rng.random_range(0..10) {
+                0..=2 => {
+                    let worker = workers[pick(&mut rng, workers.len())].clone();
+                    if let Ok(Some(assignment)) = state.lease(&worker, now) {
+                        held.push((worker, assignment.lease));
+                    }
+                }
+                3 | 4 if !held.is_empty() => {
+                    let (worker, lease) = &held[pick(&mut rng, held.len())];
+                    let report = TaskProgressReport {
+                        items_done: rng.random_range(0..100),
+                        items_failed: rng.random_range(0..3),
+                        stages: StageTimes {
+                            decode: rng.random_range(0.0..2.0),
+                            forward: rng.random_range(0.0..2.0),
+                            ..Default::default()
+                        },
+                        train: None,
+                    };
+                    let _ = state.progress(worker, lease, report, now);
+                }
+                5 | 6 if !held.is_empty() => {
+                    let (worker, lease) = held.swap_remove(pick(&mut rng, held.len()));
+                    let outcome = TaskOutcome {
+                        rows_written: 100,
+                        items_failed: rng.random_range(0..5),
+                        stages: StageTimes {
+                            write: rng.random_range(0.0..1.0),
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    };
+                    let _ = state.complete(&worker, &lease, outcome, now);
+                }
+                7 if !held.is_empty() => {
+                    let (worker, lease) = held.swap_remove(pick(&mut rng, held.len()));
+                    let failure = TaskFailure {
+                        reason: "broken".into(),
+                        retryable: rng.random_bool(0.8),
+                    };
+                    let _ = state.fail(&worker, &lease, failure, now);
+                }
+                8 => {
+                    // Every lease runs out; the workers come back under new ids.
+                    now += TIMEOUT * 4;
+                    state.expire(now);
+                    held.clear();
+                    workers = (0..3)
+                        .map(|_| state.register(registration(), now).unwrap())
+                        .collect();
+                }
+                9 if rng.random_bool(0.1) => {
+                    let _ = state.cancel(&jobs[pick(&mut rng, jobs.len())]);
+                }
+                _ => {}
+            }
+            let (dirty_jobs, dirty_tasks) = state.take_dirty();
+            store.save(&dirty_jobs, &dirty_tasks).unwrap();
+            for job in &jobs {
+                assert_figures_match(&mut state, job, &format!("seed {seed} step {step}"));
+            }
+        }
+        // Rebuilt from the store, the figures are counted afresh and agree.
+        drop(store);
+        let loaded = StateStore::open(&dir.path().join("state.db"))
+            .unwrap()
+            .load()
+            .unwrap();
+        let mut restored = State::restore(TIMEOUT, loaded, now);
+        for job in &jobs {
+            let before = state.status(job).unwrap().tag.unwrap();
+            let after = restored.status(job).unwrap().tag.unwrap();
+            assert_eq!(
+                (before.items_done, before.shards_done, before.shards_retried),
+                (after.items_done, after.shards_done, after.shards_retried),
+                "seed {seed}: restored"
+            );
+            assert_figures_match(&mut restored, job, &format!("seed {seed}: restored"));
+        }
+    }
+}
