@@ -27,9 +27,10 @@ use waiting::{Gathering, Waiter};
 /// to this many, and committed in one transaction.
 const MAX_BATCH: usize = 4096;
 const TICK: Duration = Duration::from_millis(100);
-/// Progress alone republishes a job at most this often: recomputing a job's
-/// status walks its tasks, and under a thousand workers batches come every
-/// few milliseconds. A change of state is published at once.
+/// Progress alone republishes a job at most this often: under a thousand
+/// workers batches come every few milliseconds, and each publication clones
+/// the job's status into the snapshot and to every watcher. A change of
+/// state is published at once.
 const PUBLISH_EVERY: Duration = Duration::from_millis(50);
 
 /// An answer held back until the batch it belongs to is committed.
