@@ -91,6 +91,25 @@ async fn lease(client: &mut WorkerClient, worker_id: &str) -> Option<v1::Task> {
         .task
 }
 
+/// 300 items in row groups of 100: a tag job of three shards.
+async fn submit_three_shards(
+    address: &str,
+    dir: &std::path::Path,
+    catalog: String,
+    checkpoint: String,
+) {
+    let mut jobs = job_client_lazy(address, &Connect::default()).unwrap();
+    jobs.submit_tag_job(v1::SubmitTagJobRequest {
+        catalog,
+        checkpoints: vec![checkpoint],
+        output: dir.join("out").to_str().unwrap().into(),
+        target_shard_rows: 100,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -184,17 +203,7 @@ fn a_completion_can_carry_the_next_lease() {
     let (catalog, checkpoint) = catalogue(dir.path());
     runtime().block_on(async {
         let mut running = start(dir.path(), CoordinatorConfig::default()).await;
-        let mut jobs = job_client_lazy(&running.address, &Connect::default()).unwrap();
-        // 300 items in row groups of 100: three shards.
-        jobs.submit_tag_job(v1::SubmitTagJobRequest {
-            catalog,
-            checkpoints: vec![checkpoint],
-            output: dir.path().join("out").to_str().unwrap().into(),
-            target_shard_rows: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        submit_three_shards(&running.address, dir.path(), catalog, checkpoint).await;
         let mut worker = worker_client(&running.address, &Connect::default()).unwrap();
         let worker_id = register(&mut worker).await;
         let mut task = lease(&mut worker, &worker_id).await.expect("a shard");
@@ -249,16 +258,7 @@ fn the_work_stream_answers_each_call_in_turn_and_survives_a_refusal() {
     let (catalog, checkpoint) = catalogue(dir.path());
     runtime().block_on(async {
         let mut running = start(dir.path(), CoordinatorConfig::default()).await;
-        let mut jobs = job_client_lazy(&running.address, &Connect::default()).unwrap();
-        jobs.submit_tag_job(v1::SubmitTagJobRequest {
-            catalog,
-            checkpoints: vec![checkpoint],
-            output: dir.path().join("out").to_str().unwrap().into(),
-            target_shard_rows: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        submit_three_shards(&running.address, dir.path(), catalog, checkpoint).await;
         let mut worker = worker_client(&running.address, &Connect::default()).unwrap();
         let worker_id = register(&mut worker).await;
         let (calls, queued) = tokio::sync::mpsc::channel(1);

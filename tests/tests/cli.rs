@@ -138,6 +138,18 @@ fn unsupported_urls_are_refused_by_scheme() {
     assert!(err.contains("unsupported scheme \"ftp\""), "{err}");
 }
 
+/// A coordinator that exited naming its state file and `why`, before it
+/// said it was listening.
+fn assert_refused_over_state(output: &std::process::Output, state: &std::path::Path, why: &str) {
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains(&format!("state store {}", state.display())) && err.contains(why),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("listening"));
+}
+
 #[test]
 fn the_standalone_coordinator_names_an_address_in_use_a_missing_certificate_and_a_bad_state_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -192,15 +204,7 @@ fn the_standalone_coordinator_names_an_address_in_use_a_missing_certificate_and_
     };
     let not_sqlite = dir.path().join("notes.db");
     std::fs::write(&not_sqlite, b"these are not the jobs you are looking for").unwrap();
-    let output = bad_state(&not_sqlite);
-    assert!(!output.status.success());
-    let err = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        err.contains(&format!("state store {}", not_sqlite.display()))
-            && err.contains("not a database"),
-        "{err}"
-    );
-    assert!(!String::from_utf8_lossy(&output.stdout).contains("listening"));
+    assert_refused_over_state(&bad_state(&not_sqlite), &not_sqlite, "not a database");
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"").unwrap();
     let output = bad_state(&file.join("coordinator.db"));
@@ -241,14 +245,7 @@ fn a_second_coordinator_on_a_state_file_in_use_is_refused() {
     }
     let _ = child.kill();
     let second = child.wait_with_output().unwrap();
-    assert!(!second.status.success());
-    let err = String::from_utf8_lossy(&second.stderr);
-    assert!(
-        err.contains(&format!("state store {}", state.display()))
-            && err.contains("held by another process"),
-        "{err}"
-    );
-    assert!(!String::from_utf8_lossy(&second.stdout).contains("listening"));
+    assert_refused_over_state(&second, &state, "held by another process");
     // The first one is unharmed, and its lock dies with it.
     cluster.cli_ok(&["jobs"]);
     cluster.kill_coordinator();

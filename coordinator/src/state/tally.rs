@@ -49,7 +49,7 @@ impl Tally {
         tally
     }
 
-    fn add(&mut self, other: &Self) {
+    pub fn add(&mut self, other: &Self) {
         self.items_total += other.items_total;
         self.items_done += other.items_done;
         self.items_failed += other.items_failed;

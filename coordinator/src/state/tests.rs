@@ -504,14 +504,7 @@ fn waiting_gangs_survive_a_restart() {
 fn recount(state: &State, job: &str) -> super::tally::Tally {
     let mut total = super::tally::Tally::default();
     for task in &state.job_tasks[job] {
-        let one = super::tally::Tally::of(&state.tasks[task]);
-        total.items_total += one.items_total;
-        total.items_done += one.items_done;
-        total.items_failed += one.items_failed;
-        total.shards_done += one.shards_done;
-        total.shards_failed += one.shards_failed;
-        total.shards_retried += one.shards_retried;
-        total.stages.add(&one.stages);
+        total.add(&super::tally::Tally::of(&state.tasks[task]));
     }
     total
 }
