@@ -6,7 +6,9 @@
 #      eager, channels_last and bf16 autocast + channels_last in the same run;
 #   2. end to end: `atelier tag --bf16 --channels-last` with every core
 #      decoding, against bench/tag_peer.py (DataLoader workers on the same
-#      cores, pinned memory, bf16 autocast) on the same 384x512 JPEGs;
+#      cores, pinned memory, bf16 autocast) on the same 384x512 JPEGs, and
+#      `atelier tag --gpu-decode` (nvJPEG), whose tags are checked against
+#      the CPU-decoded ones;
 #   3. training is bench/gpu_check.sh and bench/gpu_ddp.sh.
 # Release binaries built elsewhere run against this machine's torch 2.11:
 #
@@ -50,4 +52,27 @@ for round in 1 2; do
   tail -n 2 "$work/tag.log" | sed "s/^/round $round atelier: /"
   python3 bench/tag_peer.py --catalog "$work/catalog" --checkpoint "$work/model" --out "$work/peer.parquet" \
     --device "$device" --bf16 --batch-size "$batch" --workers "$(( cores - 2 ))" --threads 2 | sed "s/^/round $round pytorch: /"
+  # JPEGs decoded by nvJPEG on the GPU (the CPU only reads Parquet).
+  start=$EPOCHREALTIME
+  "$bin" tag --catalog "$work/catalog" --checkpoint "$work/model" --out "$work/gpu-tags-$round" --device "$device" \
+    --batch-size "$batch" --threads "$cores" --bf16 --channels-last --gpu-decode > "$work/gpu-tag.log" 2>&1
+  echo "round $round atelier tag --gpu-decode exit $?"
+  python3 -c "print('round $round atelier tag --gpu-decode images/s: %.1f' % ($items / ($EPOCHREALTIME - $start)))"
+  tail -n 3 "$work/gpu-tag.log" | sed "s/^/round $round atelier --gpu-decode: /"
 done
+
+# The GPU-decoded tags against the CPU-decoded ones: the same predictions for
+# nearly every item (the pixels differ by the CPU's reduced-scale decode).
+python3 - "$work/tags-1" "$work/gpu-tags-1" <<'PY' 2>&1 | sed "s/^/gpu decode agreement: /"
+import sys
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+cpu, gpu = (ds.dataset(p, format="parquet").to_table().sort_by("item_id") for p in sys.argv[1:3])
+errors = lambda t: t.num_rows - pc.count(t["error"], mode="only_null").as_py()
+print(f"rows cpu {cpu.num_rows} gpu {gpu.num_rows}, errors cpu {errors(cpu)} gpu {errors(gpu)}")
+assert cpu["item_id"].equals(gpu["item_id"]), "different items"
+for column in ("color", "brand", "category"):
+    if column in cpu.column_names:
+        same = pc.sum(pc.equal(cpu[column], gpu[column])).as_py() or 0
+        print(f"{column}: {same / cpu.num_rows:.4f} equal")
+PY

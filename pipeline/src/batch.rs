@@ -2,8 +2,11 @@
 
 use atelier_catalog::Labels;
 
-use crate::decode::RgbImage;
+use bytes::Bytes;
+
+use crate::decode::{DecodeLimits, RgbImage};
 use crate::error::{ItemError, ItemFailure};
+use crate::loader::LoaderOptions;
 use crate::transform::{Crop, Normalization, Transformer};
 
 /// One input row and what became of it.
@@ -40,17 +43,36 @@ pub enum Pixels {
         values: Vec<u8>,
         normalization: Normalization,
     },
+    /// One entry per image for a GPU to decode and resize
+    /// ([`Batch::decode_on`]): JPEGs as read, and what a GPU decoder does not
+    /// take already resized on the CPU.
+    Encoded {
+        images: Vec<EncodedImage>,
+        normalization: Normalization,
+        limits: DecodeLimits,
+    },
+}
+
+/// One image of [`Pixels::Encoded`].
+#[derive(Debug, Clone)]
+pub enum EncodedImage {
+    /// A whole, sequential, colour JPEG (see [`crate::JpegHeader::suits_device`]).
+    Jpeg(Bytes),
+    /// Decoded and resized on the CPU: 3 × size × size bytes, CHW.
+    Resized(Vec<u8>),
 }
 
 impl Pixels {
-    /// Room for `images` images of `plane` values each, bytes if `raw`.
-    pub(crate) fn zeroed(
-        raw: bool,
-        images: usize,
-        plane: usize,
-        normalization: Normalization,
-    ) -> Self {
-        if raw {
+    /// Room for `images` images of `plane` values each, in the form `options` asks for.
+    pub(crate) fn zeroed(options: &LoaderOptions, images: usize, plane: usize) -> Self {
+        let normalization = options.normalization;
+        if options.decode_on_device {
+            Self::Encoded {
+                images: Vec::with_capacity(images),
+                normalization,
+                limits: options.limits,
+            }
+        } else if options.raw_bytes {
             Self::Bytes {
                 values: filled(images * plane, 0),
                 normalization,
@@ -73,7 +95,34 @@ impl Pixels {
         match self {
             Self::Normalized(values) => transformer.apply(image, crop, &mut values[range]),
             Self::Bytes { values, .. } => transformer.apply_bytes(image, crop, &mut values[range]),
+            Self::Encoded { images, .. } => {
+                let mut resized = filled(plane, 0);
+                transformer.apply_bytes(image, crop, &mut resized)?;
+                images.push(EncodedImage::Resized(resized));
+                Ok(())
+            }
         }
+    }
+
+    /// Appends a JPEG for the device to decode, once its header is within `limits`.
+    pub(crate) fn push_encoded(
+        &mut self,
+        bytes: Bytes,
+        limits: &DecodeLimits,
+    ) -> Result<(), ItemError> {
+        let Self::Encoded { images, .. } = self else {
+            return Err(ItemError::Corrupt {
+                format: "jpeg",
+                reason: "the batch does not hold encoded images".into(),
+            });
+        };
+        let header = crate::jpeg_header(&bytes).ok_or_else(|| ItemError::Corrupt {
+            format: "jpeg",
+            reason: "no frame header".into(),
+        })?;
+        limits.check(header.width as u64, header.height as u64)?;
+        images.push(EncodedImage::Jpeg(bytes));
+        Ok(())
     }
 
     /// Keeps the first `images` images.
@@ -81,6 +130,9 @@ impl Pixels {
         match self {
             Self::Normalized(values) => values.truncate(images * plane),
             Self::Bytes { values, .. } => values.truncate(images * plane),
+            Self::Encoded {
+                images: encoded, ..
+            } => encoded.truncate(images),
         }
     }
 }
@@ -110,7 +162,9 @@ impl Batch {
     }
 
     /// The decoded images as an `[N, 3, size, size]` normalised float
-    /// tensor on the CPU.
+    /// tensor on the CPU. Encoded images are decoded here on the CPU, and
+    /// one that fails comes out black (and is logged): a consumer of encoded
+    /// batches calls [`Batch::decode_on`], which marks such items failed.
     pub fn tensor(&self) -> tch::Tensor {
         let n = self.ok_count() as i64;
         let s = self.size as i64;
@@ -123,6 +177,7 @@ impl Batch {
                 &tch::Tensor::from_slice(values).view([n, 3, s, s]),
                 normalization,
             ),
+            Pixels::Encoded { .. } => self.decoded_on_cpu(),
         }
     }
 }

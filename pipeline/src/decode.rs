@@ -61,7 +61,7 @@ impl DecodeLimits {
 }
 
 /// Decodes `bytes`, shrinking JPEGs by DCT scaling while the shorter side stays
-/// at least `min_short_side` (0 decodes at full size).
+/// at least `min_short_side` (`u32::MAX` decodes at full size; 0 at 1/8).
 pub fn decode(
     bytes: &[u8],
     min_short_side: u32,

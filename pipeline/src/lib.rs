@@ -10,14 +10,18 @@
 pub mod batch;
 pub mod decode;
 pub mod error;
+mod jpeg_header;
 mod jpeg_rows;
 pub mod loader;
+pub mod on_device;
 pub mod stats;
 pub mod transform;
 
-pub use batch::{normalize, Batch, BatchItem, Pixels};
+pub use batch::{normalize, Batch, BatchItem, EncodedImage, Pixels};
 pub use decode::{decode, decode_for_crop, DecodeLimits, RgbImage};
 pub use error::{ItemError, ItemFailure, PipelineError, Result};
+pub use jpeg_header::{jpeg_header, JpegHeader};
 pub use loader::{ImageLoader, ItemFilter, LoaderOptions};
+pub use on_device::{CpuJpegDecoder, JpegDecoder};
 pub use stats::{PipelineStats, StatsSnapshot};
 pub use transform::{Augment, Normalization, RandomAffine, Transformer};

@@ -20,6 +20,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use crate::batch::{Batch, BatchItem, Pixels};
 use crate::decode::{decode_for_crop, DecodeLimits};
 use crate::error::{ItemError, PipelineError, Result};
+use crate::jpeg_header::{jpeg_header, JpegHeader};
 use crate::stats::{PipelineStats, Stage};
 use crate::transform::{Augment, Normalization, Transformer};
 
@@ -50,6 +51,10 @@ pub struct LoaderOptions {
     /// Hand the pixels over as bytes for the consumer to normalise
     /// ([`Pixels::Bytes`]): for a GPU, a quarter of the bytes to copy.
     pub raw_bytes: bool,
+    /// Hand whole, sequential, colour JPEGs over as read, for a GPU to
+    /// decode and resize ([`Pixels::Encoded`], [`Batch::decode_on`]); other
+    /// images are decoded here. Centre crops only.
+    pub decode_on_device: bool,
 }
 
 /// A predicate on item ids.
@@ -85,6 +90,7 @@ impl Default for LoaderOptions {
             keep: None,
             shuffle_window: 0,
             raw_bytes: false,
+            decode_on_device: false,
         }
     }
 }
@@ -193,6 +199,9 @@ fn validate(options: &LoaderOptions, handle: &Handle) -> Result<()> {
     if options.threads == 0 || options.prefetch == 0 {
         return invalid("threads and prefetch must be positive");
     }
+    if options.decode_on_device && options.augment != Augment::CenterCrop {
+        return invalid("images decoded on the device take centre crops only");
+    }
     if handle.runtime_flavor() != RuntimeFlavor::MultiThread {
         return invalid("the loader needs a multi-thread tokio runtime for its reads");
     }
@@ -204,12 +213,18 @@ fn process(items: Vec<RawItem>, options: &LoaderOptions, stats: &PipelineStats) 
     let size = options.image_size;
     let plane = 3 * size * size;
     let mut transformer = Transformer::new(size, options.augment, options.normalization);
-    let mut pixels = Pixels::zeroed(options.raw_bytes, items.len(), plane, options.normalization);
+    let mut pixels = Pixels::zeroed(options, items.len(), plane);
     let mut ok = 0;
     let mut out = Vec::with_capacity(items.len());
     for raw in items {
         let slot = match raw.source {
             Source::Failed(error) => Err(error),
+            Source::Bytes(bytes) if options.decode_on_device && for_device(&bytes).is_some() => {
+                let started = Instant::now();
+                let slot = pixels.push_encoded(bytes, &options.limits).map(|()| ok);
+                stats.add_time(Stage::Decode, started.elapsed());
+                slot
+            }
             Source::Bytes(bytes) => {
                 let started = Instant::now();
                 let mut rng = ChaCha8Rng::seed_from_u64(options.seed ^ stable_hash(&raw.item_id));
@@ -247,6 +262,11 @@ fn process(items: Vec<RawItem>, options: &LoaderOptions, stats: &PipelineStats) 
         pixels,
         size,
     }
+}
+
+/// The header of a JPEG a GPU decoder should take.
+fn for_device(bytes: &[u8]) -> Option<JpegHeader> {
+    jpeg_header(bytes).filter(JpegHeader::suits_device)
 }
 
 /// Reads record batches and regroups their rows into batches of raw items,

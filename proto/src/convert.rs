@@ -124,6 +124,7 @@ impl TryFrom<v1::SubmitTagJobRequest> for TagJobSpec {
                 beams: r.beams,
                 bf16: r.bf16,
                 channels_last: r.channels_last,
+                gpu_decode: r.gpu_decode,
             },
             overwrite: r.overwrite,
         })
@@ -143,6 +144,7 @@ impl From<TagJobSpec> for v1::SubmitTagJobRequest {
             bf16: s.inference.bf16,
             channels_last: s.inference.channels_last,
             overwrite: s.overwrite,
+            gpu_decode: s.inference.gpu_decode,
         }
     }
 }
@@ -429,6 +431,7 @@ fn inference_into(i: &InferenceSettings, shard: &mut v1::TagShard) {
     shard.beams = i.beams;
     shard.bf16 = i.bf16;
     shard.channels_last = i.channels_last;
+    shard.gpu_decode = i.gpu_decode;
 }
 
 impl From<Assignment> for v1::Task {
@@ -516,6 +519,7 @@ impl TryFrom<v1::Task> for Assignment {
                     beams: s.beams,
                     bf16: s.bf16,
                     channels_last: s.channels_last,
+                    gpu_decode: s.gpu_decode,
                 },
                 rows: s.rows,
             }),
@@ -793,6 +797,7 @@ mod tests {
                     beams: 1,
                     bf16: true,
                     channels_last: false,
+                    gpu_decode: true,
                 },
                 rows: 100,
             }),

@@ -59,6 +59,10 @@ pub struct InferenceSettings {
     pub beams: u32,
     pub bf16: bool,
     pub channels_last: bool,
+    /// JPEGs decoded on the GPU (nvJPEG) by lanes that have one; CPU lanes
+    /// decode as usual. Absent from state files written before it.
+    #[serde(default)]
+    pub gpu_decode: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

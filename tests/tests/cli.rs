@@ -252,3 +252,31 @@ fn a_second_coordinator_on_a_state_file_in_use_is_refused() {
     cluster.restart_coordinator();
     cluster.cli_ok(&["jobs"]);
 }
+
+#[test]
+fn gpu_decoding_without_a_gpu_is_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("cat");
+    let catalog = catalog.to_str().unwrap();
+    atelier_ok(&[
+        "catalog", "generate", "--items", "4", "--out", catalog, "--size", "64x64",
+    ]);
+    let out = dir.path().join("tags");
+    for command in [vec!["tag", "--out", out.to_str().unwrap()], vec!["test"]] {
+        let mut args = command;
+        args.extend([
+            "--checkpoint",
+            "/nonexistent/model",
+            "--catalog",
+            catalog,
+            "--gpu-decode",
+        ]);
+        let output = atelier(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr.contains("--gpu-decode needs a CUDA device"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -29,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let layout = Layout {
         channels_last: args.iter().any(|a| a == "--channels-last"),
         bf16: args.iter().any(|a| a == "--bf16"),
+        gpu_decode: false,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,7 +1,11 @@
-use atelier_pipeline::{normalize, Batch, Pixels};
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use atelier_pipeline::{normalize, Batch, CpuJpegDecoder, Pixels};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Result, WorkerError};
+use crate::nvjpeg::NvJpegDecoder;
 
 /// Parses `cpu` or `cuda:N` (`cuda` means `cuda:0`), checking that the GPU exists.
 pub fn parse_device(name: &str) -> Result<Device> {
@@ -131,12 +135,62 @@ pub fn upload_batch(batch: &Batch, device: Device) -> Tensor {
                 normalization,
             } => pin(values, &shape, Kind::Uint8, device)
                 .map(|pinned| normalize(&copy(pinned), normalization)),
+            Pixels::Encoded { .. } => None,
         };
         if let Some(uploaded) = uploaded {
             return uploaded;
         }
     }
     upload(&batch.tensor(), device)
+}
+
+/// The decoded images of `batch` on `device`, as [`upload_batch`] gives
+/// them; a batch of encoded JPEGs ([`Pixels::Encoded`]) is decoded there by
+/// nvJPEG first. An item whose picture fails to decode leaves the batch with
+/// its error (see [`Batch::decode_on`]), so read the items' slots after this.
+pub fn device_images(batch: &mut Batch, device: Device) -> Tensor {
+    if !matches!(batch.pixels, Pixels::Encoded { .. }) {
+        return upload_batch(batch, device);
+    }
+    let Device::Cuda(index) = device else {
+        return batch.decode_on(&mut CpuJpegDecoder, device);
+    };
+    DECODERS.with(|decoders| {
+        let mut decoders = decoders.borrow_mut();
+        let decoder = decoders.entry(index).or_insert_with(|| {
+            NvJpegDecoder::new(device).map_err(|error| {
+                tracing::warn!(%error, device = index, "no gpu jpeg decoder; decoding on the cpu");
+                error
+            })
+        });
+        match decoder {
+            Ok(decoder) => batch.decode_on(decoder, device),
+            Err(_) => batch.decode_on(&mut CpuJpegDecoder, device),
+        }
+    })
+}
+
+/// That a run asking for GPU decoding (`--gpu-decode`) can have it: a CUDA
+/// device and an nvJPEG that starts on it. (A worker lane without a GPU
+/// decodes on the CPU instead; a single run says so up front.)
+pub fn check_gpu_decode(gpu_decode: bool, device: Device) -> Result<()> {
+    if !gpu_decode {
+        return Ok(());
+    }
+    if !device.is_cuda() {
+        return Err(WorkerError::InvalidOptions(
+            "--gpu-decode needs a CUDA device (--device cuda:N)".into(),
+        ));
+    }
+    NvJpegDecoder::new(device)
+        .map(drop)
+        .map_err(|e| WorkerError::InvalidOptions(format!("--gpu-decode: {e}")))
+}
+
+thread_local! {
+    /// Per GPU, the compute thread's nvJPEG decoder, or why there is none.
+    static DECODERS: RefCell<HashMap<usize, Result<NvJpegDecoder, String>>> =
+        RefCell::new(HashMap::new());
 }
 
 /// A pinned copy of `values` viewed as `shape`; none if the length does not

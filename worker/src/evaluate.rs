@@ -37,6 +37,9 @@ pub struct EvaluateOptions {
 pub struct Layout {
     pub channels_last: bool,
     pub bf16: bool,
+    /// JPEGs decoded by nvJPEG on the GPU rather than on the CPU's cores;
+    /// has no effect on a CPU device.
+    pub gpu_decode: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -91,6 +94,7 @@ pub fn inference_loader_options(
     batch_size: usize,
     threads: usize,
     device: tch::Device,
+    gpu_decode: bool,
 ) -> LoaderOptions {
     LoaderOptions {
         image_size: manifest.image_size,
@@ -103,6 +107,7 @@ pub fn inference_loader_options(
             std: manifest.normalization.std,
         },
         raw_bytes: device.is_cuda(),
+        decode_on_device: gpu_decode && device.is_cuda(),
         ..LoaderOptions::default()
     }
 }
@@ -112,6 +117,7 @@ type Predictions = (Vec<i64>, Vec<i64>, Vec<bool>);
 
 pub fn evaluate(options: &EvaluateOptions, handle: &Handle) -> Result<EvalReport> {
     let device = crate::device::parse_device(&options.device)?;
+    crate::device::check_gpu_decode(options.layout.gpu_decode, device)?;
     let checkpoint = CheckpointDir::parse(&options.checkpoint)?;
     let (manifest, model) = load_model(&checkpoint, handle, device, options.layout)?;
     let catalog = handle.block_on(Catalog::open(&options.catalog))?;
@@ -120,8 +126,13 @@ pub fn evaluate(options: &EvaluateOptions, handle: &Handle) -> Result<EvalReport
         .get("val_fraction")
         .and_then(serde_json::Value::as_f64)
         .unwrap_or(0.1);
-    let mut loader_options =
-        inference_loader_options(&manifest, options.batch_size, options.threads, device);
+    let mut loader_options = inference_loader_options(
+        &manifest,
+        options.batch_size,
+        options.threads,
+        device,
+        options.layout.gpu_decode,
+    );
     if options.validation_only {
         loader_options.keep = Some(ItemFilter::new(move |id| in_validation(id, val_fraction)));
     }
@@ -136,14 +147,16 @@ pub fn evaluate(options: &EvaluateOptions, handle: &Handle) -> Result<EvalReport
     let mut image_errors = 0;
     let _guard = tch::no_grad_guard();
     for batch in loader {
-        let batch = batch?;
+        let mut batch = batch?;
+        let images =
+            (batch.ok_count() > 0).then(|| crate::device::device_images(&mut batch, device));
         items += batch.items.len();
         image_errors += batch.items.len() - batch.ok_count();
-        if batch.ok_count() == 0 {
+        let Some(images) = images.filter(|_| batch.ok_count() > 0) else {
             continue;
-        }
+        };
         let ok: Vec<_> = batch.items.iter().filter(|i| i.slot.is_ok()).collect();
-        let features = model.features(&crate::device::upload_batch(&batch, device), false);
+        let features = model.features(&images, false);
         if let Some(annotator) = model.annotator() {
             let vocab = spec.vocab.as_ref().expect("a captioner has a vocabulary");
             let decoded = if options.beams > 1 {

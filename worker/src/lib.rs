@@ -11,6 +11,7 @@ pub mod device;
 pub mod error;
 pub mod evaluate;
 pub mod metrics;
+pub mod nvjpeg;
 pub mod sampler;
 pub mod tag;
 pub mod targets;

@@ -54,6 +54,7 @@ pub struct Taggers {
     attributes: Vec<(String, usize)>,
     captions: Option<usize>,
     version: String,
+    gpu_decode: bool,
 }
 
 impl std::fmt::Debug for Taggers {
@@ -134,6 +135,7 @@ impl Taggers {
             attributes,
             captions,
             version: versions.join(" "),
+            gpu_decode: layout.gpu_decode && device.is_cuda(),
         })
     }
 
@@ -314,6 +316,7 @@ impl Taggers {
             tagging.batch_size,
             tagging.threads,
             tagging.device,
+            self.gpu_decode,
         );
         let loader = ImageLoader::new(catalog, ranges, loader_options, handle.clone())?;
         let stats = loader.stats();
@@ -329,10 +332,10 @@ impl Taggers {
             if cancelled() {
                 return Err(WorkerError::Cancelled);
             }
-            let batch = batch?;
+            let mut batch = batch?;
             let upload = Instant::now();
-            let images =
-                (batch.ok_count() > 0).then(|| crate::device::upload_batch(&batch, tagging.device));
+            let images = (batch.ok_count() > 0)
+                .then(|| crate::device::device_images(&mut batch, tagging.device));
             written.stages.upload += upload.elapsed().as_secs_f64();
             let forward = Instant::now();
             let rows = self.tag(&batch, images.as_ref(), &schema, tagging.beams)?;
@@ -369,6 +372,7 @@ pub fn tag(
 ) -> Result<TagSummary> {
     let started = Instant::now();
     let device = crate::device::parse_device(&options.device)?;
+    crate::device::check_gpu_decode(options.layout.gpu_decode, device)?;
     let taggers = Taggers::load(&options.checkpoints, handle, device, options.layout)?;
     let catalog = handle.block_on(Catalog::open(&options.catalog))?;
     let out = StoreLocation::parse(&options.out)?;

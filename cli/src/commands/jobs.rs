@@ -74,6 +74,9 @@ pub struct SubmitTagArgs {
     pub bf16: bool,
     #[arg(long)]
     pub channels_last: bool,
+    /// Decode JPEGs on the GPU (nvJPEG) on lanes that have one.
+    #[arg(long)]
+    pub gpu_decode: bool,
     /// Watch the job until it ends.
     #[arg(long)]
     pub wait: bool,
@@ -175,6 +178,7 @@ pub fn submit(command: SubmitCommand, handle: &Handle) -> anyhow::Result<()> {
                         beams: args.beams,
                         bf16: args.bf16,
                         channels_last: args.channels_last,
+                        gpu_decode: args.gpu_decode,
                     },
                     overwrite: args.overwrite,
                 };

@@ -44,6 +44,9 @@ pub struct InferenceArgs {
     /// Run the backbone in bfloat16 (heads and captioner stay float).
     #[arg(long)]
     pub bf16: bool,
+    /// Decode JPEGs on the GPU (nvJPEG) instead of the CPU's cores; needs a CUDA device.
+    #[arg(long)]
+    pub gpu_decode: bool,
 }
 
 impl Default for InferenceArgs {
@@ -55,6 +58,7 @@ impl Default for InferenceArgs {
             beams: 1,
             channels_last: false,
             bf16: false,
+            gpu_decode: false,
         }
     }
 }
@@ -69,6 +73,7 @@ impl InferenceArgs {
         Layout {
             channels_last: self.channels_last,
             bf16: self.bf16,
+            gpu_decode: self.gpu_decode,
         }
     }
 }

@@ -118,6 +118,7 @@ fn layout(settings: &InferenceSettings) -> Layout {
     Layout {
         channels_last: settings.channels_last,
         bf16: settings.bf16,
+        gpu_decode: settings.gpu_decode,
     }
 }
 
@@ -162,7 +163,16 @@ impl Context {
             .is_some_and(|l| l.checkpoints == shard.checkpoints && l.layout == layout);
         if !reuse {
             self.loaded = None;
-            let taggers = Taggers::load(&shard.checkpoints, &self.handle, self.device, layout)?;
+            let mut effective = layout;
+            if layout.gpu_decode && self.device.is_cuda() {
+                // The job asked for it, but this lane's GPU cannot: decode on
+                // the cores as usual rather than fail every shard here.
+                if let Err(error) = crate::device::check_gpu_decode(true, self.device) {
+                    tracing::warn!(%error, "gpu decoding unavailable; decoding on the cpu");
+                    effective.gpu_decode = false;
+                }
+            }
+            let taggers = Taggers::load(&shard.checkpoints, &self.handle, self.device, effective)?;
             tracing::info!(version = taggers.version(), "models loaded");
             self.loaded = Some(Loaded {
                 checkpoints: shard.checkpoints.clone(),
