@@ -58,6 +58,7 @@ type DecodeBatched = unsafe extern "C" fn(
     Stream,
 ) -> Status;
 type CudaSetDevice = unsafe extern "C" fn(c_int) -> c_int;
+type CudaStreamSynchronize = unsafe extern "C" fn(Stream) -> c_int;
 
 /// nvJPEG's entry points, resolved once per process.
 #[derive(Debug)]
@@ -73,6 +74,7 @@ pub struct NvJpegLibrary {
     /// From the CUDA runtime libtorch loaded: the device is the thread's
     /// current context, which nvJPEG's own runtime then uses too.
     pub(crate) cuda_set_device: Option<CudaSetDevice>,
+    pub(crate) cuda_stream_synchronize: Option<CudaStreamSynchronize>,
     path: String,
     _library: Library,
 }
@@ -111,8 +113,14 @@ impl NvJpegLibrary {
                 .map_err(|e| format!("{path} lacks {name}: {e}"))
         }
         // SAFETY: looking a symbol up in the running process has no side effects.
-        let cuda_set_device =
-            unsafe { libloading::os::unix::Library::this().get::<CudaSetDevice>(b"cudaSetDevice") }
+        let this = libloading::os::unix::Library::this();
+        // SAFETY: as above.
+        let cuda_set_device = unsafe { this.get::<CudaSetDevice>(b"cudaSetDevice") }
+            .ok()
+            .map(|s| *s);
+        // SAFETY: as above.
+        let cuda_stream_synchronize =
+            unsafe { this.get::<CudaStreamSynchronize>(b"cudaStreamSynchronize") }
                 .ok()
                 .map(|s| *s);
         Ok(Self {
@@ -125,6 +133,7 @@ impl NvJpegLibrary {
             decode_batched_initialize: symbol(&library, &path, "nvjpegDecodeBatchedInitialize")?,
             decode_batched: symbol(&library, &path, "nvjpegDecodeBatched")?,
             cuda_set_device,
+            cuda_stream_synchronize,
             path,
             _library: library,
         })

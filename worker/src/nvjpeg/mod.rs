@@ -148,6 +148,24 @@ impl NvJpegDecoder {
         self.check("nvjpegDecodeBatched", status)
     }
 
+    /// Waits until the decodes queued on torch's stream are done. The
+    /// engines may read the compressed bytes after the call returns, and
+    /// the batch that owns them is dropped once its tensor is built; the
+    /// tagging loop waits for the forward pass's results each batch anyway,
+    /// so this costs no overlap.
+    fn wait_for_device(&self) -> Result<(), String> {
+        let Some(synchronize) = self.library.cuda_stream_synchronize else {
+            return Err("the CUDA runtime is not loaded (libtorch without CUDA)".into());
+        };
+        // SAFETY: the null stream always exists.
+        match unsafe { synchronize(TORCH_DEFAULT_STREAM) } {
+            0 => Ok(()),
+            code => Err(format!(
+                "cudaStreamSynchronize failed with CUDA error {code}"
+            )),
+        }
+    }
+
     /// Decodes one picture with the hybrid decoder.
     fn decode_one(&mut self, jpeg: &[u8], output: &Tensor) -> Result<(), String> {
         if self.single.is_none() {
@@ -184,13 +202,19 @@ impl JpegDecoder for NvJpegDecoder {
             .filter_map(|(jpeg, output)| output.as_ref().ok().map(|t| (*jpeg, t.shallow_clone())))
             .unzip();
         if !ready.is_empty() {
-            if let Err(error) = self.decode_batch(&ready, &tensors) {
+            if let Err(error) = self
+                .decode_batch(&ready, &tensors)
+                .and_then(|()| self.wait_for_device())
+            {
                 tracing::debug!(%error, pictures = ready.len(), "batched decode refused; one at a time");
                 let singles: Vec<Result<(), String>> = ready
                     .iter()
                     .zip(&tensors)
                     .map(|(jpeg, tensor)| self.decode_one(jpeg, tensor))
                     .collect();
+                if let Err(error) = self.wait_for_device() {
+                    return jpegs.iter().map(|_| Err(error.clone())).collect();
+                }
                 let mut singles = singles.into_iter();
                 return outputs
                     .into_iter()
