@@ -56,8 +56,9 @@ pub enum Pixels {
 /// One image of [`Pixels::Encoded`].
 #[derive(Debug, Clone)]
 pub enum EncodedImage {
-    /// A whole, sequential, colour JPEG (see [`crate::JpegHeader::suits_device`]).
-    Jpeg(Bytes),
+    /// A whole, sequential, colour JPEG (see [`crate::JpegHeader::suits_device`])
+    /// and its crop window in the picture's full-size pixels.
+    Jpeg { bytes: Bytes, crop: Crop },
     /// Decoded and resized on the CPU: 3 × size × size bytes, CHW.
     Resized(Vec<u8>),
 }
@@ -104,11 +105,13 @@ impl Pixels {
         }
     }
 
-    /// Appends a JPEG for the device to decode, once its header is within `limits`.
+    /// Appends a JPEG for the device to decode, once its header is within
+    /// `limits`, with the window `crop_for(width, height)` picks.
     pub(crate) fn push_encoded(
         &mut self,
         bytes: Bytes,
         limits: &DecodeLimits,
+        crop_for: impl FnOnce(usize, usize) -> Crop,
     ) -> Result<(), ItemError> {
         let Self::Encoded { images, .. } = self else {
             return Err(ItemError::Corrupt {
@@ -121,7 +124,8 @@ impl Pixels {
             reason: "no frame header".into(),
         })?;
         limits.check(header.width as u64, header.height as u64)?;
-        images.push(EncodedImage::Jpeg(bytes));
+        let crop = crop_for(header.width, header.height);
+        images.push(EncodedImage::Jpeg { bytes, crop });
         Ok(())
     }
 

@@ -51,9 +51,10 @@ pub struct LoaderOptions {
     /// Hand the pixels over as bytes for the consumer to normalise
     /// ([`Pixels::Bytes`]): for a GPU, a quarter of the bytes to copy.
     pub raw_bytes: bool,
-    /// Hand whole, sequential, colour JPEGs over as read, for a GPU to
-    /// decode and resize ([`Pixels::Encoded`], [`Batch::decode_on`]); other
-    /// images are decoded here. Centre crops only.
+    /// Hand whole, sequential, colour JPEGs over as read, with their crop
+    /// windows, for a GPU to decode, crop, resize and flip
+    /// ([`Pixels::Encoded`], [`Batch::decode_on`]); other images are decoded
+    /// here. Not with random affine warps.
     pub decode_on_device: bool,
 }
 
@@ -199,8 +200,16 @@ fn validate(options: &LoaderOptions, handle: &Handle) -> Result<()> {
     if options.threads == 0 || options.prefetch == 0 {
         return invalid("threads and prefetch must be positive");
     }
-    if options.decode_on_device && options.augment != Augment::CenterCrop {
-        return invalid("images decoded on the device take centre crops only");
+    if options.decode_on_device
+        && matches!(
+            options.augment,
+            Augment::RandomResizedCrop {
+                affine: Some(_),
+                ..
+            }
+        )
+    {
+        return invalid("random affine warps run on the CPU; leave out decoding on the device");
     }
     if handle.runtime_flavor() != RuntimeFlavor::MultiThread {
         return invalid("the loader needs a multi-thread tokio runtime for its reads");
@@ -221,7 +230,12 @@ fn process(items: Vec<RawItem>, options: &LoaderOptions, stats: &PipelineStats) 
             Source::Failed(error) => Err(error),
             Source::Bytes(bytes) if options.decode_on_device && for_device(&bytes).is_some() => {
                 let started = Instant::now();
-                let slot = pixels.push_encoded(bytes, &options.limits).map(|()| ok);
+                let mut rng = ChaCha8Rng::seed_from_u64(options.seed ^ stable_hash(&raw.item_id));
+                let slot = pixels
+                    .push_encoded(bytes, &options.limits, |w, h| {
+                        transformer.crop(w, h, &mut rng)
+                    })
+                    .map(|()| ok);
                 stats.add_time(Stage::Decode, started.elapsed());
                 slot
             }

@@ -10,7 +10,7 @@ use tch::{Device, Kind, Tensor};
 use crate::batch::{normalize, Batch, EncodedImage, Pixels};
 use crate::decode::{decode, decode_for_crop, DecodeLimits};
 use crate::error::ItemError;
-use crate::transform::{Augment, Normalization, Transformer};
+use crate::transform::{Augment, Crop, Normalization, Transformer};
 
 /// Decodes JPEGs into `[height, width, 3]` uint8 tensors on one device.
 pub trait JpegDecoder {
@@ -110,42 +110,47 @@ impl Batch {
             return Vec::new();
         };
         let side = self.size;
-        let jpegs: Vec<(usize, &[u8])> = images
+        let jpegs: Vec<(usize, &[u8], Crop)> = images
             .iter()
             .enumerate()
             .filter_map(|(slot, image)| match image {
-                EncodedImage::Jpeg(bytes) => Some((slot, bytes.as_ref())),
+                EncodedImage::Jpeg { bytes, crop } => Some((slot, bytes.as_ref(), *crop)),
                 EncodedImage::Resized(_) => None,
             })
             .collect();
         let decoded = if jpegs.is_empty() {
             Vec::new()
         } else {
-            let bytes: Vec<&[u8]> = jpegs.iter().map(|(_, b)| *b).collect();
+            let bytes: Vec<&[u8]> = jpegs.iter().map(|(_, b, _)| *b).collect();
             decoder.decode(&bytes)
         };
         let mut out: Vec<Option<Result<Tensor, ItemError>>> =
             (0..images.len()).map(|_| None).collect();
-        // Decoded pictures of one size are cropped and resized together.
-        let mut by_size: HashMap<(i64, i64), Vec<(usize, Tensor)>> = HashMap::new();
-        for ((slot, bytes), result) in jpegs.iter().zip(decoded) {
+        // Pictures of one size under one window (the centre crops of a
+        // catalogue of same-sized photos) are cropped and resized together.
+        let mut groups: HashMap<Window, Vec<(usize, Tensor)>> = HashMap::new();
+        for ((slot, bytes, crop), result) in jpegs.iter().zip(decoded) {
             match result.and_then(|image| checked_picture(image, device)) {
                 Ok(image) => {
-                    let size = image.size();
-                    by_size
-                        .entry((size[0], size[1]))
-                        .or_default()
-                        .push((*slot, image));
+                    let window = Window::new(crop, &image.size());
+                    groups.entry(window).or_default().push((*slot, image));
                 }
                 Err(reason) => {
                     tracing::debug!(slot, %reason, "device decoder refused a jpeg; decoding it on the cpu");
-                    out[*slot] = Some(resized_on_cpu(bytes, side, normalization, limits, device));
+                    out[*slot] = Some(resized_on_cpu(
+                        bytes,
+                        *crop,
+                        side,
+                        normalization,
+                        limits,
+                        device,
+                    ));
                 }
             }
         }
-        for ((height, width), group) in by_size {
+        for (window, group) in groups {
             let (slots, pictures): (Vec<usize>, Vec<Tensor>) = group.into_iter().unzip();
-            let resized = center_crop_resize(&Tensor::stack(&pictures, 0), height, width, side);
+            let resized = window.crop_resize(&Tensor::stack(&pictures, 0), side);
             for (index, slot) in slots.into_iter().enumerate() {
                 out[slot] = Some(Ok(resized.get(index as i64)));
             }
@@ -191,34 +196,82 @@ fn checked_picture(image: Tensor, device: Device) -> Result<Tensor, String> {
     Ok(image.to_device(device))
 }
 
-/// `[n, height, width, 3]` bytes to `[n, 3, side, side]` floats: the centre
-/// square, resized with the antialiased bilinear filter the CPU pipeline
-/// uses, rounded to whole values as the CPU pipeline's bytes are.
-fn center_crop_resize(pictures: &Tensor, height: i64, width: i64, side: usize) -> Tensor {
-    let square = height.min(width);
-    let (top, left) = ((height - square) / 2, (width - square) / 2);
-    let side = side as i64;
-    pictures
-        .narrow(1, top, square)
-        .narrow(2, left, square)
-        .permute([0, 3, 1, 2])
-        .to_kind(Kind::Float)
-        .internal_upsample_bilinear2d_aa([side, side], false, None, None)
-        .round()
-        .clamp(0.0, 255.0)
+/// A crop window in whole pixels of a picture of `height`×`width`, and
+/// whether it is mirrored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Window {
+    height: i64,
+    width: i64,
+    top: i64,
+    left: i64,
+    rows: i64,
+    columns: i64,
+    flip: bool,
 }
 
-/// The CPU pipeline's own decode and resize, for what a device decoder refused.
+impl Window {
+    /// `crop` (drawn from the header's size) on a decoded `[h, w, 3]` picture.
+    fn new(crop: &Crop, size: &[i64]) -> Self {
+        let (height, width) = (size[0], size[1]);
+        let rows = (crop.height.round() as i64).clamp(1, height);
+        let columns = (crop.width.round() as i64).clamp(1, width);
+        Self {
+            height,
+            width,
+            top: (crop.top.round() as i64).clamp(0, height - rows),
+            left: (crop.left.round() as i64).clamp(0, width - columns),
+            rows,
+            columns,
+            flip: crop.flip,
+        }
+    }
+
+    /// `[n, height, width, 3]` bytes to `[n, 3, side, side]` floats: the
+    /// window resized with the antialiased bilinear filter the CPU pipeline
+    /// uses, rounded to whole values as the CPU pipeline's bytes are.
+    fn crop_resize(&self, pictures: &Tensor, side: usize) -> Tensor {
+        let side = side as i64;
+        let resized = pictures
+            .narrow(1, self.top, self.rows)
+            .narrow(2, self.left, self.columns)
+            .permute([0, 3, 1, 2])
+            .to_kind(Kind::Float)
+            .internal_upsample_bilinear2d_aa([side, side], false, None, None)
+            .round()
+            .clamp(0.0, 255.0);
+        if self.flip {
+            resized.flip([3])
+        } else {
+            resized
+        }
+    }
+}
+
+/// The CPU pipeline's own decode and resize, for what a device decoder
+/// refused: at a reduced DCT scale where it can, the window (drawn for the
+/// whole picture) scaled to match.
 fn resized_on_cpu(
     bytes: &[u8],
+    crop: Crop,
     side: usize,
     normalization: &Normalization,
     limits: &DecodeLimits,
     device: Device,
 ) -> Result<Tensor, ItemError> {
     let mut transformer = Transformer::new(side, Augment::CenterCrop, *normalization);
-    let (image, crop) = decode_for_crop(bytes, side as u32, limits, side, |w, h| {
-        transformer.crop(w, h, &mut rand::rng())
+    let full = crate::jpeg_header(bytes).map(|h| (h.width as f64, h.height as f64));
+    let (image, crop) = decode_for_crop(bytes, side as u32, limits, side, |w, h| match full {
+        Some((full_width, full_height)) => {
+            let (x, y) = (w as f64 / full_width, h as f64 / full_height);
+            Crop {
+                left: crop.left * x,
+                top: crop.top * y,
+                width: crop.width * x,
+                height: crop.height * y,
+                ..crop
+            }
+        }
+        None => crop,
     })?;
     let mut resized = vec![0u8; 3 * side * side];
     transformer

@@ -212,6 +212,7 @@ impl TryFrom<v1::SubmitTrainJobRequest> for TrainJobSpec {
             shuffle_window: r.shuffle_window,
             bf16: r.bf16,
             max_steps: r.max_steps,
+            gpu_decode: r.gpu_decode,
             gang_timeout_s: r.gang_timeout_s,
             collective_timeout_s: r.collective_timeout_s,
         })
@@ -257,6 +258,7 @@ impl From<TrainJobSpec> for v1::SubmitTrainJobRequest {
             shuffle_window: s.shuffle_window,
             bf16: s.bf16,
             max_steps: s.max_steps,
+            gpu_decode: s.gpu_decode,
             gang_timeout_s: s.gang_timeout_s,
             collective_timeout_s: s.collective_timeout_s,
         }

@@ -147,6 +147,9 @@ pub struct TrainJobSpec {
     pub gang_timeout_s: u32,
     #[serde(default)]
     pub collective_timeout_s: u32,
+    /// JPEGs decoded on the GPU (nvJPEG) by CUDA ranks.
+    #[serde(default)]
+    pub gpu_decode: bool,
 }
 
 // Train specs are large next to the others, but there is one per job or task

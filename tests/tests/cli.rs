@@ -262,7 +262,11 @@ fn gpu_decoding_without_a_gpu_is_refused_up_front() {
         "catalog", "generate", "--items", "4", "--out", catalog, "--size", "64x64",
     ]);
     let out = dir.path().join("tags");
-    for command in [vec!["tag", "--out", out.to_str().unwrap()], vec!["test"]] {
+    for command in [
+        vec!["tag", "--out", out.to_str().unwrap()],
+        vec!["test"],
+        vec!["train", "--model-type", "color"],
+    ] {
         let mut args = command;
         args.extend([
             "--checkpoint",

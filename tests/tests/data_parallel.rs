@@ -80,6 +80,7 @@ fn options(catalog: &str, checkpoint: &str, batch_size: usize, max_steps: i64) -
         shuffle_window: 0,
         bf16: false,
         max_steps: Some(max_steps),
+        gpu_decode: false,
     }
 }
 

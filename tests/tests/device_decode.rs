@@ -79,6 +79,31 @@ impl JpegDecoder for Refusing {
 
 type Outcome = (String, Result<Tensor, &'static str>);
 
+fn write_catalog(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    corpus: &[(&str, Vec<u8>)],
+) -> Catalog {
+    let path = dir.join("catalog");
+    let out = StoreLocation::parse(path.to_str().unwrap()).unwrap();
+    let mut writer = CatalogWriter::new(
+        out,
+        WriterOptions {
+            image: true,
+            ..WriterOptions::default()
+        },
+    )
+    .unwrap();
+    let items = corpus.iter().map(|(id, bytes)| CatalogItem {
+        item_id: (*id).to_string(),
+        image: Some(bytes.clone()),
+        ..CatalogItem::default()
+    });
+    rt.block_on(writer.write(items)).unwrap();
+    rt.block_on(writer.finish()).unwrap();
+    rt.block_on(Catalog::open(path.to_str().unwrap())).unwrap()
+}
+
 fn outcomes(batch: &Batch, images: &Tensor) -> Vec<Outcome> {
     batch
         .items
@@ -110,25 +135,7 @@ fn encoded_batches_decode_on_the_device_like_the_cpu_pipeline() {
     ];
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let out = StoreLocation::parse(dir.path().join("catalog").to_str().unwrap()).unwrap();
-    let mut writer = CatalogWriter::new(
-        out,
-        WriterOptions {
-            image: true,
-            ..WriterOptions::default()
-        },
-    )
-    .unwrap();
-    let items = corpus.iter().map(|(id, bytes)| CatalogItem {
-        item_id: (*id).to_string(),
-        image: Some(bytes.clone()),
-        ..CatalogItem::default()
-    });
-    rt.block_on(writer.write(items)).unwrap();
-    rt.block_on(writer.finish()).unwrap();
-    let catalog = rt
-        .block_on(Catalog::open(dir.path().join("catalog").to_str().unwrap()))
-        .unwrap();
+    let catalog = write_catalog(&rt, dir.path(), &corpus);
 
     let options = LoaderOptions {
         image_size: 32,
@@ -161,7 +168,7 @@ fn encoded_batches_decode_on_the_device_like_the_cpu_pipeline() {
         };
         jpegs_handed_over += images
             .iter()
-            .filter(|i| matches!(i, EncodedImage::Jpeg(_)))
+            .filter(|i| matches!(i, EncodedImage::Jpeg { .. }))
             .count();
         let on_cpu = batch.tensor();
         let images = batch.decode_on(&mut decoder, Device::Cpu);
@@ -218,26 +225,90 @@ fn encoded_batches_decode_on_the_device_like_the_cpu_pipeline() {
 }
 
 #[test]
-fn device_decoding_takes_centre_crops_only() {
+fn random_crops_and_flips_are_drawn_alike_and_applied_on_the_device() {
+    let corpus: Vec<(String, Vec<u8>)> = (0..12)
+        .map(|i| (format!("item-{i}"), smooth(120 + 8 * (i % 3), 160)))
+        .collect();
+    let corpus: Vec<(&str, Vec<u8>)> = corpus
+        .iter()
+        .map(|(id, b)| (id.as_str(), b.clone()))
+        .collect();
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let out = StoreLocation::parse(dir.path().to_str().unwrap()).unwrap();
-    let mut writer = CatalogWriter::new(out, WriterOptions::default()).unwrap();
-    rt.block_on(writer.write([CatalogItem {
-        item_id: "a".into(),
-        image: Some(smooth(40, 40)),
-        ..CatalogItem::default()
-    }]))
-    .unwrap();
-    rt.block_on(writer.finish()).unwrap();
-    let catalog = rt
-        .block_on(Catalog::open(dir.path().to_str().unwrap()))
-        .unwrap();
+    let catalog = write_catalog(&rt, dir.path(), &corpus);
+    let augment = Augment::RandomResizedCrop {
+        scale: (0.3, 1.0),
+        ratio: (0.75, 1.333),
+        flip: 0.5,
+        affine: None,
+    };
+    let options = LoaderOptions {
+        image_size: 32,
+        batch_size: 4,
+        threads: 2,
+        prefetch: 2,
+        augment,
+        seed: 11,
+        ..LoaderOptions::default()
+    };
+    let on_cpu: Vec<Tensor> = ImageLoader::all(&catalog, options.clone(), rt.handle().clone())
+        .unwrap()
+        .map(|b| b.unwrap().tensor())
+        .collect();
+    let encoded = LoaderOptions {
+        decode_on_device: true,
+        ..options.clone()
+    };
+    let on_device: Vec<Tensor> = ImageLoader::all(&catalog, encoded, rt.handle().clone())
+        .unwrap()
+        .map(|b| b.unwrap().decode_on(&mut CpuJpegDecoder, Device::Cpu))
+        .collect();
+    assert_eq!(on_cpu.len(), 3);
+    for (cpu, device) in on_cpu.iter().zip(&on_device) {
+        // The same windows and flips, drawn from each item's seed; the device
+        // rounds a window to whole pixels, the CPU pipeline does not.
+        let diff = (cpu - device).abs();
+        let mean = diff.mean(tch::Kind::Float).double_value(&[]);
+        assert!(mean < 0.03, "mean difference {mean}");
+    }
+    // Another seed's draws are far off, so the comparison can tell.
+    let reseeded: Vec<Tensor> = ImageLoader::all(
+        &catalog,
+        LoaderOptions {
+            seed: 12,
+            ..options
+        },
+        rt.handle().clone(),
+    )
+    .unwrap()
+    .map(|b| b.unwrap().tensor())
+    .collect();
+    let far = (&reseeded[0] - &on_device[0])
+        .abs()
+        .mean(tch::Kind::Float)
+        .double_value(&[]);
+    assert!(far > 0.1, "another seed's crops differ by only {far}");
+}
+
+#[test]
+fn random_affine_warps_stay_on_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let catalog = write_catalog(&rt, dir.path(), &[("a", smooth(40, 40))]);
     let options = LoaderOptions {
         decode_on_device: true,
-        augment: Augment::TRAIN_DEFAULT,
+        augment: Augment::RandomResizedCrop {
+            scale: (0.6, 1.0),
+            ratio: (0.75, 1.333),
+            flip: 0.5,
+            affine: Some(atelier_pipeline::RandomAffine {
+                degrees: 10.0,
+                translate: 0.1,
+                scale: 0.1,
+            }),
+        },
         ..LoaderOptions::default()
     };
     let error = ImageLoader::all(&catalog, options, rt.handle().clone()).unwrap_err();
-    assert!(error.to_string().contains("centre crops"), "{error}");
+    assert!(error.to_string().contains("affine"), "{error}");
 }

@@ -87,6 +87,7 @@ fn options(catalog: &str, checkpoint: &str, task: Task, epochs: usize) -> TrainO
         shuffle_window: 256,
         bf16: false,
         max_steps: None,
+        gpu_decode: false,
     }
 }
 
@@ -451,4 +452,16 @@ fn the_captioner_trains_and_reports_bleu() {
         .as_str()
         .unwrap()
         .contains(" by "));
+}
+
+#[test]
+fn gpu_decoding_with_affine_warps_is_refused_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("ckpt").to_str().unwrap().to_string();
+    let mut opts = options("/nonexistent/catalog", &checkpoint, Task::Color, 1);
+    opts.gpu_decode = true;
+    opts.affine_degrees = 10.0;
+    let error = train(&opts, runtime().handle(), &mut |_| {}).unwrap_err();
+    assert!(error.to_string().contains("--affine"), "{error}");
+    assert!(!std::path::Path::new(&checkpoint).exists());
 }

@@ -18,9 +18,10 @@ pub struct Inputs {
     pub count: usize,
 }
 
-pub fn inputs(spec: &ModelSpec, batch: &Batch, device: Device) -> Inputs {
+/// Images first: a picture that fails to decode on the GPU leaves the batch.
+pub fn inputs(spec: &ModelSpec, batch: &mut Batch, device: Device) -> Inputs {
+    let images = crate::device::device_images(batch, device);
     let ok: Vec<_> = batch.items.iter().filter(|i| i.slot.is_ok()).collect();
-    let images = crate::device::upload_batch(batch, device);
     let classes = spec
         .labels
         .iter()

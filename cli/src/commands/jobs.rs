@@ -271,6 +271,7 @@ fn train_spec(args: &SubmitTrainArgs) -> anyhow::Result<TrainJobSpec> {
         shuffle_window: Some(options.shuffle_window as u32),
         bf16: options.bf16,
         max_steps: options.max_steps.unwrap_or(0),
+        gpu_decode: options.gpu_decode,
         gang_timeout_s: args.gang_timeout_s,
         collective_timeout_s: args.collective_timeout_s,
     })

@@ -117,6 +117,7 @@ pub fn run(args: &LocalArgs, handle: &Handle) -> anyhow::Result<()> {
             shuffle_window: 4096,
             bf16: false,
             max_steps: None,
+            gpu_decode: false,
         },
         handle,
     )?;

@@ -104,6 +104,10 @@ pub struct TrainArgs {
     /// Stop after this many optimizer steps in all (a checkpoint is written there).
     #[arg(long)]
     pub max_steps: Option<i64>,
+    /// Decode JPEGs on the GPU (nvJPEG), random crops and flips included;
+    /// needs a CUDA device and no affine warps.
+    #[arg(long)]
+    pub gpu_decode: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -196,12 +200,16 @@ impl TrainArgs {
             shuffle_window: self.shuffle_window,
             bf16: self.bf16,
             max_steps: self.max_steps,
+            gpu_decode: self.gpu_decode,
         }
     }
 }
 
 pub fn run(args: &TrainArgs, handle: &Handle) -> anyhow::Result<()> {
     let options = args.options();
+    if options.gpu_decode && !options.device.starts_with("cuda") {
+        anyhow::bail!("--gpu-decode needs a CUDA device (--device cuda:N)");
+    }
     let mut bar = None;
     let summary = train(&options, handle, &mut |event| match event {
         TrainEvent::Started {

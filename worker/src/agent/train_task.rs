@@ -123,6 +123,7 @@ pub fn train_options(spec: &TrainJobSpec, device: &str, threads: usize) -> Resul
         shuffle_window: spec.shuffle_window.map_or(4096, |w| w as usize),
         bf16: spec.bf16,
         max_steps: (spec.max_steps > 0).then_some(spec.max_steps),
+        gpu_decode: spec.gpu_decode,
     })
 }
 

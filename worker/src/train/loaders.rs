@@ -95,6 +95,8 @@ pub(super) fn loader_for(
         shuffle_window: if validation { 0 } else { shuffle_window },
         // A GPU gets bytes and normalises them itself (see upload_batch).
         raw_bytes: crate::device::parse_device(&options.device).is_ok_and(|d| d.is_cuda()),
+        decode_on_device: options.gpu_decode
+            && crate::device::parse_device(&options.device).is_ok_and(|d| d.is_cuda()),
         ..defaults
     };
     Ok(ImageLoader::new(

@@ -92,6 +92,10 @@ pub struct TrainOptions {
     /// Stop (with a checkpoint) after this many optimizer steps in all.
     #[serde(default)]
     pub max_steps: Option<i64>,
+    /// JPEGs decoded, cropped, resized and flipped on the GPU (nvJPEG); no
+    /// effect on a CPU device.
+    #[serde(default)]
+    pub gpu_decode: bool,
 }
 
 /// What the loop reports while it runs.
@@ -172,6 +176,11 @@ pub fn train_ranked(
     let (rank, world) = (collective.rank(), collective.world_size());
     let distributed = world > 1;
     let device = crate::device::parse_device(&options.device)?;
+    // A CPU rank of a mixed gang decodes on its cores; a GPU rank that was
+    // asked to decode and cannot says why before the gang trains.
+    if device.is_cuda() {
+        crate::device::check_gpu_decode(options.gpu_decode, device)?;
+    }
     let autocast = Bf16Autocast::new(options.bf16, device)?;
     let catalog = handle.block_on(Catalog::open(&options.catalog))?;
     let checkpoint = CheckpointDir::parse(&options.checkpoint)?;
@@ -280,7 +289,7 @@ pub fn train_ranked(
                 }
                 return Err(WorkerError::Cancelled);
             }
-            let inputs = batch.map(|b| inputs(&run.model.spec, &b, device));
+            let inputs = batch.map(|mut b| inputs(&run.model.spec, &mut b, device));
             let count = inputs.as_ref().map_or(0, |i| i.count);
             if count == 0 && !distributed {
                 continue;
@@ -449,6 +458,15 @@ fn validate(options: &TrainOptions) -> Result<()> {
             "--image-size must be at least 32, got {}",
             options.image_size
         ));
+    }
+    let affine = options.affine_degrees > 0.0
+        || options.affine_translate > 0.0
+        || options.affine_scale > 0.0;
+    if options.gpu_decode && affine && options.augment {
+        return invalid(
+            "--gpu-decode cannot apply the --affine-* warps (they run on the CPU); leave one out"
+                .into(),
+        );
     }
     Ok(())
 }

@@ -53,8 +53,8 @@ pub(super) fn validate_epoch(
     {
         let _guard = tch::no_grad_guard();
         for batch in loader {
-            let batch = batch?;
-            let inputs = inputs(&model.spec, &batch, device);
+            let mut batch = batch?;
+            let inputs = inputs(&model.spec, &mut batch, device);
             if inputs.count == 0 {
                 continue;
             }
