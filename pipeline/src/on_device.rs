@@ -94,8 +94,8 @@ impl Batch {
         self.stack(&rows, Device::Cpu)
     }
 
-    /// `[3, size, size]` float pixels (0..=255, rounded as the CPU
-    /// pipeline's bytes are) per encoded image, in slot order.
+    /// `[3, size, size]` float pixels (0..=255, not yet rounded) per
+    /// encoded image, in slot order.
     fn decode_images(
         &self,
         decoder: &mut dyn JpegDecoder,
@@ -150,7 +150,12 @@ impl Batch {
         }
         for (window, group) in groups {
             let (slots, pictures): (Vec<usize>, Vec<Tensor>) = group.into_iter().unzip();
-            let resized = window.crop_resize(&Tensor::stack(&pictures, 0), side);
+            // A random crop is a group of one: a view, not a copy.
+            let pictures = match pictures.as_slice() {
+                [one] => one.unsqueeze(0),
+                many => Tensor::stack(many, 0),
+            };
+            let resized = window.crop_resize(&pictures, side);
             for (index, slot) in slots.into_iter().enumerate() {
                 out[slot] = Some(Ok(resized.get(index as i64)));
             }
@@ -183,7 +188,11 @@ impl Batch {
         if rows.is_empty() {
             return Tensor::zeros([0, 3, side, side], (Kind::Float, device));
         }
-        normalize(&Tensor::stack(rows, 0), &normalization)
+        // Rounded once for the whole batch (the CPU pipeline's bytes are
+        // whole values; rows resized on the CPU already are): one launch
+        // instead of one per random crop.
+        let rows = Tensor::stack(rows, 0).round().clamp(0.0, 255.0);
+        normalize(&rows, &normalization)
     }
 }
 
@@ -228,7 +237,7 @@ impl Window {
 
     /// `[n, height, width, 3]` bytes to `[n, 3, side, side]` floats: the
     /// window resized with the antialiased bilinear filter the CPU pipeline
-    /// uses, rounded to whole values as the CPU pipeline's bytes are.
+    /// uses (rounded later, in [`Batch::stack`]).
     fn crop_resize(&self, pictures: &Tensor, side: usize) -> Tensor {
         let side = side as i64;
         let resized = pictures
@@ -236,9 +245,7 @@ impl Window {
             .narrow(2, self.left, self.columns)
             .permute([0, 3, 1, 2])
             .to_kind(Kind::Float)
-            .internal_upsample_bilinear2d_aa([side, side], false, None, None)
-            .round()
-            .clamp(0.0, 255.0);
+            .internal_upsample_bilinear2d_aa([side, side], false, None, None);
         if self.flip {
             resized.flip([3])
         } else {
