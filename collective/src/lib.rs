@@ -6,6 +6,7 @@ mod buckets;
 mod error;
 pub mod nccl;
 pub mod ring;
+pub mod runtime_library;
 
 use tch::Tensor;
 

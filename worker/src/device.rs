@@ -1,6 +1,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use atelier_collective::runtime_library::in_process;
 use atelier_pipeline::{normalize, Batch, CpuJpegDecoder, Pixels};
 use tch::{Device, Kind, Tensor};
 
@@ -75,12 +76,10 @@ type CudaMemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
 /// Bytes in use on GPU `index` (by every process), from the CUDA runtime
 /// that libtorch already loaded; `None` without one.
 pub fn gpu_memory_used(index: usize) -> Option<usize> {
-    // SAFETY: looking symbols up in the running process has no side effects,
-    // and both have the prototypes of cuda_runtime_api.h.
+    // SAFETY: both have the prototypes of cuda_runtime_api.h.
     unsafe {
-        let this = libloading::os::unix::Library::this();
-        let set_device = *this.get::<CudaSetDevice>(b"cudaSetDevice").ok()?;
-        let mem_get_info = *this.get::<CudaMemGetInfo>(b"cudaMemGetInfo").ok()?;
+        let set_device = in_process::<CudaSetDevice>("cudaSetDevice")?;
+        let mem_get_info = in_process::<CudaMemGetInfo>("cudaMemGetInfo")?;
         if set_device(index as i32) != 0 {
             return None;
         }

@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 use libloading::Library;
 
 use crate::error::{CollectiveError, Result};
+use crate::runtime_library::{self, in_process, open_first};
 
 pub const UNIQUE_ID_BYTES: usize = 128;
 
@@ -120,18 +121,12 @@ impl NcclLibrary {
     }
 
     fn open() -> std::result::Result<Self, String> {
-        let mut tried = Vec::new();
-        for name in candidates() {
-            // SAFETY: loading NCCL runs only its (side-effect free) initialisers.
-            match unsafe { Library::new(&name) } {
-                Ok(library) => return Self::bind(library, name),
-                Err(e) => tried.push(format!("{name}: {e}")),
-            }
-        }
-        Err(format!(
-            "no NCCL library found (tried {}); install the torch wheel's nvidia-nccl package or set ATELIER_NCCL_LIBRARY",
-            tried.join("; ")
-        ))
+        let (library, path) = open_first(
+            "NCCL",
+            candidates(),
+            "install the torch wheel's nvidia-nccl package or set ATELIER_NCCL_LIBRARY",
+        )?;
+        Self::bind(library, path)
     }
 
     fn bind(library: Library, path: String) -> std::result::Result<Self, String> {
@@ -141,16 +136,11 @@ impl NcclLibrary {
             name: &str,
         ) -> std::result::Result<T, String> {
             // SAFETY: each type above is the prototype nccl.h declares for `name`.
-            unsafe { library.get::<T>(name.as_bytes()) }
-                .map(|s| *s)
-                .map_err(|e| format!("{path} lacks {name}: {e}"))
+            unsafe { runtime_library::symbol(library, path, name) }
         }
         // cudaSetDevice comes from the CUDA runtime torch already loaded.
-        // SAFETY: looking a symbol up in the running process has no side effects.
-        let cuda_set_device =
-            unsafe { libloading::os::unix::Library::this().get::<CudaSetDevice>(b"cudaSetDevice") }
-                .ok()
-                .map(|s| *s);
+        // SAFETY: the prototype of cuda_runtime_api.h.
+        let cuda_set_device = unsafe { in_process::<CudaSetDevice>("cudaSetDevice") };
         Ok(Self {
             get_version: symbol(&library, &path, "ncclGetVersion")?,
             get_unique_id: symbol(&library, &path, "ncclGetUniqueId")?,

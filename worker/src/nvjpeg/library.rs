@@ -8,6 +8,7 @@ use std::ffi::{c_int, c_uchar, c_uint, c_void};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use atelier_collective::runtime_library::{self, in_process, open_first};
 use libloading::Library;
 
 pub type Handle = *mut c_void;
@@ -91,38 +92,26 @@ impl NvJpegLibrary {
     }
 
     fn open() -> Result<Self, String> {
-        let mut tried = Vec::new();
-        for name in candidates() {
-            // SAFETY: loading nvJPEG runs only its (side-effect free) initialisers.
-            match unsafe { Library::new(&name) } {
-                Ok(library) => return Self::bind(library, name),
-                Err(e) => tried.push(format!("{name}: {e}")),
-            }
-        }
-        Err(format!(
-            "no nvJPEG library found (tried {}); install torchvision or the nvidia-nvjpeg wheel beside torch, or set ATELIER_NVJPEG_LIBRARY",
-            tried.join("; ")
-        ))
+        let (library, path) = open_first(
+            "nvJPEG",
+            candidates(),
+            "install torchvision or the nvidia-nvjpeg wheel beside torch, or set ATELIER_NVJPEG_LIBRARY",
+        )?;
+        Self::bind(library, path)
     }
 
     fn bind(library: Library, path: String) -> Result<Self, String> {
         fn symbol<T: Copy>(library: &Library, path: &str, name: &str) -> Result<T, String> {
             // SAFETY: each type above is the prototype nvjpeg.h declares for `name`.
-            unsafe { library.get::<T>(name.as_bytes()) }
-                .map(|s| *s)
-                .map_err(|e| format!("{path} lacks {name}: {e}"))
+            unsafe { runtime_library::symbol(library, path, name) }
         }
-        // SAFETY: looking a symbol up in the running process has no side effects.
-        let this = libloading::os::unix::Library::this();
-        // SAFETY: as above.
-        let cuda_set_device = unsafe { this.get::<CudaSetDevice>(b"cudaSetDevice") }
-            .ok()
-            .map(|s| *s);
-        // SAFETY: as above.
-        let cuda_stream_synchronize =
-            unsafe { this.get::<CudaStreamSynchronize>(b"cudaStreamSynchronize") }
-                .ok()
-                .map(|s| *s);
+        // SAFETY: the prototypes of cuda_runtime_api.h.
+        let (cuda_set_device, cuda_stream_synchronize) = unsafe {
+            (
+                in_process::<CudaSetDevice>("cudaSetDevice"),
+                in_process::<CudaStreamSynchronize>("cudaStreamSynchronize"),
+            )
+        };
         Ok(Self {
             create_ex: symbol(&library, &path, "nvjpegCreateEx")?,
             destroy: symbol(&library, &path, "nvjpegDestroy")?,
