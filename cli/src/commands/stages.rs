@@ -11,7 +11,7 @@ pub fn describe(s: &StageTimes) -> Option<String> {
     let shown: Vec<String> = StageTimes::NAMES
         .iter()
         .zip(values)
-        .map(|(name, seconds)| format!("{name} {seconds:.1}"))
+        .map(|(name, seconds)| format!("{name} {seconds:.2}"))
         .collect();
     Some(format!(
         "seconds by stage (pipeline stages summed over its threads): {}",
@@ -35,7 +35,7 @@ mod tests {
         .unwrap();
         assert!(
             line.ends_with(
-                "read 0.0, fetch 0.0, decode 2.0, transform 0.0, upload 0.2, forward 3.5, write 0.0"
+                "read 0.00, fetch 0.00, decode 2.00, transform 0.00, upload 0.25, forward 3.50, write 0.00"
             ),
             "{line}"
         );
