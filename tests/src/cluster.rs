@@ -281,7 +281,19 @@ impl Cluster {
         out: &str,
         shard_rows: &str,
     ) -> String {
-        self.submit(&[
+        self.submit_tag_with(catalog, checkpoint, out, shard_rows, &[])
+    }
+
+    /// [`Cluster::submit_tag`] with more `submit tag` flags.
+    pub fn submit_tag_with(
+        &self,
+        catalog: &str,
+        checkpoint: &str,
+        out: &str,
+        shard_rows: &str,
+        flags: &[&str],
+    ) -> String {
+        let mut args = vec![
             "submit",
             "tag",
             "--catalog",
@@ -292,7 +304,9 @@ impl Cluster {
             out,
             "--shard-rows",
             shard_rows,
-        ])
+        ];
+        args.extend(flags);
+        self.submit(&args)
     }
 
     pub async fn client(&self) -> JobClient {

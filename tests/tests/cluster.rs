@@ -149,11 +149,14 @@ fn three_workers_tag_five_thousand_items_exactly_once() {
         cluster.add_worker(&[]);
     }
     let out = dir.path().join("tags");
-    let job = cluster.submit_tag(
+    // Asking for GPU decoding changes nothing on CPU lanes: they decode on
+    // their cores.
+    let job = cluster.submit_tag_with(
         &fixture.catalog,
         &fixture.checkpoint,
         out.to_str().unwrap(),
         "500",
+        &["--gpu-decode"],
     );
     let rt = runtime();
     let done = rt.block_on(cluster.wait_done(&job, SLOW));
