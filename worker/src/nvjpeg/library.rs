@@ -190,3 +190,22 @@ fn nvjpeg_files(dir: &Path) -> Vec<String> {
     files.sort();
     files
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Binding needs no GPU: every function atelier calls resolves in the
+    /// copy torchvision's wheel ships beside torch (setup.sh installs it).
+    #[test]
+    fn the_copy_beside_torch_is_found_and_binds() {
+        let site_packages = torch_site_packages().expect("this test binary maps libtorch");
+        if nvjpeg_files(&site_packages.join("torchvision.libs")).is_empty() {
+            eprintln!("no torchvision.libs/libnvjpeg beside torch; nothing to bind");
+            return;
+        }
+        let library = NvJpegLibrary::load().unwrap();
+        assert!(library.path().contains("libnvjpeg"), "{}", library.path());
+        assert!(library.cuda_set_device.is_some() && library.cuda_stream_synchronize.is_some());
+    }
+}
