@@ -43,6 +43,8 @@ echo "== 2. end to end, $items items, $cores cores decoding"
 # The CPU side alone (read, decode, resize; no model): the ceiling the GPU run
 # can reach with this machine's cores.
 "$bin" pipeline --catalog "$work/catalog" --batch-size "$batch" --threads "$cores" 2>&1 | tail -n 3 | sed "s/^/pipeline only: /"
+# What is left of it when the GPU decodes (read and header checks).
+"$bin" pipeline --catalog "$work/catalog" --batch-size "$batch" --threads "$cores" --encoded 2>&1 | head -n 1 | sed "s/^/pipeline encoded: /"
 for round in 1 2; do
   start=$EPOCHREALTIME
   "$bin" tag --catalog "$work/catalog" --checkpoint "$work/model" --out "$work/tags-$round" --device "$device" \

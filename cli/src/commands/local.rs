@@ -75,6 +75,7 @@ pub fn run(args: &LocalArgs, handle: &Handle) -> anyhow::Result<()> {
             prefetch: None,
             augment: AugmentArg::Center,
             tensors: true,
+            encoded: false,
         },
         handle,
     )?;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use atelier_catalog::Catalog;
-use atelier_pipeline::{Augment, ImageLoader, LoaderOptions};
+use atelier_pipeline::{Augment, EncodedImage, ImageLoader, LoaderOptions, Pixels};
 use clap::{Args, ValueEnum};
 use tokio::runtime::Handle;
 
@@ -30,6 +30,10 @@ pub struct PipelineArgs {
     /// Also build the tch tensor of every batch, as training and tagging do.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub tensors: bool,
+    /// Hand JPEGs over undecoded, as `--gpu-decode` does: what the CPU
+    /// still does per image when a GPU decodes (no tensors are built).
+    #[arg(long)]
+    pub encoded: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -57,6 +61,7 @@ pub fn run(args: &PipelineArgs, handle: &Handle) -> anyhow::Result<()> {
             AugmentArg::Center => Augment::CenterCrop,
             AugmentArg::Train => Augment::TRAIN_DEFAULT,
         },
+        decode_on_device: args.encoded,
         ..defaults
     };
     let total = catalog.num_rows() as u64;
@@ -68,9 +73,18 @@ pub fn run(args: &PipelineArgs, handle: &Handle) -> anyhow::Result<()> {
     let mut examples = Vec::new();
     let mut items = 0u64;
     let mut checksum = 0f64;
+    let mut encoded = 0u64;
     for batch in loader {
         let batch = batch?;
         items += batch.items.len() as u64;
+        if let Pixels::Encoded { images, .. } = &batch.pixels {
+            encoded += images
+                .iter()
+                .filter(|i| matches!(i, EncodedImage::Jpeg { .. }))
+                .count() as u64;
+            bar.set_position(items);
+            continue;
+        }
         for failure in batch.failures() {
             *errors_by_kind.entry(failure.error.kind()).or_default() += 1;
             if examples.len() < 5 {
@@ -98,6 +112,9 @@ pub fn run(args: &PipelineArgs, handle: &Handle) -> anyhow::Result<()> {
         "  stage time (summed over threads): read {:.2}s, fetch {:.2}s, decode {:.2}s, resize+normalise {:.2}s",
         snapshot.read_s, snapshot.fetch_s, snapshot.decode_s, snapshot.transform_s
     );
+    if args.encoded {
+        println!("  {encoded} JPEGs handed over undecoded, the rest decoded here");
+    }
     for (kind, count) in &errors_by_kind {
         println!("  errors {kind}: {count}");
     }
