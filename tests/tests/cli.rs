@@ -44,6 +44,13 @@ fn generate_inspect_and_pipeline_through_the_binary() {
         "{run}"
     );
     assert!(run.contains("images/s"), "{run}");
+
+    // What is left for the CPU when a GPU decodes: every JPEG handed over.
+    let encoded = atelier_ok(&["pipeline", "--catalog", out, "--encoded"]);
+    assert!(
+        encoded.contains("120 JPEGs handed over undecoded"),
+        "{encoded}"
+    );
 }
 
 fn write_parquet(path: &std::path::Path, batch: &RecordBatch) {
