@@ -7,6 +7,8 @@
 #      coordinator on every GPU, PyTorch on the same job (issue 5);
 #   3. bench/gpu_perf.sh: model-only and end-to-end tagging against PyTorch
 #      (issue 6).
+# First `atelier doctor`: libtorch, NCCL, nvJPEG, and nvJPEG's decode checked
+# against libjpeg and timed.
 #
 # Prepare here (release binaries, stripped and gzipped; .gpu/ is git-ignored
 # locally via .git/info/exclude, and travels with `carry`):
@@ -35,6 +37,9 @@ part() {
   echo "=== exit $code after: $*"
 }
 
+# What the machine offers, and nvJPEG checked against libjpeg and timed.
+torch_lib="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
+part 60 env LD_LIBRARY_PATH="$torch_lib" "$bins/atelier" doctor
 part 120 env BIN="$bins/atelier" COORDINATOR="$bins/atelier-coordinator" SCALE="$bins/scale" TAG=0 bash bench/gpu_cluster.sh
 part 170 env BIN="$bins/atelier" ALLREDUCE="$bins/allreduce" bash bench/gpu_ddp.sh
 part 220 env BIN="$bins/atelier" FORWARD="$bins/forward" bash bench/gpu_perf.sh

@@ -49,6 +49,8 @@ enum Command {
     Jobs(commands::jobs::JobsArgs),
     /// Cancel a job; its workers stop at their next batch.
     Cancel(commands::jobs::CancelArgs),
+    /// What this machine offers: libtorch, GPUs, NCCL, nvJPEG (checked and timed).
+    Doctor(commands::doctor::DoctorArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -96,6 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => commands::jobs::status(&args, &handle),
         Command::Jobs(args) => commands::jobs::jobs(&args, &handle),
         Command::Cancel(args) => commands::jobs::cancel(&args, &handle),
+        Command::Doctor(args) => commands::doctor::run(&args),
     };
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     result

@@ -291,3 +291,20 @@ fn gpu_decoding_without_a_gpu_is_refused_up_front() {
         );
     }
 }
+
+#[test]
+fn doctor_reports_what_the_machine_offers() {
+    let report = atelier_ok(&["doctor"]);
+    assert!(report.contains("libtorch_cpu.so"), "{report}");
+    let gpus = tch::Cuda::device_count();
+    assert!(
+        report.contains(&format!("cuda devices: {gpus}")),
+        "{report}"
+    );
+    assert!(
+        report.contains("\nnccl: ") && report.contains("\nnvjpeg: "),
+        "{report}"
+    );
+    // One line per GPU: its decode check, or why there is none.
+    assert_eq!(report.matches("\ncuda:").count() as i64, gpus, "{report}");
+}

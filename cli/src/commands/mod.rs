@@ -1,5 +1,6 @@
 pub mod catalog;
 pub mod cluster;
+pub mod doctor;
 pub mod jobs;
 pub mod local;
 pub mod local_cluster;
