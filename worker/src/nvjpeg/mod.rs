@@ -145,6 +145,11 @@ impl NvJpegDecoder {
                 TORCH_DEFAULT_STREAM,
             )
         };
+        if status != STATUS_SUCCESS {
+            // nvJPEG asks for the batched state to be initialised afresh
+            // after a failed batch.
+            self.initialised_for = 0;
+        }
         self.check("nvjpegDecodeBatched", status)
     }
 
