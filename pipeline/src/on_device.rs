@@ -45,8 +45,9 @@ impl Batch {
     /// `device`, JPEGs decoded by `decoder` there. A JPEG the decoder
     /// refuses is decoded on the CPU instead; one that fails there as well
     /// leaves the batch: its item gets the CPU decoder's error and the rows
-    /// of the others are renumbered. Pixels that are not encoded are
-    /// uploaded as they are.
+    /// of the others are renumbered. The encoded pixels are consumed: the
+    /// items' slots index the returned tensor from then on. Pixels that are
+    /// not encoded are uploaded as they are.
     pub fn decode_on(&mut self, decoder: &mut dyn JpegDecoder, device: Device) -> Tensor {
         let Pixels::Encoded { .. } = &self.pixels else {
             return self.tensor().to_device(device);
@@ -56,7 +57,7 @@ impl Batch {
         let mut images = images.into_iter().map(Some).collect::<Vec<_>>();
         for item in &mut self.items {
             let Ok(slot) = item.slot else { continue };
-            match images[slot].take() {
+            match images.get_mut(slot).and_then(Option::take) {
                 Some(Ok(image)) => {
                     item.slot = Ok(rows.len());
                     rows.push(image);
