@@ -200,27 +200,32 @@ pub struct StageTimes {
     /// Host time staging batches for the device (the H2D copy's host side).
     #[serde(default)]
     pub upload: f64,
+    /// Decoding, cropping and resizing on the GPU (`--gpu-decode`).
+    #[serde(default)]
+    pub gpu_decode: f64,
 }
 
 impl StageTimes {
     /// Stage names, in pipeline order, as status lines and metrics label them.
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 8] = [
         "read",
         "fetch",
         "decode",
         "transform",
+        "gpu_decode",
         "upload",
         "forward",
         "write",
     ];
 
     /// Seconds per stage, in the order of [`StageTimes::NAMES`].
-    pub fn values(&self) -> [f64; 7] {
+    pub fn values(&self) -> [f64; 8] {
         [
             self.read,
             self.fetch,
             self.decode,
             self.transform,
+            self.gpu_decode,
             self.upload,
             self.forward,
             self.write,
@@ -235,6 +240,18 @@ impl StageTimes {
         self.forward += other.forward;
         self.write += other.write;
         self.upload += other.upload;
+        self.gpu_decode += other.gpu_decode;
+    }
+
+    pub fn subtract(&mut self, other: &StageTimes) {
+        self.read -= other.read;
+        self.fetch -= other.fetch;
+        self.decode -= other.decode;
+        self.transform -= other.transform;
+        self.forward -= other.forward;
+        self.write -= other.write;
+        self.upload -= other.upload;
+        self.gpu_decode -= other.gpu_decode;
     }
 }
 

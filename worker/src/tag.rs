@@ -14,7 +14,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use atelier_catalog::{Catalog, ReadRange, StoreLocation};
 use atelier_models::checkpoint::{CheckpointDir, Manifest};
 use atelier_models::Model;
-use atelier_pipeline::{Batch, ImageLoader};
+use atelier_pipeline::{Batch, ImageLoader, Pixels};
 use object_store::buffered::BufWriter;
 use parquet::arrow::AsyncArrowWriter;
 use serde::Serialize;
@@ -333,10 +333,16 @@ impl Taggers {
                 return Err(WorkerError::Cancelled);
             }
             let mut batch = batch?;
+            let encoded = matches!(batch.pixels, Pixels::Encoded { .. });
             let upload = Instant::now();
             let images = (batch.ok_count() > 0)
                 .then(|| crate::device::device_images(&mut batch, tagging.device));
-            written.stages.upload += upload.elapsed().as_secs_f64();
+            let seconds = upload.elapsed().as_secs_f64();
+            if encoded {
+                written.stages.gpu_decode += seconds;
+            } else {
+                written.stages.upload += seconds;
+            }
             let forward = Instant::now();
             let rows = self.tag(&batch, images.as_ref(), &schema, tagging.beams)?;
             written.stages.forward += forward.elapsed().as_secs_f64();

@@ -35,7 +35,7 @@ mod tests {
         .unwrap();
         assert!(
             line.ends_with(
-                "read 0.00, fetch 0.00, decode 2.00, transform 0.00, upload 0.25, forward 3.50, write 0.00"
+                "read 0.00, fetch 0.00, decode 2.00, transform 0.00, gpu_decode 0.00, upload 0.25, forward 3.50, write 0.00"
             ),
             "{line}"
         );

@@ -66,16 +66,7 @@ impl Tally {
         self.shards_done -= other.shards_done;
         self.shards_failed -= other.shards_failed;
         self.shards_retried -= other.shards_retried;
-        let s = &other.stages;
-        self.stages.add(&StageTimes {
-            read: -s.read,
-            fetch: -s.fetch,
-            decode: -s.decode,
-            transform: -s.transform,
-            forward: -s.forward,
-            write: -s.write,
-            upload: -s.upload,
-        });
+        self.stages.subtract(&other.stages);
     }
 }
 

@@ -575,6 +575,7 @@ fn job_figures_kept_as_tasks_change_equal_a_recount_after_every_step() {
                         items_failed: rng.random_range(0..3),
                         stages: StageTimes {
                             decode: rng.random_range(0.0..2.0),
+                            gpu_decode: rng.random_range(0.0..1.0),
                             forward: rng.random_range(0.0..2.0),
                             ..Default::default()
                         },

@@ -78,6 +78,7 @@ impl From<StageTimes> for v1::StageTimes {
             forward: s.forward,
             write: s.write,
             upload: s.upload,
+            gpu_decode: s.gpu_decode,
         }
     }
 }
@@ -92,6 +93,7 @@ impl From<v1::StageTimes> for StageTimes {
             forward: s.forward,
             write: s.write,
             upload: s.upload,
+            gpu_decode: s.gpu_decode,
         }
     }
 }
