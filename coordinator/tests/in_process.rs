@@ -20,6 +20,14 @@ struct Running {
     server: tokio::task::JoinHandle<atelier_coordinator::Result<()>>,
 }
 
+impl Running {
+    /// Stops the server and checks that it ended cleanly.
+    async fn shutdown(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.server.await.unwrap().unwrap();
+    }
+}
+
 async fn start(dir: &std::path::Path, config: CoordinatorConfig) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
@@ -128,7 +136,7 @@ fn an_expired_lease_moves_the_shard_and_fences_off_the_old_worker() {
             lease_timeout: Duration::from_millis(300),
             ..Default::default()
         };
-        let mut running = start(dir.path(), config).await;
+        let running = start(dir.path(), config).await;
         let mut jobs = job_client_lazy(&running.address, &Connect::default()).unwrap();
         let job_id = jobs
             .submit_tag_job(v1::SubmitTagJobRequest {
@@ -192,8 +200,7 @@ fn an_expired_lease_moves_the_shard_and_fences_off_the_old_worker() {
         assert_eq!(job.state, v1::JobState::Running as i32);
         assert_eq!(job.tag.unwrap().shards_retried, 1);
 
-        running.stop.take().unwrap().send(()).unwrap();
-        running.server.await.unwrap().unwrap();
+        running.shutdown().await;
     });
 }
 
@@ -202,7 +209,7 @@ fn a_completion_can_carry_the_next_lease() {
     let dir = tempfile::tempdir().unwrap();
     let (catalog, checkpoint) = catalogue(dir.path());
     runtime().block_on(async {
-        let mut running = start(dir.path(), CoordinatorConfig::default()).await;
+        let running = start(dir.path(), CoordinatorConfig::default()).await;
         submit_three_shards(&running.address, dir.path(), catalog, checkpoint).await;
         let mut worker = worker_client(&running.address, &Connect::default()).unwrap();
         let worker_id = register(&mut worker).await;
@@ -232,8 +239,7 @@ fn a_completion_can_carry_the_next_lease() {
         assert_eq!(seen.len(), 3, "{seen:?}");
         // Every shard went out with a completion; nothing is left to lease.
         assert!(lease(&mut worker, &worker_id).await.is_none());
-        running.stop.take().unwrap().send(()).unwrap();
-        running.server.await.unwrap().unwrap();
+        running.shutdown().await;
     });
 }
 
@@ -257,7 +263,7 @@ fn the_work_stream_answers_each_call_in_turn_and_survives_a_refusal() {
     let dir = tempfile::tempdir().unwrap();
     let (catalog, checkpoint) = catalogue(dir.path());
     runtime().block_on(async {
-        let mut running = start(dir.path(), CoordinatorConfig::default()).await;
+        let running = start(dir.path(), CoordinatorConfig::default()).await;
         submit_three_shards(&running.address, dir.path(), catalog, checkpoint).await;
         let mut worker = worker_client(&running.address, &Connect::default()).unwrap();
         let worker_id = register(&mut worker).await;
@@ -327,8 +333,7 @@ fn the_work_stream_answers_each_call_in_turn_and_survives_a_refusal() {
         assert_eq!(task_ids.len(), 3, "{task_ids:?}");
         drop(calls);
         assert!(answers.message().await.unwrap().is_none());
-        running.stop.take().unwrap().send(()).unwrap();
-        running.server.await.unwrap().unwrap();
+        running.shutdown().await;
     });
 }
 
@@ -340,7 +345,7 @@ fn health_and_reflection_answer_generic_clients() {
             token: Some("s3cret".into()),
             ..Default::default()
         };
-        let mut running = start(dir.path(), config).await;
+        let running = start(dir.path(), config).await;
         let channel = tonic::transport::Endpoint::from_shared(running.address.clone())
             .unwrap()
             .connect()
@@ -385,8 +390,7 @@ fn health_and_reflection_answer_generic_clients() {
             names.contains(&"atelier.v1.WorkerService".to_string()),
             "{names:?}"
         );
-        running.stop.take().unwrap().send(()).unwrap();
-        running.server.await.unwrap().unwrap();
+        running.shutdown().await;
     });
 }
 
@@ -404,7 +408,7 @@ fn tls_serves_clients_that_trust_the_certificate_and_only_them() {
             }),
             ..Default::default()
         };
-        let mut running = start(dir.path(), config).await;
+        let running = start(dir.path(), config).await;
         let port = running.address.rsplit(':').next().unwrap().to_string();
         let https = format!("https://localhost:{port}");
         let trusting = Connect {
@@ -433,7 +437,6 @@ fn tls_serves_clients_that_trust_the_certificate_and_only_them() {
                 .await
                 .is_err());
         }
-        running.stop.take().unwrap().send(()).unwrap();
-        running.server.await.unwrap().unwrap();
+        running.shutdown().await;
     });
 }

@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use crate::decode::{DecodeLimits, RgbImage};
 use crate::error::{ItemError, ItemFailure};
+use crate::jpeg_header::JpegHeader;
 use crate::loader::LoaderOptions;
 use crate::transform::{Crop, Normalization, Transformer};
 
@@ -105,11 +106,13 @@ impl Pixels {
         }
     }
 
-    /// Appends a JPEG for the device to decode, once its header is within
-    /// `limits`, with the window `crop_for(width, height)` picks.
+    /// Appends a JPEG (whose `header` was read) for the device to decode,
+    /// once that header is within `limits`, with the window
+    /// `crop_for(width, height)` picks.
     pub(crate) fn push_encoded(
         &mut self,
         bytes: Bytes,
+        header: JpegHeader,
         limits: &DecodeLimits,
         crop_for: impl FnOnce(usize, usize) -> Crop,
     ) -> Result<(), ItemError> {
@@ -119,10 +122,6 @@ impl Pixels {
                 reason: "the batch does not hold encoded images".into(),
             });
         };
-        let header = crate::jpeg_header(&bytes).ok_or_else(|| ItemError::Corrupt {
-            format: "jpeg",
-            reason: "no frame header".into(),
-        })?;
         limits.check(header.width as u64, header.height as u64)?;
         let crop = crop_for(header.width, header.height);
         images.push(EncodedImage::Jpeg { bytes, crop });

@@ -226,21 +226,24 @@ fn process(items: Vec<RawItem>, options: &LoaderOptions, stats: &PipelineStats) 
     let mut ok = 0;
     let mut out = Vec::with_capacity(items.len());
     for raw in items {
-        let slot = match raw.source {
-            Source::Failed(error) => Err(error),
-            Source::Bytes(bytes) if options.decode_on_device && for_device(&bytes).is_some() => {
-                let started = Instant::now();
+        let started = Instant::now();
+        let device_header = match &raw.source {
+            Source::Bytes(bytes) if options.decode_on_device => for_device(bytes),
+            _ => None,
+        };
+        let slot = match (raw.source, device_header) {
+            (Source::Failed(error), _) => Err(error),
+            (Source::Bytes(bytes), Some(header)) => {
                 let mut rng = ChaCha8Rng::seed_from_u64(options.seed ^ stable_hash(&raw.item_id));
                 let slot = pixels
-                    .push_encoded(bytes, &options.limits, |w, h| {
+                    .push_encoded(bytes, header, &options.limits, |w, h| {
                         transformer.crop(w, h, &mut rng)
                     })
                     .map(|()| ok);
                 stats.add_time(Stage::Decode, started.elapsed());
                 slot
             }
-            Source::Bytes(bytes) => {
-                let started = Instant::now();
+            (Source::Bytes(bytes), None) => {
                 let mut rng = ChaCha8Rng::seed_from_u64(options.seed ^ stable_hash(&raw.item_id));
                 let decoded =
                     decode_for_crop(&bytes, size as u32, &options.limits, size, |w, h| {

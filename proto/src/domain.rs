@@ -233,25 +233,29 @@ impl StageTimes {
     }
 
     pub fn add(&mut self, other: &StageTimes) {
-        self.read += other.read;
-        self.fetch += other.fetch;
-        self.decode += other.decode;
-        self.transform += other.transform;
-        self.forward += other.forward;
-        self.write += other.write;
-        self.upload += other.upload;
-        self.gpu_decode += other.gpu_decode;
+        for (mine, theirs) in self.values_mut().into_iter().zip(other.values()) {
+            *mine += theirs;
+        }
     }
 
     pub fn subtract(&mut self, other: &StageTimes) {
-        self.read -= other.read;
-        self.fetch -= other.fetch;
-        self.decode -= other.decode;
-        self.transform -= other.transform;
-        self.forward -= other.forward;
-        self.write -= other.write;
-        self.upload -= other.upload;
-        self.gpu_decode -= other.gpu_decode;
+        for (mine, theirs) in self.values_mut().into_iter().zip(other.values()) {
+            *mine -= theirs;
+        }
+    }
+
+    /// As [`StageTimes::values`], to write through.
+    fn values_mut(&mut self) -> [&mut f64; 8] {
+        [
+            &mut self.read,
+            &mut self.fetch,
+            &mut self.decode,
+            &mut self.transform,
+            &mut self.gpu_decode,
+            &mut self.upload,
+            &mut self.forward,
+            &mut self.write,
+        ]
     }
 }
 

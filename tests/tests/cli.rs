@@ -145,6 +145,20 @@ fn unsupported_urls_are_refused_by_scheme() {
     assert!(err.contains("unsupported scheme \"ftp\""), "{err}");
 }
 
+/// The standalone coordinator on port 0 over the state file `state`.
+fn coordinator_on(state: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new(atelier_tests::built_bin("atelier-coordinator"));
+    command
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+            state.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "warn");
+    command
+}
+
 /// A coordinator that exited naming its state file and `why`, before it
 /// said it was listening.
 fn assert_refused_over_state(output: &std::process::Output, state: &std::path::Path, why: &str) {
@@ -197,18 +211,7 @@ fn the_standalone_coordinator_names_an_address_in_use_a_missing_certificate_and_
 
     // A bad state file is refused before the coordinator says it listens,
     // so nothing waiting for that line takes it for a running server.
-    let bad_state = |state: &std::path::Path| {
-        std::process::Command::new(atelier_tests::built_bin("atelier-coordinator"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--state",
-                state.to_str().unwrap(),
-            ])
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap()
-    };
+    let bad_state = |state: &std::path::Path| coordinator_on(state).output().unwrap();
     let not_sqlite = dir.path().join("notes.db");
     std::fs::write(&not_sqlite, b"these are not the jobs you are looking for").unwrap();
     assert_refused_over_state(&bad_state(&not_sqlite), &not_sqlite, "not a database");
@@ -233,14 +236,7 @@ fn a_second_coordinator_on_a_state_file_in_use_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = atelier_tests::cluster::Cluster::start(dir.path(), None, &[]);
     let state = dir.path().join("coordinator.db");
-    let mut child = std::process::Command::new(atelier_tests::built_bin("atelier-coordinator"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--state",
-            state.to_str().unwrap(),
-        ])
-        .env("RUST_LOG", "warn")
+    let mut child = coordinator_on(&state)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -154,36 +154,47 @@ pub fn device_images(batch: &mut Batch, device: Device) -> Tensor {
     let Device::Cuda(index) = device else {
         return batch.decode_on(&mut CpuJpegDecoder, device);
     };
-    DECODERS.with(|decoders| {
-        let mut decoders = decoders.borrow_mut();
-        let decoder = decoders.entry(index).or_insert_with(|| {
-            NvJpegDecoder::new(device).map_err(|error| {
-                tracing::warn!(%error, device = index, "no gpu jpeg decoder; decoding on the cpu");
-                error
-            })
-        });
-        match decoder {
-            Ok(decoder) => batch.decode_on(decoder, device),
-            Err(_) => batch.decode_on(&mut CpuJpegDecoder, device),
-        }
+    with_decoder(index, |decoder| match decoder {
+        Ok(decoder) => batch.decode_on(decoder, device),
+        Err(_) => batch.decode_on(&mut CpuJpegDecoder, device),
     })
 }
 
 /// That a run asking for GPU decoding (`--gpu-decode`) can have it: a CUDA
 /// device and an nvJPEG that starts on it. (A worker lane without a GPU
-/// decodes on the CPU instead; a single run says so up front.)
+/// decodes on the CPU instead; a single run says so up front.) The decoder
+/// made here is the one this thread's batches then use.
 pub fn check_gpu_decode(gpu_decode: bool, device: Device) -> Result<()> {
     if !gpu_decode {
         return Ok(());
     }
-    if !device.is_cuda() {
+    let Device::Cuda(index) = device else {
         return Err(WorkerError::InvalidOptions(
             "--gpu-decode needs a CUDA device (--device cuda:N)".into(),
         ));
-    }
-    NvJpegDecoder::new(device)
-        .map(drop)
-        .map_err(|e| WorkerError::InvalidOptions(format!("--gpu-decode: {e}")))
+    };
+    with_decoder(index, |decoder| match decoder {
+        Ok(_) => Ok(()),
+        Err(e) => Err(WorkerError::InvalidOptions(format!("--gpu-decode: {e}"))),
+    })
+}
+
+/// `f` with this thread's nvJPEG decoder for GPU `index`, made on first use,
+/// or why there is none.
+fn with_decoder<T>(
+    index: usize,
+    f: impl FnOnce(&mut std::result::Result<NvJpegDecoder, String>) -> T,
+) -> T {
+    DECODERS.with(|decoders| {
+        let mut decoders = decoders.borrow_mut();
+        let decoder = decoders.entry(index).or_insert_with(|| {
+            NvJpegDecoder::new(Device::Cuda(index)).map_err(|error| {
+                tracing::warn!(%error, device = index, "no gpu jpeg decoder; decoding on the cpu");
+                error
+            })
+        });
+        f(decoder)
+    })
 }
 
 thread_local! {
