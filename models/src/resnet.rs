@@ -84,11 +84,18 @@ impl ConvBn {
     }
 
     fn forward(&self, xs: &Tensor, train: bool, folded: bool) -> Tensor {
+        let ys = xs.apply(&self.conv);
         if folded {
-            xs.apply(&self.conv)
-        } else {
-            xs.apply(&self.conv).apply_t(&self.bn, train)
+            return ys;
         }
+        // One value per channel (a training batch of one item whose maps are
+        // down to 1x1: small images, an epoch's last batch): its unbiased
+        // variance is 0/0, which would make the running variance NaN for
+        // good and every later prediction NaN (PyTorch refuses such a batch).
+        // It is normalised with the running statistics instead, as in
+        // evaluation, so the step still counts and a gang's ranks stay in step.
+        let values_per_channel = ys.numel() / ys.size().get(1).map_or(1, |&c| c.max(1) as usize);
+        ys.apply_t(&self.bn, train && values_per_channel > 1)
     }
 
     /// Scales the convolution's weights in place (their storage and layout
@@ -329,5 +336,20 @@ mod tests {
             let xs = Tensor::randn([2, 3, 64, 64], (Kind::Float, Device::Cpu));
             assert_eq!(net.features(&xs, false).size(), vec![2, dim]);
         }
+    }
+
+    #[test]
+    fn a_training_batch_of_one_small_image_leaves_the_running_statistics_finite() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = ResNet::new(&vs.root(), Arch::Resnet18);
+        // 32 px: layer 4's maps are 1x1, so one item is one value per channel.
+        let one = Tensor::randn([1, 3, 32, 32], (Kind::Float, Device::Cpu));
+        assert!(bool::try_from(net.features(&one, true).isfinite().all()).unwrap());
+        for (name, tensor) in vs.variables() {
+            let finite = bool::try_from(tensor.isfinite().all()).unwrap();
+            assert!(finite, "{name} is not finite after a batch of one");
+        }
+        let later = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+        assert!(bool::try_from(net.features(&later, false).isfinite().all()).unwrap());
     }
 }
