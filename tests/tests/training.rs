@@ -330,7 +330,10 @@ fn test_plot_and_tag_produce_their_outputs() {
         );
     }
 
-    // A catalogue with broken images in the middle of good ones.
+    // A catalogue with broken images in the middle of good ones, and a whole
+    // batch of them (rows 16-19 at --batch-size 4): the tags of one batch are
+    // read back while the next is being predicted, so a batch with nothing to
+    // predict sits between two that have.
     let rt = runtime();
     let broken_url = dir.path().join("broken").to_str().unwrap().to_string();
     let mut writer = CatalogWriter::new(
@@ -344,10 +347,14 @@ fn test_plot_and_tag_produce_their_outputs() {
         ..GenerateOptions::default()
     };
     let mut items: Vec<CatalogItem> = (0..40).map(|i| render_item(&render, i).unwrap()).collect();
-    items[3].image = Some(b"not an image".to_vec());
+    for broken in [3, 16, 18, 19] {
+        items[broken].image = Some(b"not an image".to_vec());
+    }
     items[17].image = Some(Vec::new());
     items[39].image = Some(items[39].image.as_ref().unwrap()[..100].to_vec());
+    let broken_rows = [3, 16, 17, 18, 19, 39];
     let ids: Vec<String> = items.iter().map(|i| i.item_id.clone()).collect();
+    let truth: Vec<_> = items.iter().map(|i| i.labels.clone()).collect();
     rt.block_on(writer.write(items)).unwrap();
     rt.block_on(writer.finish()).unwrap();
     let out = dir.path().join("tags");
@@ -359,9 +366,11 @@ fn test_plot_and_tag_produce_their_outputs() {
         &broken_url,
         "--out",
         out.to_str().unwrap(),
+        "--batch-size",
+        "4",
     ]);
     assert!(
-        tagged.contains("tagged 40 items (3 with errors)"),
+        tagged.contains("tagged 40 items (6 with errors)"),
         "{tagged}"
     );
     // Where the time went, in the run's summary.
@@ -377,7 +386,9 @@ fn test_plot_and_tag_produce_their_outputs() {
         .unwrap()
         .build()
         .unwrap();
+    let attributes = ["color", "brand", "category"];
     let mut seen = Vec::new();
+    let mut right = HashMap::<&str, usize>::new();
     for batch in reader {
         let batch = batch.unwrap();
         let col = |name: &str| {
@@ -391,10 +402,32 @@ fn test_plot_and_tag_produce_their_outputs() {
         };
         let (item_ids, colors, errors) = (col("item_id"), col("color"), col("error"));
         for row in 0..batch.num_rows() {
-            let broken = [3, 17, 39].contains(&seen.len());
-            assert_eq!(errors.is_valid(row), broken, "row {}", seen.len());
-            assert_eq!(colors.is_valid(row), !broken, "row {}", seen.len());
+            let index = seen.len();
+            let broken = broken_rows.contains(&index);
+            assert_eq!(errors.is_valid(row), broken, "row {index}");
+            assert_eq!(colors.is_valid(row), !broken, "row {index}");
             seen.push(item_ids.value(row).to_string());
+            if broken {
+                continue;
+            }
+            for attribute in attributes {
+                let (label, prob, top3, top3_prob) = top3_row(&batch, attribute, row);
+                assert_eq!(top3[0], label, "row {index} {attribute}");
+                assert_eq!(top3_prob[0], prob, "row {index} {attribute}");
+                assert!(
+                    top3_prob.windows(2).all(|w| w[0] >= w[1])
+                        && top3_prob.iter().sum::<f32>() <= 1.0 + 1e-5,
+                    "row {index} {attribute}: {top3_prob:?}"
+                );
+                let classes = manifest["model"]["labels"][attribute]["classes"]
+                    .as_array()
+                    .unwrap();
+                let known = truth[index]
+                    .get(attribute)
+                    .filter(|l| classes.iter().any(|c| c == l))
+                    .unwrap_or("<unknown>");
+                *right.entry(attribute).or_default() += usize::from(label == known);
+            }
         }
         assert!(
             batch.column_by_name("category_top3").is_some()
@@ -402,6 +435,68 @@ fn test_plot_and_tag_produce_their_outputs() {
         );
     }
     assert_eq!(seen, ids, "one row per input item, in input order");
+
+    // Each attribute's tags are that attribute's predictions: their accuracy
+    // is what `atelier test` measures on the same items.
+    atelier_ok(&[
+        "test",
+        "--checkpoint",
+        ckpt_url,
+        "--catalog",
+        &broken_url,
+        "--all",
+        "--batch-size",
+        "4",
+    ]);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ckpt.join("test-report.json")).unwrap()).unwrap();
+    let decoded = (ids.len() - broken_rows.len()) as f64;
+    for attribute in attributes {
+        let tagged = right.get(attribute).copied().unwrap_or(0) as f64 / decoded;
+        let tested = report["attributes"][attribute]["accuracy"]
+            .as_f64()
+            .unwrap();
+        assert!(
+            (tagged - tested).abs() < 1e-9,
+            "{attribute}: tags right for {tagged}, test says {tested}"
+        );
+    }
+}
+
+/// An attribute's label, its probability, and its top three of both, for one row.
+fn top3_row(
+    batch: &arrow_array::RecordBatch,
+    attribute: &str,
+    row: usize,
+) -> (String, f32, Vec<String>, Vec<f32>) {
+    use arrow_array::{Float32Array, ListArray};
+    let column = |suffix: &str| {
+        batch
+            .column_by_name(&format!("{attribute}{suffix}"))
+            .unwrap()
+    };
+    let label = column("").as_any().downcast_ref::<StringArray>().unwrap();
+    let prob = column("_prob")
+        .as_any()
+        .downcast_ref::<Float32Array>()
+        .unwrap();
+    let list = |suffix: &str| {
+        column(suffix)
+            .as_any()
+            .downcast_ref::<ListArray>()
+            .unwrap()
+            .value(row)
+    };
+    let top3 = list("_top3");
+    let top3 = top3.as_any().downcast_ref::<StringArray>().unwrap();
+    let top3_prob = list("_top3_prob");
+    let top3_prob = top3_prob.as_any().downcast_ref::<Float32Array>().unwrap();
+    (
+        label.value(row).to_string(),
+        prob.value(row),
+        top3.iter().map(|v| v.unwrap().to_string()).collect(),
+        top3_prob.values().to_vec(),
+    )
 }
 
 #[test]

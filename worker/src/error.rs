@@ -25,6 +25,9 @@ pub enum WorkerError {
     Protocol(#[from] atelier_proto::ProtoError),
     #[error("collective: {0}")]
     Collective(#[from] atelier_collective::CollectiveError),
+    /// The GPU failed work already queued on it (a CUDA error).
+    #[error("device: {0}")]
+    Device(String),
 }
 
 pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
@@ -41,6 +44,8 @@ impl WorkerError {
             ),
             WorkerError::Protocol(e) => e.is_retryable(),
             WorkerError::Collective(e) => e.is_retryable(),
+            // Another worker's GPU, or this one after a restart, may do it.
+            WorkerError::Device(_) => true,
             _ => false,
         }
     }
@@ -50,7 +55,7 @@ impl WorkerError {
             WorkerError::Catalog(e) => e.grpc_code(),
             WorkerError::Pipeline(e) => e.grpc_code(),
             WorkerError::Model(e) => e.grpc_code(),
-            WorkerError::Torch(_) => Code::Internal,
+            WorkerError::Torch(_) | WorkerError::Device(_) => Code::Internal,
             WorkerError::InvalidOptions(_) | WorkerError::Data(_) => Code::InvalidArgument,
             WorkerError::Cancelled => Code::Cancelled,
             WorkerError::Coordinator(status) => status.code(),

@@ -6,6 +6,7 @@
 //! runtime handle passed in only serves object-store I/O.
 
 pub mod agent;
+pub mod completion;
 pub mod dataset;
 pub mod device;
 pub mod error;

@@ -5,24 +5,24 @@
 //! `<attr>_top3` and `<attr>_top3_prob`; `caption`; `model_version`; and
 //! `error`, set (and the tags null) for items whose image could not be used.
 
+mod predictions;
+mod write;
+
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow_array::builder::{Float32Builder, ListBuilder, StringBuilder};
-use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use atelier_catalog::{Catalog, ReadRange, StoreLocation};
 use atelier_models::checkpoint::{CheckpointDir, Manifest};
 use atelier_models::Model;
-use atelier_pipeline::{Batch, ImageLoader, Pixels};
-use object_store::buffered::BufWriter;
-use parquet::arrow::AsyncArrowWriter;
 use serde::Serialize;
-use tch::{Device, Kind, Tensor};
+use tch::Device;
 use tokio::runtime::Handle;
 
+pub use write::Tagging;
+
 use crate::error::{Result, WorkerError};
-use crate::evaluate::{inference_loader_options, load_model, Layout};
+use crate::evaluate::{load_model, Layout};
 
 #[derive(Debug, Clone)]
 pub struct TagOptions {
@@ -164,211 +164,6 @@ impl Taggers {
         fields.push(Field::new("error", DataType::Utf8, true));
         Arc::new(Schema::new(fields))
     }
-
-    /// Predictions for the decoded items of `batch`, then the output rows for all of them.
-    /// `images`: the decoded items of `batch` on the device, none if none decoded.
-    fn tag(
-        &self,
-        batch: &Batch,
-        images: Option<&Tensor>,
-        schema: &SchemaRef,
-        beams: usize,
-    ) -> Result<RecordBatch> {
-        let _guard = tch::no_grad_guard();
-        let mut features: Vec<Option<Tensor>> = Vec::new();
-        for (_, model) in &self.models {
-            features.push(images.map(|x| model.features(x, false)));
-        }
-        let mut ids = StringBuilder::new();
-        let mut versions = StringBuilder::new();
-        let mut errors = StringBuilder::new();
-        let mut columns: Vec<ArrayRef> = Vec::new();
-        for item in &batch.items {
-            ids.append_value(&item.item_id);
-            versions.append_value(&self.version);
-            match &item.slot {
-                Ok(_) => errors.append_null(),
-                Err(e) => errors.append_value(e.to_string()),
-            }
-        }
-        columns.push(Arc::new(ids.finish()));
-        for (attribute, index) in &self.attributes {
-            let (_, model) = &self.models[*index];
-            let map = &model.spec.labels[attribute];
-            let top = features[*index].as_ref().map(|f| {
-                let logits = model
-                    .logits(f)
-                    .into_iter()
-                    .find(|(n, _)| n == attribute)
-                    .map(|(_, l)| l);
-                logits.map(|l| {
-                    let probs = l.softmax(-1, Kind::Float);
-                    let (values, indices) = probs.topk(3.min(map.len() as i64), -1, true, true);
-                    (
-                        Vec::<Vec<f32>>::try_from(&values).unwrap_or_default(),
-                        Vec::<Vec<i64>>::try_from(&indices).unwrap_or_default(),
-                    )
-                })
-            });
-            let (values, indices) = top.flatten().unwrap_or_default();
-            let mut label = StringBuilder::new();
-            let mut prob = Float32Builder::new();
-            let mut top3 = ListBuilder::new(StringBuilder::new());
-            let mut top3_prob = ListBuilder::new(Float32Builder::new());
-            for item in &batch.items {
-                match item
-                    .slot
-                    .as_ref()
-                    .ok()
-                    .and_then(|&slot| Some((values.get(slot)?, indices.get(slot)?)))
-                {
-                    Some((v, i)) => {
-                        label.append_value(map.name(i[0]));
-                        prob.append_value(v[0]);
-                        for &class in i {
-                            top3.values().append_value(map.name(class));
-                        }
-                        top3.append(true);
-                        for &p in v {
-                            top3_prob.values().append_value(p);
-                        }
-                        top3_prob.append(true);
-                    }
-                    None => {
-                        label.append_null();
-                        prob.append_null();
-                        top3.append(false);
-                        top3_prob.append(false);
-                    }
-                }
-            }
-            columns.push(Arc::new(label.finish()));
-            columns.push(Arc::new(prob.finish()));
-            columns.push(Arc::new(top3.finish()));
-            columns.push(Arc::new(top3_prob.finish()));
-        }
-        let mut captions = StringBuilder::new();
-        let decoded = match (self.captions, images.is_some()) {
-            (Some(index), true) => {
-                let (_, model) = &self.models[index];
-                let annotator = model
-                    .annotator()
-                    .ok_or_else(|| WorkerError::Data("captioner without annotator".into()))?;
-                let feats = features[index]
-                    .as_ref()
-                    .ok_or_else(|| WorkerError::Data("no features".into()))?;
-                let tokens = if beams > 1 {
-                    annotator.beam_search(feats, beams, model.spec.max_caption_len)
-                } else {
-                    annotator.annotate(feats, model.spec.max_caption_len)
-                };
-                let vocab = model
-                    .spec
-                    .vocab
-                    .as_ref()
-                    .ok_or_else(|| WorkerError::Data("captioner without vocabulary".into()))?;
-                Some(tokens.iter().map(|t| vocab.decode(t)).collect::<Vec<_>>())
-            }
-            _ => None,
-        };
-        for item in &batch.items {
-            match (&decoded, &item.slot) {
-                (Some(d), Ok(slot)) => captions.append_option(d.get(*slot)),
-                _ => captions.append_null(),
-            }
-        }
-        columns.push(Arc::new(captions.finish()));
-        columns.push(Arc::new(versions.finish()));
-        columns.push(Arc::new(errors.finish()));
-        Ok(RecordBatch::try_new(Arc::clone(schema), columns)
-            .map_err(atelier_catalog::CatalogError::from)?)
-    }
-}
-
-/// How a run of `Taggers::write` uses the device and the decode threads.
-#[derive(Debug, Clone, Copy)]
-pub struct Tagging {
-    pub device: Device,
-    pub beams: usize,
-    pub batch_size: usize,
-    pub threads: usize,
-}
-
-impl Taggers {
-    /// Tags `ranges` of `catalog` into the one Parquet object `target`, rows in
-    /// input order. The object appears only when complete (`BufWriter` puts it
-    /// at close), so a retried shard replaces it whole. Stops with
-    /// `WorkerError::Cancelled` between batches once `cancelled` says so.
-    #[allow(clippy::too_many_arguments)]
-    pub fn write(
-        &self,
-        tagging: &Tagging,
-        catalog: &Catalog,
-        ranges: Vec<ReadRange>,
-        target: &StoreLocation,
-        handle: &Handle,
-        cancelled: &dyn Fn() -> bool,
-        progress: &mut dyn FnMut(Written),
-    ) -> Result<Written> {
-        let schema = self.schema();
-        let loader_options = inference_loader_options(
-            &self.models[0].0,
-            tagging.batch_size,
-            tagging.threads,
-            tagging.device,
-            self.gpu_decode,
-        );
-        let loader = ImageLoader::new(catalog, ranges, loader_options, handle.clone())?;
-        let stats = loader.stats();
-        let parquet_error = |source| atelier_catalog::CatalogError::Parquet {
-            file: target.url(),
-            source,
-        };
-        let writer = BufWriter::new(Arc::clone(&target.store), target.path.clone());
-        let mut writer =
-            AsyncArrowWriter::try_new(writer, Arc::clone(&schema), None).map_err(parquet_error)?;
-        let mut written = Written::default();
-        for batch in loader {
-            if cancelled() {
-                return Err(WorkerError::Cancelled);
-            }
-            let mut batch = batch?;
-            let encoded = matches!(batch.pixels, Pixels::Encoded { .. });
-            let upload = Instant::now();
-            let images = (batch.ok_count() > 0)
-                .then(|| crate::device::device_images(&mut batch, tagging.device));
-            let seconds = upload.elapsed().as_secs_f64();
-            if encoded {
-                written.stages.gpu_decode += seconds;
-            } else {
-                written.stages.upload += seconds;
-            }
-            let forward = Instant::now();
-            let rows = self.tag(&batch, images.as_ref(), &schema, tagging.beams)?;
-            written.stages.forward += forward.elapsed().as_secs_f64();
-            written.rows += rows.num_rows();
-            written.errors += batch.items.len() - batch.ok_count();
-            let write = Instant::now();
-            handle
-                .block_on(writer.write(&rows))
-                .map_err(parquet_error)?;
-            written.stages.write += write.elapsed().as_secs_f64();
-            pipeline_stages(&mut written, &stats.snapshot());
-            progress(written);
-        }
-        let write = Instant::now();
-        handle.block_on(writer.close()).map_err(parquet_error)?;
-        written.stages.write += write.elapsed().as_secs_f64();
-        pipeline_stages(&mut written, &stats.snapshot());
-        Ok(written)
-    }
-}
-
-fn pipeline_stages(written: &mut Written, stats: &atelier_pipeline::StatsSnapshot) {
-    written.stages.read = stats.read_s;
-    written.stages.fetch = stats.fetch_s;
-    written.stages.decode = stats.decode_s;
-    written.stages.transform = stats.transform_s;
 }
 
 pub fn tag(
