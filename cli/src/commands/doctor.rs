@@ -10,6 +10,7 @@ use atelier_pipeline::{
     Batch, BatchItem, CpuJpegDecoder, DecodeLimits, EncodedImage, JpegDecoder, Normalization,
     Pixels,
 };
+use atelier_worker::completion::CompletionEvent;
 use atelier_worker::nvjpeg::{NvJpegDecoder, NvJpegLibrary};
 use clap::Args;
 use tch::{Device, Kind, Tensor};
@@ -52,6 +53,13 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<()> {
             "cuda:{index}: {}",
             gpu_decode_check(index, &jpeg, args.decode_batch.max(1))
         );
+        // Tagging reads a batch back while the next runs only with events.
+        let events = match CompletionEvent::record(index).map(CompletionEvent::wait) {
+            Some(Ok(())) => "recorded and waited on".to_string(),
+            Some(Err(error)) => error,
+            None => "unavailable; tagging waits for the whole device".to_string(),
+        };
+        println!("cuda:{index}: completion events: {events}");
     }
     Ok(())
 }

@@ -248,7 +248,16 @@ fn to_host(probs: Tensor, classes: Tensor) -> Top {
     let classes = classes.to_device_(Device::Cpu, Kind::Int64, true, false);
     let arrival = match CompletionEvent::record(index) {
         Some(event) => Arrival::After(event),
-        None => Arrival::DeviceIdle(index),
+        None => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(
+                    device = index,
+                    "no cuda events; each batch's tags wait for the whole gpu"
+                );
+            });
+            Arrival::DeviceIdle(index)
+        }
     };
     Top {
         probs,
