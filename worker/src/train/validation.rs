@@ -84,7 +84,7 @@ pub(super) fn validate_epoch(
             .map_err(|e| WorkerError::Data(format!("reading validation totals: {e}")))?;
     }
     let count = sums[1];
-    metrics.insert("loss".into(), sums[0] / count.max(1.0));
+    metrics.insert("loss".into(), mean_loss(sums[0], count, epoch)?);
     let mut accuracies = Vec::new();
     for (h, name) in heads.iter().enumerate() {
         let (correct, labelled) = (sums[2 + 2 * h], sums[3 + 2 * h]);
@@ -103,4 +103,35 @@ pub(super) fn validate_epoch(
     }
     metrics.insert("items".into(), count);
     Ok(metrics)
+}
+
+/// The mean validation loss of epoch `epoch` (from 0). A training loss can
+/// stay finite while the model's outputs are not (its batch norms' running
+/// statistics gone bad); the run stops here rather than save that model.
+fn mean_loss(sum: f64, items: f64, epoch: usize) -> Result<f64> {
+    let loss = sum / items.max(1.0);
+    if items > 0.0 && !loss.is_finite() {
+        return Err(WorkerError::Data(format!(
+            "validation loss became {loss} in epoch {}: the model's outputs are not finite (its weights or batch-norm statistics); lower --lr",
+            epoch + 1
+        )));
+    }
+    Ok(loss)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_with_outputs_that_are_not_finite_stops_the_run_at_validation() {
+        assert_eq!(mean_loss(6.0, 3.0, 0).unwrap(), 2.0);
+        assert_eq!(mean_loss(0.0, 0.0, 0).unwrap(), 0.0);
+        let error = mean_loss(f64::NAN, 15.0, 1).unwrap_err().to_string();
+        assert!(
+            error.contains("validation loss became NaN in epoch 2"),
+            "{error}"
+        );
+        assert!(mean_loss(f64::INFINITY, 1.0, 0).is_err());
+    }
 }
