@@ -155,9 +155,11 @@ impl NvJpegDecoder {
 
     /// Waits until the decodes queued on torch's stream are done. The
     /// engines may read the compressed bytes after the call returns, and
-    /// the batch that owns them is dropped once its tensor is built; the
-    /// tagging loop waits for the forward pass's results each batch anyway,
-    /// so this costs no overlap.
+    /// the batch that owns them is dropped once its tensor is built. It
+    /// also waits for the forward pass that tagging left queued on the same
+    /// stream (see `tag::predictions`), so with `--gpu-decode` the host
+    /// queues batch k+1's forward pass only once batch k's is done; the
+    /// rows of batch k are still built while batch k+1 runs.
     fn wait_for_device(&self) -> Result<(), String> {
         let Some(synchronize) = self.library.cuda_stream_synchronize else {
             return Err("the CUDA runtime is not loaded (libtorch without CUDA)".into());
