@@ -69,17 +69,31 @@ pub struct SyncedStep {
     pub bytes: u64,
 }
 
-/// The trainable parameters of a model, bucketed once.
+/// The trainable parameters of a model, bucketed once. After the first
+/// backward pass each bucket's gradients become views of one flat tensor of
+/// its own (PyTorch DDP's `gradient_as_bucket_view`): autograd then adds
+/// every later gradient in place into the bucket, and a step all-reduces the
+/// buckets where they lie, with no copies in or out.
 #[derive(Debug)]
 pub struct GradientBuckets {
     params: Vec<Tensor>,
     buckets: Vec<Vec<usize>>,
+    /// Per bucket, its flat tensor (the last one two elements longer, for
+    /// the loss and item counts that ride along); none before the first sync.
+    flats: Vec<Tensor>,
 }
+
+/// The loss sum and the item count, after the last bucket's gradients.
+const COUNTS: i64 = 2;
 
 impl GradientBuckets {
     pub fn new(params: Vec<Tensor>, bucket_bytes: usize) -> Self {
         let buckets = plan(&params, bucket_bytes);
-        Self { params, buckets }
+        Self {
+            params,
+            buckets,
+            flats: Vec::new(),
+        }
     }
 
     /// Averages the gradients over the global batch. Each rank's gradients are
@@ -87,9 +101,10 @@ impl GradientBuckets {
     /// result the mean over every rank's items, the gradient one process
     /// would compute on the whole global batch, even when a rank's batch came
     /// out short. Every parameter must have a gradient (zeros for a rank
-    /// without items).
+    /// without items), and gradients must be zeroed in place between steps
+    /// (not dropped), so that they stay views of the buckets.
     pub fn sync(
-        &self,
+        &mut self,
         collective: &mut dyn Collective,
         items: usize,
         loss_sum: f64,
@@ -112,42 +127,103 @@ impl GradientBuckets {
                 detail: format!("parameter {missing} has no gradient"),
             });
         }
-        let mut flats = Vec::with_capacity(self.buckets.len());
-        let mut bytes = 0u64;
-        let last = self.buckets.len().saturating_sub(1);
-        for (index, bucket) in self.buckets.iter().enumerate() {
-            let members: Vec<&Tensor> = bucket.iter().map(|&i| &grads[i]).collect();
-            let mut flat = flatten(&members)? * items as f64;
-            if index == last {
-                // The counts ride along with the last bucket: one collective fewer.
-                let extra = Tensor::from_slice(&[loss_sum, items as f64])
-                    .to_kind(flat.kind())
-                    .to_device(flat.device());
-                flat = Tensor::cat(&[flat, extra], 0);
-            }
-            bytes += (flat.numel() * flat.kind().elt_size_in_bytes()) as u64;
-            flats.push(flat);
+        if !self.grads_are_bucket_views(&grads) {
+            self.flats = self.make_views(&grads)?;
         }
+        let last = self.flats.len().saturating_sub(1);
+        let mut flats: Vec<Tensor> = self.flats.iter().map(Tensor::shallow_clone).collect();
+        let mut bytes = 0u64;
+        tch::no_grad(|| {
+            for (index, flat) in flats.iter_mut().enumerate() {
+                let _ = flat.g_mul_scalar_(items as f64);
+                if index == last {
+                    let counts = Tensor::from_slice(&[loss_sum, items as f64])
+                        .to_kind(flat.kind())
+                        .to_device(flat.device());
+                    flat.narrow(0, flat.size()[0] - COUNTS, COUNTS)
+                        .copy_(&counts);
+                }
+                bytes += (flat.numel() * flat.kind().elt_size_in_bytes()) as u64;
+            }
+        });
         collective.all_reduce_sum_many(&mut flats)?;
-        let tail = flats
+        let counts = flats
             .last()
-            .map(|f| f.narrow(0, f.size()[0] - 2, 2).to_kind(Kind::Double))
+            .map(|f| {
+                f.narrow(0, f.size()[0] - COUNTS, COUNTS)
+                    .to_kind(Kind::Double)
+            })
             .ok_or_else(|| CollectiveError::InvalidTensor {
                 op: "gradient all-reduce",
                 detail: "no trainable parameters".into(),
             })?;
-        let (loss_total, items_total) = (tail.double_value(&[0]), tail.double_value(&[1]));
-        let scale = 1.0 / items_total.max(1.0);
-        for (bucket, flat) in self.buckets.iter().zip(&flats) {
-            let members: Vec<&Tensor> = bucket.iter().map(|&i| &grads[i]).collect();
-            unflatten(&(flat * scale), &members);
-        }
+        let (loss_total, items_total) = (counts.double_value(&[0]), counts.double_value(&[1]));
+        tch::no_grad(|| {
+            for flat in &mut flats {
+                let _ = flat.g_mul_scalar_(1.0 / items_total.max(1.0));
+            }
+        });
         Ok(SyncedStep {
             items: items_total,
             loss_sum: loss_total,
             seconds: started.elapsed().as_secs_f64(),
             bytes,
         })
+    }
+
+    /// Whether every gradient still lies where `make_views` put it.
+    fn grads_are_bucket_views(&self, grads: &[Tensor]) -> bool {
+        if self.flats.len() != self.buckets.len() {
+            return false;
+        }
+        self.buckets.iter().zip(&self.flats).all(|(bucket, flat)| {
+            let base = flat.data_ptr() as usize;
+            let size = flat.kind().elt_size_in_bytes();
+            let mut offset = 0;
+            bucket.iter().all(|&i| {
+                let grad = &grads[i];
+                let here = grad.data_ptr() as usize == base + offset * size;
+                offset += grad.numel();
+                here
+            })
+        })
+    }
+
+    /// A flat tensor per bucket holding its gradients' current values, with
+    /// each gradient turned into a view of its piece.
+    fn make_views(&self, grads: &[Tensor]) -> Result<Vec<Tensor>> {
+        let last = self.buckets.len().saturating_sub(1);
+        let mut flats = Vec::with_capacity(self.buckets.len());
+        for (index, bucket) in self.buckets.iter().enumerate() {
+            let first = bucket.first().map(|&i| &grads[i]).ok_or_else(|| {
+                CollectiveError::InvalidTensor {
+                    op: "bucket",
+                    detail: "an empty bucket".into(),
+                }
+            })?;
+            let extra = if index == last { COUNTS } else { 0 };
+            let len: i64 = bucket.iter().map(|&i| grads[i].numel() as i64).sum();
+            let flat = Tensor::zeros([len + extra], (first.kind(), first.device()));
+            let mut offset = 0i64;
+            tch::no_grad(|| -> Result<()> {
+                for &i in bucket {
+                    let mut grad = grads[i].shallow_clone();
+                    let numel = grad.numel() as i64;
+                    let piece = flat.narrow(0, offset, numel).view_as(&grad);
+                    piece.shallow_clone().copy_(&grad);
+                    let _view = grad.f_set_source_tensor_(&piece).map_err(|e| {
+                        CollectiveError::InvalidTensor {
+                            op: "bucket",
+                            detail: format!("making a gradient a view of its bucket: {e}"),
+                        }
+                    })?;
+                    offset += numel;
+                }
+                Ok(())
+            })?;
+            flats.push(flat);
+        }
+        Ok(flats)
     }
 }
 
@@ -180,5 +256,33 @@ mod tests {
             [2.0, 4.0, 6.0, 8.0]
         );
         assert_eq!(Vec::<f32>::try_from(&b).unwrap(), [10.0]);
+    }
+
+    #[test]
+    fn gradients_become_views_of_their_bucket_and_keep_accumulating_there() {
+        let a = Tensor::zeros([2, 2], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        let b = Tensor::zeros([1], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        let loss = |scale: f64| {
+            ((&a * scale).sum(Kind::Float) + (&b * (2.0 * scale)).sum(Kind::Float)).backward()
+        };
+        loss(1.0);
+        let mut buckets = GradientBuckets::new(vec![a.shallow_clone(), b.shallow_clone()], 1 << 20);
+        let views = buckets.make_views(&[a.grad(), b.grad()]).unwrap();
+        buckets.flats = views;
+        assert!(buckets.grads_are_bucket_views(&[a.grad(), b.grad()]));
+        let flat = buckets.flats[0].shallow_clone();
+        assert_eq!(
+            Vec::<f32>::try_from(&flat).unwrap(),
+            [1.0, 1.0, 1.0, 1.0, 2.0, 0.0, 0.0]
+        );
+        // Zeroed in place and accumulated again: the bucket sees it all.
+        let _ = a.grad().zero_();
+        let _ = b.grad().zero_();
+        loss(3.0);
+        assert_eq!(
+            Vec::<f32>::try_from(&flat).unwrap(),
+            [3.0, 3.0, 3.0, 3.0, 6.0, 0.0, 0.0]
+        );
+        assert!(buckets.grads_are_bucket_views(&[a.grad(), b.grad()]));
     }
 }

@@ -130,18 +130,27 @@ fn gradient_sync_weights_each_rank_by_its_items() {
         };
         // d/dp sum(p * target) = target.
         (&param * &target).sum(Kind::Float).backward();
-        let buckets = GradientBuckets::new(vec![param.shallow_clone()], 1 << 20);
+        let mut buckets = GradientBuckets::new(vec![param.shallow_clone()], 1 << 20);
         let items = if ring.rank() == 0 { 3 } else { 1 };
         let step = buckets.sync(&mut ring, items, 0.5 * items as f64).unwrap();
+        let first = Vec::<f32>::try_from(&param.grad()).unwrap();
+        // The next step: gradients zeroed in place, accumulated afresh (into
+        // the bucket they now are views of), and averaged again.
+        let _ = param.grad().zero_();
+        (&param * &target * 2.0).sum(Kind::Float).backward();
+        let again = buckets.sync(&mut ring, items, items as f64).unwrap();
         (
+            first,
+            (step.items, step.loss_sum),
             Vec::<f32>::try_from(&param.grad()).unwrap(),
-            step.items,
-            step.loss_sum,
+            (again.items, again.loss_sum),
         )
     });
-    for (grad, items, loss_sum) in results {
-        assert_eq!(grad, [2.0, 3.0, 4.0]);
-        assert_eq!((items, loss_sum), (4.0, 2.0));
+    for (first, counts, second, counts_again) in results {
+        assert_eq!(first, [2.0, 3.0, 4.0]);
+        assert_eq!(counts, (4.0, 2.0));
+        assert_eq!(second, [4.0, 6.0, 8.0]);
+        assert_eq!(counts_again, (4.0, 4.0));
     }
 }
 

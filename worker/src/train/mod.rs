@@ -228,7 +228,7 @@ pub fn train_ranked(
         broadcast_tensors(collective, &state, 0)?;
     }
     let trainable: Vec<tch::Tensor> = run.model.trainable().into_iter().map(|(_, t)| t).collect();
-    let buckets = GradientBuckets::new(
+    let mut buckets = GradientBuckets::new(
         trainable.iter().map(tch::Tensor::shallow_clone).collect(),
         DEFAULT_BUCKET_BYTES,
     );
