@@ -83,6 +83,9 @@ impl Optimizer {
         let c = self.config;
         let t = self.steps as f64;
         tch::no_grad(|| {
+            if c.kind == OptimizerKind::Sgd && self.fused_sgd(lr, t == 1.0) {
+                return;
+            }
             for ((_, param), slots) in self.params.iter_mut().zip(&mut self.slots) {
                 let grad = param.grad();
                 if !grad.defined() {
@@ -131,6 +134,22 @@ impl Optimizer {
                 }
             }
         });
+    }
+
+    /// The SGD step through libtorch's fused operator, for the parameters
+    /// that have gradients; false (nothing done) where it does not apply.
+    fn fused_sgd(&self, lr: f64, first_step: bool) -> bool {
+        let grads: Vec<Tensor> = self.params.iter().map(|(_, p)| p.grad()).collect();
+        let mut lists = (Vec::new(), Vec::new(), Vec::new());
+        for (((_, param), grad), slots) in self.params.iter().zip(&grads).zip(&self.slots) {
+            if let (true, Some(buffer)) = (grad.defined(), slots.first()) {
+                lists.0.push(param);
+                lists.1.push(grad);
+                lists.2.push(buffer);
+            }
+        }
+        let hyper = (self.config.weight_decay, self.config.momentum, lr);
+        crate::fused_sgd::step(&lists.0, &lists.1, &lists.2, hyper, first_step)
     }
 
     /// Named state tensors for a checkpoint.
