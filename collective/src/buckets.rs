@@ -209,7 +209,10 @@ impl GradientBuckets {
                 for &i in bucket {
                     let mut grad = grads[i].shallow_clone();
                     let numel = grad.numel() as i64;
-                    let piece = flat.narrow(0, offset, numel).view_as(&grad);
+                    // The gradient's own strides (a channels-last weight's
+                    // too: autograd makes gradients dense, laid out as their
+                    // parameter), so the optimizer's fused step still applies.
+                    let piece = flat.as_strided(grad.size(), grad.stride(), offset);
                     piece.shallow_clone().copy_(&grad);
                     let _view = grad.f_set_source_tensor_(&piece).map_err(|e| {
                         CollectiveError::InvalidTensor {
@@ -262,27 +265,38 @@ mod tests {
     fn gradients_become_views_of_their_bucket_and_keep_accumulating_there() {
         let a = Tensor::zeros([2, 2], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
         let b = Tensor::zeros([1], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        // Dense but not contiguous, as a channels-last weight is.
+        let c = Tensor::zeros([3, 2], (Kind::Float, tch::Device::Cpu))
+            .tr()
+            .set_requires_grad(true);
         let loss = |scale: f64| {
-            ((&a * scale).sum(Kind::Float) + (&b * (2.0 * scale)).sum(Kind::Float)).backward()
+            ((&a * scale).sum(Kind::Float)
+                + (&b * (2.0 * scale)).sum(Kind::Float)
+                + (&c * (3.0 * scale)).sum(Kind::Float))
+            .backward()
         };
         loss(1.0);
-        let mut buckets = GradientBuckets::new(vec![a.shallow_clone(), b.shallow_clone()], 1 << 20);
-        let views = buckets.make_views(&[a.grad(), b.grad()]).unwrap();
-        buckets.flats = views;
-        assert!(buckets.grads_are_bucket_views(&[a.grad(), b.grad()]));
+        let params = vec![a.shallow_clone(), b.shallow_clone(), c.shallow_clone()];
+        let grads = || vec![a.grad(), b.grad(), c.grad()];
+        let mut buckets = GradientBuckets::new(params, 1 << 20);
+        buckets.flats = buckets.make_views(&grads()).unwrap();
+        assert!(buckets.grads_are_bucket_views(&grads()));
+        assert_eq!(c.grad().stride(), c.stride(), "laid out as its parameter");
         let flat = buckets.flats[0].shallow_clone();
-        assert_eq!(
-            Vec::<f32>::try_from(&flat).unwrap(),
-            [1.0, 1.0, 1.0, 1.0, 2.0, 0.0, 0.0]
-        );
+        let values = |scale: f32| {
+            let mut v = vec![scale; 4];
+            v.push(2.0 * scale);
+            v.extend([3.0 * scale; 6]);
+            v.extend([0.0, 0.0]);
+            v
+        };
+        assert_eq!(Vec::<f32>::try_from(&flat).unwrap(), values(1.0));
         // Zeroed in place and accumulated again: the bucket sees it all.
-        let _ = a.grad().zero_();
-        let _ = b.grad().zero_();
+        for grad in grads() {
+            let _ = grad.shallow_clone().zero_();
+        }
         loss(3.0);
-        assert_eq!(
-            Vec::<f32>::try_from(&flat).unwrap(),
-            [3.0, 3.0, 3.0, 3.0, 6.0, 0.0, 0.0]
-        );
-        assert!(buckets.grads_are_bucket_views(&[a.grad(), b.grad()]));
+        assert_eq!(Vec::<f32>::try_from(&flat).unwrap(), values(3.0));
+        assert!(buckets.grads_are_bucket_views(&grads()));
     }
 }
