@@ -9,9 +9,9 @@ use std::sync::OnceLock;
 
 use atelier_collective::runtime_library::in_process;
 
+use crate::cuda_runtime::{self, Stream as CudaStream, TORCH_DEFAULT_STREAM};
+
 type CudaEvent = *mut c_void;
-type CudaStream = *mut c_void;
-type CudaSetDevice = unsafe extern "C" fn(i32) -> i32;
 type CudaEventCreateWithFlags = unsafe extern "C" fn(*mut CudaEvent, u32) -> i32;
 type CudaEventRecord = unsafe extern "C" fn(CudaEvent, CudaStream) -> i32;
 type CudaEventSynchronize = unsafe extern "C" fn(CudaEvent) -> i32;
@@ -22,13 +22,9 @@ type CudaEventDestroy = unsafe extern "C" fn(CudaEvent) -> i32;
 const BLOCKING_SYNC: u32 = 0x01;
 /// `cudaEventDisableTiming`: the cheapest kind of event.
 const DISABLE_TIMING: u32 = 0x02;
-/// torch's default stream is the legacy one, handle 0 (libtorch is not built
-/// with per-thread default streams).
-const TORCH_DEFAULT_STREAM: CudaStream = std::ptr::null_mut();
 
 #[derive(Clone, Copy)]
 struct Runtime {
-    set_device: CudaSetDevice,
     create: CudaEventCreateWithFlags,
     record: CudaEventRecord,
     synchronize: CudaEventSynchronize,
@@ -42,7 +38,6 @@ fn runtime() -> Option<Runtime> {
         // SAFETY: the prototypes are those of cuda_runtime_api.h.
         unsafe {
             Some(Runtime {
-                set_device: in_process("cudaSetDevice")?,
                 create: in_process("cudaEventCreateWithFlags")?,
                 record: in_process("cudaEventRecord")?,
                 synchronize: in_process("cudaEventSynchronize")?,
@@ -69,7 +64,7 @@ impl CompletionEvent {
         // and destroyed once, on drop; the current device is set first because
         // an event must be recorded on a stream of its own device.
         unsafe {
-            if (runtime.set_device)(index as i32) != 0
+            if cuda_runtime::set_device(index) != Some(Ok(()))
                 || (runtime.create)(&mut event, BLOCKING_SYNC | DISABLE_TIMING) != 0
             {
                 return None;

@@ -70,19 +70,15 @@ pub fn device_name(device: Device) -> String {
     }
 }
 
-type CudaSetDevice = unsafe extern "C" fn(i32) -> i32;
 type CudaMemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
 
 /// Bytes in use on GPU `index` (by every process), from the CUDA runtime
 /// that libtorch already loaded; `None` without one.
 pub fn gpu_memory_used(index: usize) -> Option<usize> {
-    // SAFETY: both have the prototypes of cuda_runtime_api.h.
+    crate::cuda_runtime::set_device(index)?.ok()?;
+    // SAFETY: the prototype of cuda_runtime_api.h.
     unsafe {
-        let set_device = in_process::<CudaSetDevice>("cudaSetDevice")?;
         let mem_get_info = in_process::<CudaMemGetInfo>("cudaMemGetInfo")?;
-        if set_device(index as i32) != 0 {
-            return None;
-        }
         let (mut free, mut total) = (0usize, 0usize);
         if mem_get_info(&mut free, &mut total) != 0 {
             return None;

@@ -16,9 +16,7 @@ use tch::{Device, Kind, Tensor};
 pub use library::NvJpegLibrary;
 use library::{Image, Status, BACKEND_DEFAULT, BACKEND_HARDWARE, OUTPUT_RGBI, STATUS_SUCCESS};
 
-/// torch's default stream is CUDA's legacy default stream, the null handle;
-/// the decoded tensors are used on it, after the decode.
-const TORCH_DEFAULT_STREAM: library::Stream = ptr::null_mut();
+use crate::cuda_runtime::TORCH_DEFAULT_STREAM;
 
 /// One nvJPEG handle and decode state; one per compute thread and GPU.
 #[derive(Debug)]

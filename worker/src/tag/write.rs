@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow_schema::SchemaRef;
 use atelier_catalog::{Catalog, ReadRange, StoreLocation};
 use atelier_pipeline::{ImageLoader, Pixels};
 use object_store::buffered::BufWriter;
@@ -17,8 +16,6 @@ use super::predictions::Queued;
 use super::{Taggers, Written};
 use crate::error::{Result, WorkerError};
 use crate::evaluate::inference_loader_options;
-
-type TagWriter = AsyncArrowWriter<BufWriter>;
 
 /// How a run of `Taggers::write` uses the device and the decode threads.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +56,24 @@ impl Taggers {
         let mut writer = AsyncArrowWriter::try_new(writer, Arc::clone(&schema), None)
             .map_err(|source| parquet_error(target, source))?;
         let mut written = Written::default();
+        // Reads a queued batch back and appends its rows. The wait for the
+        // device counts as forward time, the rows and the Parquet as write.
+        let mut write_rows = |queued: Queued, written: &mut Written| -> Result<()> {
+            let wait = Instant::now();
+            let predicted = queued.read_back()?;
+            written.stages.forward += wait.elapsed().as_secs_f64();
+            let write = Instant::now();
+            written.errors += predicted.errors();
+            let rows = self.rows(predicted, &schema)?;
+            handle
+                .block_on(writer.write(&rows))
+                .map_err(|source| parquet_error(target, source))?;
+            written.stages.write += write.elapsed().as_secs_f64();
+            written.rows += rows.num_rows();
+            pipeline_stages(written, &stats.snapshot());
+            progress(*written);
+            Ok(())
+        };
         // One batch stays queued on the device while the previous one is read
         // back, turned into rows and written (see `predictions`).
         let mut in_flight = None;
@@ -83,21 +98,11 @@ impl Taggers {
             let queued = self.queue(items, images.as_ref(), tagging.beams)?;
             written.stages.forward += forward.elapsed().as_secs_f64();
             if let Some(previous) = in_flight.replace(queued) {
-                self.write_rows(
-                    previous,
-                    &schema,
-                    (&mut writer, target),
-                    handle,
-                    &mut written,
-                )?;
-                pipeline_stages(&mut written, &stats.snapshot());
-                progress(written);
+                write_rows(previous, &mut written)?;
             }
         }
-        if let Some(last) = in_flight.take() {
-            self.write_rows(last, &schema, (&mut writer, target), handle, &mut written)?;
-            pipeline_stages(&mut written, &stats.snapshot());
-            progress(written);
+        if let Some(last) = in_flight {
+            write_rows(last, &mut written)?;
         }
         let write = Instant::now();
         handle
@@ -106,30 +111,6 @@ impl Taggers {
         written.stages.write += write.elapsed().as_secs_f64();
         pipeline_stages(&mut written, &stats.snapshot());
         Ok(written)
-    }
-
-    /// Reads a queued batch back and appends its rows to `writer`. The wait for
-    /// the device counts as forward time, the rows and the Parquet as write.
-    fn write_rows(
-        &self,
-        queued: Queued,
-        schema: &SchemaRef,
-        (writer, target): (&mut TagWriter, &StoreLocation),
-        handle: &Handle,
-        written: &mut Written,
-    ) -> Result<()> {
-        let wait = Instant::now();
-        let predicted = queued.read_back()?;
-        written.stages.forward += wait.elapsed().as_secs_f64();
-        let write = Instant::now();
-        written.errors += predicted.errors();
-        let rows = self.rows(predicted, schema)?;
-        handle
-            .block_on(writer.write(&rows))
-            .map_err(|source| parquet_error(target, source))?;
-        written.stages.write += write.elapsed().as_secs_f64();
-        written.rows += rows.num_rows();
-        Ok(())
     }
 }
 
