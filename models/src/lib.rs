@@ -7,7 +7,7 @@ pub mod annotator;
 pub mod autocast;
 pub mod checkpoint;
 pub mod error;
-pub mod fused_sgd;
+pub mod fused;
 pub mod labels;
 pub mod model;
 pub mod optim;

@@ -5,7 +5,9 @@
 //! so the update rules live here (the same rules as torch.optim).
 
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
+use tch::{Kind, Tensor};
+
+use crate::fused::adam::{AdamLists, AdamStep};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -45,6 +47,10 @@ pub struct Optimizer {
     params: Vec<(String, Tensor)>,
     /// Per parameter: momentum buffer (SGD) or first and second moments (Adam).
     slots: Vec<Vec<Tensor>>,
+    /// For the fused Adam operators: one float per parameter on their
+    /// device, all holding the current step (views of one tensor, so one
+    /// fill a step); made at the first step.
+    step_counts: Option<(Tensor, Vec<Tensor>)>,
     pub steps: i64,
 }
 
@@ -65,6 +71,7 @@ impl Optimizer {
             config,
             params,
             slots,
+            step_counts: None,
             steps: 0,
         }
     }
@@ -80,12 +87,23 @@ impl Optimizer {
 
     pub fn step(&mut self, lr: f64) {
         self.steps += 1;
-        let c = self.config;
         let t = self.steps as f64;
         tch::no_grad(|| {
-            if c.kind == OptimizerKind::Sgd && self.fused_sgd(lr, t == 1.0) {
-                return;
+            let fused = match self.config.kind {
+                OptimizerKind::Sgd => self.fused_sgd(lr, t == 1.0),
+                OptimizerKind::Adam | OptimizerKind::Adamw => self.fused_adam(lr, t),
+            };
+            if !fused {
+                self.step_by_ops(lr, t);
             }
+        });
+    }
+
+    /// The update rules one operation at a time, for what the fused
+    /// operators refuse; call under `no_grad`.
+    fn step_by_ops(&mut self, lr: f64, t: f64) {
+        let c = self.config;
+        {
             for ((_, param), slots) in self.params.iter_mut().zip(&mut self.slots) {
                 let grad = param.grad();
                 if !grad.defined() {
@@ -133,7 +151,7 @@ impl Optimizer {
                     }
                 }
             }
-        });
+        }
     }
 
     /// The SGD step through libtorch's fused operator, for the parameters
@@ -149,7 +167,51 @@ impl Optimizer {
             }
         }
         let hyper = (self.config.weight_decay, self.config.momentum, lr);
-        crate::fused_sgd::step(&lists.0, &lists.1, &lists.2, hyper, first_step)
+        crate::fused::sgd::step(&lists.0, &lists.1, &lists.2, hyper, first_step)
+    }
+
+    /// The Adam or AdamW step through libtorch's fused operators, for the
+    /// parameters that have gradients; false (nothing done) where they do
+    /// not apply.
+    fn fused_adam(&mut self, lr: f64, step: f64) -> bool {
+        let params = &self.params;
+        let (counts, count_views) = self.step_counts.get_or_insert_with(|| {
+            let device = params.first().map_or(tch::Device::Cpu, |(_, p)| p.device());
+            let counts = Tensor::zeros([params.len() as i64], (Kind::Float, device));
+            let views = (0..params.len() as i64).map(|i| counts.get(i)).collect();
+            (counts, views)
+        });
+        let _ = counts.fill_(step);
+        let grads: Vec<Tensor> = params.iter().map(|(_, p)| p.grad()).collect();
+        let mut lists: [Vec<&Tensor>; 5] = Default::default();
+        for ((((_, param), grad), slots), count) in params
+            .iter()
+            .zip(&grads)
+            .zip(&self.slots)
+            .zip(&*count_views)
+        {
+            if let (true, [m, v]) = (grad.defined(), slots.as_slice()) {
+                for (list, tensor) in lists.iter_mut().zip([param, grad, m, v, count]) {
+                    list.push(tensor);
+                }
+            }
+        }
+        let c = self.config;
+        let lists = AdamLists {
+            params: &lists[0],
+            grads: &lists[1],
+            exp_avgs: &lists[2],
+            exp_avg_sqs: &lists[3],
+            step_counts: &lists[4],
+        };
+        let settings = AdamStep {
+            lr,
+            betas: c.betas,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+            decoupled: c.kind == OptimizerKind::Adamw,
+        };
+        crate::fused::adam::step(&lists, settings)
     }
 
     /// Named state tensors for a checkpoint.
@@ -293,6 +355,59 @@ mod tests {
             assert!((a - b).abs() < 1e-9, "{seen:?}");
         }
         let _ = Device::Cpu;
+    }
+
+    #[test]
+    fn adam_and_adamw_match_torch_optim() {
+        // torch.optim.Adam / AdamW(lr=0.1, weight_decay=0.1) on
+        // f(x) = x0^2 + 3 x1^2 from (1, -2), float64.
+        let expected = [
+            (
+                OptimizerKind::Adam,
+                [
+                    [0.9000000004761904, -1.9000000000819672],
+                    [0.8004122286431954, -1.8001664857760116],
+                    [0.7015862728718214, -1.7006233915318487],
+                ],
+            ),
+            (
+                OptimizerKind::Adamw,
+                [
+                    [0.8900000004999999, -1.8800000000833332],
+                    [0.7815718559365048, -1.7614089502485435],
+                    [0.6751012216400697, -1.6443686830529762],
+                ],
+            ),
+        ];
+        for ((kind, trajectory), by_ops) in expected.iter().flat_map(|e| [(e, false), (e, true)]) {
+            let kind = *kind;
+            let x = Tensor::from_slice(&[1.0f64, -2.0]).set_requires_grad(true);
+            let weights = Tensor::from_slice(&[1.0f64, 3.0]);
+            let mut opt = Optimizer::new(
+                OptimizerConfig::new(kind, 0.1),
+                vec![("x".into(), x.shallow_clone())],
+            );
+            for (step, want) in trajectory.iter().enumerate() {
+                opt.zero_grad();
+                (&x * &x * &weights).sum(Kind::Double).backward();
+                if by_ops {
+                    opt.steps += 1;
+                    tch::no_grad(|| opt.step_by_ops(0.1, opt.steps as f64));
+                } else {
+                    opt.step(0.1);
+                }
+                let seen: Vec<f64> = Vec::try_from(&x.detach()).unwrap();
+                for (a, b) in seen.iter().zip(want) {
+                    assert!(
+                        (a - b).abs() < 1e-12,
+                        "{kind:?} (by ops: {by_ops}) step {step}: {seen:?} vs {want:?}"
+                    );
+                }
+            }
+            // These parameters go through the fused operator.
+            (&x * &x).sum(Kind::Double).backward();
+            assert!(tch::no_grad(|| opt.fused_adam(0.1, 4.0)), "{kind:?}");
+        }
     }
 
     #[test]

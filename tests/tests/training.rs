@@ -134,45 +134,55 @@ fn resuming_gives_the_same_state_as_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = catalogue(dir.path(), 96);
     let rt = runtime();
-    // A small step size keeps the float noise of parallel test threads from being amplified.
-    let options = |catalog: &str, checkpoint: &str, task: Task, epochs: usize| TrainOptions {
-        lr: 0.005,
-        ..options(catalog, checkpoint, task, epochs)
-    };
-    let straight = dir.path().join("straight").to_str().unwrap().to_string();
-    let resumed = dir.path().join("resumed").to_str().unwrap().to_string();
-    train(
-        &options(&catalog, &straight, Task::Pool, 2),
-        rt.handle(),
-        &mut |_| {},
-    )
-    .unwrap();
-    train(
-        &options(&catalog, &resumed, Task::Pool, 1),
-        rt.handle(),
-        &mut |_| {},
-    )
-    .unwrap();
-    let mut resumed_at = None;
-    train(
-        &options(&catalog, &resumed, Task::Pool, 2),
-        rt.handle(),
-        &mut |event| {
-            if let TrainEvent::Started {
-                resumed_at_step, ..
-            } = event
-            {
-                resumed_at = Some(*resumed_at_step);
-            }
-        },
-    )
-    .unwrap();
-    assert!(resumed_at.unwrap() > 0, "the second run resumed");
-    let (a, b) = (weights(&straight), weights(&resumed));
-    assert_eq!(a.len(), b.len());
-    for (name, tensor) in &a {
-        let diff = (tensor - &b[name]).abs().max().double_value(&[]);
-        assert!(diff < 1e-6, "{name} differs by {diff}");
+    // SGD's momentum and AdamW's moments and step count must all come back.
+    // A small step size keeps the float noise of parallel test threads from
+    // being amplified.
+    for (optimizer, lr) in [(OptimizerKind::Sgd, 0.005), (OptimizerKind::Adamw, 1e-3)] {
+        let options = |catalog: &str, checkpoint: &str, task: Task, epochs: usize| TrainOptions {
+            lr,
+            optimizer,
+            ..options(catalog, checkpoint, task, epochs)
+        };
+        let straight = dir.path().join(format!("straight-{optimizer:?}"));
+        let straight = straight.to_str().unwrap().to_string();
+        let resumed = dir.path().join(format!("resumed-{optimizer:?}"));
+        let resumed = resumed.to_str().unwrap().to_string();
+        train(
+            &options(&catalog, &straight, Task::Pool, 2),
+            rt.handle(),
+            &mut |_| {},
+        )
+        .unwrap();
+        train(
+            &options(&catalog, &resumed, Task::Pool, 1),
+            rt.handle(),
+            &mut |_| {},
+        )
+        .unwrap();
+        let mut resumed_at = None;
+        train(
+            &options(&catalog, &resumed, Task::Pool, 2),
+            rt.handle(),
+            &mut |event| {
+                if let TrainEvent::Started {
+                    resumed_at_step, ..
+                } = event
+                {
+                    resumed_at = Some(*resumed_at_step);
+                }
+            },
+        )
+        .unwrap();
+        assert!(
+            resumed_at.unwrap() > 0,
+            "the second {optimizer:?} run resumed"
+        );
+        let (a, b) = (weights(&straight), weights(&resumed));
+        assert_eq!(a.len(), b.len());
+        for (name, tensor) in &a {
+            let diff = (tensor - &b[name]).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "{optimizer:?}: {name} differs by {diff}");
+        }
     }
 }
 

@@ -1,33 +1,9 @@
-//! SGD with momentum as one fused pass per parameter (CPU) or a few
-//! multi-tensor kernels for all of them (CUDA): libtorch's `_fused_sgd_`,
-//! what `torch.optim.SGD(fused=True)` calls. Done op by op, the same rule
-//! costs six passes over every parameter, three temporaries and, on a GPU,
-//! about a thousand kernel launches a step for a ResNet-50.
-//!
-//! tch does not bind the `_fused_*` and `_foreach_*` operators, so the
-//! dispatcher's entry point is declared directly, as `autocast` does with
-//! libtorch's own functions. A C++ exception cannot cross into Rust, so
-//! everything the operator checks is checked here first, and a list that
-//! fails a check is left to the caller's op-by-op rule.
+//! SGD with momentum through `_fused_sgd_`, what
+//! `torch.optim.SGD(fused=True)` calls.
 
-use std::ffi::c_void;
+use tch::Tensor;
 
-use tch::{Device, Kind, Tensor};
-
-/// `c10::ArrayRef<at::Tensor>`: a pointer and a length, passed by value.
-#[repr(C)]
-struct TensorList {
-    data: *const *mut c_void,
-    len: usize,
-}
-
-/// `std::optional<at::Tensor>` (libstdc++): the tensor's one pointer, then
-/// the engaged flag; only the empty one is ever passed.
-#[repr(C)]
-struct NoTensor {
-    value: *mut c_void,
-    engaged: bool,
-}
+use super::{at_tensors, fusable, NoTensor, TensorList, NO_TENSOR};
 
 extern "C" {
     /// `at::_ops::_fused_sgd_::call(params, grads, momentum_buffers,
@@ -50,68 +26,6 @@ extern "C" {
     );
 }
 
-/// The `at::Tensor`s behind tch tensors, laid out as an array. An
-/// `at::Tensor` is one pointer (its `intrusive_ptr<TensorImpl>`); these
-/// copies are borrowed, without reference counts, for the length of a call
-/// in which the tensors they come from stay alive.
-fn at_tensors(tensors: &[&Tensor]) -> Vec<*mut c_void> {
-    tensors
-        .iter()
-        // SAFETY: tch's handle points at a live `at::Tensor`, whose first and
-        // only field is the implementation pointer.
-        .map(|t| unsafe { *(t.as_ptr() as *const *mut c_void) })
-        .collect()
-}
-
-/// Whether `sizes`/`strides` cover their elements exactly once with no gaps
-/// (contiguous in some order of the dimensions, as channels-last is).
-fn dense(sizes: &[i64], strides: &[i64]) -> bool {
-    let mut dims: Vec<(i64, i64)> = sizes
-        .iter()
-        .zip(strides)
-        .filter(|(&size, _)| size != 1)
-        .map(|(&size, &stride)| (stride, size))
-        .collect();
-    dims.sort_unstable();
-    let mut expected = 1;
-    for (stride, size) in dims {
-        if stride != expected {
-            return false;
-        }
-        expected *= size;
-    }
-    true
-}
-
-/// What `_fused_sgd_` requires of its lists (on CUDA,
-/// `check_fast_path_restrictions`): one device and kind for all, float
-/// kinds, and each parameter's gradient and buffer laid out exactly as it is.
-fn fusable(params: &[&Tensor], grads: &[&Tensor], buffers: &[&Tensor]) -> bool {
-    let Some(first) = params.first() else {
-        return false;
-    };
-    let (device, kind) = (first.device(), first.kind());
-    if !matches!(
-        kind,
-        Kind::Float | Kind::Double | Kind::BFloat16 | Kind::Half
-    ) || !matches!(device, Device::Cpu | Device::Cuda(_))
-        || grads.len() != params.len()
-        || buffers.len() != params.len()
-    {
-        return false;
-    }
-    params.iter().zip(grads).zip(buffers).all(|((p, g), b)| {
-        let (sizes, strides) = (p.size(), p.stride());
-        [p, g, b].iter().all(|t| {
-            t.defined()
-                && t.device() == device
-                && t.kind() == kind
-                && t.size() == sizes
-                && t.stride() == strides
-        }) && dense(&sizes, &strides)
-    })
-}
-
 /// One SGD step with momentum (no dampening, not Nesterov), in place:
 /// `b = g + weight_decay * p` on the first step, else
 /// `b = momentum * b + g + weight_decay * p`; then `p -= lr * b`. False,
@@ -125,26 +39,19 @@ pub fn step(
     first_step: bool,
 ) -> bool {
     let (weight_decay, momentum, lr) = hyper;
-    if momentum <= 0.0 || !fusable(params, grads, buffers) {
+    if momentum <= 0.0 || !fusable(params, &[grads, buffers]) {
         return false;
     }
     let (p, g, b) = (at_tensors(params), at_tensors(grads), at_tensors(buffers));
-    let list = |v: &Vec<*mut c_void>| TensorList {
-        data: v.as_ptr(),
-        len: v.len(),
-    };
-    let none = NoTensor {
-        value: std::ptr::null_mut(),
-        engaged: false,
-    };
+    let none = NO_TENSOR;
     // SAFETY: the lists point at live tensors (borrowed above) that pass
     // every check the operator makes, so it returns without throwing;
     // `none` outlives the call.
     unsafe {
         at_fused_sgd(
-            list(&p),
-            list(&g),
-            list(&b),
+            TensorList::of(&p),
+            TensorList::of(&g),
+            TensorList::of(&b),
             weight_decay,
             momentum,
             lr,
@@ -161,6 +68,8 @@ pub fn step(
 
 #[cfg(test)]
 mod tests {
+    use tch::{Device, Kind};
+
     use super::*;
 
     /// The op-by-op rule the fused operator replaces.
@@ -254,14 +163,5 @@ mod tests {
         ));
         assert!(!step(&[&p], &[&p], &[&b], (0.0, 0.0, 0.1), true));
         assert_eq!(Vec::<f32>::try_from(&p).unwrap(), [1.0; 4]);
-    }
-
-    #[test]
-    fn density_is_contiguity_in_some_order_of_the_dimensions() {
-        assert!(dense(&[2, 3], &[3, 1]));
-        assert!(dense(&[2, 3, 4, 5], &[60, 1, 15, 3]));
-        assert!(dense(&[1, 3], &[7, 1]));
-        assert!(!dense(&[4], &[2]));
-        assert!(!dense(&[2, 2], &[1, 1]));
     }
 }
