@@ -10,7 +10,10 @@
 # Prints the machine, each run's images/s (tagging and training: items over the
 # wall time of the whole process) and peak RSS, the medians and the ratios.
 #
-#   bench/run.sh [ITEMS] [ROUNDS] [BATCH]      (RAY=0 skips Ray Data, TRAIN=0 training)
+#   bench/run.sh [ITEMS] [ROUNDS] [BATCH]
+# RAY=0 skips Ray Data, TRAIN=0 training, TAG=0 tagging and the model-only runs;
+# BF16=1 adds training under bf16 autocast, atelier's and PyTorch's (pays on
+# cores with bf16 instructions, as AVX512-BF16 or AMX).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/setup.sh
@@ -20,11 +23,13 @@ batch="${3:-32}"
 threads="$(nproc)"
 with_ray="${RAY:-1}"
 with_train="${TRAIN:-1}"
+with_tag="${TAG:-1}"
+with_bf16="${BF16:-0}"
 cargo build --release -q -p atelier-cli
 cargo build --release -q -p atelier-worker --example forward
 atelier="$CARGO_TARGET_DIR/release/atelier"
 forward="$CARGO_TARGET_DIR/release/examples/forward"
-if [ "$with_ray" = 1 ] && ! python -c 'import ray.data' 2>/dev/null; then
+if [ "$with_tag" = 1 ] && [ "$with_ray" = 1 ] && ! python -c 'import ray.data' 2>/dev/null; then
   echo "installing ray[data] into $ATELIER_VENV (peer c)" >&2
   pip install -q --disable-pip-version-check "ray[data]" >&2
 fi
@@ -57,27 +62,36 @@ add() { # name, "images/s RSS" (a failed run leaves it empty)
 }
 train_flags=(--image-size 224 --batch-size "$batch" --lr 0.1 --crop-scale 0.6)
 for round in $(seq "$rounds"); do
-  rm -rf "$work/tags" "$work/ray" "$work/ckpt"
-  add "tag atelier" "$(run atelier env RUST_LOG=warn "$atelier" tag --catalog "$data/catalog" \
-    --checkpoint "$data/model" --out "$work/tags" --batch-size "$batch" --threads "$threads" --channels-last)"
-  add "tag pytorch(a)" "$(run peer python bench/tag_peer.py --catalog "$data/catalog" --checkpoint "$data/model" \
-    --out "$work/peer.parquet" --batch-size "$batch" --threads "$threads" --workers 1)"
-  if [ "$with_ray" = 1 ]; then
-    add "tag ray(c)" "$(run ray python bench/tag_ray.py --catalog "$data/catalog" --checkpoint "$data/model" \
-      --out "$work/ray" --batch-size "$batch" --threads "$threads")"
+  rm -rf "$work/tags" "$work/ray" "$work/ckpt" "$work/ckpt-bf16"
+  if [ "$with_tag" = 1 ]; then
+    add "tag atelier" "$(run atelier env RUST_LOG=warn "$atelier" tag --catalog "$data/catalog" \
+      --checkpoint "$data/model" --out "$work/tags" --batch-size "$batch" --threads "$threads" --channels-last)"
+    add "tag pytorch(a)" "$(run peer python bench/tag_peer.py --catalog "$data/catalog" --checkpoint "$data/model" \
+      --out "$work/peer.parquet" --batch-size "$batch" --threads "$threads" --workers 1)"
+    if [ "$with_ray" = 1 ]; then
+      add "tag ray(c)" "$(run ray python bench/tag_ray.py --catalog "$data/catalog" --checkpoint "$data/model" \
+        --out "$work/ray" --batch-size "$batch" --threads "$threads")"
+    fi
+    add "model atelier channels_last" "$("$forward" "$data/model" --batch-size "$batch" --iters 4 --channels-last | json_rate) -"
+    while read -r line; do
+      variant=$(python -c 'import json,sys; print(json.loads(sys.argv[1])["variant"])' "$line")
+      rate=$(python -c 'import json,sys; print(json.loads(sys.argv[1])["images_per_s"])' "$line")
+      add "model pytorch $variant" "$rate -"
+    done < <(python bench/forward_peer.py --checkpoint "$data/model" --batch-size "$batch" --iters 4 --threads "$threads")
   fi
-  add "model atelier channels_last" "$("$forward" "$data/model" --batch-size "$batch" --iters 4 --channels-last | json_rate) -"
-  while read -r line; do
-    variant=$(python -c 'import json,sys; print(json.loads(sys.argv[1])["variant"])' "$line")
-    rate=$(python -c 'import json,sys; print(json.loads(sys.argv[1])["images_per_s"])' "$line")
-    add "model pytorch $variant" "$rate -"
-  done < <(python bench/forward_peer.py --checkpoint "$data/model" --batch-size "$batch" --iters 4 --threads "$threads")
   if [ "$with_train" = 1 ]; then
     add "train atelier" "$(run train env RUST_LOG=warn "$atelier" train --model-type pool --arch resnet50 \
       "${train_flags[@]}" --n-epochs 1 --schedule onecycle --weight-decay 5e-4 --optimizer sgd \
       --catalog "$data/catalog" --checkpoint "$work/ckpt")"
     add "train pytorch(b)" "$(run train_peer python bench/train_peer.py --arch resnet50 "${train_flags[@]}" \
       --epochs 1 --workers 1 --threads "$threads" --catalog "$data/catalog")"
+  fi
+  if [ "$with_bf16" = 1 ]; then
+    add "train atelier bf16" "$(run train env RUST_LOG=warn "$atelier" train --model-type pool --arch resnet50 \
+      "${train_flags[@]}" --n-epochs 1 --schedule onecycle --weight-decay 5e-4 --optimizer sgd \
+      --catalog "$data/catalog" --checkpoint "$work/ckpt-bf16" --bf16)"
+    add "train pytorch(b) bf16" "$(run train_peer python bench/train_peer.py --arch resnet50 "${train_flags[@]}" \
+      --epochs 1 --workers 1 --threads "$threads" --catalog "$data/catalog" --bf16)"
   fi
 done
 for name in "${!results[@]}"; do echo "$name:${results[$name]}"; done | sort | python -c '
@@ -100,6 +114,8 @@ ratio("tag atelier", "model atelier channels_last", "(pipeline hidden: share of 
 ratio("tag atelier", "model pytorch optimize_for_inference", "(stretch: against the tuned PyTorch model)")
 ratio("model atelier channels_last", "model pytorch eager")
 ratio("train atelier", "train pytorch(b)")
+ratio("train atelier bf16", "train pytorch(b) bf16")
+ratio("train atelier bf16", "train atelier", "(bf16 autocast against f32)")
 a, p = medians.get("tag atelier"), medians.get("tag pytorch(a)")
 if a and p:
     print(f"ratio peak RSS tag atelier / tag pytorch(a): {a[1] / p[1]:.2f}x")

@@ -87,7 +87,7 @@ def main():
     parser.add_argument("--crop-scale", type=float, default=0.6,
                         help="smallest area share of RandomResizedCrop (atelier's --crop-scale)")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
-    parser.add_argument("--bf16", action="store_true", help="torch.autocast bf16 (CUDA)")
+    parser.add_argument("--bf16", action="store_true", help="torch.autocast bf16 on --device")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--world-size", type=int, default=1, help="DDP ranks (processes)")
     args = parser.parse_args()
@@ -144,7 +144,7 @@ def run(rank, args, port):
     model = Pool(args.arch, [len(maps[a]) + 1 for a in ATTRIBUTES]).to(device, memory_format=memory_format)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if pin else None)
-    autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16)
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.epochs * len(train))
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)

@@ -1,5 +1,5 @@
-//! bf16 autocast on CUDA. tch exposes only the legacy, deprecated switch,
-//! whose dtype is fp16 and which logs a warning on every use; libtorch's
+//! bf16 autocast on CUDA and on CPUs. tch exposes only the legacy, deprecated
+//! CUDA switch, whose dtype is fp16 and which logs a warning on every use; libtorch's
 //! per-device functions are exported from `libtorch_cpu`, which every binary
 //! here links, so they are declared directly. Their arguments are one-byte
 //! enums and `bool`, passed like C integers on every platform torch ships.
@@ -8,6 +8,7 @@ use tch::Device;
 
 use crate::error::{ModelError, Result};
 
+const DEVICE_TYPE_CPU: i8 = 0;
 const DEVICE_TYPE_CUDA: i8 = 1;
 const SCALAR_TYPE_BFLOAT16: i8 = 15;
 
@@ -29,17 +30,23 @@ extern "C" {
 /// Restores the previous state when dropped, so a panic inside the region
 /// cannot leave autocast on for the thread.
 struct Region {
+    device_type: i8,
     was_enabled: bool,
 }
 
 impl Region {
-    fn enter() -> Self {
-        // SAFETY: plain accessors of libtorch's thread-local autocast state.
+    fn enter(device_type: i8) -> Self {
+        // SAFETY: plain accessors of libtorch's thread-local autocast state
+        // (the dtype too: set here, on the thread that runs the region).
         unsafe {
-            let was_enabled = at_is_autocast_enabled(DEVICE_TYPE_CUDA);
-            at_set_autocast_enabled(DEVICE_TYPE_CUDA, true);
+            let was_enabled = at_is_autocast_enabled(device_type);
+            at_set_autocast_dtype(device_type, SCALAR_TYPE_BFLOAT16);
+            at_set_autocast_enabled(device_type, true);
             at_increment_nesting();
-            Self { was_enabled }
+            Self {
+                device_type,
+                was_enabled,
+            }
         }
     }
 }
@@ -52,47 +59,55 @@ impl Drop for Region {
             if at_decrement_nesting() == 0 {
                 at_clear_cache();
             }
-            at_set_autocast_enabled(DEVICE_TYPE_CUDA, self.was_enabled);
+            at_set_autocast_enabled(self.device_type, self.was_enabled);
         }
     }
 }
 
 /// Mixed precision for a forward pass: matmuls and convolutions in bf16,
-/// reductions and the loss in f32, as `torch.autocast("cuda", torch.bfloat16)`.
+/// reductions and the loss in f32, as `torch.autocast(device,
+/// torch.bfloat16)`. On a CPU it pays where the cores have bf16
+/// instructions (AVX512-BF16, AMX); elsewhere the casts cost more than the
+/// narrower arithmetic saves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bf16Autocast {
-    enabled: bool,
+    /// libtorch's device type, when on.
+    device_type: Option<i8>,
 }
 
 impl Bf16Autocast {
-    /// Off, or on for a CUDA device; bf16 autocast on a CPU is refused
-    /// because libtorch's legacy switch only reaches CUDA.
+    /// Off, or on for `device` (CUDA or CPU).
     pub fn new(requested: bool, device: Device) -> Result<Self> {
-        if requested && !device.is_cuda() {
-            return Err(ModelError::Spec(
-                "bf16 autocast needs a CUDA device; drop --bf16 on cpu".into(),
-            ));
+        if !requested {
+            return Ok(Self::off());
         }
-        if requested {
-            // SAFETY: a plain setter on libtorch's thread-local autocast state.
-            unsafe { at_set_autocast_dtype(DEVICE_TYPE_CUDA, SCALAR_TYPE_BFLOAT16) };
-        }
-        Ok(Self { enabled: requested })
+        let device_type = match device {
+            Device::Cpu => DEVICE_TYPE_CPU,
+            Device::Cuda(_) => DEVICE_TYPE_CUDA,
+            other => {
+                return Err(ModelError::Spec(format!(
+                    "bf16 autocast runs on cpu or cuda, not {other:?}; drop --bf16"
+                )))
+            }
+        };
+        Ok(Self {
+            device_type: Some(device_type),
+        })
     }
 
     pub fn off() -> Self {
-        Self { enabled: false }
+        Self { device_type: None }
     }
 
     pub fn enabled(&self) -> bool {
-        self.enabled
+        self.device_type.is_some()
     }
 
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> T {
-        if !self.enabled {
+        let Some(device_type) = self.device_type else {
             return f();
-        }
-        let _region = Region::enter();
+        };
+        let _region = Region::enter(device_type);
         f()
     }
 }
@@ -101,22 +116,49 @@ impl Bf16Autocast {
 mod tests {
     use super::*;
 
+    use tch::{Kind, Tensor};
+
     #[test]
-    fn refused_on_cpu_and_a_no_op_when_off() {
-        assert!(Bf16Autocast::new(true, Device::Cpu).is_err());
+    fn off_is_a_no_op_and_other_devices_are_refused() {
         let off = Bf16Autocast::new(false, Device::Cpu).unwrap();
         assert!(!off.enabled());
         assert_eq!(off.run(|| 7), 7);
+        let error = Bf16Autocast::new(true, Device::Mps).unwrap_err();
+        assert!(error.to_string().contains("Mps"), "{error}");
     }
 
     #[test]
     fn a_region_switches_cuda_autocast_on_and_back_off() {
         // Only thread-local flags change, so this runs without a GPU.
-        unsafe { at_set_autocast_dtype(DEVICE_TYPE_CUDA, SCALAR_TYPE_BFLOAT16) };
         let enabled = || unsafe { at_is_autocast_enabled(DEVICE_TYPE_CUDA) };
         assert!(!enabled());
-        let on = Bf16Autocast { enabled: true };
+        let on = Bf16Autocast {
+            device_type: Some(DEVICE_TYPE_CUDA),
+        };
         assert!(on.run(|| on.run(enabled)));
         assert!(!enabled());
+    }
+
+    #[test]
+    fn on_a_cpu_convolutions_run_in_bf16_and_the_loss_in_f32() {
+        let on = Bf16Autocast::new(true, Device::Cpu).unwrap();
+        let x = Tensor::randn([2, 3, 8, 8], (Kind::Float, Device::Cpu));
+        let w = Tensor::randn([4, 3, 3, 3], (Kind::Float, Device::Cpu));
+        let target = Tensor::from_slice(&[1i64, 3]);
+        let (conv, loss) = on.run(|| {
+            let conv = x.conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
+            let logits = conv.mean_dim(&[2i64, 3][..], false, None::<Kind>);
+            let loss =
+                logits.cross_entropy_loss::<Tensor>(&target, None, tch::Reduction::Mean, -100, 0.0);
+            (conv, loss)
+        });
+        assert_eq!(conv.kind(), Kind::BFloat16);
+        assert_eq!(loss.kind(), Kind::Float);
+        let after = x.conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
+        assert_eq!(
+            after.kind(),
+            Kind::Float,
+            "autocast stays inside the region"
+        );
     }
 }

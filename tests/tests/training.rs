@@ -108,24 +108,28 @@ fn the_loss_falls_on_a_tiny_catalogue() {
     let catalog = catalogue(dir.path(), 192);
     let checkpoint = dir.path().join("ckpt").to_str().unwrap().to_string();
     let rt = runtime();
-    let mut losses = Vec::new();
-    // Head-only training on frozen random features: a convex problem whose loss must fall.
-    let mut opts = options(&catalog, &checkpoint, Task::Color, 6);
-    opts.finetune = Some(false);
-    opts.optimizer = OptimizerKind::Adam;
-    opts.lr = 0.01;
-    train(&opts, rt.handle(), &mut |event| {
-        if let TrainEvent::Step { loss, .. } = event {
-            losses.push(*loss);
-        }
-    })
-    .unwrap();
-    let head: f64 = losses[..5].iter().sum::<f64>() / 5.0;
-    let tail: f64 = losses[losses.len() - 5..].iter().sum::<f64>() / 5.0;
-    assert!(
-        tail < head * 0.8,
-        "loss went from {head:.3} to {tail:.3}: {losses:?}"
-    );
+    // Head-only training on frozen random features: a convex problem whose
+    // loss must fall, in f32 and under bf16 autocast on the CPU.
+    for bf16 in [false, true] {
+        let mut losses = Vec::new();
+        let mut opts = options(&catalog, &format!("{checkpoint}-{bf16}"), Task::Color, 6);
+        opts.finetune = Some(false);
+        opts.optimizer = OptimizerKind::Adam;
+        opts.lr = 0.01;
+        opts.bf16 = bf16;
+        train(&opts, rt.handle(), &mut |event| {
+            if let TrainEvent::Step { loss, .. } = event {
+                losses.push(*loss);
+            }
+        })
+        .unwrap();
+        let head: f64 = losses[..5].iter().sum::<f64>() / 5.0;
+        let tail: f64 = losses[losses.len() - 5..].iter().sum::<f64>() / 5.0;
+        assert!(
+            tail < head * 0.8,
+            "bf16 {bf16}: loss went from {head:.3} to {tail:.3}: {losses:?}"
+        );
+    }
 }
 
 #[test]

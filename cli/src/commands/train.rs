@@ -97,8 +97,8 @@ pub struct TrainArgs {
     /// row-group order); memory grows with it by the size of the compressed images.
     #[arg(long, default_value_t = 4096)]
     pub shuffle_window: usize,
-    /// bf16 autocast on CUDA: convolutions and matmuls in bf16, weights,
-    /// gradients and the optimizer in f32.
+    /// bf16 autocast (CUDA, or a CPU with bf16 instructions): convolutions
+    /// and matmuls in bf16; weights, gradients, the loss and the optimizer in f32.
     #[arg(long)]
     pub bf16: bool,
     /// Stop after this many optimizer steps in all (a checkpoint is written there).

@@ -86,7 +86,7 @@ pub struct TrainOptions {
     /// Training items are shuffled within a buffer of this many.
     #[serde(default)]
     pub shuffle_window: usize,
-    /// bf16 autocast for forward passes (CUDA only).
+    /// bf16 autocast for forward passes (CUDA, or a CPU with bf16 instructions).
     #[serde(default)]
     pub bf16: bool,
     /// Stop (with a checkpoint) after this many optimizer steps in all.
