@@ -29,7 +29,7 @@ work=/tmp/atelier-gpu-ddp
 rm -rf "$work"; mkdir -p "$work"
 export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
 if [ "${DEVICE:-cuda}" = cpu ]; then
-  # atelier trains in bf16 autocast on CUDA only.
+  # The CPU rehearsal trains in f32, the one precision every CPU runs fast.
   gpus=1; collective=ring; amp=(); device() { echo cpu; }
 else
   gpus="$(python3 -c 'import torch; print(torch.cuda.device_count())')"; collective=nccl; amp=(--bf16)
