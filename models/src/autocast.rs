@@ -82,7 +82,14 @@ impl Bf16Autocast {
             return Ok(Self::off());
         }
         let device_type = match device {
-            Device::Cpu => DEVICE_TYPE_CPU,
+            Device::Cpu => {
+                if !cpu_has_bf16() {
+                    tracing::warn!(
+                        "bf16 autocast on a cpu without bf16 instructions: expect it slower than f32"
+                    );
+                }
+                DEVICE_TYPE_CPU
+            }
             Device::Cuda(_) => DEVICE_TYPE_CUDA,
             other => {
                 return Err(ModelError::Spec(format!(
@@ -109,6 +116,19 @@ impl Bf16Autocast {
         };
         let _region = Region::enter(device_type);
         f()
+    }
+}
+
+/// Whether this CPU has bf16 arithmetic (AVX512-BF16; AMX parts have it
+/// too), where oneDNN's bf16 kernels beat f32 rather than emulate.
+pub fn cpu_has_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 

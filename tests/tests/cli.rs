@@ -301,6 +301,23 @@ fn doctor_reports_what_the_machine_offers() {
         report.contains("\nnccl: ") && report.contains("\nnvjpeg: "),
         "{report}"
     );
-    // One line per GPU: its decode check, or why there is none.
-    assert_eq!(report.matches("\ncuda:").count() as i64, gpus, "{report}");
+    // Two lines per GPU: its decode check (or why there is none) and its
+    // completion events.
+    assert_eq!(
+        report.matches("\ncuda:").count() as i64,
+        2 * gpus,
+        "{report}"
+    );
+    for index in 0..gpus {
+        let events = format!("\ncuda:{index}: completion events: ");
+        assert!(report.contains(&events), "{report}");
+    }
+    // The bf16 verdict agrees with the kernel's view of the CPU.
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let expected = if cpuinfo.contains(" avx512_bf16") {
+        "cpu bf16: avx512-bf16"
+    } else {
+        "cpu bf16: no bf16 instructions"
+    };
+    assert!(report.contains(expected), "{report}");
 }

@@ -37,6 +37,14 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, usize::from),
         tch::get_num_threads()
     );
+    println!(
+        "cpu bf16: {}",
+        if atelier_models::autocast::cpu_has_bf16() {
+            "avx512-bf16, so --bf16 pays on the cpu too"
+        } else {
+            "no bf16 instructions; keep --bf16 for gpus"
+        }
+    );
     let gpus = tch::Cuda::device_count();
     println!("cuda devices: {gpus}");
     match NcclLibrary::load().and_then(|library| library.version().map(|v| (library, v))) {
