@@ -5,64 +5,40 @@ use tch::{Kind, Tensor};
 
 use super::{at_tensors, fusable, NoTensor, TensorList, NO_TENSOR};
 
-/// The operators' shared signature: `(params, grads, exp_avgs, exp_avg_sqs,
-/// max_exp_avg_sqs, state_steps, lr, beta1, beta2, weight_decay, eps,
-/// amsgrad, maximize, grad_scale, found_inf)`.
-type FusedAdam = unsafe extern "C" fn(
-    TensorList,
-    TensorList,
-    TensorList,
-    TensorList,
-    TensorList,
-    TensorList,
-    f64,
-    f64,
-    f64,
-    f64,
-    f64,
-    bool,
-    bool,
-    *const NoTensor,
-    *const NoTensor,
-);
+/// Declares the Adam-family operators, which share one signature:
+/// `(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr,
+/// beta1, beta2, weight_decay, eps, amsgrad, maximize, grad_scale,
+/// found_inf)`.
+macro_rules! fused_adam_operators {
+    ($($name:ident = $symbol:literal;)*) => {
+        extern "C" {
+            $(
+                #[link_name = $symbol]
+                fn $name(
+                    params: TensorList,
+                    grads: TensorList,
+                    exp_avgs: TensorList,
+                    exp_avg_sqs: TensorList,
+                    max_exp_avg_sqs: TensorList,
+                    state_steps: TensorList,
+                    lr: f64,
+                    beta1: f64,
+                    beta2: f64,
+                    weight_decay: f64,
+                    eps: f64,
+                    amsgrad: bool,
+                    maximize: bool,
+                    grad_scale: *const NoTensor,
+                    found_inf: *const NoTensor,
+                );
+            )*
+        }
+    };
+}
 
-extern "C" {
-    #[link_name = "_ZN2at4_ops12_fused_adam_4callEN3c108ArrayRefINS_6TensorEEES5_S5_S5_S5_S5_dddddbbRKSt8optionalIS4_ES9_"]
-    fn at_fused_adam(
-        params: TensorList,
-        grads: TensorList,
-        exp_avgs: TensorList,
-        exp_avg_sqs: TensorList,
-        max_exp_avg_sqs: TensorList,
-        state_steps: TensorList,
-        lr: f64,
-        beta1: f64,
-        beta2: f64,
-        weight_decay: f64,
-        eps: f64,
-        amsgrad: bool,
-        maximize: bool,
-        grad_scale: *const NoTensor,
-        found_inf: *const NoTensor,
-    );
-    #[link_name = "_ZN2at4_ops13_fused_adamw_4callEN3c108ArrayRefINS_6TensorEEES5_S5_S5_S5_S5_dddddbbRKSt8optionalIS4_ES9_"]
-    fn at_fused_adamw(
-        params: TensorList,
-        grads: TensorList,
-        exp_avgs: TensorList,
-        exp_avg_sqs: TensorList,
-        max_exp_avg_sqs: TensorList,
-        state_steps: TensorList,
-        lr: f64,
-        beta1: f64,
-        beta2: f64,
-        weight_decay: f64,
-        eps: f64,
-        amsgrad: bool,
-        maximize: bool,
-        grad_scale: *const NoTensor,
-        found_inf: *const NoTensor,
-    );
+fused_adam_operators! {
+    at_fused_adam = "_ZN2at4_ops12_fused_adam_4callEN3c108ArrayRefINS_6TensorEEES5_S5_S5_S5_S5_dddddbbRKSt8optionalIS4_ES9_";
+    at_fused_adamw = "_ZN2at4_ops13_fused_adamw_4callEN3c108ArrayRefINS_6TensorEEES5_S5_S5_S5_S5_dddddbbRKSt8optionalIS4_ES9_";
 }
 
 /// An Adam step's settings. `decoupled` is AdamW: the weight decay shrinks
@@ -119,7 +95,7 @@ pub fn step(lists: &AdamLists, settings: AdamStep) -> bool {
     let v = at_tensors(lists.exp_avg_sqs);
     let s = at_tensors(lists.step_counts);
     let no_max_exp_avg_sqs: [*mut std::ffi::c_void; 0] = [];
-    let operator: FusedAdam = if settings.decoupled {
+    let operator = if settings.decoupled {
         at_fused_adamw
     } else {
         at_fused_adam
