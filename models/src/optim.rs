@@ -103,52 +103,50 @@ impl Optimizer {
     /// operators refuse; call under `no_grad`.
     fn step_by_ops(&mut self, lr: f64, t: f64) {
         let c = self.config;
-        {
-            for ((_, param), slots) in self.params.iter_mut().zip(&mut self.slots) {
-                let grad = param.grad();
-                if !grad.defined() {
-                    continue;
+        for ((_, param), slots) in self.params.iter_mut().zip(&mut self.slots) {
+            let grad = param.grad();
+            if !grad.defined() {
+                continue;
+            }
+            match c.kind {
+                OptimizerKind::Sgd => {
+                    let grad = if c.weight_decay != 0.0 {
+                        &grad + &*param * c.weight_decay
+                    } else {
+                        grad
+                    };
+                    let buffer = &mut slots[0];
+                    if t == 1.0 {
+                        buffer.copy_(&grad);
+                    } else {
+                        let _ = buffer.g_mul_scalar_(c.momentum).g_add_(&grad);
+                    }
+                    let update = if c.momentum != 0.0 {
+                        &*buffer * lr
+                    } else {
+                        grad * lr
+                    };
+                    let _ = param.g_sub_(&update);
                 }
-                match c.kind {
-                    OptimizerKind::Sgd => {
-                        let grad = if c.weight_decay != 0.0 {
-                            &grad + &*param * c.weight_decay
-                        } else {
-                            grad
-                        };
-                        let buffer = &mut slots[0];
-                        if t == 1.0 {
-                            buffer.copy_(&grad);
-                        } else {
-                            let _ = buffer.g_mul_scalar_(c.momentum).g_add_(&grad);
-                        }
-                        let update = if c.momentum != 0.0 {
-                            &*buffer * lr
-                        } else {
-                            grad * lr
-                        };
-                        let _ = param.g_sub_(&update);
+                OptimizerKind::Adam | OptimizerKind::Adamw => {
+                    let grad = if c.kind == OptimizerKind::Adam && c.weight_decay != 0.0 {
+                        &grad + &*param * c.weight_decay
+                    } else {
+                        grad
+                    };
+                    if c.kind == OptimizerKind::Adamw && c.weight_decay != 0.0 {
+                        let _ = param.g_mul_scalar_(1.0 - lr * c.weight_decay);
                     }
-                    OptimizerKind::Adam | OptimizerKind::Adamw => {
-                        let grad = if c.kind == OptimizerKind::Adam && c.weight_decay != 0.0 {
-                            &grad + &*param * c.weight_decay
-                        } else {
-                            grad
-                        };
-                        if c.kind == OptimizerKind::Adamw && c.weight_decay != 0.0 {
-                            let _ = param.g_mul_scalar_(1.0 - lr * c.weight_decay);
-                        }
-                        let (b1, b2) = c.betas;
-                        let (first, second) = slots.split_at_mut(1);
-                        let m = &mut first[0];
-                        let v = &mut second[0];
-                        let _ = m.g_mul_scalar_(b1).g_add_(&(&grad * (1.0 - b1)));
-                        let _ = v.g_mul_scalar_(b2).g_add_(&(&grad * &grad * (1.0 - b2)));
-                        let m_hat = &*m / (1.0 - b1.powf(t));
-                        let v_hat = &*v / (1.0 - b2.powf(t));
-                        let update = m_hat / (v_hat.sqrt() + c.eps) * lr;
-                        let _ = param.g_sub_(&update);
-                    }
+                    let (b1, b2) = c.betas;
+                    let (first, second) = slots.split_at_mut(1);
+                    let m = &mut first[0];
+                    let v = &mut second[0];
+                    let _ = m.g_mul_scalar_(b1).g_add_(&(&grad * (1.0 - b1)));
+                    let _ = v.g_mul_scalar_(b2).g_add_(&(&grad * &grad * (1.0 - b2)));
+                    let m_hat = &*m / (1.0 - b1.powf(t));
+                    let v_hat = &*v / (1.0 - b2.powf(t));
+                    let update = m_hat / (v_hat.sqrt() + c.eps) * lr;
+                    let _ = param.g_sub_(&update);
                 }
             }
         }
