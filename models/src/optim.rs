@@ -51,6 +51,8 @@ pub struct Optimizer {
     /// device, all holding the current step (views of one tensor, so one
     /// fill a step); made at the first step.
     step_counts: Option<(Tensor, Vec<Tensor>)>,
+    /// Whether it was said that the fused operators refused the parameters.
+    said_op_by_op: bool,
     pub steps: i64,
 }
 
@@ -72,6 +74,7 @@ impl Optimizer {
             params,
             slots,
             step_counts: None,
+            said_op_by_op: false,
             steps: 0,
         }
     }
@@ -94,6 +97,14 @@ impl Optimizer {
                 OptimizerKind::Adam | OptimizerKind::Adamw => self.fused_adam(lr, t),
             };
             if !fused {
+                let expected = self.config.kind != OptimizerKind::Sgd || self.config.momentum > 0.0;
+                if expected && !self.said_op_by_op {
+                    self.said_op_by_op = true;
+                    tracing::warn!(
+                        optimizer = ?self.config.kind,
+                        "optimizer steps run op by op, slower: the parameters, gradients or state do not fit libtorch's fused operator (mixed devices or kinds, or unlike layouts)"
+                    );
+                }
                 self.step_by_ops(lr, t);
             }
         });

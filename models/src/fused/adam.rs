@@ -152,15 +152,6 @@ mod tests {
         tensors.iter().collect()
     }
 
-    fn randn_like_layout(p: &Tensor) -> Tensor {
-        let t = Tensor::randn_like(p);
-        if p.is_contiguous() {
-            t
-        } else {
-            crate::model::channels_last(&t)
-        }
-    }
-
     #[test]
     fn the_fused_steps_follow_the_op_by_op_rules() {
         let _guard = tch::no_grad_guard();
@@ -173,8 +164,8 @@ mod tests {
                 weight_decay: 0.05,
                 decoupled,
             };
-            let shapes: [&[i64]; 4] = [&[7], &[4, 3, 3, 3], &[1], &[130, 17]];
-            // One weight channels-last, as training with --channels-last keeps it.
+            let shapes: [&[i64]; 5] = [&[7], &[4, 3, 3, 3], &[1], &[130, 17], &[5, 3, 1, 1]];
+            // Weights channels-last, as training with --channels-last keeps them.
             let mut params: Vec<Tensor> = shapes
                 .iter()
                 .map(|s| Tensor::randn(*s, (Kind::Float, Device::Cpu)))
@@ -196,7 +187,7 @@ mod tests {
                 (0..shapes.len() as i64).map(|i| counts.get(i)).collect();
             for t in 1..=3 {
                 let _ = counts.fill_(t as f64);
-                let grads: Vec<Tensor> = params.iter().map(randn_like_layout).collect();
+                let grads: Vec<Tensor> = params.iter().map(super::super::random_grad_for).collect();
                 let lists = AdamLists {
                     params: &refs(&params),
                     grads: &refs(&grads),

@@ -81,11 +81,25 @@ fn dense(sizes: &[i64], strides: &[i64]) -> bool {
     true
 }
 
+/// Whether two tensors of `sizes` lie in memory alike: equal strides
+/// wherever a dimension has more than one element (a size-1 dimension's
+/// stride never moves an offset). Autograd gives a channels-last 1x1 conv
+/// weight of strides (64, 1, 1, 1) a gradient of strides (64, 1, 64, 64).
+fn same_layout(sizes: &[i64], a: &[i64], b: &[i64]) -> bool {
+    a.len() == sizes.len()
+        && b.len() == sizes.len()
+        && sizes
+            .iter()
+            .zip(a.iter().zip(b))
+            .all(|(&size, (x, y))| size == 1 || x == y)
+}
+
 /// What the fused operators require of their tensor lists (on CUDA,
-/// `check_fast_path_restrictions`; the CPU kernels walk each tensor's memory
+/// `check_fast_path_restrictions`, whose stride check skips size-1
+/// dimensions since PyTorch 2.5; the CPU kernels walk each tensor's memory
 /// as one flat array): equally long lists, one device and float kind for
 /// all, and each parameter's companions (gradient, optimizer state) laid out
-/// exactly as it is, densely.
+/// as it is, densely.
 fn fusable(params: &[&Tensor], companions: &[&[&Tensor]]) -> bool {
     let Some(first) = params.first() else {
         return false;
@@ -108,10 +122,26 @@ fn fusable(params: &[&Tensor], companions: &[&[&Tensor]]) -> bool {
                     && t.device() == device
                     && t.kind() == kind
                     && t.size() == sizes
-                    && t.stride() == strides
+                    && same_layout(&sizes, &t.stride(), &strides)
             })
             && dense(&sizes, &strides)
     })
+}
+
+/// A random gradient laid out as autograd lays out `param`'s under
+/// --channels-last: like it, except that a 1x1 weight (whose channels-last
+/// and contiguous strides coincide, (C, 1, 1, 1)) gets (C, 1, C, C).
+#[cfg(test)]
+pub(crate) fn random_grad_for(param: &Tensor) -> Tensor {
+    let size = param.size();
+    if let [_, channels, 1, 1] = size[..] {
+        let flat = Tensor::randn([param.numel() as i64], (param.kind(), param.device()));
+        return flat.as_strided(&size[..], [channels, 1, channels, channels], 0);
+    }
+    if param.is_contiguous() {
+        return Tensor::randn_like(param);
+    }
+    crate::model::channels_last(&Tensor::randn_like(param))
 }
 
 #[cfg(test)]
@@ -140,5 +170,18 @@ mod tests {
         assert!(!fusable(&[], &[]));
         let ints = Tensor::ones([4], (Kind::Int64, Device::Cpu));
         assert!(!fusable(&[&ints], &[&[&ints]]));
+    }
+
+    #[test]
+    fn a_size_one_dimension_may_have_any_stride() {
+        let options = (Kind::Float, Device::Cpu);
+        let weight = Tensor::ones([4, 3, 1, 1], options).as_strided([4, 3, 1, 1], [3, 1, 1, 1], 0);
+        let grad = Tensor::ones([4, 3, 1, 1], options).as_strided([4, 3, 1, 1], [3, 1, 3, 3], 0);
+        assert!(fusable(&[&weight], &[&[&grad]]));
+        let transposed =
+            Tensor::ones([4, 3, 1, 1], options).as_strided([4, 3, 1, 1], [1, 4, 1, 1], 0);
+        assert!(!fusable(&[&weight], &[&[&transposed]]));
+        assert!(same_layout(&[2, 1], &[1, 5], &[1, 9]));
+        assert!(!same_layout(&[2, 2], &[2, 1], &[1, 2]));
     }
 }

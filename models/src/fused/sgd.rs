@@ -92,7 +92,7 @@ mod tests {
     fn the_fused_step_follows_the_op_by_op_rule() {
         let _guard = tch::no_grad_guard();
         tch::manual_seed(3);
-        let shapes: [&[i64]; 4] = [&[7], &[4, 3, 3, 3], &[1], &[130, 17]];
+        let shapes: [&[i64]; 5] = [&[7], &[4, 3, 3, 3], &[1], &[130, 17], &[5, 3, 1, 1]];
         let hyper = (5e-4, 0.9, 0.1);
         let make = || -> Vec<Tensor> {
             shapes
@@ -101,7 +101,7 @@ mod tests {
                 .collect()
         };
         let params = make();
-        // One weight channels-last, as training with --channels-last keeps it.
+        // Weights channels-last, as training with --channels-last keeps them.
         let mut params: Vec<Tensor> = params
             .into_iter()
             .map(|p| {
@@ -116,17 +116,7 @@ mod tests {
         let buffers: Vec<Tensor> = params.iter().map(Tensor::zeros_like).collect();
         let mut reference_buffers: Vec<Tensor> = buffers.iter().map(Tensor::copy).collect();
         for step_index in 0..3 {
-            let grads: Vec<Tensor> = params
-                .iter()
-                .map(|p| {
-                    let g = Tensor::randn_like(p);
-                    if p.is_contiguous() {
-                        g
-                    } else {
-                        crate::model::channels_last(&g)
-                    }
-                })
-                .collect();
+            let grads: Vec<Tensor> = params.iter().map(super::super::random_grad_for).collect();
             assert!(step(
                 &refs(&params),
                 &refs(&grads),
