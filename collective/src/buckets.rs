@@ -131,10 +131,9 @@ impl GradientBuckets {
             self.flats = self.make_views(&grads)?;
         }
         let last = self.flats.len().saturating_sub(1);
-        let mut flats: Vec<Tensor> = self.flats.iter().map(Tensor::shallow_clone).collect();
         let mut bytes = 0u64;
         tch::no_grad(|| {
-            for (index, flat) in flats.iter_mut().enumerate() {
+            for (index, flat) in self.flats.iter_mut().enumerate() {
                 let _ = flat.g_mul_scalar_(items as f64);
                 if index == last {
                     let counts = Tensor::from_slice(&[loss_sum, items as f64])
@@ -146,8 +145,9 @@ impl GradientBuckets {
                 bytes += (flat.numel() * flat.kind().elt_size_in_bytes()) as u64;
             }
         });
-        collective.all_reduce_sum_many(&mut flats)?;
-        let counts = flats
+        collective.all_reduce_sum_many(&mut self.flats)?;
+        let counts = self
+            .flats
             .last()
             .map(|f| {
                 f.narrow(0, f.size()[0] - COUNTS, COUNTS)
@@ -159,7 +159,7 @@ impl GradientBuckets {
             })?;
         let (loss_total, items_total) = (counts.double_value(&[0]), counts.double_value(&[1]));
         tch::no_grad(|| {
-            for flat in &mut flats {
+            for flat in &mut self.flats {
                 let _ = flat.g_mul_scalar_(1.0 / items_total.max(1.0));
             }
         });
@@ -209,9 +209,9 @@ impl GradientBuckets {
                 for &i in bucket {
                     let mut grad = grads[i].shallow_clone();
                     let numel = grad.numel() as i64;
-                    // The gradient's own strides (a channels-last weight's
-                    // too: autograd makes gradients dense, laid out as their
-                    // parameter), so the optimizer's fused step still applies.
+                    // The gradient's own strides (autograd makes gradients
+                    // dense and ordered like their parameter, channels-last
+                    // ones too), so the optimizer's fused step still applies.
                     let piece = flat.as_strided(grad.size(), grad.stride(), offset);
                     piece.shallow_clone().copy_(&grad);
                     let _view = grad.f_set_source_tensor_(&piece).map_err(|e| {
