@@ -46,6 +46,19 @@ pub trait Collective: Send + std::fmt::Debug {
     fn all_reduce_sum_many(&mut self, tensors: &mut [Tensor]) -> Result<()> {
         tensors.iter_mut().try_for_each(|t| self.all_reduce_sum(t))
     }
+    /// Starts `all_reduce_sum` on `tensor`, ordered after the work already
+    /// queued on it; `finish_queued` completes every one started. A backend
+    /// with a device stream of its own for collectives returns once the
+    /// work is queued there, so that they run beside the caller's kernels;
+    /// the default runs it to the end now. `tensor` must stay alive and
+    /// untouched until `finish_queued` returns.
+    fn queue_all_reduce_sum(&mut self, tensor: &mut Tensor) -> Result<()> {
+        self.all_reduce_sum(tensor)
+    }
+    /// Waits for every collective `queue_all_reduce_sum` started.
+    fn finish_queued(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Replaces `tensor` on every rank with `root`'s.
     fn broadcast(&mut self, tensor: &mut Tensor, root: usize) -> Result<()>;
 }

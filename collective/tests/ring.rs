@@ -155,6 +155,64 @@ fn gradient_sync_weights_each_rank_by_its_items() {
 }
 
 #[test]
+fn overlapped_steps_average_like_the_plain_sync() {
+    // Three parameters in buckets of their own, so the ranks hand several
+    // buckets to the ring while backward runs; rank r has r + 1 items.
+    let results = on_ring(3, small_chunks(), |mut ring| {
+        let rank = ring.rank() as f32;
+        let params: Vec<Tensor> = [5i64, 40, 1]
+            .iter()
+            .map(|&n| Tensor::ones([n], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true))
+            .collect();
+        let mut buckets =
+            GradientBuckets::new(params.iter().map(Tensor::shallow_clone).collect(), 64);
+        let items = ring.rank() + 1;
+        let mut seen = Vec::new();
+        for step in 1..=3 {
+            for grad in params.iter().map(Tensor::grad).filter(Tensor::defined) {
+                let _ = grad.shallow_clone().zero_();
+            }
+            // Gradient of parameter p: (p + 1) * (rank + 1) * step; loss 2 * step.
+            let scale = (rank + 1.0) * step as f32;
+            let loss = params
+                .iter()
+                .enumerate()
+                .map(|(p, t)| (t * ((p + 1) as f64 * scale as f64)).sum(Kind::Float))
+                .fold(
+                    Tensor::zeros([], (Kind::Float, tch::Device::Cpu)),
+                    |a, b| a + b,
+                );
+            let mean_loss = Tensor::from(2.0f32 * step as f32);
+            let synced = buckets
+                .backward_and_sync(&mut ring, items, Some(&mean_loss), || loss.backward())
+                .unwrap();
+            let grads: Vec<Vec<f32>> = params
+                .iter()
+                .map(|p| Vec::<f32>::try_from(&p.grad()).unwrap())
+                .collect();
+            seen.push((synced.items, synced.loss_sum, grads));
+        }
+        seen
+    });
+    // Weighted by items 1, 2, 3: sum(items * (rank + 1)) / sum(items) = 14 / 6.
+    let mean = 14.0 / 6.0;
+    for seen in results {
+        for (step, (items, loss_sum, grads)) in seen.into_iter().enumerate() {
+            let step = (step + 1) as f64;
+            assert_eq!(items, 6.0);
+            assert!((loss_sum - 2.0 * step * 6.0).abs() < 1e-4, "{loss_sum}");
+            for (p, grad) in grads.iter().enumerate() {
+                let want = ((p + 1) as f64 * mean * step) as f32;
+                assert!(
+                    grad.iter().all(|g| (g - want).abs() < 1e-4),
+                    "param {p}: {grad:?} != {want}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn a_silent_peer_is_a_timeout_not_a_hang() {
     let options = RingOptions {
         timeout: Duration::from_millis(500),

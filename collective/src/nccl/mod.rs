@@ -4,6 +4,7 @@
 //! aborts the communicator when a peer stops answering.
 
 mod library;
+mod side_stream;
 
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -12,11 +13,12 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{CollectiveError, Result};
 use crate::{Backend, Collective};
-use library::{Comm, NCCL_FLOAT32, NCCL_FLOAT64, NCCL_SUM};
+use library::{Comm, Stream, NCCL_FLOAT32, NCCL_FLOAT64, NCCL_SUM};
 pub use library::{NcclLibrary, NcclUniqueId, UNIQUE_ID_BYTES};
+use side_stream::SideStream;
 
 /// torch's default stream is CUDA's legacy default stream, the null handle.
-const TORCH_DEFAULT_STREAM: library::Stream = std::ptr::null_mut();
+const TORCH_DEFAULT_STREAM: Stream = std::ptr::null_mut();
 
 #[derive(Debug)]
 pub struct NcclCollective {
@@ -27,6 +29,11 @@ pub struct NcclCollective {
     device_index: usize,
     timeout: Duration,
     aborted: bool,
+    /// For `queue_all_reduce_sum`, made at its first call: `None` inside
+    /// when there is no CUDA runtime to make it with.
+    side: Option<Option<SideStream>>,
+    /// Whether collectives were queued that nobody waited for yet.
+    queued: bool,
 }
 
 // SAFETY: an NCCL communicator may be used from any thread as long as calls
@@ -88,6 +95,8 @@ impl NcclCollective {
             device_index,
             timeout,
             aborted: false,
+            side: None,
+            queued: false,
         })
     }
 
@@ -156,8 +165,8 @@ impl NcclCollective {
         self.library.check(call, state)
     }
 
-    /// Queues an in-place sum of `tensor`; false when it is empty.
-    fn queue_all_reduce(&mut self, tensor: &mut Tensor) -> Result<bool> {
+    /// Queues an in-place sum of `tensor` on `stream`; false when it is empty.
+    fn queue_all_reduce(&mut self, tensor: &mut Tensor, stream: Stream) -> Result<bool> {
         let (count, kind) = self.check_tensor(tensor, "ncclAllReduce")?;
         if count == 0 {
             return Ok(false);
@@ -167,18 +176,24 @@ impl NcclCollective {
         // that the caller's `&mut` keeps alive until `wait` has seen the
         // kernel finish.
         let code = unsafe {
-            (self.library.all_reduce)(
-                data,
-                data,
-                count,
-                kind,
-                NCCL_SUM,
-                self.comm,
-                TORCH_DEFAULT_STREAM,
-            )
+            (self.library.all_reduce)(data, data, count, kind, NCCL_SUM, self.comm, stream)
         };
         self.library.check("ncclAllReduce", code)?;
         Ok(true)
+    }
+
+    /// The side stream for overlapped all-reduces, made on first use.
+    fn side_stream(&mut self) -> Option<&SideStream> {
+        let device = self.device_index;
+        self.side
+            .get_or_insert_with(|| match SideStream::new(device) {
+                Ok(side) => side,
+                Err(error) => {
+                    tracing::warn!(%error, "no side stream for collectives; they queue behind torch's kernels");
+                    None
+                }
+            })
+            .as_ref()
     }
 }
 
@@ -236,7 +251,7 @@ impl Collective for NcclCollective {
         let mut queued = false;
         let mut refused = None;
         for tensor in tensors.iter_mut() {
-            match self.queue_all_reduce(tensor) {
+            match self.queue_all_reduce(tensor, TORCH_DEFAULT_STREAM) {
                 Ok(now) => queued |= now,
                 Err(error) => {
                     refused = Some(error);
@@ -252,6 +267,30 @@ impl Collective for NcclCollective {
             Ok(())
         };
         refused.map_or(waited, Err)
+    }
+
+    /// Queues the sum on the side stream, after everything torch's stream
+    /// holds so far (the gradients of the bucket), and returns at once.
+    fn queue_all_reduce_sum(&mut self, tensor: &mut Tensor) -> Result<()> {
+        let stream = match self.side_stream() {
+            Some(side) => {
+                side.follow(TORCH_DEFAULT_STREAM)?;
+                side.stream()
+            }
+            None => TORCH_DEFAULT_STREAM,
+        };
+        let queued = self.queue_all_reduce(tensor, stream)?;
+        self.queued |= queued;
+        Ok(())
+    }
+
+    /// Waits for the whole device, the side stream included, so torch's
+    /// later kernels read the sums.
+    fn finish_queued(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.queued) {
+            return Ok(());
+        }
+        self.wait("ncclAllReduce")
     }
 
     fn broadcast(&mut self, tensor: &mut Tensor, root: usize) -> Result<()> {

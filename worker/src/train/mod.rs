@@ -296,27 +296,33 @@ pub fn train_ranked(
             }
             let lr = run.schedule.lr(run.optimizer.steps);
             run.optimizer.zero_grad();
-            let local_loss = match &inputs {
+            let step_loss = match &inputs {
                 Some(inputs) if inputs.count > 0 => {
-                    let loss = autocast.run(|| loss(&run.model, inputs, true));
-                    loss.backward();
-                    Some(loss.detach())
+                    Some(autocast.run(|| loss(&run.model, inputs, true)))
                 }
                 _ => None,
             };
-            if distributed {
-                define_missing_grads(&trainable);
-            }
+            let backward = || {
+                if let Some(step_loss) = &step_loss {
+                    step_loss.backward();
+                }
+                if distributed {
+                    define_missing_grads(&trainable);
+                }
+            };
             // A world of one forced onto NCCL (the GPU check) all-reduces too.
             if collective.backend() != Backend::Single {
-                // The all-reduce waits for the device anyway; the loss rides along.
-                let local = local_loss.map_or(0.0, |l| l.double_value(&[]));
-                let synced = buckets.sync(collective, count, local * count as f64)?;
+                // The loss rides along with the gradients.
+                let synced =
+                    buckets.backward_and_sync(collective, count, step_loss.as_ref(), backward)?;
                 allreduce_seconds += synced.seconds;
                 allreduce_bytes += synced.bytes;
                 window_loss.add(synced.loss_sum, synced.items);
-            } else if let Some(local) = local_loss {
-                window_loss.add_on_device(&local, count);
+            } else {
+                backward();
+                if let Some(step_loss) = &step_loss {
+                    window_loss.add_on_device(&step_loss.detach(), count);
+                }
             }
             run.optimizer.step(lr);
             run.manifest.step = run.optimizer.steps;

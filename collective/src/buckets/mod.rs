@@ -2,9 +2,11 @@
 //! sends them: few enough collectives to amortise their latency, small enough
 //! to bound the extra memory of the flattened copies.
 
+mod overlap;
+
 use std::time::Instant;
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::error::{CollectiveError, Result};
 use crate::Collective;
@@ -146,23 +148,7 @@ impl GradientBuckets {
             }
         });
         collective.all_reduce_sum_many(&mut self.flats)?;
-        let counts = self
-            .flats
-            .last()
-            .map(|f| {
-                f.narrow(0, f.size()[0] - COUNTS, COUNTS)
-                    .to_kind(Kind::Double)
-            })
-            .ok_or_else(|| CollectiveError::InvalidTensor {
-                op: "gradient all-reduce",
-                detail: "no trainable parameters".into(),
-            })?;
-        let (loss_total, items_total) = (counts.double_value(&[0]), counts.double_value(&[1]));
-        tch::no_grad(|| {
-            for flat in &mut self.flats {
-                let _ = flat.g_mul_scalar_(1.0 / items_total.max(1.0));
-            }
-        });
+        let (loss_total, items_total) = self.average()?;
         Ok(SyncedStep {
             items: items_total,
             loss_sum: loss_total,
@@ -233,6 +219,7 @@ impl GradientBuckets {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Kind;
 
     #[test]
     fn buckets_respect_the_size_and_kind_boundaries() {

@@ -1,0 +1,311 @@
+//! A step's all-reduce overlapped with its backward pass, as PyTorch DDP
+//! overlaps them through autograd hooks. tch has no hooks, so a
+//! communication thread watches the gradients' version counters instead:
+//! autograd adds each gradient into its bucket view in place, once per
+//! backward pass, and every in-place write bumps the view's counter. A bucket
+//! whose gradients have all moved on is final and goes out while autograd
+//! still works on the layers below it. Buckets go from the last to the first,
+//! the order in which backward produces them, and every rank takes that same
+//! order, as collectives must.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tch::{Kind, Tensor};
+
+use super::{GradientBuckets, SyncedStep, COUNTS};
+use crate::error::{CollectiveError, Result};
+use crate::{Backend, Collective};
+
+/// How long the communication thread sleeps between looks at the counters:
+/// short next to any backward pass worth overlapping, long enough not to take
+/// a core from it.
+const POLL: Duration = Duration::from_micros(50);
+
+/// Sets the flag when dropped, so the communication thread stops waiting
+/// even when the backward pass panics.
+struct RaiseOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for RaiseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl GradientBuckets {
+    /// Runs `backward` and averages the gradients over the global batch as
+    /// [`GradientBuckets::sync`] does, all-reducing each bucket as soon as
+    /// backward has finished with it. `loss` is the rank's mean loss over
+    /// its `items` (none without items). `backward` must leave every
+    /// parameter with a gradient. Until the gradients are bucket views (the
+    /// first step) the all-reduce follows the backward pass.
+    pub fn backward_and_sync(
+        &mut self,
+        collective: &mut dyn Collective,
+        items: usize,
+        loss: Option<&Tensor>,
+        backward: impl FnOnce(),
+    ) -> Result<SyncedStep> {
+        let grads: Vec<Tensor> = self.params.iter().map(Tensor::grad).collect();
+        let overlap = collective.backend() != Backend::Single
+            && grads.iter().all(Tensor::defined)
+            && self.grads_are_bucket_views(&grads);
+        if !overlap {
+            backward();
+            let loss_sum = loss.map_or(0.0, |l| l.double_value(&[]) * items as f64);
+            return self.sync(collective, items, loss_sum);
+        }
+        self.write_counts(items, loss);
+        let versions: Vec<i64> = grads.iter().map(Tensor::internal_version).collect();
+        let finished = AtomicBool::new(false);
+        let (communicated, backward_ended) = std::thread::scope(|scope| {
+            let buckets = &self.buckets;
+            let flats = &mut self.flats;
+            let finished = &finished;
+            let sender = std::thread::Builder::new()
+                .name("grad-allreduce".into())
+                .spawn_scoped(scope, move || {
+                    reduce_as_ready(
+                        collective, buckets, flats, &grads, &versions, items, finished,
+                    )
+                });
+            let raise = RaiseOnDrop(finished);
+            backward();
+            drop(raise);
+            let backward_ended = Instant::now();
+            let communicated = match sender {
+                Ok(thread) => thread.join().unwrap_or_else(|_| {
+                    Err(CollectiveError::Setup(
+                        "the gradient all-reduce thread panicked".into(),
+                    ))
+                }),
+                Err(e) => Err(CollectiveError::Setup(format!(
+                    "starting the gradient all-reduce thread: {e}"
+                ))),
+            };
+            (communicated, backward_ended)
+        });
+        let bytes = communicated?;
+        let (loss_sum, items_total) = self.average()?;
+        Ok(SyncedStep {
+            items: items_total,
+            loss_sum,
+            // What the step waited for beyond its backward pass.
+            seconds: backward_ended.elapsed().as_secs_f64(),
+            bytes,
+        })
+    }
+
+    /// The rank's loss sum and item count into the last bucket's tail, on the
+    /// device, so that no host read waits for the forward pass.
+    fn write_counts(&mut self, items: usize, loss: Option<&Tensor>) {
+        let Some(flat) = self.flats.last() else {
+            return;
+        };
+        let tail = flat.narrow(0, flat.size()[0] - COUNTS, COUNTS);
+        tch::no_grad(|| {
+            let mut loss_slot = tail.narrow(0, 0, 1);
+            match loss {
+                Some(loss) => {
+                    let sum = loss.detach().reshape([1]).to_kind(flat.kind()) * items as f64;
+                    loss_slot.copy_(&sum);
+                }
+                None => {
+                    let _ = loss_slot.fill_(0.0);
+                }
+            }
+            let _ = tail.narrow(0, 1, 1).fill_(items as f64);
+        });
+    }
+
+    /// Reads the global loss sum and item count, and divides the gradients
+    /// by the count: the mean over the global batch.
+    pub(super) fn average(&mut self) -> Result<(f64, f64)> {
+        let counts = self
+            .flats
+            .last()
+            .map(|f| {
+                f.narrow(0, f.size()[0] - COUNTS, COUNTS)
+                    .to_kind(Kind::Double)
+            })
+            .ok_or_else(|| CollectiveError::InvalidTensor {
+                op: "gradient all-reduce",
+                detail: "no trainable parameters".into(),
+            })?;
+        let (loss_total, items_total) = (counts.double_value(&[0]), counts.double_value(&[1]));
+        tch::no_grad(|| {
+            for flat in &mut self.flats {
+                let _ = flat.g_mul_scalar_(1.0 / items_total.max(1.0));
+            }
+        });
+        Ok((loss_total, items_total))
+    }
+}
+
+/// The communication thread: each bucket, last first, weighted by the rank's
+/// items and all-reduced once its gradients are final or backward is over.
+/// Returns the bytes sent.
+fn reduce_as_ready(
+    collective: &mut dyn Collective,
+    buckets: &[Vec<usize>],
+    flats: &mut [Tensor],
+    grads: &[Tensor],
+    versions: &[i64],
+    items: usize,
+    finished: &AtomicBool,
+) -> Result<u64> {
+    let last = flats.len().saturating_sub(1);
+    let mut bytes = 0u64;
+    for (index, (bucket, flat)) in buckets.iter().zip(flats.iter_mut()).enumerate().rev() {
+        let mut waiting: Vec<usize> = bucket.clone();
+        // A gradient that backward never touches (a parameter outside this
+        // step's graph) keeps its counter: the end of backward releases it.
+        while !finished.load(Ordering::Acquire) {
+            waiting.retain(|&i| grads[i].internal_version() == versions[i]);
+            if waiting.is_empty() {
+                break;
+            }
+            std::thread::sleep(POLL);
+        }
+        let gradients = flat.size()[0] - if index == last { COUNTS } else { 0 };
+        tch::no_grad(|| {
+            let _ = flat.narrow(0, 0, gradients).g_mul_scalar_(items as f64);
+        });
+        if let Err(error) = collective.queue_all_reduce_sum(flat) {
+            // What was queued before still writes into its bucket.
+            let _ = collective.finish_queued();
+            return Err(error);
+        }
+        bytes += (flat.numel() * flat.kind().elt_size_in_bytes()) as u64;
+    }
+    collective.finish_queued()?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tch::Device;
+
+    use super::*;
+
+    /// A world of one that says it is a ring and notes, for each bucket it
+    /// is handed, its length and whether backward had returned by then.
+    #[derive(Debug)]
+    struct Recorder {
+        backward_returned: Arc<AtomicBool>,
+        queued: Arc<Mutex<Vec<(i64, bool)>>>,
+        finished: Arc<Mutex<usize>>,
+    }
+
+    impl Collective for Recorder {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn world_size(&self) -> usize {
+            1
+        }
+        fn backend(&self) -> Backend {
+            Backend::Ring
+        }
+        fn all_reduce_sum(&mut self, _tensor: &mut Tensor) -> Result<()> {
+            Ok(())
+        }
+        fn queue_all_reduce_sum(&mut self, tensor: &mut Tensor) -> Result<()> {
+            let returned = self.backward_returned.load(Ordering::Acquire);
+            self.queued
+                .lock()
+                .unwrap()
+                .push((tensor.numel() as i64, returned));
+            Ok(())
+        }
+        fn finish_queued(&mut self) -> Result<()> {
+            *self.finished.lock().unwrap() += 1;
+            Ok(())
+        }
+        fn broadcast(&mut self, _tensor: &mut Tensor, _root: usize) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn param(n: i64) -> Tensor {
+        Tensor::ones([n], (Kind::Float, Device::Cpu)).set_requires_grad(true)
+    }
+
+    #[test]
+    fn buckets_go_out_while_backward_runs_and_an_untouched_one_at_its_end() {
+        // 16-byte buckets: [a], [b], [c], each four floats.
+        let (a, b, c) = (param(4), param(4), param(4));
+        let mut buckets = GradientBuckets::new(
+            vec![a.shallow_clone(), b.shallow_clone(), c.shallow_clone()],
+            16,
+        );
+        let recorder = Recorder {
+            backward_returned: Arc::new(AtomicBool::new(false)),
+            queued: Arc::new(Mutex::new(Vec::new())),
+            finished: Arc::new(Mutex::new(0)),
+        };
+        let (returned, queued, finished) = (
+            Arc::clone(&recorder.backward_returned),
+            Arc::clone(&recorder.queued),
+            Arc::clone(&recorder.finished),
+        );
+        let mut collective = recorder;
+        let uses_all = || (&a + &b * 2.0 + &c * 3.0).sum(Kind::Float);
+        // The first step makes the bucket views; its all-reduce follows backward.
+        let loss = uses_all();
+        buckets
+            .backward_and_sync(&mut collective, 2, Some(&loss), || loss.backward())
+            .unwrap();
+        assert_eq!(
+            queued.lock().unwrap().len(),
+            0,
+            "plain sync on the first step"
+        );
+        for grad in [a.grad(), b.grad(), c.grad()] {
+            let _ = grad.shallow_clone().zero_();
+        }
+        // Backward touches b and c only, then lingers: their buckets must go
+        // out before it returns, a's (never final) after.
+        let loss = (&b * 2.0 + &c * 3.0).sum(Kind::Float);
+        let step = buckets
+            .backward_and_sync(&mut collective, 2, Some(&loss), || {
+                loss.backward();
+                std::thread::sleep(Duration::from_millis(300));
+                returned.store(true, Ordering::Release);
+            })
+            .unwrap();
+        // Last bucket first (it carries the two counts), as backward makes them.
+        assert_eq!(*queued.lock().unwrap(), [(6, false), (4, false), (4, true)]);
+        assert_eq!(*finished.lock().unwrap(), 1);
+        // A world of one: the mean over its two items is the rank's own.
+        assert_eq!((step.items, step.loss_sum), (2.0, 2.0 * 20.0));
+        assert_eq!(Vec::<f32>::try_from(&a.grad()).unwrap(), [0.0; 4]);
+        assert_eq!(Vec::<f32>::try_from(&b.grad()).unwrap(), [2.0; 4]);
+        assert_eq!(Vec::<f32>::try_from(&c.grad()).unwrap(), [3.0; 4]);
+    }
+
+    #[test]
+    fn a_panicking_backward_releases_the_communication_thread() {
+        let a = param(4);
+        let mut buckets = GradientBuckets::new(vec![a.shallow_clone()], 1 << 20);
+        let mut collective = Recorder {
+            backward_returned: Arc::new(AtomicBool::new(false)),
+            queued: Arc::new(Mutex::new(Vec::new())),
+            finished: Arc::new(Mutex::new(0)),
+        };
+        let loss = a.sum(Kind::Float);
+        buckets
+            .backward_and_sync(&mut collective, 1, Some(&loss), || loss.backward())
+            .unwrap();
+        let _ = a.grad().zero_();
+        // Nothing reaches the bucket and backward panics: without the flag
+        // raised on unwinding, the thread would wait for ever.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            buckets.backward_and_sync(&mut collective, 1, None, || panic!("backward failed"))
+        }));
+        assert!(outcome.is_err());
+        assert_eq!(collective.queued.lock().unwrap().len(), 1);
+    }
+}
