@@ -59,6 +59,11 @@ pub trait Collective: Send + std::fmt::Debug {
     fn finish_queued(&mut self) -> Result<()> {
         Ok(())
     }
+    /// Whether a step's all-reduce should run while its backward pass still
+    /// does: where collectives take none of the cores or SMs backward needs.
+    fn overlaps_backward(&self) -> bool {
+        false
+    }
     /// Replaces `tensor` on every rank with `root`'s.
     fn broadcast(&mut self, tensor: &mut Tensor, root: usize) -> Result<()>;
 }

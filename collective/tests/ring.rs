@@ -34,6 +34,7 @@ fn small_chunks() -> RingOptions {
         // 16 floats per chunk, so long inputs span many chunks.
         chunk_bytes: 64,
         session: 7,
+        overlap_backward: false,
     }
 }
 
@@ -158,7 +159,12 @@ fn gradient_sync_weights_each_rank_by_its_items() {
 fn overlapped_steps_average_like_the_plain_sync() {
     // Three parameters in buckets of their own, so the ranks hand several
     // buckets to the ring while backward runs; rank r has r + 1 items.
-    let results = on_ring(3, small_chunks(), |mut ring| {
+    let options = RingOptions {
+        overlap_backward: true,
+        ..small_chunks()
+    };
+    let results = on_ring(3, options, |mut ring| {
+        assert!(ring.overlaps_backward());
         let rank = ring.rank() as f32;
         let params: Vec<Tensor> = [5i64, 40, 1]
             .iter()

@@ -86,8 +86,11 @@ fn options(catalog: &str, checkpoint: &str, batch_size: usize, max_steps: i64) -
 
 /// Trains `world` ranks on threads; returns each rank's losses.
 fn train_on_ring(options: &TrainOptions, world: usize) -> Vec<Vec<f64>> {
+    // The ring's overlap is off by default; on here, so the whole training
+    // loop's overlapped steps are held to the single process too.
     let ring_options = RingOptions {
         timeout: Duration::from_secs(60),
+        overlap_backward: true,
         ..RingOptions::default()
     };
     let ranks = RingCollective::loopback(world, ring_options).unwrap();

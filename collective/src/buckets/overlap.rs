@@ -15,12 +15,12 @@ use tch::{Kind, Tensor};
 
 use super::{GradientBuckets, SyncedStep, COUNTS};
 use crate::error::{CollectiveError, Result};
-use crate::{Backend, Collective};
+use crate::Collective;
 
 /// How long the communication thread sleeps between looks at the counters:
 /// short next to any backward pass worth overlapping, long enough not to take
 /// a core from it.
-const POLL: Duration = Duration::from_micros(50);
+const POLL: Duration = Duration::from_micros(200);
 
 /// Sets the flag when dropped, so the communication thread stops waiting
 /// even when the backward pass panics.
@@ -37,8 +37,9 @@ impl GradientBuckets {
     /// [`GradientBuckets::sync`] does, all-reducing each bucket as soon as
     /// backward has finished with it. `loss` is the rank's mean loss over
     /// its `items` (none without items). `backward` must leave every
-    /// parameter with a gradient. Until the gradients are bucket views (the
-    /// first step) the all-reduce follows the backward pass.
+    /// parameter with a gradient. The all-reduce follows the backward pass
+    /// where the collective does not overlap them, and until the gradients
+    /// are bucket views (the first step).
     pub fn backward_and_sync(
         &mut self,
         collective: &mut dyn Collective,
@@ -47,7 +48,7 @@ impl GradientBuckets {
         backward: impl FnOnce(),
     ) -> Result<SyncedStep> {
         let grads: Vec<Tensor> = self.params.iter().map(Tensor::grad).collect();
-        let overlap = collective.backend() != Backend::Single
+        let overlap = collective.overlaps_backward()
             && grads.iter().all(Tensor::defined)
             && self.grads_are_bucket_views(&grads);
         if !overlap {
@@ -158,10 +159,17 @@ fn reduce_as_ready(
     let mut bytes = 0u64;
     for (index, (bucket, flat)) in buckets.iter().zip(flats.iter_mut()).enumerate().rev() {
         let mut waiting: Vec<usize> = bucket.clone();
+        // Backward reaches parameters roughly last to first, so the look
+        // stops at the first one still pending rather than asking them all.
         // A gradient that backward never touches (a parameter outside this
         // step's graph) keeps its counter: the end of backward releases it.
         while !finished.load(Ordering::Acquire) {
-            waiting.retain(|&i| grads[i].internal_version() == versions[i]);
+            while let Some(&i) = waiting.last() {
+                if grads[i].internal_version() == versions[i] {
+                    break;
+                }
+                waiting.pop();
+            }
             if waiting.is_empty() {
                 break;
             }
@@ -189,6 +197,7 @@ mod tests {
     use tch::Device;
 
     use super::*;
+    use crate::Backend;
 
     /// A world of one that says it is a ring and notes, for each bucket it
     /// is handed, its length and whether backward had returned by then.
@@ -208,6 +217,9 @@ mod tests {
         }
         fn backend(&self) -> Backend {
             Backend::Ring
+        }
+        fn overlaps_backward(&self) -> bool {
+            true
         }
         fn all_reduce_sum(&mut self, _tensor: &mut Tensor) -> Result<()> {
             Ok(())

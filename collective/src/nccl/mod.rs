@@ -284,6 +284,12 @@ impl Collective for NcclCollective {
         Ok(())
     }
 
+    /// The all-reduce runs on its own stream and NCCL's few SMs; the host
+    /// thread that feeds it only waits.
+    fn overlaps_backward(&self) -> bool {
+        true
+    }
+
     /// Waits for the whole device, the side stream included, so torch's
     /// later kernels read the sums.
     fn finish_queued(&mut self) -> Result<()> {

@@ -24,6 +24,11 @@ pub struct RingOptions {
     pub chunk_bytes: usize,
     /// Names this gang, so that a rank of another one cannot join the ring.
     pub session: u64,
+    /// All-reduce each gradient bucket while backward still runs. The ring
+    /// copies and adds on the host, so this pays only where cores are left
+    /// over or the traffic crosses a real network; on loopback with every
+    /// core computing it slowed steps (see BENCHMARKS.md).
+    pub overlap_backward: bool,
 }
 
 impl Default for RingOptions {
@@ -32,6 +37,7 @@ impl Default for RingOptions {
             timeout: Duration::from_secs(60),
             chunk_bytes: 256 << 10,
             session: 0,
+            overlap_backward: false,
         }
     }
 }
@@ -375,6 +381,10 @@ impl Collective for RingCollective {
 
     fn backend(&self) -> Backend {
         Backend::Ring
+    }
+
+    fn overlaps_backward(&self) -> bool {
+        self.options.overlap_backward
     }
 
     fn all_reduce_sum(&mut self, tensor: &mut Tensor) -> Result<()> {

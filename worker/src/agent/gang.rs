@@ -112,6 +112,7 @@ pub fn join_gang(
         let options = RingOptions {
             timeout,
             session: gang.session,
+            overlap_backward: std::env::var("ATELIER_RING_OVERLAP").as_deref() == Ok("1"),
             ..RingOptions::default()
         };
         return Ok(Box::new(RingCollective::connect(
