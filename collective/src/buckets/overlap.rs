@@ -87,6 +87,16 @@ impl GradientBuckets {
             (communicated, backward_ended)
         });
         let bytes = communicated?;
+        // Autograd adds into a defined gradient in place; were one ever
+        // replaced instead, its bucket went out without it. Every rank runs
+        // the same code, so all of them stop here alike.
+        let after: Vec<Tensor> = self.params.iter().map(Tensor::grad).collect();
+        if !self.grads_are_bucket_views(&after) {
+            return Err(CollectiveError::InvalidTensor {
+                op: "gradient all-reduce",
+                detail: "backward replaced a gradient instead of adding into its bucket".into(),
+            });
+        }
         let (loss_sum, items_total) = self.average()?;
         Ok(SyncedStep {
             items: items_total,
@@ -296,6 +306,32 @@ mod tests {
         assert_eq!(Vec::<f32>::try_from(&a.grad()).unwrap(), [0.0; 4]);
         assert_eq!(Vec::<f32>::try_from(&b.grad()).unwrap(), [2.0; 4]);
         assert_eq!(Vec::<f32>::try_from(&c.grad()).unwrap(), [3.0; 4]);
+    }
+
+    #[test]
+    fn a_gradient_replaced_during_backward_is_an_error_not_a_silent_mean() {
+        let a = param(4);
+        let mut buckets = GradientBuckets::new(vec![a.shallow_clone()], 1 << 20);
+        let mut collective = Recorder {
+            backward_returned: Arc::new(AtomicBool::new(false)),
+            queued: Arc::new(Mutex::new(Vec::new())),
+            finished: Arc::new(Mutex::new(0)),
+        };
+        let loss = a.sum(Kind::Float);
+        buckets
+            .backward_and_sync(&mut collective, 1, Some(&loss), || loss.backward())
+            .unwrap();
+        let _ = a.grad().zero_();
+        let error = buckets
+            .backward_and_sync(&mut collective, 1, None, || {
+                // The gradient moves off its bucket: what the bucket sent
+                // is not what the optimizer would read.
+                let _ = a
+                    .grad()
+                    .set_source_tensor_(&Tensor::ones([4], (Kind::Float, Device::Cpu)));
+            })
+            .unwrap_err();
+        assert!(error.to_string().contains("replaced a gradient"), "{error}");
     }
 
     #[test]
