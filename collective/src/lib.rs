@@ -3,6 +3,7 @@
 //! the `libnccl.so.2` that the torch wheel ships, for CUDA ranks.
 
 mod buckets;
+pub mod cuda_runtime;
 mod error;
 pub mod nccl;
 pub mod ring;

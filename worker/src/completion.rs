@@ -4,53 +4,14 @@
 //! k+1 as well (torch's stream runs in order), and the GPU would idle while
 //! the host builds and writes batch k's rows.
 
-use std::ffi::c_void;
-use std::sync::OnceLock;
-
-use atelier_collective::runtime_library::in_process;
-
-use crate::cuda_runtime::{self, Stream as CudaStream, TORCH_DEFAULT_STREAM};
-
-type CudaEvent = *mut c_void;
-type CudaEventCreateWithFlags = unsafe extern "C" fn(*mut CudaEvent, u32) -> i32;
-type CudaEventRecord = unsafe extern "C" fn(CudaEvent, CudaStream) -> i32;
-type CudaEventSynchronize = unsafe extern "C" fn(CudaEvent) -> i32;
-type CudaEventDestroy = unsafe extern "C" fn(CudaEvent) -> i32;
-
-/// `cudaEventBlockingSync`: the waiting thread sleeps instead of spinning
-/// on a core that the decode threads need.
-const BLOCKING_SYNC: u32 = 0x01;
-/// `cudaEventDisableTiming`: the cheapest kind of event.
-const DISABLE_TIMING: u32 = 0x02;
-
-#[derive(Clone, Copy)]
-struct Runtime {
-    create: CudaEventCreateWithFlags,
-    record: CudaEventRecord,
-    synchronize: CudaEventSynchronize,
-    destroy: CudaEventDestroy,
-}
-
-/// The CUDA runtime libtorch brought into the process, if it did.
-fn runtime() -> Option<Runtime> {
-    static RUNTIME: OnceLock<Option<Runtime>> = OnceLock::new();
-    *RUNTIME.get_or_init(|| {
-        // SAFETY: the prototypes are those of cuda_runtime_api.h.
-        unsafe {
-            Some(Runtime {
-                create: in_process("cudaEventCreateWithFlags")?,
-                record: in_process("cudaEventRecord")?,
-                synchronize: in_process("cudaEventSynchronize")?,
-                destroy: in_process("cudaEventDestroy")?,
-            })
-        }
-    })
-}
+use atelier_collective::cuda_runtime::{
+    self, CudaRuntime, Event, EVENT_BLOCKING_SYNC, EVENT_DISABLE_TIMING, TORCH_DEFAULT_STREAM,
+};
 
 /// A point in the work queued on one GPU's torch stream.
 pub struct CompletionEvent {
-    event: CudaEvent,
-    runtime: Runtime,
+    event: Event,
+    runtime: &'static CudaRuntime,
 }
 
 impl CompletionEvent {
@@ -58,19 +19,22 @@ impl CompletionEvent {
     /// none without a CUDA runtime in the process or when CUDA refuses (the
     /// caller then waits for the whole device instead).
     pub fn record(index: usize) -> Option<Self> {
-        let runtime = runtime()?;
-        let mut event: CudaEvent = std::ptr::null_mut();
+        let runtime = CudaRuntime::get()?;
+        let mut event: Event = std::ptr::null_mut();
         // SAFETY: `event` is written by cudaEventCreateWithFlags before use
         // and destroyed once, on drop; the current device is set first because
         // an event must be recorded on a stream of its own device.
         unsafe {
             if cuda_runtime::set_device(index) != Some(Ok(()))
-                || (runtime.create)(&mut event, BLOCKING_SYNC | DISABLE_TIMING) != 0
+                || (runtime.event_create_with_flags)(
+                    &mut event,
+                    EVENT_BLOCKING_SYNC | EVENT_DISABLE_TIMING,
+                ) != 0
             {
                 return None;
             }
             let recorded = Self { event, runtime };
-            ((runtime.record)(event, TORCH_DEFAULT_STREAM) == 0).then_some(recorded)
+            ((runtime.event_record)(event, TORCH_DEFAULT_STREAM) == 0).then_some(recorded)
         }
     }
 
@@ -78,7 +42,7 @@ impl CompletionEvent {
     /// raised by that work comes back here.
     pub fn wait(self) -> Result<(), String> {
         // SAFETY: the event is live until drop.
-        match unsafe { (self.runtime.synchronize)(self.event) } {
+        match unsafe { (self.runtime.event_synchronize)(self.event) } {
             0 => Ok(()),
             code => Err(format!(
                 "waiting for the gpu's queued work failed with CUDA error {code}"
@@ -99,7 +63,7 @@ impl Drop for CompletionEvent {
     fn drop(&mut self) {
         // SAFETY: created by cudaEventCreateWithFlags and destroyed only here.
         unsafe {
-            (self.runtime.destroy)(self.event);
+            (self.runtime.event_destroy)(self.event);
         }
     }
 }

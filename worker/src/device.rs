@@ -1,7 +1,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use atelier_collective::runtime_library::in_process;
+use atelier_collective::cuda_runtime;
 use atelier_pipeline::{normalize, Batch, CpuJpegDecoder, Pixels};
 use tch::{Device, Kind, Tensor};
 
@@ -70,21 +70,17 @@ pub fn device_name(device: Device) -> String {
     }
 }
 
-type CudaMemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
-
 /// Bytes in use on GPU `index` (by every process), from the CUDA runtime
 /// that libtorch already loaded; `None` without one.
 pub fn gpu_memory_used(index: usize) -> Option<usize> {
-    crate::cuda_runtime::set_device(index)?.ok()?;
-    // SAFETY: the prototype of cuda_runtime_api.h.
-    unsafe {
-        let mem_get_info = in_process::<CudaMemGetInfo>("cudaMemGetInfo")?;
-        let (mut free, mut total) = (0usize, 0usize);
-        if mem_get_info(&mut free, &mut total) != 0 {
-            return None;
-        }
-        Some(total.saturating_sub(free))
+    let runtime = cuda_runtime::CudaRuntime::get()?;
+    cuda_runtime::set_device(index)?.ok()?;
+    let (mut free, mut total) = (0usize, 0usize);
+    // SAFETY: two out-pointers to write.
+    if unsafe { (runtime.mem_get_info)(&mut free, &mut total) } != 0 {
+        return None;
     }
+    Some(total.saturating_sub(free))
 }
 
 /// A decoded batch onto `device`. To a GPU it goes through pinned host memory

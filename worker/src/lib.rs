@@ -7,7 +7,6 @@
 
 pub mod agent;
 pub mod completion;
-pub mod cuda_runtime;
 pub mod dataset;
 pub mod device;
 pub mod error;

@@ -211,7 +211,7 @@ mod tests {
 
     /// A world of one that says it is a ring and notes, for each bucket it
     /// is handed, its length and whether backward had returned by then.
-    #[derive(Debug)]
+    #[derive(Debug, Default)]
     struct Recorder {
         backward_returned: Arc<AtomicBool>,
         queued: Arc<Mutex<Vec<(i64, bool)>>>,
@@ -263,11 +263,7 @@ mod tests {
             vec![a.shallow_clone(), b.shallow_clone(), c.shallow_clone()],
             16,
         );
-        let recorder = Recorder {
-            backward_returned: Arc::new(AtomicBool::new(false)),
-            queued: Arc::new(Mutex::new(Vec::new())),
-            finished: Arc::new(Mutex::new(0)),
-        };
+        let recorder = Recorder::default();
         let (returned, queued, finished) = (
             Arc::clone(&recorder.backward_returned),
             Arc::clone(&recorder.queued),
@@ -308,20 +304,23 @@ mod tests {
         assert_eq!(Vec::<f32>::try_from(&c.grad()).unwrap(), [3.0; 4]);
     }
 
-    #[test]
-    fn a_gradient_replaced_during_backward_is_an_error_not_a_silent_mean() {
+    /// One parameter in one bucket, past its first step (so its gradient is
+    /// a zeroed view of the bucket), with a recorder for a collective.
+    fn one_bucket_after_a_step() -> (Tensor, GradientBuckets, Recorder) {
         let a = param(4);
         let mut buckets = GradientBuckets::new(vec![a.shallow_clone()], 1 << 20);
-        let mut collective = Recorder {
-            backward_returned: Arc::new(AtomicBool::new(false)),
-            queued: Arc::new(Mutex::new(Vec::new())),
-            finished: Arc::new(Mutex::new(0)),
-        };
+        let mut collective = Recorder::default();
         let loss = a.sum(Kind::Float);
         buckets
             .backward_and_sync(&mut collective, 1, Some(&loss), || loss.backward())
             .unwrap();
         let _ = a.grad().zero_();
+        (a, buckets, collective)
+    }
+
+    #[test]
+    fn a_gradient_replaced_during_backward_is_an_error_not_a_silent_mean() {
+        let (a, mut buckets, mut collective) = one_bucket_after_a_step();
         let error = buckets
             .backward_and_sync(&mut collective, 1, None, || {
                 // The gradient moves off its bucket: what the bucket sent
@@ -336,18 +335,7 @@ mod tests {
 
     #[test]
     fn a_panicking_backward_releases_the_communication_thread() {
-        let a = param(4);
-        let mut buckets = GradientBuckets::new(vec![a.shallow_clone()], 1 << 20);
-        let mut collective = Recorder {
-            backward_returned: Arc::new(AtomicBool::new(false)),
-            queued: Arc::new(Mutex::new(Vec::new())),
-            finished: Arc::new(Mutex::new(0)),
-        };
-        let loss = a.sum(Kind::Float);
-        buckets
-            .backward_and_sync(&mut collective, 1, Some(&loss), || loss.backward())
-            .unwrap();
-        let _ = a.grad().zero_();
+        let (_a, mut buckets, mut collective) = one_bucket_after_a_step();
         // Nothing reaches the bucket and backward panics: without the flag
         // raised on unwinding, the thread would wait for ever.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -8,8 +8,9 @@ use std::sync::{Arc, OnceLock};
 
 use libloading::Library;
 
+use crate::cuda_runtime::Stream;
 use crate::error::{CollectiveError, Result};
-use crate::runtime_library::{self, in_process, open_first};
+use crate::runtime_library::{self, open_first};
 
 pub const UNIQUE_ID_BYTES: usize = 128;
 
@@ -47,7 +48,6 @@ impl NcclUniqueId {
 }
 
 pub type Comm = *mut c_void;
-pub type Stream = *mut c_void;
 type NcclResult = c_int;
 
 // ncclDataType_t and ncclRedOp_t values from nccl.h.
@@ -80,7 +80,6 @@ type Broadcast = unsafe extern "C" fn(
     Comm,
     Stream,
 ) -> NcclResult;
-type CudaSetDevice = unsafe extern "C" fn(c_int) -> c_int;
 
 /// NCCL's entry points, resolved once per process.
 #[derive(Debug)]
@@ -94,7 +93,6 @@ pub struct NcclLibrary {
     pub(crate) get_error_string: GetErrorString,
     pub(crate) all_reduce: AllReduce,
     pub(crate) broadcast: Broadcast,
-    pub(crate) cuda_set_device: Option<CudaSetDevice>,
     path: String,
     _library: Library,
 }
@@ -138,9 +136,6 @@ impl NcclLibrary {
             // SAFETY: each type above is the prototype nccl.h declares for `name`.
             unsafe { runtime_library::symbol(library, path, name) }
         }
-        // cudaSetDevice comes from the CUDA runtime torch already loaded.
-        // SAFETY: the prototype of cuda_runtime_api.h.
-        let cuda_set_device = unsafe { in_process::<CudaSetDevice>("cudaSetDevice") };
         Ok(Self {
             get_version: symbol(&library, &path, "ncclGetVersion")?,
             get_unique_id: symbol(&library, &path, "ncclGetUniqueId")?,
@@ -151,7 +146,6 @@ impl NcclLibrary {
             get_error_string: symbol(&library, &path, "ncclGetErrorString")?,
             all_reduce: symbol(&library, &path, "ncclAllReduce")?,
             broadcast: symbol(&library, &path, "ncclBroadcast")?,
-            cuda_set_device,
             path,
             _library: library,
         })

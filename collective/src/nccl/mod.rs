@@ -11,14 +11,12 @@ use std::time::Duration;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::cuda_runtime::{self, Stream, TORCH_DEFAULT_STREAM};
 use crate::error::{CollectiveError, Result};
 use crate::{Backend, Collective};
-use library::{Comm, Stream, NCCL_FLOAT32, NCCL_FLOAT64, NCCL_SUM};
+use library::{Comm, NCCL_FLOAT32, NCCL_FLOAT64, NCCL_SUM};
 pub use library::{NcclLibrary, NcclUniqueId, UNIQUE_ID_BYTES};
 use side_stream::SideStream;
-
-/// torch's default stream is CUDA's legacy default stream, the null handle.
-const TORCH_DEFAULT_STREAM: Stream = std::ptr::null_mut();
 
 #[derive(Debug)]
 pub struct NcclCollective {
@@ -204,15 +202,12 @@ fn init(
     world: usize,
     device_index: usize,
 ) -> Result<Comm> {
-    match library.cuda_set_device {
-        // SAFETY: cudaSetDevice takes a device ordinal.
-        Some(set_device) => {
-            let code = unsafe { set_device(device_index as i32) };
-            if code != 0 {
-                return Err(CollectiveError::Setup(format!(
-                    "cudaSetDevice({device_index}) failed with CUDA error {code}"
-                )));
-            }
+    match cuda_runtime::set_device(device_index) {
+        Some(Ok(())) => {}
+        Some(Err(code)) => {
+            return Err(CollectiveError::Setup(format!(
+                "cudaSetDevice({device_index}) failed with CUDA error {code}"
+            )));
         }
         None if device_index != 0 => {
             return Err(CollectiveError::Setup(format!(

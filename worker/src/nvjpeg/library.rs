@@ -8,7 +8,7 @@ use std::ffi::{c_int, c_uchar, c_uint, c_void};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use atelier_collective::runtime_library::{self, in_process, open_first};
+use atelier_collective::runtime_library::{self, open_first};
 use libloading::Library;
 
 pub type Handle = *mut c_void;
@@ -58,8 +58,6 @@ type DecodeBatched = unsafe extern "C" fn(
     *mut Image,
     Stream,
 ) -> Status;
-type CudaSetDevice = unsafe extern "C" fn(c_int) -> c_int;
-type CudaStreamSynchronize = unsafe extern "C" fn(Stream) -> c_int;
 
 /// nvJPEG's entry points, resolved once per process.
 #[derive(Debug)]
@@ -72,10 +70,6 @@ pub struct NvJpegLibrary {
     pub(crate) decode: Decode,
     pub(crate) decode_batched_initialize: DecodeBatchedInitialize,
     pub(crate) decode_batched: DecodeBatched,
-    /// From the CUDA runtime libtorch loaded: the device is the thread's
-    /// current context, which nvJPEG's own runtime then uses too.
-    pub(crate) cuda_set_device: Option<CudaSetDevice>,
-    pub(crate) cuda_stream_synchronize: Option<CudaStreamSynchronize>,
     path: String,
     _library: Library,
 }
@@ -105,13 +99,6 @@ impl NvJpegLibrary {
             // SAFETY: each type above is the prototype nvjpeg.h declares for `name`.
             unsafe { runtime_library::symbol(library, path, name) }
         }
-        // SAFETY: the prototypes of cuda_runtime_api.h.
-        let (cuda_set_device, cuda_stream_synchronize) = unsafe {
-            (
-                in_process::<CudaSetDevice>("cudaSetDevice"),
-                in_process::<CudaStreamSynchronize>("cudaStreamSynchronize"),
-            )
-        };
         Ok(Self {
             create_ex: symbol(&library, &path, "nvjpegCreateEx")?,
             destroy: symbol(&library, &path, "nvjpegDestroy")?,
@@ -121,8 +108,6 @@ impl NvJpegLibrary {
             decode: symbol(&library, &path, "nvjpegDecode")?,
             decode_batched_initialize: symbol(&library, &path, "nvjpegDecodeBatchedInitialize")?,
             decode_batched: symbol(&library, &path, "nvjpegDecodeBatched")?,
-            cuda_set_device,
-            cuda_stream_synchronize,
             path,
             _library: library,
         })
@@ -206,6 +191,5 @@ mod tests {
         }
         let library = NvJpegLibrary::load().unwrap();
         assert!(library.path().contains("libnvjpeg"), "{}", library.path());
-        assert!(library.cuda_set_device.is_some() && library.cuda_stream_synchronize.is_some());
     }
 }

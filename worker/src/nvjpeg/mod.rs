@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 pub use library::NvJpegLibrary;
 use library::{Image, Status, BACKEND_DEFAULT, BACKEND_HARDWARE, OUTPUT_RGBI, STATUS_SUCCESS};
 
-use crate::cuda_runtime::TORCH_DEFAULT_STREAM;
+use atelier_collective::cuda_runtime::{self, TORCH_DEFAULT_STREAM};
 
 /// One nvJPEG handle and decode state; one per compute thread and GPU.
 #[derive(Debug)]
@@ -44,7 +44,7 @@ impl NvJpegDecoder {
             return Err("nvJPEG decodes on a CUDA device, not the cpu".into());
         };
         let library = NvJpegLibrary::load()?;
-        set_device(&library, device_index)?;
+        set_device(device_index)?;
         let (batched, hardware) = match Session::new(&library, BACKEND_HARDWARE) {
             Ok(session) => (session, true),
             Err(_) => (Session::new(&library, BACKEND_DEFAULT)?, false),
@@ -159,16 +159,7 @@ impl NvJpegDecoder {
     /// queues batch k+1's forward pass only once batch k's is done; the
     /// rows of batch k are still built while batch k+1 runs.
     fn wait_for_device(&self) -> Result<(), String> {
-        let Some(synchronize) = self.library.cuda_stream_synchronize else {
-            return Err("the CUDA runtime is not loaded (libtorch without CUDA)".into());
-        };
-        // SAFETY: the null stream always exists.
-        match unsafe { synchronize(TORCH_DEFAULT_STREAM) } {
-            0 => Ok(()),
-            code => Err(format!(
-                "cudaStreamSynchronize failed with CUDA error {code}"
-            )),
-        }
+        cuda_runtime::synchronize_torch_stream()
     }
 
     /// Decodes one picture with the hybrid decoder.
@@ -196,7 +187,7 @@ impl NvJpegDecoder {
 
 impl JpegDecoder for NvJpegDecoder {
     fn decode(&mut self, jpegs: &[&[u8]]) -> Vec<Result<Tensor, String>> {
-        if let Err(error) = set_device(&self.library, self.device_index) {
+        if let Err(error) = set_device(self.device_index) {
             return jpegs.iter().map(|_| Err(error.clone())).collect();
         }
         let outputs: Vec<Result<Tensor, String>> =
@@ -295,16 +286,15 @@ fn image_of(tensor: &Tensor) -> Image {
     image
 }
 
-fn set_device(library: &NvJpegLibrary, index: usize) -> Result<(), String> {
-    let Some(set) = library.cuda_set_device else {
-        return Err("the CUDA runtime is not loaded (libtorch without CUDA)".into());
-    };
-    // SAFETY: cudaSetDevice takes any index and reports a bad one.
-    match unsafe { set(index as c_int) } {
-        0 => Ok(()),
-        code => Err(format!(
+/// The device is the thread's current context, which nvJPEG's own runtime
+/// then uses too.
+fn set_device(index: usize) -> Result<(), String> {
+    match cuda_runtime::set_device(index) {
+        Some(Ok(())) => Ok(()),
+        Some(Err(code)) => Err(format!(
             "cudaSetDevice({index}) failed with CUDA error {code}"
         )),
+        None => Err("the CUDA runtime is not loaded (libtorch without CUDA)".into()),
     }
 }
 
