@@ -260,6 +260,37 @@ fn a_dead_peer_is_an_error_naming_it() {
 }
 
 #[test]
+fn a_peer_dying_during_an_overlapped_step_is_an_error_not_a_hang() {
+    let options = RingOptions {
+        overlap_backward: true,
+        ..small_chunks()
+    };
+    let results = on_ring(2, options, |mut ring| {
+        let param = Tensor::ones([64], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        let mut buckets = GradientBuckets::new(vec![param.shallow_clone()], 1 << 20);
+        let step = |ring: &mut RingCollective, buckets: &mut GradientBuckets| {
+            let loss = param.sum(Kind::Float);
+            buckets.backward_and_sync(ring, 1, Some(&loss), || loss.backward())
+        };
+        step(&mut ring, &mut buckets).unwrap();
+        let _ = param.grad().zero_();
+        if ring.rank() == 1 {
+            // Gone before the second, overlapped step.
+            drop(ring);
+            return None;
+        }
+        let started = Instant::now();
+        let error = step(&mut ring, &mut buckets).unwrap_err();
+        Some((error, started.elapsed()))
+    });
+    let (error, waited) = results[0].as_ref().unwrap();
+    assert!(error.is_retryable(), "{error}");
+    assert!(error.to_string().contains("rank 1"), "{error}");
+    // The closed connection answers at once, well inside the 20 s timeout.
+    assert!(*waited < Duration::from_secs(10), "waited {waited:?}");
+}
+
+#[test]
 fn joining_fails_in_time_when_a_rank_never_comes() {
     let listener = RingCollective::bind("127.0.0.1").unwrap();
     let ghost = RingCollective::bind("127.0.0.1").unwrap();
