@@ -33,6 +33,24 @@ fn wants_nccl(device: Device) -> Option<std::sync::Arc<NcclLibrary>> {
     }
 }
 
+/// Whether the ring all-reduces buckets while backward runs: by default when
+/// some peer is on another host, where the ring waits on the network (1.21x
+/// images/s on a 1 Gbit/s link) rather than taking cores from backward, which
+/// is what it does among ranks of one machine (0.92x there; BENCHMARKS.md).
+/// `ATELIER_RING_OVERLAP=1` or `0` decides instead.
+fn ring_overlap(setting: Option<&str>, peers: &[String], own_host: &str) -> bool {
+    match setting {
+        Some("1") => true,
+        Some("0") => false,
+        _ => peers.iter().any(|peer| {
+            let host = peer
+                .rsplit_once(':')
+                .map_or(peer.as_str(), |(host, _)| host);
+            host != own_host
+        }),
+    }
+}
+
 /// One rank alone needs no collective, except that `ATELIER_COLLECTIVE=nccl`
 /// on a CUDA worker runs NCCL anyway, to check it on a one-GPU machine.
 fn single(device: Device, timeout: Duration) -> Result<Box<dyn Collective>> {
@@ -112,7 +130,11 @@ pub fn join_gang(
         let options = RingOptions {
             timeout,
             session: gang.session,
-            overlap_backward: std::env::var("ATELIER_RING_OVERLAP").as_deref() == Ok("1"),
+            overlap_backward: ring_overlap(
+                std::env::var("ATELIER_RING_OVERLAP").ok().as_deref(),
+                &gang.peer_addresses,
+                advertise_host,
+            ),
             ..RingOptions::default()
         };
         return Ok(Box::new(RingCollective::connect(
@@ -133,4 +155,23 @@ pub fn join_gang(
     Ok(Box::new(NcclCollective::new(
         library, id, rank, world, index, timeout,
     )?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ring_overlaps_backward_when_a_peer_is_on_another_host() {
+        let peers =
+            |hosts: &[&str]| -> Vec<String> { hosts.iter().map(|h| format!("{h}:4000")).collect() };
+        let one_machine = peers(&["10.0.0.1", "10.0.0.1"]);
+        let two_machines = peers(&["10.0.0.1", "10.0.0.2"]);
+        assert!(!ring_overlap(None, &one_machine, "10.0.0.1"));
+        assert!(ring_overlap(None, &two_machines, "10.0.0.1"));
+        assert!(ring_overlap(Some("1"), &one_machine, "10.0.0.1"));
+        assert!(!ring_overlap(Some("0"), &two_machines, "10.0.0.1"));
+        // IPv6 peers keep their colons before the port's.
+        assert!(!ring_overlap(None, &peers(&["[::1]", "[::1]"]), "[::1]"));
+    }
 }
