@@ -23,7 +23,14 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(program: &Path, name: &str, dir: &Path, args: &[String], token: Option<&str>) -> Self {
+    fn spawn(
+        program: &Path,
+        name: &str,
+        dir: &Path,
+        args: &[String],
+        token: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
         let err = file
@@ -34,6 +41,7 @@ impl Process {
             .args(args)
             .env("RUST_LOG", "info")
             .env_remove("ATELIER_TOKEN")
+            .envs(env.iter().copied())
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(err));
         if let Some(token) = token {
@@ -164,7 +172,14 @@ impl Cluster {
         ]);
         args.extend(self.coordinator_args.iter().cloned());
         let name = format!("coordinator-{}", self.restarts);
-        let mut process = Process::spawn(&program, &name, &self.dir, &args, self.token.as_deref());
+        let mut process = Process::spawn(
+            &program,
+            &name,
+            &self.dir,
+            &args,
+            self.token.as_deref(),
+            &[],
+        );
         let deadline = Instant::now() + Duration::from_secs(30);
         let address = loop {
             let found = std::fs::File::open(&process.log).ok().and_then(|f| {
@@ -221,6 +236,11 @@ impl Cluster {
 
     /// Starts a worker with `--threads 1` plus `extra`; returns its index.
     pub fn add_worker(&mut self, extra: &[&str]) -> usize {
+        self.add_worker_with_env(extra, &[])
+    }
+
+    /// `add_worker` with environment variables set for the worker alone.
+    pub fn add_worker_with_env(&mut self, extra: &[&str], env: &[(&str, &str)]) -> usize {
         let index = self.workers.len();
         let mut args = vec![
             "worker".to_string(),
@@ -236,6 +256,7 @@ impl Cluster {
             &self.dir,
             &args,
             self.token.as_deref(),
+            env,
         );
         self.workers.push(process);
         index

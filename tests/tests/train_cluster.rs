@@ -94,9 +94,11 @@ fn a_gang_of_two_lanes_equals_one_process_with_the_global_batch() {
     args.extend(equivalence_flags(&catalog, &single, "16"));
     atelier_ok(&args);
 
-    // One worker process with two CPU lanes holds both ranks.
+    // One worker process with two CPU lanes holds both ranks, with the
+    // all-reduce overlapping backward (off by default on one host).
     let mut cluster = Cluster::start(dir.path(), None, &[]);
-    let worker = cluster.add_worker(&["--device", "cpu,cpu"]);
+    let worker =
+        cluster.add_worker_with_env(&["--device", "cpu,cpu"], &[("ATELIER_RING_OVERLAP", "1")]);
     let mut args = vec![
         "submit",
         "train",
