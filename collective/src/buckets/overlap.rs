@@ -8,7 +8,7 @@
 //! the order in which backward produces them, and every rank takes that same
 //! order, as collectives must.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use tch::{Kind, Tensor};
@@ -22,13 +22,26 @@ use crate::Collective;
 /// a core from it.
 const POLL: Duration = Duration::from_micros(200);
 
-/// Sets the flag when dropped, so the communication thread stops waiting
-/// even when the backward pass panics.
-struct RaiseOnDrop<'a>(&'a AtomicBool);
+/// Where the backward pass stands, as the communication thread sees it.
+const BACKWARD_RUNNING: u8 = 0;
+const BACKWARD_DONE: u8 = 1;
+/// Backward panicked: its gradients are partial, and sending them would
+/// mix them into the other ranks' step; the thread gives up instead, and the
+/// other ranks see a silent peer.
+const BACKWARD_ABANDONED: u8 = 2;
 
-impl Drop for RaiseOnDrop<'_> {
+/// Marks backward abandoned unless it was marked done, so the communication
+/// thread never waits for a backward pass that unwound.
+struct AbandonUnlessDone<'a>(&'a AtomicU8);
+
+impl Drop for AbandonUnlessDone<'_> {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::Release);
+        let _ = self.0.compare_exchange(
+            BACKWARD_RUNNING,
+            BACKWARD_ABANDONED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 }
 
@@ -58,21 +71,20 @@ impl GradientBuckets {
         }
         self.write_counts(items, loss);
         let versions: Vec<i64> = grads.iter().map(Tensor::internal_version).collect();
-        let finished = AtomicBool::new(false);
+        let backward_state = AtomicU8::new(BACKWARD_RUNNING);
         let (communicated, backward_ended) = std::thread::scope(|scope| {
             let buckets = &self.buckets;
             let flats = &mut self.flats;
-            let finished = &finished;
+            let state = &backward_state;
             let sender = std::thread::Builder::new()
                 .name("grad-allreduce".into())
                 .spawn_scoped(scope, move || {
-                    reduce_as_ready(
-                        collective, buckets, flats, &grads, &versions, items, finished,
-                    )
+                    reduce_as_ready(collective, buckets, flats, &grads, &versions, items, state)
                 });
-            let raise = RaiseOnDrop(finished);
+            let guard = AbandonUnlessDone(state);
             backward();
-            drop(raise);
+            state.store(BACKWARD_DONE, Ordering::Release);
+            drop(guard);
             let backward_ended = Instant::now();
             let communicated = match sender {
                 Ok(thread) => thread.join().unwrap_or_else(|_| {
@@ -163,7 +175,7 @@ fn reduce_as_ready(
     grads: &[Tensor],
     versions: &[i64],
     items: usize,
-    finished: &AtomicBool,
+    backward: &AtomicU8,
 ) -> Result<u64> {
     let last = flats.len().saturating_sub(1);
     let mut bytes = 0u64;
@@ -173,7 +185,17 @@ fn reduce_as_ready(
         // stops at the first one still pending rather than asking them all.
         // A gradient that backward never touches (a parameter outside this
         // step's graph) keeps its counter: the end of backward releases it.
-        while !finished.load(Ordering::Acquire) {
+        loop {
+            match backward.load(Ordering::Acquire) {
+                BACKWARD_RUNNING => {}
+                BACKWARD_DONE => break,
+                _ => {
+                    let _ = collective.finish_queued();
+                    return Err(CollectiveError::Setup(
+                        "the backward pass failed; this step's gradients were not sent".into(),
+                    ));
+                }
+            }
             while let Some(&i) = waiting.last() {
                 if grads[i].internal_version() == versions[i] {
                     break;
@@ -202,6 +224,7 @@ fn reduce_as_ready(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicBool;
     use std::sync::{Arc, Mutex};
 
     use tch::Device;
@@ -334,14 +357,15 @@ mod tests {
     }
 
     #[test]
-    fn a_panicking_backward_releases_the_communication_thread() {
+    fn a_panicking_backward_releases_the_communication_thread_which_sends_nothing() {
         let (_a, mut buckets, mut collective) = one_bucket_after_a_step();
-        // Nothing reaches the bucket and backward panics: without the flag
-        // raised on unwinding, the thread would wait for ever.
+        // Nothing reaches the bucket and backward panics: without the state
+        // set on unwinding, the thread would wait for ever; and the partial
+        // gradients must not go to the other ranks.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             buckets.backward_and_sync(&mut collective, 1, None, || panic!("backward failed"))
         }));
         assert!(outcome.is_err());
-        assert_eq!(collective.queued.lock().unwrap().len(), 1);
+        assert!(collective.queued.lock().unwrap().is_empty());
     }
 }
