@@ -58,7 +58,7 @@ start=$EPOCHREALTIME
   --image-size 224 --batch-size "$batch" --n-epochs 2 --lr 0.1 --schedule onecycle "${amp[@]}" --channels-last \
   --val-fraction 0.05 --catalog "$work/catalog" --checkpoint "$work/model" --wait | tee "$work/submit.txt"
 python3 -c "print('wall seconds: %.1f' % ($EPOCHREALTIME - $start))"
-grep -h "nccl\|gang" "$work"/worker-*.log | head -n 4
+grep -h "nccl\|gang\|side stream" "$work"/worker-*.log | head -n 6
 
 echo "== 3. PyTorch on the same model, batch and images (one GPU)"
 python3 bench/train_peer.py --catalog "$work/catalog" --arch resnet50 --image-size 224 --batch-size "$batch" \
