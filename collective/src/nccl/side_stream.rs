@@ -97,3 +97,26 @@ impl Drop for SideStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda_runtime::TORCH_DEFAULT_STREAM;
+
+    #[test]
+    fn a_side_stream_needs_a_gpu_and_says_so_without_one() {
+        match SideStream::new(0) {
+            Ok(Some(side)) => {
+                assert!(tch::Cuda::device_count() > 0);
+                side.follow(TORCH_DEFAULT_STREAM).unwrap();
+            }
+            // No CUDA runtime in the process at all.
+            Ok(None) => assert!(CudaRuntime::get().is_none()),
+            // A runtime but no device: an error naming the call, no panic.
+            Err(error) => {
+                assert_eq!(tch::Cuda::device_count(), 0);
+                assert!(error.to_string().contains("cudaSetDevice"), "{error}");
+            }
+        }
+    }
+}
