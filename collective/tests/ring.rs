@@ -28,6 +28,14 @@ fn on_ring<T: Send>(
     })
 }
 
+/// `small_chunks` with gradient buckets all-reduced while backward runs.
+fn overlapping() -> RingOptions {
+    RingOptions {
+        overlap_backward: true,
+        ..small_chunks()
+    }
+}
+
 fn small_chunks() -> RingOptions {
     RingOptions {
         timeout: Duration::from_secs(20),
@@ -159,11 +167,7 @@ fn gradient_sync_weights_each_rank_by_its_items() {
 fn overlapped_steps_average_like_the_plain_sync() {
     // Three parameters in buckets of their own, so the ranks hand several
     // buckets to the ring while backward runs; rank r has r + 1 items.
-    let options = RingOptions {
-        overlap_backward: true,
-        ..small_chunks()
-    };
-    let results = on_ring(3, options, |mut ring| {
+    let results = on_ring(3, overlapping(), |mut ring| {
         assert!(ring.overlaps_backward());
         let rank = ring.rank() as f32;
         let params: Vec<Tensor> = [5i64, 40, 1]
@@ -261,11 +265,7 @@ fn a_dead_peer_is_an_error_naming_it() {
 
 #[test]
 fn a_peer_dying_during_an_overlapped_step_is_an_error_not_a_hang() {
-    let options = RingOptions {
-        overlap_backward: true,
-        ..small_chunks()
-    };
-    let results = on_ring(2, options, |mut ring| {
+    let results = on_ring(2, overlapping(), |mut ring| {
         let param = Tensor::ones([64], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
         let mut buckets = GradientBuckets::new(vec![param.shallow_clone()], 1 << 20);
         let step = |ring: &mut RingCollective, buckets: &mut GradientBuckets| {

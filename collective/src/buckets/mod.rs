@@ -88,6 +88,24 @@ pub struct GradientBuckets {
 /// The loss sum and the item count, after the last bucket's gradients.
 const COUNTS: i64 = 2;
 
+/// The last bucket's loss sum and item count, as a view.
+fn counts_of(flat: &Tensor) -> Tensor {
+    flat.narrow(0, flat.size()[0] - COUNTS, COUNTS)
+}
+
+/// Multiplies a bucket's gradients (not the counts the last one carries) by
+/// the rank's items: the rank's share of the sum over the global batch.
+fn weigh_by_items(flat: &mut Tensor, is_last: bool, items: usize) {
+    let gradients = flat.size()[0] - if is_last { COUNTS } else { 0 };
+    tch::no_grad(|| {
+        let _ = flat.narrow(0, 0, gradients).g_mul_scalar_(items as f64);
+    });
+}
+
+fn bytes_of(flat: &Tensor) -> u64 {
+    (flat.numel() * flat.kind().elt_size_in_bytes()) as u64
+}
+
 impl GradientBuckets {
     pub fn new(params: Vec<Tensor>, bucket_bytes: usize) -> Self {
         let buckets = plan(&params, bucket_bytes);
@@ -133,20 +151,16 @@ impl GradientBuckets {
             self.flats = self.make_views(&grads)?;
         }
         let last = self.flats.len().saturating_sub(1);
-        let mut bytes = 0u64;
-        tch::no_grad(|| {
-            for (index, flat) in self.flats.iter_mut().enumerate() {
-                let _ = flat.g_mul_scalar_(items as f64);
-                if index == last {
-                    let counts = Tensor::from_slice(&[loss_sum, items as f64])
-                        .to_kind(flat.kind())
-                        .to_device(flat.device());
-                    flat.narrow(0, flat.size()[0] - COUNTS, COUNTS)
-                        .copy_(&counts);
-                }
-                bytes += (flat.numel() * flat.kind().elt_size_in_bytes()) as u64;
-            }
-        });
+        for (index, flat) in self.flats.iter_mut().enumerate() {
+            weigh_by_items(flat, index == last, items);
+        }
+        if let Some(flat) = self.flats.last() {
+            let counts = Tensor::from_slice(&[loss_sum, items as f64])
+                .to_kind(flat.kind())
+                .to_device(flat.device());
+            tch::no_grad(|| counts_of(flat).copy_(&counts));
+        }
+        let bytes = self.flats.iter().map(bytes_of).sum();
         collective.all_reduce_sum_many(&mut self.flats)?;
         let (loss_total, items_total) = self.average()?;
         Ok(SyncedStep {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tch::{Kind, Tensor};
 
-use super::{GradientBuckets, SyncedStep, COUNTS};
+use super::{bytes_of, counts_of, weigh_by_items, GradientBuckets, SyncedStep};
 use crate::error::{CollectiveError, Result};
 use crate::Collective;
 
@@ -125,7 +125,7 @@ impl GradientBuckets {
         let Some(flat) = self.flats.last() else {
             return;
         };
-        let tail = flat.narrow(0, flat.size()[0] - COUNTS, COUNTS);
+        let tail = counts_of(flat);
         tch::no_grad(|| {
             let mut loss_slot = tail.narrow(0, 0, 1);
             match loss {
@@ -147,10 +147,7 @@ impl GradientBuckets {
         let counts = self
             .flats
             .last()
-            .map(|f| {
-                f.narrow(0, f.size()[0] - COUNTS, COUNTS)
-                    .to_kind(Kind::Double)
-            })
+            .map(|f| counts_of(f).to_kind(Kind::Double))
             .ok_or_else(|| CollectiveError::InvalidTensor {
                 op: "gradient all-reduce",
                 detail: "no trainable parameters".into(),
@@ -207,16 +204,13 @@ fn reduce_as_ready(
             }
             std::thread::sleep(POLL);
         }
-        let gradients = flat.size()[0] - if index == last { COUNTS } else { 0 };
-        tch::no_grad(|| {
-            let _ = flat.narrow(0, 0, gradients).g_mul_scalar_(items as f64);
-        });
+        weigh_by_items(flat, index == last, items);
         if let Err(error) = collective.queue_all_reduce_sum(flat) {
             // What was queued before still writes into its bucket.
             let _ = collective.finish_queued();
             return Err(error);
         }
-        bytes += (flat.numel() * flat.kind().elt_size_in_bytes()) as u64;
+        bytes += bytes_of(flat);
     }
     collective.finish_queued()?;
     Ok(bytes)
