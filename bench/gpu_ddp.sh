@@ -12,7 +12,11 @@
 #      for the ratio;
 #   4. trains one epoch in one process with CPU decoding, then with
 #      --gpu-decode (nvJPEG, random crops and flips on the GPU), with AdamW,
-#      so the fused Adam operator runs on CUDA as well.
+#      so the fused Adam operator runs on CUDA as well;
+#   5. checks that N ranks with batch B through the coordinator and NCCL end
+#      with the weights of one process with batch N*B (head-only, f32, no
+#      augmentation, 6 steps: tests/tests/train_cluster.rs's recipe), which at
+#      N = 1 still checks the bucketing, the averaging and the side stream.
 # Release binaries built elsewhere run against this machine's torch 2.11:
 #
 #   BIN=.gpu/atelier ALLREDUCE=.gpu/allreduce bench/gpu_ddp.sh
@@ -74,3 +78,19 @@ for decode in cpu gpu; do
     --catalog "$work/catalog" --checkpoint "$work/model-$decode" "${flags[@]}" 2>&1 | tail -n 3 | sed "s/^/decode $decode: /"
   python3 -c "print('decode $decode wall seconds: %.1f' % ($EPOCHREALTIME - $start))"
 done
+
+# After part 4, so a failure here costs the figures nothing; the cluster of
+# part 2 is still up.
+echo "== 5. $gpus rank(s) through $collective against one process with the global batch"
+"$bin" catalog generate --items 240 --out "$work/eq-catalog" --size 64x80 --rows-per-group 40 --seed 5 | tail -n 1
+equivalence=(--model-type pool --arch resnet18 --image-size 32 --n-epochs 3 --finetune false --augment false
+  --schedule constant --warmup-steps 2 --lr 0.05 --shuffle-window 0 --val-fraction 0.2 --seed 9 --max-steps 6
+  --log-every 4 --threads 1 --catalog "$work/eq-catalog")
+"$bin" train "${equivalence[@]}" --device "$(device 0)" --batch-size $(( 8 * gpus )) --checkpoint "$work/eq-single" \
+  2>&1 | tail -n 1
+"$bin" submit train --coordinator 127.0.0.1:7071 --world-size "$gpus" "${equivalence[@]}" --batch-size 8 \
+  --checkpoint "$work/eq-gang" --wait | tail -n 2
+# cuDNN's TF32 convolutions (libtorch's default) round features to ~1e-3
+# relative where the two runs pick different algorithms, hence 1e-4 here
+# against the CPU tests' 1e-5.
+python3 bench/compare_weights.py "$work/eq-single" "$work/eq-gang" --prefix heads. --tolerance 1e-4 | tail -n 1

@@ -41,6 +41,6 @@ part() {
 torch_lib="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
 part 60 env LD_LIBRARY_PATH="$torch_lib" "$bins/atelier" doctor
 part 120 env BIN="$bins/atelier" COORDINATOR="$bins/atelier-coordinator" SCALE="$bins/scale" TAG=0 bash bench/gpu_cluster.sh
-part 170 env BIN="$bins/atelier" ALLREDUCE="$bins/allreduce" bash bench/gpu_ddp.sh
+part 200 env BIN="$bins/atelier" ALLREDUCE="$bins/allreduce" bash bench/gpu_ddp.sh
 part 220 env BIN="$bins/atelier" FORWARD="$bins/forward" bash bench/gpu_perf.sh
 echo "=== done $(date -u +%T)"
