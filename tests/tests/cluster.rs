@@ -497,7 +497,7 @@ fn corrupt_images_become_error_rows_and_the_job_still_succeeds() {
     let mut cluster = Cluster::start(dir.path(), None, &[]);
     cluster.add_worker(&[]);
     let out = dir.path().join("tags");
-    let stdout = cluster.cli_ok(&[
+    let args = [
         "submit",
         "tag",
         "--catalog",
@@ -509,10 +509,23 @@ fn corrupt_images_become_error_rows_and_the_job_still_succeeds() {
         "--shard-rows",
         "200",
         "--wait",
-    ]);
+    ];
+    let output = cluster.cli(&args);
+    let stdout = atelier_tests::succeeded(&args, &output);
     assert!(
         stdout.contains("succeeded") && stdout.contains("8 with errors"),
         "{stdout}"
+    );
+    // Without a terminal the wait reports in lines on stderr, not a hidden bar.
+    let job = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("submitted "))
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("{job}: succeeded, 400/400 items"))
+            && stderr.contains("8 with errors"),
+        "{stderr}"
     );
     let ids = read_column(&out, "item_id");
     let errors = read_column(&out, "error");

@@ -12,7 +12,7 @@ use tokio::runtime::Handle;
 
 use super::cluster::AccessArgs;
 use super::train::TrainArgs;
-use crate::progress;
+use super::watch::watch;
 
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
@@ -290,54 +290,6 @@ pub fn ensure_succeeded(job: &JobStatus) -> anyhow::Result<()> {
                 .unwrap_or_default()
         ),
     }
-}
-
-/// Follows a job until it ends, with a progress bar (items/s, ETA) for tag jobs.
-pub async fn watch(client: &mut JobClient, job_id: &str) -> anyhow::Result<JobStatus> {
-    let mut stream = client
-        .watch_job(v1::WatchJobRequest {
-            job_id: job_id.to_string(),
-        })
-        .await?
-        .into_inner();
-    let mut bar = None;
-    let mut last = None;
-    while let Some(event) = stream.message().await? {
-        let Some(job) = event.job else { continue };
-        let job = JobStatus::try_from(job)?;
-        let (position, total, what) = match (&job.tag, &job.train) {
-            (Some(tag), _) => (tag.items_done, tag.items_total, "items"),
-            (_, Some(train)) => (train.step as u64, train.total_steps as u64, "steps"),
-            _ => (0, 0, "items"),
-        };
-        let b = bar.get_or_insert_with(|| progress::bar(total.max(1), &format!("{job_id} {what}")));
-        b.set_length(total.max(1));
-        b.set_position(position);
-        match &job.train {
-            Some(train) if train.step > 0 => b.set_message(format!(
-                "{} epoch {} loss {:.4} {:.1} img/s over {} rank(s){}",
-                job.state.name(),
-                train.epoch,
-                train.loss,
-                train.ranks.iter().map(|r| r.images_per_second).sum::<f64>(),
-                train.ranks.len(),
-                match train.restarts.len() {
-                    0 => String::new(),
-                    n => format!(", {n} restart(s)"),
-                }
-            )),
-            _ => b.set_message(job.state.name()),
-        }
-        let done = job.state.is_terminal();
-        last = Some(job);
-        if done {
-            break;
-        }
-    }
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    last.context("the coordinator closed the watch without sending the job")
 }
 
 pub fn print_job(job: &JobStatus) {

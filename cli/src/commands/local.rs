@@ -18,7 +18,7 @@ use tokio::runtime::Handle;
 
 use super::catalog::{run_generate, GenerateArgs};
 use super::cluster::AccessArgs;
-use super::jobs::{ensure_succeeded, print_job, watch, ClientArgs};
+use super::jobs::{ensure_succeeded, print_job, ClientArgs};
 use super::local_cluster::LocalCluster;
 use super::pipeline::{self, AugmentArg, PipelineArgs};
 use super::plot::{self, PlotArgs};
@@ -26,6 +26,7 @@ use super::tag::InferenceArgs;
 use super::tag_accuracy::tag_accuracy;
 use super::test::{self, TestArgs};
 use super::train::{self, ArchArg, ModelType, OptimizerArg, ScheduleArg, TrainArgs};
+use super::watch::watch;
 
 #[derive(Debug, Args)]
 pub struct LocalArgs {

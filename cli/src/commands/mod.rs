@@ -11,3 +11,4 @@ pub mod tag;
 pub mod tag_accuracy;
 pub mod test;
 pub mod train;
+pub mod watch;
