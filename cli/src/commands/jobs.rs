@@ -346,12 +346,7 @@ pub fn print_job(job: &JobStatus) {
         println!("  {line}");
     }
     if !job.metrics.is_empty() {
-        let shown: Vec<String> = job
-            .metrics
-            .iter()
-            .map(|(k, v)| format!("{k} {v:.4}"))
-            .collect();
-        println!("  {}", shown.join(", "));
+        println!("  {}", super::metrics::describe(&job.metrics));
     }
     if let Some(error) = &job.error {
         println!("  error: {error}");

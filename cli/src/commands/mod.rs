@@ -4,6 +4,7 @@ pub mod doctor;
 pub mod jobs;
 pub mod local;
 pub mod local_cluster;
+pub mod metrics;
 pub mod pipeline;
 pub mod plot;
 pub mod stages;

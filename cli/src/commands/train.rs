@@ -244,8 +244,10 @@ pub fn run(args: &TrainArgs, handle: &Handle) -> anyhow::Result<()> {
             }
         }
         TrainEvent::Epoch { epoch, metrics } => {
-            let shown: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-            let line = format!("epoch {epoch}: validation {}", shown.join(", "));
+            let line = format!(
+                "epoch {epoch}: validation {}",
+                super::metrics::describe(metrics)
+            );
             match &bar {
                 Some(b) if !b.is_hidden() => b.println(line),
                 _ => println!("{line}"),
@@ -255,17 +257,12 @@ pub fn run(args: &TrainArgs, handle: &Handle) -> anyhow::Result<()> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let shown: Vec<String> = summary
-        .metrics
-        .iter()
-        .map(|(k, v)| format!("{k} {v:.4}"))
-        .collect();
     println!(
         "trained {} epochs, {} steps, {:.1} images/s; validation {}; checkpoint {}",
         summary.epochs,
         summary.steps,
         summary.images_per_s,
-        shown.join(", "),
+        super::metrics::describe(&summary.metrics),
         summary.checkpoint
     );
     Ok(())
