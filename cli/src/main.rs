@@ -61,7 +61,7 @@ fn main() -> std::process::ExitCode {
             // The cause chain on one line; no backtrace, whatever RUST_BACKTRACE says.
             eprintln!(
                 "error: {}",
-                atelier_process::report::one_line(error.as_ref())
+                atelier_proto::error_text::one_line(error.as_ref())
             );
             std::process::ExitCode::FAILURE
         }

@@ -31,7 +31,7 @@ fn main() -> std::process::ExitCode {
         Err(error) => {
             eprintln!(
                 "error: {}",
-                atelier_process::report::one_line(error.as_ref())
+                atelier_proto::error_text::one_line(error.as_ref())
             );
             std::process::ExitCode::FAILURE
         }

@@ -7,6 +7,5 @@
 pub mod listen;
 pub mod logging;
 pub mod memory;
-pub mod report;
 pub mod runtime;
 pub mod signal;

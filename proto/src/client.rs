@@ -116,7 +116,7 @@ pub async fn connect_jobs(url: &str, connect: &Connect) -> Result<JobClient> {
         .await
         .map_err(|e| ProtoError::Unreachable {
             url: url.to_string(),
-            reason: error_chain(&e),
+            reason: crate::error_text::one_line(&e),
         })?;
     Ok(
         JobServiceClient::with_interceptor(channel, connect.bearer()?)
@@ -141,54 +141,4 @@ pub fn job_client_lazy(url: &str, connect: &Connect) -> Result<JobClient> {
         channel,
         connect.bearer()?,
     ))
-}
-
-/// The error and its causes, `: `-separated. hyper's connect errors nest
-/// a cause with the same text as their own, which is said once.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut said = text.clone();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if cause_text != said {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        said = cause_text;
-        source = cause.source();
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug)]
-    struct Layer(&'static str, Option<Box<Layer>>);
-
-    impl std::fmt::Display for Layer {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str(self.0)
-        }
-    }
-
-    impl std::error::Error for Layer {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            self.1.as_deref().map(|l| l as _)
-        }
-    }
-
-    #[test]
-    fn a_cause_repeating_its_parent_is_said_once() {
-        let refused = Layer("Connection refused (os error 111)", None);
-        let inner = Layer("tcp connect error", Some(Box::new(refused)));
-        let outer = Layer("tcp connect error", Some(Box::new(inner)));
-        let top = Layer("transport error", Some(Box::new(outer)));
-        assert_eq!(
-            error_chain(&top),
-            "transport error: tcp connect error: Connection refused (os error 111)"
-        );
-    }
 }

@@ -9,6 +9,7 @@ pub mod client;
 pub mod convert;
 pub mod domain;
 pub mod error;
+pub mod error_text;
 
 pub use error::{ProtoError, Result};
 

@@ -19,7 +19,7 @@ pub enum WorkerError {
     Data(String),
     #[error("cancelled")]
     Cancelled,
-    #[error("coordinator: {0}")]
+    #[error("coordinator: {}", atelier_proto::error_text::one_line(.0))]
     Coordinator(#[from] tonic::Status),
     #[error(transparent)]
     Protocol(#[from] atelier_proto::ProtoError),

@@ -1,4 +1,5 @@
-//! How a binary reports the error it stops on.
+//! Errors as one line for people: a binary's last words, and the errors
+//! that carry a gRPC status in log fields.
 
 use std::error::Error;
 
@@ -6,11 +7,18 @@ use std::error::Error;
 /// repeats its source's text in its own message (object_store's and
 /// rusqlite's errors do), and printing every link of such a chain said the
 /// same thing up to four times.
+///
+/// A gRPC status says its message (or, without one, its code), not tonic's
+/// `code: '…', message: "…"` form; its source (a transport error) follows.
 pub fn one_line(error: &(dyn Error + 'static)) -> String {
     let mut line = String::new();
     let mut cause = Some(error);
     while let Some(current) = cause {
-        let text = current.to_string();
+        let text = match current.downcast_ref::<tonic::Status>() {
+            Some(status) if !status.message().is_empty() => status.message().to_string(),
+            Some(status) => status.code().description().to_string(),
+            None => current.to_string(),
+        };
         if !line.contains(text.as_str()) {
             if !line.is_empty() {
                 line.push_str(": ");
@@ -55,5 +63,25 @@ mod tests {
             "reading s3://shop/catalog: 403 Forbidden: the token expired"
         );
         assert_eq!(one_line(&Link("alone", None)), "alone");
+    }
+
+    #[test]
+    fn a_status_says_its_message_and_the_transport_error_under_it() {
+        let status = tonic::Status::not_found("job job-nope not found");
+        assert_eq!(one_line(&status), "job job-nope not found");
+        let bare = tonic::Status::new(tonic::Code::Unavailable, "");
+        assert_eq!(one_line(&bare), tonic::Code::Unavailable.description());
+        let mut refused = tonic::Status::unavailable("tcp connect error");
+        refused.set_source(std::sync::Arc::new(Link(
+            "transport error",
+            Some(Box::new(Link(
+                "tcp connect error",
+                Some(Box::new(Link("Connection refused (os error 111)", None))),
+            ))),
+        )));
+        assert_eq!(
+            one_line(&refused),
+            "tcp connect error: transport error: Connection refused (os error 111)"
+        );
     }
 }
