@@ -188,6 +188,16 @@ fn three_workers_tag_five_thousand_items_exactly_once() {
         listed.contains(&job) && listed.contains("succeeded"),
         "{listed}"
     );
+    let listed = cluster.cli_ok(&["jobs", "--state", "pending,running", "--state", "failed"]);
+    assert_eq!(listed.trim(), "no jobs");
+    let listed = cluster.cli_ok(&["jobs", "--state", "succeeded"]);
+    assert!(listed.contains(&job), "{listed}");
+    let refused = cluster.cli(&["jobs", "--state", "done"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("one of pending, running"),
+        "{stderr}"
+    );
     // What a downstream team sees, through pyarrow and DuckDB alone.
     let read = atelier_tests::python(&["tests/python/read_tags.py", out.to_str().unwrap(), "5000"]);
     assert!(read.contains("\"rows\": 5000"), "{read}");

@@ -143,6 +143,28 @@ pub struct JobsArgs {
     /// Show at most this many, newest first (0: all).
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
+    /// Only jobs in these states (repeat it or separate them with commas):
+    /// pending, running, succeeded, failed, cancelled.
+    #[arg(long = "state", value_delimiter = ',', value_parser = parse_state)]
+    pub states: Vec<JobState>,
+}
+
+const ALL_STATES: [JobState; 5] = [
+    JobState::Pending,
+    JobState::Running,
+    JobState::Succeeded,
+    JobState::Failed,
+    JobState::Cancelled,
+];
+
+fn parse_state(name: &str) -> Result<JobState, String> {
+    ALL_STATES
+        .into_iter()
+        .find(|state| state.name() == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = ALL_STATES.iter().map(|s| s.name()).collect();
+            format!("not a job state; one of {}", names.join(", "))
+        })
 }
 
 #[derive(Debug, Args)]
@@ -374,6 +396,7 @@ pub fn status(args: &StatusArgs, handle: &Handle) -> anyhow::Result<()> {
             &JobsArgs {
                 client: args.client.clone(),
                 limit: 50,
+                states: Vec::new(),
             },
             handle,
         );
@@ -404,7 +427,11 @@ pub fn jobs(args: &JobsArgs, handle: &Handle) -> anyhow::Result<()> {
         let mut client = args.client.connect().await?;
         let jobs = client
             .list_jobs(v1::ListJobsRequest {
-                states: vec![],
+                states: args
+                    .states
+                    .iter()
+                    .map(|&state| v1::JobState::from(state) as i32)
+                    .collect(),
                 limit: args.limit,
             })
             .await?
