@@ -37,6 +37,10 @@ pub enum CoordinatorError {
     },
     #[error("output {url}: {reason}")]
     Output { url: String, reason: String },
+    /// Two jobs writing one place would interleave their parts or
+    /// checkpoints; a retried submit (a CronJob's) meets the first one here.
+    #[error("job {job} is still writing {url}; follow it with `atelier status {job} --watch`, or cancel it first")]
+    DestinationBusy { job: String, url: String },
     /// Not `#[source]`: the message carries the cause, and a cause chain
     /// would print it twice.
     #[error("{what}: {error}")]
@@ -66,6 +70,7 @@ impl CoordinatorError {
             Self::JobNotFound(_) | Self::UnknownWorker(_) => Code::NotFound,
             Self::ProtocolMismatch { .. } | Self::StaleLease { .. } => Code::FailedPrecondition,
             Self::Output { .. } => Code::FailedPrecondition,
+            Self::DestinationBusy { .. } => Code::AlreadyExists,
             Self::ShuttingDown => Code::Unavailable,
             Self::Store { .. }
             | Self::StateInUse { .. }

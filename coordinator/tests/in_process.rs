@@ -440,3 +440,40 @@ fn tls_serves_clients_that_trust_the_certificate_and_only_them() {
         running.shutdown().await;
     });
 }
+
+#[test]
+fn a_second_job_into_a_running_jobs_output_is_refused_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (catalog, checkpoint) = catalogue(dir.path());
+    runtime().block_on(async {
+        let running = start(dir.path(), CoordinatorConfig::default()).await;
+        let mut jobs = job_client_lazy(&running.address, &Connect::default()).unwrap();
+        let out = dir.path().join("out");
+        let request = v1::SubmitTagJobRequest {
+            catalog,
+            checkpoints: vec![checkpoint],
+            output: out.to_str().unwrap().into(),
+            target_shard_rows: 100,
+            ..Default::default()
+        };
+        let first = jobs
+            .submit_tag_job(request.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .job_id;
+        // A part the first job has finished, which --overwrite would delete.
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join("part-00000.parquet"), b"done").unwrap();
+        let again = v1::SubmitTagJobRequest {
+            output: format!("{}/", out.to_str().unwrap()),
+            overwrite: true,
+            ..request
+        };
+        let refused = jobs.submit_tag_job(again).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
+        assert!(refused.message().contains(&first), "{refused:?}");
+        assert!(out.join("part-00000.parquet").exists());
+        running.shutdown().await;
+    });
+}

@@ -202,8 +202,10 @@ impl EventLoop {
                 reply,
             } => {
                 let status = state.submit(id, spec, works, max_attempts);
-                tracing::info!(job = %status.id, description = %status.description, "job submitted");
-                deferred.push(defer(reply, Ok(status)));
+                if let Ok(status) = &status {
+                    tracing::info!(job = %status.id, description = %status.description, "job submitted");
+                }
+                deferred.push(defer(reply, status));
             }
             Command::Cancel { job_id, reply } => {
                 let status = state.cancel(&job_id);

@@ -13,6 +13,7 @@ use crate::config::CoordinatorConfig;
 use crate::error::{CoordinatorError, Result};
 use crate::event_loop::LoopHandle;
 use crate::plan::{check_checkpoints, plan_tag_job, prepare_output};
+use crate::state::same_place;
 
 #[derive(Debug, Clone)]
 pub struct JobApi {
@@ -33,6 +34,14 @@ impl JobApi {
         check_checkpoints(&spec.checkpoints).await?;
         let workers = self.handle.gauges().workers.load(Ordering::Relaxed) as usize;
         let plan = plan_tag_job(&spec, &self.config.shard_sizing, workers).await?;
+        // Before --overwrite empties the output: it may hold a running job's
+        // finished parts. The event loop checks again at submit.
+        if let Some(writer) = self.unfinished_tag_job_writing(&spec.output) {
+            return Err(CoordinatorError::DestinationBusy {
+                job: writer,
+                url: spec.output,
+            });
+        }
         prepare_output(&spec.output, spec.overwrite).await?;
         let attempts = match spec.max_attempts {
             0 => self.config.default_max_attempts,
@@ -52,6 +61,18 @@ impl JobApi {
             .submit(new_job_id(), JobSpec::Tag(spec), works, attempts)
             .await?;
         Ok(status.id)
+    }
+
+    fn unfinished_tag_job_writing(&self, output: &str) -> Option<String> {
+        self.handle
+            .jobs(&[JobState::Pending, JobState::Running], 0)
+            .into_iter()
+            .find(|job| {
+                job.tag
+                    .as_ref()
+                    .is_some_and(|t| same_place(&t.output, output))
+            })
+            .map(|job| job.id)
     }
 
     async fn submit_eval(&self, spec: EvalJobSpec) -> Result<String> {

@@ -9,15 +9,39 @@ use crate::records::{JobRecord, TaskRecord, TaskState};
 
 use super::{unix_ms, Finalize, State};
 
+/// Where a job writes: a tag job's output, a train job's checkpoint (an
+/// evaluation only reads).
+fn destination(spec: &JobSpec) -> Option<&str> {
+    match spec {
+        JobSpec::Tag(tag) => Some(&tag.output),
+        JobSpec::Train(train) => Some(&train.checkpoint),
+        JobSpec::Eval(_) => None,
+    }
+}
+
+/// One place however its URL ends.
+pub(crate) fn same_place(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
+}
+
 impl State {
     /// Adds a job and its tasks, which wait in the queue behind earlier jobs.
+    /// Refused while an unfinished job writes where this one would.
     pub fn submit(
         &mut self,
         id: String,
         spec: JobSpec,
         works: Vec<TaskWork>,
         max_attempts: u32,
-    ) -> JobStatus {
+    ) -> Result<JobStatus> {
+        if let Some(url) = destination(&spec) {
+            if let Some(writer) = self.unfinished_writer_of(url) {
+                return Err(CoordinatorError::DestinationBusy {
+                    job: writer.to_string(),
+                    url: url.to_string(),
+                });
+            }
+        }
         let now = unix_ms();
         let job = JobRecord {
             id: id.clone(),
@@ -59,7 +83,16 @@ impl State {
             // Nothing to do, e.g. a catalogue of empty files: done at once.
             self.start_finalizing(&id);
         }
-        self.status(&id).expect("job was just inserted")
+        self.status(&id)
+    }
+
+    /// The unfinished job, if any, that writes to `url`.
+    pub fn unfinished_writer_of(&self, url: &str) -> Option<&str> {
+        self.jobs
+            .values()
+            .filter(|job| !job.state.is_terminal())
+            .find(|job| destination(&job.spec).is_some_and(|d| same_place(d, url)))
+            .map(|job| job.id.as_str())
     }
 
     pub fn cancel(&mut self, job_id: &str) -> Result<JobStatus> {

@@ -196,6 +196,7 @@ impl State {
 
 pub mod gang;
 mod jobs;
+pub(crate) use jobs::same_place;
 mod tally;
 mod tasks;
 #[cfg(test)]

@@ -40,10 +40,14 @@ fn shard(index: usize) -> TaskWork {
 }
 
 fn tag_spec() -> JobSpec {
+    tag_spec_into("file:///o")
+}
+
+fn tag_spec_into(output: &str) -> JobSpec {
     JobSpec::Tag(TagJobSpec {
         catalog: "file:///c".into(),
         checkpoints: vec!["file:///ck".into()],
-        output: "file:///o".into(),
+        output: output.into(),
         target_shard_rows: 100,
         max_attempts: 0,
         inference: InferenceSettings::default(),
@@ -61,7 +65,10 @@ fn outcome() -> TaskOutcome {
 
 fn job_with(state: &mut State, shards: usize, attempts: u32) -> String {
     let works = (0..shards).map(shard).collect();
-    state.submit("job-1".into(), tag_spec(), works, attempts).id
+    state
+        .submit("job-1".into(), tag_spec(), works, attempts)
+        .unwrap()
+        .id
 }
 
 #[test]
@@ -279,9 +286,12 @@ fn gang_job_per_worker(
     ranks_per_worker: u32,
     max_restarts: u32,
 ) -> String {
+    // Each gang job of a test is a job of its own, writing a checkpoint of
+    // its own.
+    let n = state.jobs.len() + 1;
     let spec = TrainJobSpec {
         catalog: "file:///c".into(),
-        checkpoint: "file:///k".into(),
+        checkpoint: format!("file:///k{n}"),
         model_type: "color".into(),
         world_size: world,
         ranks_per_worker,
@@ -298,11 +308,12 @@ fn gang_job_per_worker(
         .collect();
     state
         .submit(
-            "train-1".into(),
+            format!("train-{n}"),
             JobSpec::Train(spec),
             works,
             max_restarts + 1,
         )
+        .unwrap()
         .id
 }
 
@@ -552,7 +563,15 @@ fn job_figures_kept_as_tasks_change_equal_a_recount_after_every_step() {
         let jobs: Vec<String> = (0..2)
             .map(|j| {
                 let works = (0..6).map(shard).collect();
-                state.submit(format!("job-{j}"), tag_spec(), works, 3).id
+                state
+                    .submit(
+                        format!("job-{j}"),
+                        tag_spec_into(&format!("file:///o{j}")),
+                        works,
+                        3,
+                    )
+                    .unwrap()
+                    .id
             })
             .collect();
         let mut workers: Vec<String> = (0..3)
@@ -642,4 +661,51 @@ fn job_figures_kept_as_tasks_change_equal_a_recount_after_every_step() {
             assert_figures_match(&mut restored, job, &format!("seed {seed}: restored"));
         }
     }
+}
+
+#[test]
+fn a_second_writer_to_an_unfinished_jobs_output_or_checkpoint_is_refused() {
+    let mut state = State::new(TIMEOUT);
+    let first = job_with(&mut state, 2, 1);
+    let refused = state
+        .submit(
+            "job-2".into(),
+            tag_spec_into("file:///o/"),
+            vec![shard(0)],
+            1,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&refused, CoordinatorError::DestinationBusy { job, .. } if *job == first),
+        "{refused}"
+    );
+    assert_eq!(refused.grpc_code(), tonic::Code::AlreadyExists);
+    assert!(
+        state.status("job-2").is_err(),
+        "a refused job leaves no trace"
+    );
+    // Elsewhere is fine, and so is the same place once the first has ended.
+    state
+        .submit(
+            "job-3".into(),
+            tag_spec_into("file:///p"),
+            vec![shard(0)],
+            1,
+        )
+        .unwrap();
+    state.cancel(&first).unwrap();
+    state
+        .submit("job-4".into(), tag_spec(), vec![shard(0)], 1)
+        .unwrap();
+
+    let training = gang_job(&mut state, 2, 0);
+    let train_spec = state.jobs[&training].spec.clone();
+    let refused = state
+        .submit("job-5".into(), train_spec.clone(), Vec::new(), 1)
+        .unwrap_err();
+    assert!(refused.to_string().contains(&training), "{refused}");
+    state.cancel(&training).unwrap();
+    state
+        .submit("job-6".into(), train_spec, Vec::new(), 1)
+        .unwrap();
 }
