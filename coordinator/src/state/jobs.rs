@@ -87,7 +87,7 @@ impl State {
     }
 
     /// The unfinished job, if any, that writes to `url`.
-    pub fn unfinished_writer_of(&self, url: &str) -> Option<&str> {
+    fn unfinished_writer_of(&self, url: &str) -> Option<&str> {
         self.jobs
             .values()
             .filter(|job| !job.state.is_terminal())
