@@ -264,6 +264,22 @@ impl Cluster {
 
     /// Runs the CLI against this coordinator with the cluster's token.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        self.cli_command(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run atelier: {e}"))
+    }
+
+    /// Starts the CLI without waiting for it (a `status --watch` that must
+    /// outlive something), its output piped.
+    pub fn cli_spawn(&self, args: &[&str]) -> std::process::Child {
+        self.cli_command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run atelier: {e}"))
+    }
+
+    fn cli_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(atelier_bin());
         command
             .args(args)
@@ -274,8 +290,6 @@ impl Cluster {
             command.env("ATELIER_TOKEN", token);
         }
         command
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run atelier: {e}"))
     }
 
     /// Runs the CLI; fails the test unless it exits 0. Returns stdout.

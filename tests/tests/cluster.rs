@@ -396,6 +396,9 @@ fn a_coordinator_killed_mid_job_resumes_it_after_a_restart() {
         !before.state.is_terminal(),
         "the job ended before the kill: {before:?}"
     );
+    // A user's watch, as a nightly `submit --wait` holds one, outlives the kill.
+    let watcher = Watcher::start(cluster.cli_spawn(&["status", &job, "--watch"]));
+    watcher.wait_for_a_line(SLOW);
     cluster.kill_coordinator();
     std::thread::sleep(Duration::from_millis(800));
     // It comes back as the libtorch-free binary deployments run, on the
@@ -419,6 +422,77 @@ fn a_coordinator_killed_mid_job_resumes_it_after_a_restart() {
     assert_exactly_once(&fixture.catalog, &out);
     let restarted = cluster.coordinator.as_ref().unwrap();
     assert!(restarted.count("coordinator state loaded") == 1);
+    let (status, stdout, stderr) = watcher.finish(Duration::from_secs(30));
+    assert!(
+        status.success() && stdout.contains("succeeded"),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("lost the coordinator") && stderr.contains("answers again"),
+        "{stderr}"
+    );
+}
+
+/// A CLI process whose stderr is read as it comes.
+struct Watcher {
+    child: std::process::Child,
+    stderr: std::sync::Arc<Mutex<String>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Watcher {
+    fn start(mut child: std::process::Child) -> Self {
+        use std::io::BufRead;
+        let stderr = std::sync::Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let sink = std::sync::Arc::clone(&stderr);
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut text = sink.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        Self {
+            child,
+            stderr,
+            reader,
+        }
+    }
+
+    /// Until the process has said something, i.e. it is connected and
+    /// watching.
+    fn wait_for_a_line(&self, deadline: Duration) {
+        let start = Instant::now();
+        while self.stderr.lock().unwrap().is_empty() {
+            assert!(start.elapsed() < deadline, "the watch said nothing");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Exit status, stdout and stderr once it exits; killed and failed
+    /// after `deadline`.
+    fn finish(mut self, deadline: Duration) -> (std::process::ExitStatus, String, String) {
+        let start = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            if start.elapsed() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "still running after {deadline:?}; stderr:\n{}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let output = self.child.wait_with_output().unwrap();
+        self.reader.join().unwrap();
+        let stderr = self.stderr.lock().unwrap().clone();
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr,
+        )
+    }
 }
 
 #[test]

@@ -7,7 +7,6 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use atelier_proto::client::JobClient;
 use atelier_proto::domain::{JobState, JobStatus, TagProgress, TrainProgress};
 use atelier_proto::v1;
@@ -17,35 +16,87 @@ use crate::progress;
 
 /// How often a line repeats progress when nothing else changed.
 const LINE_EVERY: Duration = Duration::from_secs(30);
+/// How long a watch keeps calling a coordinator that went away (restarted,
+/// its pod rescheduled) before it gives up; the job goes on meanwhile, and
+/// a nightly `submit --wait` should not fail for a restart.
+const RECONNECT_FOR: Duration = Duration::from_secs(300);
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 
-/// Follows a job until it ends and returns its last status.
+/// Follows a job until it ends and returns its last status, through
+/// restarts of the coordinator.
 pub async fn watch(client: &mut JobClient, job_id: &str) -> anyhow::Result<JobStatus> {
+    let mut view = if std::io::stderr().is_terminal() {
+        View::Bar(None)
+    } else {
+        View::Lines(LineLog::default())
+    };
+    let mut lost_since: Option<Instant> = None;
+    let ended = loop {
+        let lost = match follow(client, job_id, &mut view, &mut lost_since).await {
+            Ok(Some(ended)) => break ended,
+            // A coordinator shutting down ends its streams.
+            Ok(None) => "the coordinator ended the watch".to_string(),
+            Err(status) if reconnectable(status.code()) => {
+                atelier_proto::error_text::one_line(&status)
+            }
+            Err(status) => return Err(status.into()),
+        };
+        let since = *lost_since.get_or_insert_with(|| {
+            view.note(&format!(
+                "{job_id}: lost the coordinator ({lost}); calling again for up to {} s",
+                RECONNECT_FOR.as_secs()
+            ));
+            Instant::now()
+        });
+        if since.elapsed() >= RECONNECT_FOR {
+            anyhow::bail!(
+                "the coordinator has not answered for {} s ({lost}); job {job_id} may still be running",
+                RECONNECT_FOR.as_secs()
+            );
+        }
+        tokio::time::sleep(RECONNECT_EVERY).await;
+    };
+    if let View::Bar(Some(bar)) = view {
+        bar.finish_and_clear();
+    }
+    Ok(ended)
+}
+
+/// Errors of a coordinator that is down or went away mid-stream, as
+/// opposed to one that answered no (an unknown job).
+fn reconnectable(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
+}
+
+/// One watch stream until the job ends (its last status) or the stream
+/// does (`None`).
+async fn follow(
+    client: &mut JobClient,
+    job_id: &str,
+    view: &mut View,
+    lost_since: &mut Option<Instant>,
+) -> Result<Option<JobStatus>, tonic::Status> {
     let mut stream = client
         .watch_job(v1::WatchJobRequest {
             job_id: job_id.to_string(),
         })
         .await?
         .into_inner();
-    let mut view = if std::io::stderr().is_terminal() {
-        View::Bar(None)
-    } else {
-        View::Lines(LineLog::default())
-    };
-    let mut last = None;
     while let Some(event) = stream.message().await? {
+        if lost_since.take().is_some() {
+            view.note(&format!("{job_id}: the coordinator answers again"));
+        }
         let Some(job) = event.job else { continue };
         let job = JobStatus::try_from(job)?;
         view.show(&job, Instant::now());
-        let done = job.state.is_terminal();
-        last = Some(job);
-        if done {
-            break;
+        if job.state.is_terminal() {
+            return Ok(Some(job));
         }
     }
-    if let View::Bar(Some(bar)) = view {
-        bar.finish_and_clear();
-    }
-    last.context("the coordinator closed the watch without sending the job")
+    Ok(None)
 }
 
 /// Where a job stands, in the terms both views show.
@@ -118,6 +169,14 @@ enum View {
 }
 
 impl View {
+    /// A line that is not progress, above the bar if there is one.
+    fn note(&self, text: &str) {
+        match self {
+            Self::Bar(Some(bar)) => bar.println(text),
+            _ => eprintln!("{text}"),
+        }
+    }
+
     fn show(&mut self, job: &JobStatus, now: Instant) {
         let progress = progress_of(job);
         match self {
