@@ -442,7 +442,7 @@ fn tls_serves_clients_that_trust_the_certificate_and_only_them() {
 }
 
 #[test]
-fn a_second_job_into_a_running_jobs_output_is_refused_and_deletes_nothing() {
+fn a_second_writer_into_a_running_jobs_output_is_refused_and_the_same_job_again_is_the_first() {
     let dir = tempfile::tempdir().unwrap();
     let (catalog, checkpoint) = catalogue(dir.path());
     runtime().block_on(async {
@@ -468,11 +468,15 @@ fn a_second_job_into_a_running_jobs_output_is_refused_and_deletes_nothing() {
         let again = v1::SubmitTagJobRequest {
             output: format!("{}/", out.to_str().unwrap()),
             overwrite: true,
-            ..request
+            ..request.clone()
         };
         let refused = jobs.submit_tag_job(again).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
         assert!(refused.message().contains(&first), "{refused:?}");
+        assert!(out.join("part-00000.parquet").exists());
+        // The same request again (a retried submit) is the first job.
+        let retried = jobs.submit_tag_job(request).await.unwrap().into_inner();
+        assert_eq!(retried.job_id, first);
         assert!(out.join("part-00000.parquet").exists());
         running.shutdown().await;
     });

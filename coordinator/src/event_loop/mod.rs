@@ -201,9 +201,15 @@ impl EventLoop {
                 max_attempts,
                 reply,
             } => {
-                let status = state.submit(id, spec, works, max_attempts);
-                if let Ok(status) = &status {
-                    tracing::info!(job = %status.id, description = %status.description, "job submitted");
+                let status = state.submit(id.clone(), spec, works, max_attempts);
+                match &status {
+                    Ok(status) if status.id == id => {
+                        tracing::info!(job = %status.id, description = %status.description, "job submitted");
+                    }
+                    Ok(status) => {
+                        tracing::info!(job = %status.id, "the same job submitted again; it goes on");
+                    }
+                    Err(_) => {}
                 }
                 deferred.push(defer(reply, status));
             }

@@ -34,15 +34,12 @@ impl JobApi {
         check_checkpoints(&spec.checkpoints).await?;
         let workers = self.handle.gauges().workers.load(Ordering::Relaxed) as usize;
         let plan = plan_tag_job(&spec, &self.config.shard_sizing, workers).await?;
-        // Before --overwrite empties the output: it may hold a running job's
-        // finished parts. The event loop checks again at submit.
-        if let Some(writer) = self.unfinished_tag_job_writing(&spec.output) {
-            return Err(CoordinatorError::DestinationBusy {
-                job: writer,
-                url: spec.output,
-            });
+        // An unfinished job's output may hold its finished parts, which
+        // --overwrite would delete; the event loop then says whether this is
+        // that job again or a second writer.
+        if !self.an_unfinished_tag_job_writes(&spec.output) {
+            prepare_output(&spec.output, spec.overwrite).await?;
         }
-        prepare_output(&spec.output, spec.overwrite).await?;
         let attempts = match spec.max_attempts {
             0 => self.config.default_max_attempts,
             n => n,
@@ -63,16 +60,15 @@ impl JobApi {
         Ok(status.id)
     }
 
-    fn unfinished_tag_job_writing(&self, output: &str) -> Option<String> {
+    fn an_unfinished_tag_job_writes(&self, output: &str) -> bool {
         self.handle
             .jobs(&[JobState::Pending, JobState::Running], 0)
-            .into_iter()
-            .find(|job| {
+            .iter()
+            .any(|job| {
                 job.tag
                     .as_ref()
                     .is_some_and(|t| same_place(&t.output, output))
             })
-            .map(|job| job.id)
     }
 
     async fn submit_eval(&self, spec: EvalJobSpec) -> Result<String> {

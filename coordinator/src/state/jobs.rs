@@ -26,7 +26,9 @@ pub(crate) fn same_place(a: &str, b: &str) -> bool {
 
 impl State {
     /// Adds a job and its tasks, which wait in the queue behind earlier jobs.
-    /// Refused while an unfinished job writes where this one would.
+    /// While an unfinished job writes where this one would, the same spec
+    /// again is that job (a retried submit, say a CronJob pod's second
+    /// try, follows the first) and any other is refused.
     pub fn submit(
         &mut self,
         id: String,
@@ -35,9 +37,12 @@ impl State {
         max_attempts: u32,
     ) -> Result<JobStatus> {
         if let Some(url) = destination(&spec) {
-            if let Some(writer) = self.unfinished_writer_of(url) {
+            if let Some(writer) = self.unfinished_writer_of(url).map(str::to_string) {
+                if self.jobs[&writer].spec == spec {
+                    return self.status(&writer);
+                }
                 return Err(CoordinatorError::DestinationBusy {
-                    job: writer.to_string(),
+                    job: writer,
                     url: url.to_string(),
                 });
             }

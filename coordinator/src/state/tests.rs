@@ -684,6 +684,12 @@ fn a_second_writer_to_an_unfinished_jobs_output_or_checkpoint_is_refused() {
         state.status("job-2").is_err(),
         "a refused job leaves no trace"
     );
+    // The very same job again is the first one, not a second.
+    let again = state
+        .submit("job-2".into(), tag_spec(), vec![shard(0)], 1)
+        .unwrap();
+    assert_eq!(again.id, first);
+    assert!(state.status("job-2").is_err());
     // Elsewhere is fine, and so is the same place once the first has ended.
     state
         .submit(
@@ -699,13 +705,23 @@ fn a_second_writer_to_an_unfinished_jobs_output_or_checkpoint_is_refused() {
         .unwrap();
 
     let training = gang_job(&mut state, 2, 0);
-    let train_spec = state.jobs[&training].spec.clone();
+    let JobSpec::Train(train_spec) = state.jobs[&training].spec.clone() else {
+        unreachable!()
+    };
+    let other_run = JobSpec::Train(TrainJobSpec {
+        lr: 0.5,
+        ..train_spec.clone()
+    });
     let refused = state
-        .submit("job-5".into(), train_spec.clone(), Vec::new(), 1)
+        .submit("job-5".into(), other_run.clone(), Vec::new(), 1)
         .unwrap_err();
     assert!(refused.to_string().contains(&training), "{refused}");
+    let again = state
+        .submit("job-5".into(), JobSpec::Train(train_spec), Vec::new(), 1)
+        .unwrap();
+    assert_eq!(again.id, training);
     state.cancel(&training).unwrap();
     state
-        .submit("job-6".into(), train_spec, Vec::new(), 1)
+        .submit("job-6".into(), other_run, Vec::new(), 1)
         .unwrap();
 }
