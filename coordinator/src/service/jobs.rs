@@ -13,7 +13,7 @@ use crate::config::CoordinatorConfig;
 use crate::error::{CoordinatorError, Result};
 use crate::event_loop::LoopHandle;
 use crate::plan::{check_checkpoints, plan_tag_job, prepare_output};
-use crate::state::same_place;
+use crate::state::places_overlap;
 
 #[derive(Debug, Clone)]
 pub struct JobApi {
@@ -67,7 +67,7 @@ impl JobApi {
             .any(|job| {
                 job.tag
                     .as_ref()
-                    .is_some_and(|t| same_place(&t.output, output))
+                    .is_some_and(|t| places_overlap(&t.output, output))
             })
     }
 

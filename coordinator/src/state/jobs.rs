@@ -19,9 +19,16 @@ fn destination(spec: &JobSpec) -> Option<&str> {
     }
 }
 
-/// One place however its URL ends.
-pub(crate) fn same_place(a: &str, b: &str) -> bool {
-    a.trim_end_matches('/') == b.trim_end_matches('/')
+/// Whether two prefixes share objects: the same one however it ends, or
+/// one inside the other (`--overwrite` on `tags/` empties `tags/2026/`).
+pub(crate) fn places_overlap(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim_end_matches('/'), b.trim_end_matches('/'));
+    let inside = |inner: &str, outer: &str| {
+        inner
+            .strip_prefix(outer)
+            .is_some_and(|rest| rest.starts_with('/'))
+    };
+    a == b || inside(a, b) || inside(b, a)
 }
 
 impl State {
@@ -91,12 +98,13 @@ impl State {
         self.status(&id)
     }
 
-    /// The unfinished job, if any, that writes to `url`.
+    /// The unfinished job, if any, that writes to `url` or a prefix around
+    /// or inside it.
     fn unfinished_writer_of(&self, url: &str) -> Option<&str> {
         self.jobs
             .values()
             .filter(|job| !job.state.is_terminal())
-            .find(|job| destination(&job.spec).is_some_and(|d| same_place(d, url)))
+            .find(|job| destination(&job.spec).is_some_and(|d| places_overlap(d, url)))
             .map(|job| job.id.as_str())
     }
 

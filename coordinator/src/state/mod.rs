@@ -196,7 +196,7 @@ impl State {
 
 pub mod gang;
 mod jobs;
-pub(crate) use jobs::same_place;
+pub(crate) use jobs::places_overlap;
 mod tally;
 mod tasks;
 #[cfg(test)]

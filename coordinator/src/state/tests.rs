@@ -690,11 +690,18 @@ fn a_second_writer_to_an_unfinished_jobs_output_or_checkpoint_is_refused() {
         .unwrap();
     assert_eq!(again.id, first);
     assert!(state.status("job-2").is_err());
+    // Inside the first one's output, or around it, is the same objects.
+    for (id, output) in [("job-7", "file:///o/2026"), ("job-8", "file:///")] {
+        let refused = state
+            .submit(id.into(), tag_spec_into(output), vec![shard(0)], 1)
+            .unwrap_err();
+        assert!(refused.to_string().contains(&first), "{output}: {refused}");
+    }
     // Elsewhere is fine, and so is the same place once the first has ended.
     state
         .submit(
             "job-3".into(),
-            tag_spec_into("file:///p"),
+            tag_spec_into("file:///oo"),
             vec![shard(0)],
             1,
         )
