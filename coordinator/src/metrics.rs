@@ -9,21 +9,13 @@ use atelier_telemetry::Exposition;
 
 use crate::event_loop::LoopHandle;
 
-const STATES: [JobState; 5] = [
-    JobState::Pending,
-    JobState::Running,
-    JobState::Succeeded,
-    JobState::Failed,
-    JobState::Cancelled,
-];
-
 pub fn render(handle: &LoopHandle) -> String {
     let jobs = handle.jobs(&[], 0);
     let gauges = handle.gauges();
     let mut out = Exposition::new();
 
     out.family("atelier_jobs", "gauge", "Jobs by state.");
-    for state in STATES {
+    for state in JobState::ALL {
         let count = jobs.iter().filter(|j| j.state == state).count();
         out.sample("atelier_jobs", &[("state", state.name())], count as f64);
     }

@@ -149,20 +149,12 @@ pub struct JobsArgs {
     pub states: Vec<JobState>,
 }
 
-const ALL_STATES: [JobState; 5] = [
-    JobState::Pending,
-    JobState::Running,
-    JobState::Succeeded,
-    JobState::Failed,
-    JobState::Cancelled,
-];
-
 fn parse_state(name: &str) -> Result<JobState, String> {
-    ALL_STATES
+    JobState::ALL
         .into_iter()
         .find(|state| state.name() == name)
         .ok_or_else(|| {
-            let names: Vec<&str> = ALL_STATES.iter().map(|s| s.name()).collect();
+            let names: Vec<&str> = JobState::ALL.iter().map(|s| s.name()).collect();
             format!("not a job state; one of {}", names.join(", "))
         })
 }

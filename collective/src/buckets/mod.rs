@@ -6,7 +6,7 @@ mod overlap;
 
 use std::time::Instant;
 
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use crate::error::{CollectiveError, Result};
 use crate::Collective;
@@ -169,6 +169,26 @@ impl GradientBuckets {
             seconds: started.elapsed().as_secs_f64(),
             bytes,
         })
+    }
+
+    /// Reads the global loss sum and item count, and divides the gradients
+    /// by the count: the mean over the global batch.
+    fn average(&mut self) -> Result<(f64, f64)> {
+        let counts = self
+            .flats
+            .last()
+            .map(|f| counts_of(f).to_kind(Kind::Double))
+            .ok_or_else(|| CollectiveError::InvalidTensor {
+                op: "gradient all-reduce",
+                detail: "no trainable parameters".into(),
+            })?;
+        let (loss_total, items_total) = (counts.double_value(&[0]), counts.double_value(&[1]));
+        tch::no_grad(|| {
+            for flat in &mut self.flats {
+                let _ = flat.g_mul_scalar_(1.0 / items_total.max(1.0));
+            }
+        });
+        Ok((loss_total, items_total))
     }
 
     /// Whether every gradient still lies where `make_views` put it.

@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use super::{bytes_of, counts_of, weigh_by_items, GradientBuckets, SyncedStep};
 use crate::error::{CollectiveError, Result};
@@ -140,26 +140,6 @@ impl GradientBuckets {
             let _ = tail.narrow(0, 1, 1).fill_(items as f64);
         });
     }
-
-    /// Reads the global loss sum and item count, and divides the gradients
-    /// by the count: the mean over the global batch.
-    pub(super) fn average(&mut self) -> Result<(f64, f64)> {
-        let counts = self
-            .flats
-            .last()
-            .map(|f| counts_of(f).to_kind(Kind::Double))
-            .ok_or_else(|| CollectiveError::InvalidTensor {
-                op: "gradient all-reduce",
-                detail: "no trainable parameters".into(),
-            })?;
-        let (loss_total, items_total) = (counts.double_value(&[0]), counts.double_value(&[1]));
-        tch::no_grad(|| {
-            for flat in &mut self.flats {
-                let _ = flat.g_mul_scalar_(1.0 / items_total.max(1.0));
-            }
-        });
-        Ok((loss_total, items_total))
-    }
 }
 
 /// The communication thread: each bucket, last first, weighted by the rank's
@@ -221,7 +201,7 @@ mod tests {
     use std::sync::atomic::AtomicBool;
     use std::sync::{Arc, Mutex};
 
-    use tch::Device;
+    use tch::{Device, Kind};
 
     use super::*;
     use crate::Backend;
