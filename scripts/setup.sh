@@ -14,7 +14,6 @@ export ATELIER_CACHE ATELIER_VENV
 
 need_apt=()
 command -v nasm >/dev/null 2>&1 || need_apt+=(nasm)
-command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 # jemalloc (the processes' malloc) builds with make.
 command -v make >/dev/null 2>&1 || need_apt+=(make)
 # `atelier plot` draws its text in DejaVu Sans.

@@ -17,6 +17,8 @@ if [ -z "${ATELIER_FASHION_DATA:-}" ] && [ ! -d ../shared/data/fashion-products 
 fi
 
 cargo fmt --all -- --check
-# The end-to-end tests run the real `atelier` binary, so build it first.
-cargo build --workspace --bins
-cargo test --workspace --no-fail-fast
+cargo clippy --release --workspace --all-targets -- -D warnings
+# The end-to-end tests run the real `atelier` binary, so build it first; the
+# release profile is the one run.sh builds, so dependencies compile once.
+cargo build --release --workspace --bins
+cargo test --release --workspace --no-fail-fast

@@ -1,5 +1,3 @@
-use tonic::Code;
-
 /// Every way a catalogue operation fails. Each variant names the file, URL or
 /// column at fault so that the message alone tells a user what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -77,30 +75,6 @@ impl CatalogError {
                     | std::io::ErrorKind::ConnectionReset
             ),
             _ => false,
-        }
-    }
-
-    /// The gRPC status code this failure maps to when it crosses the API.
-    pub fn grpc_code(&self) -> Code {
-        match self {
-            CatalogError::InvalidUrl { .. }
-            | CatalogError::Empty { .. }
-            | CatalogError::NotParquet { .. }
-            | CatalogError::Schema { .. }
-            | CatalogError::Csv { .. }
-            | CatalogError::InvalidArgument(_) => Code::InvalidArgument,
-            CatalogError::NotFound { .. } => Code::NotFound,
-            CatalogError::AlreadyExists { .. } => Code::AlreadyExists,
-            CatalogError::Store { source, .. } => match source {
-                object_store::Error::NotFound { .. } => Code::NotFound,
-                object_store::Error::PermissionDenied { .. } => Code::PermissionDenied,
-                object_store::Error::Unauthenticated { .. } => Code::Unauthenticated,
-                _ if store_error_is_transient(source) => Code::Unavailable,
-                _ => Code::Internal,
-            },
-            CatalogError::Parquet { .. } => Code::DataLoss,
-            CatalogError::Io { .. } => Code::Unavailable,
-            CatalogError::Arrow(_) | CatalogError::Internal(_) => Code::Internal,
         }
     }
 

@@ -99,6 +99,9 @@ fn resolve(input: &str) -> Result<(Arc<dyn ObjectStore>, String, Path)> {
         return local(input);
     };
     let url = Url::parse(input).map_err(|e| invalid(e.to_string()))?;
+    if !matches!(scheme, "file" | "memory") {
+        install_crypto_provider();
+    }
     let object_path = || {
         let decoded = percent_decode(url.path());
         Path::parse(&decoded).map_err(|e| invalid(e.to_string()))
@@ -143,6 +146,17 @@ fn resolve(input: &str) -> Result<(Arc<dyn ObjectStore>, String, Path)> {
             "unsupported scheme {other:?} (use a path, file://, memory://, s3://, gs:// or az://)"
         ))),
     }
+}
+
+/// Picks rustls's crypto provider (ring) for the process before the first
+/// cloud client is built: reqwest is built without one of its own, so that
+/// the build needs neither cmake nor nasm for aws-lc.
+fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // An error means another part of the process chose first; fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 fn authority(url: &Url) -> String {

@@ -19,8 +19,6 @@ pub struct CoordinatorConfig {
     pub token: Option<String>,
     /// Serve TLS with this certificate chain and key (PEM); plain HTTP/2 without.
     pub tls: Option<TlsIdentity>,
-    /// How long a train job waits for `world_size` free workers when it does not say.
-    pub default_gang_timeout: Duration,
 }
 
 /// A server certificate chain and its private key, both PEM.
@@ -50,7 +48,6 @@ impl Default for CoordinatorConfig {
             max_lease_wait: Duration::from_secs(20),
             token: None,
             tls: None,
-            default_gang_timeout: Duration::from_secs(600),
         }
     }
 }

@@ -41,6 +41,10 @@ pub enum CoordinatorError {
     /// checkpoints; a retried submit (a CronJob's) meets the first one here.
     #[error("job {job} is still writing {url}; follow it with `atelier status {job} --watch`, or cancel it first")]
     DestinationBusy { job: String, url: String },
+    /// Another submit into the same place is being planned; it becomes a
+    /// job in moments, and then the same spec again follows it.
+    #[error("another submit is preparing {url}; submit again in a moment")]
+    DestinationReserved { url: String },
     /// Not `#[source]`: the message carries the cause, and a cause chain
     /// would print it twice.
     #[error("{what}: {error}")]
@@ -58,7 +62,10 @@ impl CoordinatorError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::BadCatalog(e) => e.is_retryable(),
-            Self::ShuttingDown | Self::Output { .. } | Self::Store { .. } => true,
+            Self::ShuttingDown
+            | Self::Output { .. }
+            | Self::Store { .. }
+            | Self::DestinationReserved { .. } => true,
             _ => false,
         }
     }
@@ -71,6 +78,7 @@ impl CoordinatorError {
             Self::ProtocolMismatch { .. } | Self::StaleLease { .. } => Code::FailedPrecondition,
             Self::Output { .. } => Code::FailedPrecondition,
             Self::DestinationBusy { .. } => Code::AlreadyExists,
+            Self::DestinationReserved { .. } => Code::Unavailable,
             Self::ShuttingDown => Code::Unavailable,
             Self::Store { .. }
             | Self::StateInUse { .. }

@@ -11,6 +11,7 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod event_loop;
+pub mod ids;
 pub mod manifest;
 pub mod metrics;
 pub mod plan;

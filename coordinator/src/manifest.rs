@@ -46,7 +46,7 @@ pub async fn write_manifest(finalize: Arc<Finalize>) -> Result<(), String> {
     };
     let output = StoreLocation::parse(&spec.output).map_err(|e| e.to_string())?;
     check_parts_exist(&output, &finalize).await?;
-    let finished = crate::state::unix_ms();
+    let finished = crate::state::Now::read().unix_ms;
     // Tens of thousands of parts take milliseconds to serialise: too long
     // for a runtime thread that also answers workers.
     let body = off_runtime(&finalize, move |f| manifest_json(f, finished)).await??;
@@ -192,8 +192,8 @@ mod tests {
                 catalog: "file:///catalog".into(),
                 checkpoints: vec![],
                 output: output.into(),
-                target_shard_rows: 0,
-                max_attempts: 0,
+                target_shard_rows: None,
+                max_attempts: None,
                 inference: Default::default(),
                 overwrite: false,
             }),

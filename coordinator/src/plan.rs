@@ -36,8 +36,8 @@ impl ShardSizing {
     /// `per_worker` shards each (a 10^6-item catalogue at 8,192 rows is 123
     /// shards, which would idle most of a thousand workers), but never below
     /// [`MIN_AUTO_SHARD_ROWS`] unless `max_rows` is.
-    pub fn target_rows(&self, requested: u64, catalogue_rows: u64, workers: usize) -> u64 {
-        if requested > 0 {
+    pub fn target_rows(&self, requested: Option<u64>, catalogue_rows: u64, workers: usize) -> u64 {
+        if let Some(requested) = requested {
             return requested;
         }
         let max_rows = self.max_rows.max(1);
@@ -209,7 +209,7 @@ mod tests {
         items: usize,
         rows_per_group: usize,
         groups_per_file: usize,
-        target_shard_rows: u64,
+        target_shard_rows: Option<u64>,
     ) -> TagJobSpec {
         let url = dir.join("catalog").to_str().unwrap().to_string();
         let options = synthetic::GenerateOptions {
@@ -231,7 +231,7 @@ mod tests {
             checkpoints: vec![],
             output: dir.join("out").to_str().unwrap().into(),
             target_shard_rows,
-            max_attempts: 0,
+            max_attempts: None,
             inference: Default::default(),
             overwrite: false,
         }
@@ -241,7 +241,7 @@ mod tests {
     fn shards_are_whole_row_groups_of_about_the_target_size() {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let spec = catalogue_job(&runtime, dir.path(), 1000, 100, 4, 0);
+        let spec = catalogue_job(&runtime, dir.path(), 1000, 100, 4, None);
         let fixed = ShardSizing {
             max_rows: 250,
             per_worker: 0,
@@ -261,7 +261,7 @@ mod tests {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
         // One file: groups of 1,000, 1,000 and 100 rows.
-        let spec = catalogue_job(&runtime, dir.path(), 2100, 1000, 3, 300);
+        let spec = catalogue_job(&runtime, dir.path(), 2100, 1000, 3, Some(300));
         let sizing = DEFAULT_SIZING;
         let plan = runtime.block_on(plan_tag_job(&spec, &sizing, 1)).unwrap();
         assert_eq!((plan.rows, plan.target_rows), (2100, 300));
@@ -291,7 +291,7 @@ mod tests {
         );
         // A group only a little over the target stays whole.
         let spec = TagJobSpec {
-            target_shard_rows: 900,
+            target_shard_rows: Some(900),
             ..spec
         };
         let plan = runtime.block_on(plan_tag_job(&spec, &sizing, 1)).unwrap();
@@ -335,7 +335,7 @@ mod tests {
     fn groups_without_an_offset_index_stay_whole() {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let spec = catalogue_job(&runtime, dir.path(), 2100, 1000, 3, 300);
+        let spec = catalogue_job(&runtime, dir.path(), 2100, 1000, 3, Some(300));
         drop_offset_indexes(&dir.path().join("catalog"), 1000);
         let sizing = DEFAULT_SIZING;
         let plan = runtime.block_on(plan_tag_job(&spec, &sizing, 1)).unwrap();
@@ -349,24 +349,27 @@ mod tests {
     fn automatic_shards_give_every_registered_worker_several() {
         let sizing = DEFAULT_SIZING;
         // A job's own size always wins.
-        assert_eq!(sizing.target_rows(100, 1_000_000, 1000), 100);
+        assert_eq!(sizing.target_rows(Some(100), 1_000_000, 1000), 100);
         // No worker registered yet, or sizing off: the largest shard.
-        assert_eq!(sizing.target_rows(0, 1_000_000, 0), 8192);
+        assert_eq!(sizing.target_rows(None, 1_000_000, 0), 8192);
         let off = ShardSizing {
             per_worker: 0,
             ..sizing
         };
-        assert_eq!(off.target_rows(0, 1_000_000, 1000), 8192);
+        assert_eq!(off.target_rows(None, 1_000_000, 1000), 8192);
         // 10^6 items: 30 workers get 4 shards each of 8,334 > 8,192 rows.
-        assert_eq!(sizing.target_rows(0, 1_000_000, 30), 8192);
-        assert_eq!(sizing.target_rows(0, 1_000_000, 100), 2500);
+        assert_eq!(sizing.target_rows(None, 1_000_000, 30), 8192);
+        assert_eq!(sizing.target_rows(None, 1_000_000, 100), 2500);
         // A thousand workers would want 250-row shards; 512 is the floor.
-        assert_eq!(sizing.target_rows(0, 1_000_000, 1000), MIN_AUTO_SHARD_ROWS);
+        assert_eq!(
+            sizing.target_rows(None, 1_000_000, 1000),
+            MIN_AUTO_SHARD_ROWS
+        );
         // Unless the largest shard is set below the floor.
         let small = ShardSizing {
             max_rows: 100,
             ..sizing
         };
-        assert_eq!(small.target_rows(0, 1_000_000, 1000), 100);
+        assert_eq!(small.target_rows(None, 1_000_000, 1000), 100);
     }
 }

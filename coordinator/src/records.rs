@@ -46,7 +46,7 @@ pub struct TaskRecord {
     pub index: u32,
     /// What to do never changes after submit, so the store writes it once
     /// (its own table) and each state change writes only the rest.
-    #[serde(skip_serializing, default = "unset_work")]
+    #[serde(skip_serializing)]
     pub work: TaskWork,
     pub state: TaskState,
     /// Attempts handed out so far; the current lease carries this number.
@@ -67,17 +67,6 @@ pub struct TaskRecord {
     /// The worker holding the current attempt.
     #[serde(default)]
     pub worker_id: String,
-}
-
-/// Stands in for the work until the store fills it from its own table (no
-/// real task has a world of 0 ranks).
-pub fn unset_work() -> TaskWork {
-    TaskWork::Train {
-        spec: Default::default(),
-        rank: 0,
-        world_size: 0,
-        device: String::new(),
-    }
 }
 
 impl TaskRecord {

@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::path::Path;
-use std::time::Instant;
 
 use atelier_proto::v1::job_service_server::JobServiceServer;
 use atelier_proto::v1::worker_service_server::WorkerServiceServer;
@@ -17,7 +16,7 @@ use crate::event_loop;
 use crate::service::auth::BearerAuth;
 use crate::service::jobs::JobApi;
 use crate::service::workers::WorkerApi;
-use crate::state::State;
+use crate::state::{Now, State};
 use crate::store::StateStore;
 
 /// Serves both services, health and reflection on `listener` until `shutdown`
@@ -65,7 +64,7 @@ impl Restored {
             state = %state_path.display(),
             "coordinator state loaded"
         );
-        let state = State::restore(config.lease_timeout, loaded, Instant::now());
+        let state = State::restore(config.lease_timeout, loaded, Now::read());
         Ok(Self { store, state })
     }
 
@@ -78,13 +77,9 @@ impl Restored {
         config: CoordinatorConfig,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<()> {
-        let (handle, loop_thread) = event_loop::start(
-            self.state,
-            self.store,
-            config.max_lease_wait,
-            config.default_gang_timeout,
-        )
-        .map_err(|e| CoordinatorError::Internal(format!("starting the event loop: {e}")))?;
+        let (handle, loop_thread) =
+            event_loop::start(self.state, self.store, config.max_lease_wait)
+                .map_err(|e| CoordinatorError::Internal(format!("starting the event loop: {e}")))?;
 
         let auth = BearerAuth::new(config.token.as_deref());
         let (health, health_service) = tonic_health::server::health_reporter();

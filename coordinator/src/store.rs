@@ -35,8 +35,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, ErrorCode};
 
 use crate::error::{CoordinatorError, Result};
-use crate::records::{unset_work, JobRecord, TaskRecord};
-use atelier_proto::domain::TaskWork;
+use crate::records::{JobRecord, TaskRecord};
 
 /// How long a coordinator starting up waits for another process to let go
 /// of the state file before giving up.
@@ -101,27 +100,35 @@ impl StateStore {
     }
 
     pub fn load(&mut self) -> Result<Loaded> {
-        let mut works: HashMap<String, _> = self
-            .load_table::<TaskWork>("SELECT id, work FROM task_work")?
+        let mut works: HashMap<String, serde_json::Value> = self
+            .load_table::<serde_json::Value>("SELECT id, work FROM task_work")?
             .into_iter()
             .collect();
         let mut tasks = Vec::new();
-        for (id, mut task) in self.load_table::<TaskRecord>("SELECT id, data FROM tasks")? {
-            match works.remove(&id) {
+        let rows = self.load_table::<serde_json::Map<String, serde_json::Value>>(
+            "SELECT id, data FROM tasks",
+        )?;
+        for (id, mut fields) in rows {
+            // The work lives in its own table; a record written before that
+            // table existed carries it inline, and the next save moves it.
+            let work = match works.remove(&id) {
                 Some(work) => {
-                    task.work = work;
-                    self.work_saved.insert(id);
+                    self.work_saved.insert(id.clone());
+                    work
                 }
-                // Written before the work had its own table: the next save
-                // moves it there.
-                None if task.work != unset_work() => {}
-                None => {
-                    return Err(CoordinatorError::Internal(format!(
-                        "state store {}: task {id} has no work record",
-                        self.path.display()
-                    )))
-                }
-            }
+                None => match fields.remove("work") {
+                    Some(inline) => inline,
+                    None => {
+                        return Err(CoordinatorError::Internal(format!(
+                            "state store {}: task {id} has no work record",
+                            self.path.display()
+                        )))
+                    }
+                },
+            };
+            fields.insert("work".into(), work);
+            let task = serde_json::from_value::<TaskRecord>(fields.into())
+                .map_err(|source| CoordinatorError::Record { id, source })?;
             tasks.push(task);
         }
         let jobs = self.load_table::<JobRecord>("SELECT id, data FROM jobs")?;

@@ -111,7 +111,7 @@ async fn submit_three_shards(
         catalog,
         checkpoints: vec![checkpoint],
         output: dir.join("out").to_str().unwrap().into(),
-        target_shard_rows: 100,
+        target_shard_rows: Some(100),
         ..Default::default()
     })
     .await
@@ -143,7 +143,7 @@ fn an_expired_lease_moves_the_shard_and_fences_off_the_old_worker() {
                 catalog,
                 checkpoints: vec![checkpoint],
                 output: dir.path().join("out").to_str().unwrap().into(),
-                target_shard_rows: 300,
+                target_shard_rows: Some(300),
                 ..Default::default()
             })
             .await
@@ -453,7 +453,7 @@ fn a_second_writer_into_a_running_jobs_output_is_refused_and_the_same_job_again_
             catalog,
             checkpoints: vec![checkpoint],
             output: out.to_str().unwrap().into(),
-            target_shard_rows: 100,
+            target_shard_rows: Some(100),
             ..Default::default()
         };
         let first = jobs

@@ -1,5 +1,4 @@
 use atelier_catalog::CatalogError;
-use tonic::Code;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -32,17 +31,6 @@ impl ModelError {
             ModelError::Catalog(e) => e.is_retryable(),
             ModelError::Io { .. } => true,
             _ => false,
-        }
-    }
-
-    pub fn grpc_code(&self) -> Code {
-        match self {
-            ModelError::Spec(_) | ModelError::Weights(_) => Code::InvalidArgument,
-            ModelError::Checkpoint { .. } => Code::FailedPrecondition,
-            ModelError::Corrupt(_) => Code::DataLoss,
-            ModelError::Catalog(e) => e.grpc_code(),
-            ModelError::Torch(_) => Code::Internal,
-            ModelError::Io { .. } => Code::Unavailable,
         }
     }
 }

@@ -12,12 +12,9 @@ pub mod labels;
 pub mod model;
 pub mod optim;
 pub mod resnet;
-pub mod task;
 pub mod vocab;
 
 pub use error::{ModelError, Result};
 pub use labels::{LabelMap, IGNORE_INDEX, UNKNOWN_LABEL};
 pub use model::{Model, ModelSpec};
-pub use resnet::Arch;
-pub use task::Task;
 pub use vocab::Vocab;

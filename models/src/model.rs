@@ -9,8 +9,9 @@ use tch::{Device, Kind, Tensor};
 use crate::annotator::Annotator;
 use crate::error::{ModelError, Result};
 use crate::labels::{LabelMap, IGNORE_INDEX};
-use crate::resnet::{Arch, ResNet};
-use crate::task::Task;
+use atelier_proto::options::{Arch, Task};
+
+use crate::resnet::ResNet;
 use crate::vocab::Vocab;
 
 /// Everything needed to rebuild a model's structure; stored in the checkpoint manifest.

@@ -4,18 +4,11 @@
 //! checkpointed; resuming a run must restore momentum and Adam moments exactly,
 //! so the update rules live here (the same rules as torch.optim).
 
+use atelier_proto::options::{OptimizerKind, ScheduleKind};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::fused::adam::{AdamLists, AdamStep};
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
-    Sgd,
-    Adam,
-    Adamw,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct OptimizerConfig {
@@ -257,17 +250,6 @@ impl Optimizer {
         self.steps = steps;
         Ok(())
     }
-}
-
-/// How the learning rate moves over the run.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ScheduleKind {
-    Constant,
-    Cosine,
-    Step,
-    /// Linear warm-up over the first 30% then cosine annealing (as torch's OneCycleLR).
-    Onecycle,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

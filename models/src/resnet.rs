@@ -1,45 +1,21 @@
 //! ResNet-18/34/50 with torchvision's parameter names and layout, so that
 //! torchvision state dicts load as they are (minus `num_batches_tracked`).
 
-use serde::{Deserialize, Serialize};
+use atelier_proto::options::Arch;
 use tch::nn::{self, ConvConfig, Init, ModuleT};
 use tch::Tensor;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Arch {
-    Resnet18,
-    Resnet34,
-    Resnet50,
+/// Residual blocks per stage.
+fn stage_blocks(arch: Arch) -> [i64; 4] {
+    match arch {
+        Arch::Resnet18 => [2, 2, 2, 2],
+        Arch::Resnet34 | Arch::Resnet50 => [3, 4, 6, 3],
+    }
 }
 
-impl Arch {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Resnet18 => "resnet18",
-            Self::Resnet34 => "resnet34",
-            Self::Resnet50 => "resnet50",
-        }
-    }
-
-    /// Width of the pooled features before the classifier.
-    pub fn feature_dim(self) -> i64 {
-        match self {
-            Self::Resnet18 | Self::Resnet34 => 512,
-            Self::Resnet50 => 2048,
-        }
-    }
-
-    fn blocks(self) -> [i64; 4] {
-        match self {
-            Self::Resnet18 => [2, 2, 2, 2],
-            Self::Resnet34 | Self::Resnet50 => [3, 4, 6, 3],
-        }
-    }
-
-    fn bottleneck(self) -> bool {
-        matches!(self, Self::Resnet50)
-    }
+/// Whether the blocks are bottlenecks (1x1, 3x3, 1x1) rather than basic (3x3, 3x3).
+fn uses_bottlenecks(arch: Arch) -> bool {
+    matches!(arch, Arch::Resnet50)
 }
 
 /// torchvision initialises convolutions with Kaiming normal over fan-out.
@@ -215,17 +191,21 @@ pub struct ResNet {
 impl ResNet {
     pub fn new(p: &nn::Path, arch: Arch) -> Self {
         let stem = ConvBn::new(conv(p / "conv1", 3, 64, 7, 2, 3), batch_norm(p / "bn1", 64));
-        let expansion = if arch.bottleneck() { 4 } else { 1 };
+        let expansion = if uses_bottlenecks(arch) { 4 } else { 1 };
         let mut c_in = 64;
         let mut layers = Vec::new();
-        for (index, (&count, width)) in arch.blocks().iter().zip([64, 128, 256, 512]).enumerate() {
+        for (index, (&count, width)) in stage_blocks(arch)
+            .iter()
+            .zip([64, 128, 256, 512])
+            .enumerate()
+        {
             let lp = p / format!("layer{}", index + 1);
             let stride = if index == 0 { 1 } else { 2 };
             let mut blocks = Vec::new();
             for b in 0..count {
                 let bp = &lp / b.to_string();
                 let s = if b == 0 { stride } else { 1 };
-                let block = if arch.bottleneck() {
+                let block = if uses_bottlenecks(arch) {
                     Block::bottleneck(&bp, c_in, width, s)
                 } else {
                     Block::basic(&bp, c_in, width, s)

@@ -1,7 +1,6 @@
 use std::fmt;
 
 use atelier_catalog::CatalogError;
-use tonic::Code;
 
 /// Why one item produced no image. Carried per item; never fails a batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,14 +73,6 @@ impl PipelineError {
         match self {
             PipelineError::Catalog(e) => e.is_retryable(),
             _ => false,
-        }
-    }
-
-    pub fn grpc_code(&self) -> Code {
-        match self {
-            PipelineError::Catalog(e) => e.grpc_code(),
-            PipelineError::InvalidOptions(_) => Code::InvalidArgument,
-            PipelineError::Tensor(_) | PipelineError::Worker(_) => Code::Internal,
         }
     }
 }

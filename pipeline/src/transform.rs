@@ -55,16 +55,17 @@ pub struct RandomAffine {
 }
 
 impl Augment {
-    /// Crops of at least 60% of the area: on the real catalogue photos this
-    /// beat torchvision's 0.08 and the 0.35 used before on colour, clothing
-    /// type and brand alike (BENCHMARKS.md); product shots are centred, and
-    /// small crops lose the item.
-    pub const TRAIN_DEFAULT: Self = Self::RandomResizedCrop {
-        scale: (0.6, 1.0),
-        ratio: (0.75, 1.333),
-        flip: 0.5,
-        affine: None,
-    };
+    /// The training transform: a random resized crop of at least
+    /// `crop_scale` of the area (at most all of it), at torchvision's aspect
+    /// ratios, flipped half the time, then `affine` if given.
+    pub fn train(crop_scale: f32, affine: Option<RandomAffine>) -> Self {
+        Self::RandomResizedCrop {
+            scale: (crop_scale.clamp(0.01, 1.0), 1.0),
+            ratio: (0.75, 1.333),
+            flip: 0.5,
+            affine,
+        }
+    }
 }
 
 /// A reusable transformer; holds the resizer's scratch buffers and lookup tables.

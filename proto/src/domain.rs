@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::options::serde_compat::zero_as_none;
+use crate::options::{GangOptions, InferenceOptions, TrainOptions};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
@@ -59,31 +62,19 @@ impl JobKind {
     }
 }
 
-/// How a worker runs the models.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InferenceSettings {
-    /// 0: the worker's default.
-    pub batch_size: u32,
-    /// Caption beam width; 0 or 1: greedy.
-    pub beams: u32,
-    pub bf16: bool,
-    pub channels_last: bool,
-    /// JPEGs decoded on the GPU (nvJPEG) by lanes that have one; CPU lanes
-    /// decode as usual. Absent from state files written before it.
-    #[serde(default)]
-    pub gpu_decode: bool,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TagJobSpec {
     pub catalog: String,
     pub checkpoints: Vec<String>,
     pub output: String,
-    /// 0: the coordinator's default.
-    pub target_shard_rows: u64,
-    /// 0: the coordinator's default.
-    pub max_attempts: u32,
-    pub inference: InferenceSettings,
+    /// Rows per shard; `None`: the coordinator sizes shards from its own
+    /// setting and the registered workers.
+    #[serde(deserialize_with = "zero_as_none", default)]
+    pub target_shard_rows: Option<u64>,
+    /// Attempts per shard; `None`: the coordinator's default.
+    #[serde(deserialize_with = "zero_as_none", default)]
+    pub max_attempts: Option<u32>,
+    pub inference: InferenceOptions,
     /// Replace whatever is under `output`; otherwise it must be empty.
     pub overwrite: bool,
 }
@@ -93,72 +84,22 @@ pub struct EvalJobSpec {
     pub catalog: String,
     pub checkpoint: String,
     pub all_items: bool,
+    /// Caption beam width (1: greedy).
     pub beams: u32,
 }
 
-/// A training run; the fields follow `atelier train`'s flags, and empty or
-/// zero ones take that command's defaults on the worker.
+/// A training run: where it reads and writes, how it trains, and how its
+/// ranks are placed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainJobSpec {
     pub catalog: String,
     pub checkpoint: String,
-    pub model_type: String,
-    pub arch: String,
-    pub lr: f64,
-    pub n_epochs: u32,
-    pub batch_size: u32,
-    pub image_size: u32,
-    pub finetune: Option<bool>,
-    pub backbone_weights: String,
-    pub optimizer: String,
-    pub weight_decay: f64,
-    pub momentum: f64,
-    pub schedule: String,
-    pub warmup_steps: i64,
-    pub augment: bool,
-    pub val_fraction: f64,
-    pub seed: u64,
-    pub world_size: u32,
-    /// Ranks on each worker process the gang uses; 0 packs as many as fit.
-    pub ranks_per_worker: u32,
-    pub max_restarts: u32,
-    pub checkpoint_every: u32,
-    #[serde(default)]
-    pub step_every: i64,
-    #[serde(default)]
-    pub gamma: f64,
-    #[serde(default)]
-    pub affine_degrees: f32,
-    #[serde(default)]
-    pub affine_translate: f32,
-    #[serde(default)]
-    pub affine_scale: f32,
-    /// Smallest area share of the random resized crop; 0 takes the default.
-    #[serde(default)]
-    pub crop_scale: f32,
-    #[serde(default)]
-    pub min_label_count: u32,
-    #[serde(default)]
-    pub min_word_count: u32,
-    #[serde(default)]
-    pub max_caption_len: u32,
-    #[serde(default)]
-    pub log_every: u32,
-    #[serde(default)]
-    pub channels_last: bool,
-    #[serde(default)]
-    pub shuffle_window: Option<u32>,
-    #[serde(default)]
-    pub bf16: bool,
-    #[serde(default)]
-    pub max_steps: i64,
-    #[serde(default)]
-    pub gang_timeout_s: u32,
-    #[serde(default)]
-    pub collective_timeout_s: u32,
-    /// JPEGs decoded on the GPU (nvJPEG) by CUDA ranks.
-    #[serde(default)]
-    pub gpu_decode: bool,
+    // Flattened: state files keep the options beside the places, as the
+    // wire message does.
+    #[serde(flatten)]
+    pub options: TrainOptions,
+    #[serde(flatten)]
+    pub gang: GangOptions,
 }
 
 // Train specs are large next to the others, but there is one per job or task
@@ -190,7 +131,7 @@ impl JobSpec {
             ),
             Self::Train(s) => format!(
                 "train {} {} on {} into {}",
-                s.arch, s.model_type, s.catalog, s.checkpoint
+                s.options.arch, s.options.task, s.catalog, s.checkpoint
             ),
             Self::Eval(s) => format!("test {} on {}", s.checkpoint, s.catalog),
         }
@@ -369,7 +310,7 @@ pub struct ShardWork {
     pub ranges: Vec<FileRowGroups>,
     pub checkpoints: Vec<String>,
     pub output: String,
-    pub inference: InferenceSettings,
+    pub inference: InferenceOptions,
     pub rows: u64,
 }
 
@@ -377,11 +318,10 @@ pub struct ShardWork {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TaskWork {
     Tag(ShardWork),
+    /// One rank of a gang of `spec.gang.world_size`.
     Train {
         spec: TrainJobSpec,
         rank: u32,
-        world_size: u32,
-        device: String,
     },
     Eval(EvalJobSpec),
 }

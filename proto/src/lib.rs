@@ -10,6 +10,7 @@ pub mod convert;
 pub mod domain;
 pub mod error;
 pub mod error_text;
+pub mod options;
 
 pub use error::{ProtoError, Result};
 

@@ -9,10 +9,9 @@ use std::time::Duration;
 use atelier_catalog::synthetic::{generate, GenerateOptions};
 use atelier_catalog::{StoreLocation, WriterOptions};
 use atelier_collective::{RingCollective, RingOptions};
-use atelier_models::optim::{OptimizerKind, ScheduleKind};
-use atelier_models::{Arch, Task};
+use atelier_proto::options::{Arch, OptimizerKind, ScheduleKind, Task, TrainOptions};
 use atelier_tests::{checkpoint_weights, runtime};
-use atelier_worker::train::{train, train_ranked, TrainEvent, TrainOptions};
+use atelier_worker::train::{train, train_ranked, TrainEvent, TrainSetup};
 
 fn catalogue(dir: &std::path::Path) -> String {
     let rt = runtime();
@@ -41,10 +40,18 @@ fn catalogue(dir: &std::path::Path) -> String {
 
 /// Head-only (frozen backbone, eval-mode batch norm) and no augmentation:
 /// nothing differs between ranks but the items they see.
-fn options(catalog: &str, checkpoint: &str, batch_size: usize, max_steps: i64) -> TrainOptions {
-    TrainOptions {
+fn options(catalog: &str, checkpoint: &str, batch_size: usize, max_steps: i64) -> TrainSetup {
+    TrainSetup {
         catalog: catalog.to_string(),
         checkpoint: checkpoint.to_string(),
+        device: "cpu".into(),
+        threads: 1,
+        options: head_only(batch_size, max_steps),
+    }
+}
+
+fn head_only(batch_size: usize, max_steps: i64) -> TrainOptions {
+    TrainOptions {
         task: Task::Pool,
         arch: Arch::Resnet18,
         lr: 0.05,
@@ -69,8 +76,6 @@ fn options(catalog: &str, checkpoint: &str, batch_size: usize, max_steps: i64) -
         crop_scale: 0.6,
         val_fraction: 0.2,
         seed: 9,
-        device: "cpu".into(),
-        threads: 1,
         min_label_count: 1,
         min_word_count: 1,
         max_caption_len: 8,
@@ -85,7 +90,7 @@ fn options(catalog: &str, checkpoint: &str, batch_size: usize, max_steps: i64) -
 }
 
 /// Trains `world` ranks on threads; returns each rank's losses.
-fn train_on_ring(options: &TrainOptions, world: usize) -> Vec<Vec<f64>> {
+fn train_on_ring(options: &TrainSetup, world: usize) -> Vec<Vec<f64>> {
     // The ring's overlap is off by default; on here, so the whole training
     // loop's overlapped steps are held to the single process too.
     let ring_options = RingOptions {
@@ -131,12 +136,12 @@ fn w_ranks_with_batch_b_equal_one_rank_with_batch_w_times_b() {
         (2, OptimizerKind::Adamw, 1e-3),
     ] {
         let batch = 8;
-        let options =
-            |catalog: &str, checkpoint: &str, batch_size: usize, max_steps: i64| TrainOptions {
-                optimizer,
-                lr,
-                ..options(catalog, checkpoint, batch_size, max_steps)
-            };
+        let options = |catalog: &str, checkpoint: &str, batch_size: usize, max_steps: i64| {
+            let mut setup = options(catalog, checkpoint, batch_size, max_steps);
+            setup.options.optimizer = optimizer;
+            setup.options.lr = lr;
+            setup
+        };
         let single = dir.path().join(format!("single-{world}-{optimizer:?}"));
         let single = single.to_str().unwrap();
         let mut single_losses = Vec::new();

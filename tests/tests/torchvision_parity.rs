@@ -8,7 +8,8 @@ use std::process::Command;
 
 use atelier_models::labels::LabelMap;
 use atelier_models::model::{ModelSpec, BACKBONE_PREFIX};
-use atelier_models::{Arch, Model, Task};
+use atelier_models::Model;
+use atelier_proto::options::{Arch, Task};
 use atelier_tests::{venv_python, workspace_root};
 use tch::{Device, Tensor};
 

@@ -72,8 +72,6 @@ fn equivalence_flags<'a>(catalog: &'a str, checkpoint: &'a str, batch: &'a str) 
         "6",
         "--log-every",
         "4",
-        "--threads",
-        "1",
         "--catalog",
         catalog,
         "--checkpoint",
@@ -90,7 +88,8 @@ fn a_gang_of_two_lanes_equals_one_process_with_the_global_batch() {
     let catalog = catalogue(dir.path());
     let single = dir.path().join("single").to_str().unwrap().to_string();
     let ranked = dir.path().join("ranked").to_str().unwrap().to_string();
-    let mut args = vec!["train"];
+    // One decode thread, as each worker lane below has (the workers' --threads).
+    let mut args = vec!["train", "--threads", "1"];
     args.extend(equivalence_flags(&catalog, &single, "16"));
     atelier_ok(&args);
 
@@ -311,7 +310,7 @@ fn a_gang_never_starts_on_too_few_workers() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success());
     assert!(
-        stderr.contains("not a multiple of ranks_per_worker 2"),
+        stderr.contains("--world-size 3 is not a multiple of --ranks-per-worker 2"),
         "{stderr}"
     );
 }

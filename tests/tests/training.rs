@@ -9,10 +9,9 @@ use arrow_array::{Array, StringArray};
 use atelier_catalog::synthetic::{generate, render_item, GenerateOptions};
 use atelier_catalog::{CatalogItem, CatalogWriter, StoreLocation, WriterOptions};
 use atelier_models::checkpoint::CheckpointDir;
-use atelier_models::optim::{OptimizerKind, ScheduleKind};
-use atelier_models::{Arch, Task};
+use atelier_proto::options::{Arch, OptimizerKind, ScheduleKind, Task, TrainOptions};
 use atelier_tests::{atelier_ok, runtime};
-use atelier_worker::train::{train, TrainEvent, TrainOptions};
+use atelier_worker::train::{train, TrainEvent, TrainSetup};
 use tch::Tensor;
 
 /// libtorch's random generator is global to the process: tests that initialise
@@ -50,10 +49,18 @@ fn catalogue(dir: &std::path::Path, items: usize) -> String {
     url
 }
 
-fn options(catalog: &str, checkpoint: &str, task: Task, epochs: usize) -> TrainOptions {
-    TrainOptions {
+fn options(catalog: &str, checkpoint: &str, task: Task, epochs: usize) -> TrainSetup {
+    TrainSetup {
         catalog: catalog.to_string(),
         checkpoint: checkpoint.to_string(),
+        device: "cpu".into(),
+        threads: 2,
+        options: train_options(task, epochs),
+    }
+}
+
+fn train_options(task: Task, epochs: usize) -> TrainOptions {
+    TrainOptions {
         task,
         arch: Arch::Resnet18,
         lr: 0.05,
@@ -76,8 +83,6 @@ fn options(catalog: &str, checkpoint: &str, task: Task, epochs: usize) -> TrainO
         crop_scale: 0.35,
         val_fraction: 0.2,
         seed: 3,
-        device: "cpu".into(),
-        threads: 2,
         min_label_count: 1,
         min_word_count: 1,
         max_caption_len: 8,
@@ -113,10 +118,10 @@ fn the_loss_falls_on_a_tiny_catalogue() {
     for bf16 in [false, true] {
         let mut losses = Vec::new();
         let mut opts = options(&catalog, &format!("{checkpoint}-{bf16}"), Task::Color, 6);
-        opts.finetune = Some(false);
-        opts.optimizer = OptimizerKind::Adam;
-        opts.lr = 0.01;
-        opts.bf16 = bf16;
+        opts.options.finetune = Some(false);
+        opts.options.optimizer = OptimizerKind::Adam;
+        opts.options.lr = 0.01;
+        opts.options.bf16 = bf16;
         train(&opts, rt.handle(), &mut |event| {
             if let TrainEvent::Step { loss, .. } = event {
                 losses.push(*loss);
@@ -142,10 +147,11 @@ fn resuming_gives_the_same_state_as_an_uninterrupted_run() {
     // A small step size keeps the float noise of parallel test threads from
     // being amplified.
     for (optimizer, lr) in [(OptimizerKind::Sgd, 0.005), (OptimizerKind::Adamw, 1e-3)] {
-        let options = |catalog: &str, checkpoint: &str, task: Task, epochs: usize| TrainOptions {
-            lr,
-            optimizer,
-            ..options(catalog, checkpoint, task, epochs)
+        let options = |catalog: &str, checkpoint: &str, task: Task, epochs: usize| {
+            let mut setup = options(catalog, checkpoint, task, epochs);
+            setup.options.lr = lr;
+            setup.options.optimizer = optimizer;
+            setup
         };
         let straight = dir.path().join(format!("straight-{optimizer:?}"));
         let straight = straight.to_str().unwrap().to_string();
@@ -199,8 +205,8 @@ fn a_diverging_run_stops_with_the_step_named() {
     let rt = runtime();
     let mut opts = options(&catalog, &checkpoint, Task::Color, 3);
     // The loss is read back only when reported or saved; it must still be caught.
-    opts.lr = 1e30;
-    opts.log_every = 1000;
+    opts.options.lr = 1e30;
+    opts.options.log_every = 1000;
     let mut reported = Vec::new();
     let err = train(&opts, rt.handle(), &mut |event| {
         if let TrainEvent::Step { loss, .. } = event {
@@ -568,8 +574,8 @@ fn gpu_decoding_with_affine_warps_is_refused_before_training() {
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = dir.path().join("ckpt").to_str().unwrap().to_string();
     let mut opts = options("/nonexistent/catalog", &checkpoint, Task::Color, 1);
-    opts.gpu_decode = true;
-    opts.affine_degrees = 10.0;
+    opts.options.gpu_decode = true;
+    opts.options.affine_degrees = 10.0;
     let error = train(&opts, runtime().handle(), &mut |_| {}).unwrap_err();
     assert!(error.to_string().contains("--affine"), "{error}");
     assert!(!std::path::Path::new(&checkpoint).exists());

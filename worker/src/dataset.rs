@@ -7,7 +7,8 @@ use arrow_array::{Array, StringArray};
 use arrow_schema::DataType;
 use atelier_catalog::schema::{CAPTION, ITEM_ID, LABEL_COLUMNS};
 use atelier_catalog::{stable_hash, Catalog, CatalogError};
-use atelier_models::{LabelMap, Task, Vocab};
+use atelier_models::{LabelMap, Vocab};
+use atelier_proto::options::Task;
 use futures::StreamExt;
 
 use crate::error::Result;
@@ -81,7 +82,7 @@ pub async fn scan_labels(
     for attribute in task.attributes() {
         let seen = values.get(attribute).map(Vec::as_slice).unwrap_or_default();
         if seen.is_empty() {
-            return Err(crate::WorkerError::Data(format!(
+            return Err(crate::WorkerError::BadInput(format!(
                 "{}: no training item has a {attribute:?} label",
                 catalog.location
             )));
@@ -94,7 +95,7 @@ pub async fn scan_labels(
     let captions = values.get(CAPTION).map(Vec::as_slice).unwrap_or_default();
     let vocab = if task == Task::Caption {
         if captions.is_empty() {
-            return Err(crate::WorkerError::Data(format!(
+            return Err(crate::WorkerError::BadInput(format!(
                 "{}: no training item has a caption",
                 catalog.location
             )));

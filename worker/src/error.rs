@@ -15,8 +15,19 @@ pub enum WorkerError {
     Torch(#[from] tch::TchError),
     #[error("invalid options: {0}")]
     InvalidOptions(String),
+    /// The job's input cannot work, wherever it runs (a catalogue without
+    /// the labels to learn, a model without the head asked for, a loss
+    /// that diverged): report it and give up.
     #[error("{0}")]
-    Data(String),
+    BadInput(String),
+    /// This machine or process failed the task (a thread gone, a socket
+    /// that would not bind): another attempt, here or elsewhere, may work.
+    #[error("{0}")]
+    Internal(String),
+    /// The task panicked: a fault in atelier, retried in case it depends
+    /// on the machine, and reported as the bug it is.
+    #[error("the task panicked: {0}")]
+    Panicked(String),
     #[error("cancelled")]
     Cancelled,
     #[error("coordinator: {}", atelier_proto::error_text::one_line(.0))]
@@ -45,23 +56,23 @@ impl WorkerError {
             WorkerError::Protocol(e) => e.is_retryable(),
             WorkerError::Collective(e) => e.is_retryable(),
             // Another worker's GPU, or this one after a restart, may do it.
-            WorkerError::Device(_) => true,
+            WorkerError::Device(_) | WorkerError::Internal(_) | WorkerError::Panicked(_) => true,
             _ => false,
         }
     }
+}
 
-    pub fn grpc_code(&self) -> Code {
-        match self {
-            WorkerError::Catalog(e) => e.grpc_code(),
-            WorkerError::Pipeline(e) => e.grpc_code(),
-            WorkerError::Model(e) => e.grpc_code(),
-            WorkerError::Torch(_) | WorkerError::Device(_) => Code::Internal,
-            WorkerError::InvalidOptions(_) | WorkerError::Data(_) => Code::InvalidArgument,
-            WorkerError::Cancelled => Code::Cancelled,
-            WorkerError::Coordinator(status) => status.code(),
-            WorkerError::Protocol(e) => e.grpc_code(),
-            WorkerError::Collective(e) if e.is_retryable() => Code::Unavailable,
-            WorkerError::Collective(_) => Code::FailedPrecondition,
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_input_is_given_up_while_a_failing_machine_or_a_panic_is_retried() {
+        assert!(!WorkerError::BadInput("no colour labels".into()).is_retryable());
+        assert!(!WorkerError::InvalidOptions("--lr".into()).is_retryable());
+        assert!(WorkerError::Internal("the compute thread stopped".into()).is_retryable());
+        let panic = WorkerError::Panicked("index out of bounds".into());
+        assert!(panic.is_retryable());
+        assert_eq!(panic.to_string(), "the task panicked: index out of bounds");
     }
 }

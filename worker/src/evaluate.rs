@@ -7,6 +7,7 @@ use atelier_models::checkpoint::{CheckpointDir, Manifest};
 use atelier_models::vocab::tokenize;
 use atelier_models::Model;
 use atelier_pipeline::{Augment, ImageLoader, ItemFilter, LoaderOptions, Normalization};
+use atelier_proto::options::InferenceOptions;
 use bytes::Bytes;
 use serde::Serialize;
 use tch::{Device, Kind};
@@ -24,12 +25,9 @@ pub struct EvaluateOptions {
     pub catalog: String,
     /// Evaluate only the validation split (by the run's own split), or every item.
     pub validation_only: bool,
-    pub batch_size: usize,
     pub threads: usize,
     pub device: String,
-    /// Beam width for captions (1: greedy).
-    pub beams: usize,
-    pub layout: Layout,
+    pub inference: InferenceOptions,
 }
 
 /// How an inference model is laid out in memory and which precision its backbone runs in.
@@ -40,6 +38,16 @@ pub struct Layout {
     /// JPEGs decoded by nvJPEG on the GPU rather than on the CPU's cores;
     /// has no effect on a CPU device.
     pub gpu_decode: bool,
+}
+
+impl From<&InferenceOptions> for Layout {
+    fn from(options: &InferenceOptions) -> Self {
+        Self {
+            channels_last: options.channels_last,
+            bf16: options.bf16,
+            gpu_decode: options.gpu_decode,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -117,9 +125,10 @@ type Predictions = (Vec<i64>, Vec<i64>, Vec<bool>);
 
 pub fn evaluate(options: &EvaluateOptions, handle: &Handle) -> Result<EvalReport> {
     let device = crate::device::parse_device(&options.device)?;
-    crate::device::check_gpu_decode(options.layout.gpu_decode, device)?;
+    let layout = Layout::from(&options.inference);
+    crate::device::check_gpu_decode(layout.gpu_decode, device)?;
     let checkpoint = CheckpointDir::parse(&options.checkpoint)?;
-    let (manifest, model) = load_model(&checkpoint, handle, device, options.layout)?;
+    let (manifest, model) = load_model(&checkpoint, handle, device, layout)?;
     let catalog = handle.block_on(Catalog::open(&options.catalog))?;
     let val_fraction = manifest
         .train
@@ -128,10 +137,10 @@ pub fn evaluate(options: &EvaluateOptions, handle: &Handle) -> Result<EvalReport
         .unwrap_or(0.1);
     let mut loader_options = inference_loader_options(
         &manifest,
-        options.batch_size,
+        options.inference.batch_size,
         options.threads,
         device,
-        options.layout.gpu_decode,
+        layout.gpu_decode,
     );
     if options.validation_only {
         loader_options.keep = Some(ItemFilter::new(move |id| in_validation(id, val_fraction)));
@@ -159,8 +168,8 @@ pub fn evaluate(options: &EvaluateOptions, handle: &Handle) -> Result<EvalReport
         let features = model.features(&images, false);
         if let Some(annotator) = model.annotator() {
             let vocab = spec.vocab.as_ref().expect("a captioner has a vocabulary");
-            let decoded = if options.beams > 1 {
-                annotator.beam_search(&features, options.beams, spec.max_caption_len)
+            let decoded = if options.inference.beams > 1 {
+                annotator.beam_search(&features, options.inference.beams, spec.max_caption_len)
             } else {
                 annotator.annotate(&features, spec.max_caption_len)
             };

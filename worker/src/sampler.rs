@@ -47,7 +47,7 @@ impl TrainingIds {
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             let column = batch.column_by_name(ITEM_ID).ok_or_else(|| {
-                WorkerError::Data(format!("{}: no item_id column", catalog.location))
+                WorkerError::BadInput(format!("{}: no item_id column", catalog.location))
             })?;
             let column = cast(column, &DataType::Utf8).map_err(CatalogError::from)?;
             let Some(strings) = column.as_any().downcast_ref::<StringArray>() else {

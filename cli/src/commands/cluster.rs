@@ -86,9 +86,7 @@ pub fn run_worker(args: &WorkerArgs, handle: &Handle) -> anyhow::Result<()> {
     let options = AgentOptions {
         connect: args.client.token.connect()?,
         device: args.device.clone(),
-        threads: args
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)),
+        threads: args.threads.unwrap_or_else(super::all_cores),
         advertise_host: args.advertise_host.clone(),
         metrics: Some(WorkerMetrics::new(&args.device)),
         ..AgentOptions::new(&args.client.coordinator)

@@ -3,15 +3,14 @@
 use anyhow::{bail, Context};
 use atelier_catalog::StoreLocation;
 use atelier_proto::client::{connect_jobs, JobClient};
-use atelier_proto::domain::{
-    EvalJobSpec, InferenceSettings, JobKind, JobState, JobStatus, TagJobSpec, TrainJobSpec,
-};
+use atelier_proto::domain::{EvalJobSpec, JobKind, JobState, JobStatus, TagJobSpec, TrainJobSpec};
+use atelier_proto::options::{GangOptions, InferenceOptions, TrainOptions};
 use atelier_proto::v1;
 use clap::{Args, Subcommand};
 use tokio::runtime::Handle;
 
 use super::cluster::AccessArgs;
-use super::train::TrainArgs;
+use super::train::TrainPlaces;
 use super::watch::watch;
 
 #[derive(Debug, Clone, Args)]
@@ -59,24 +58,15 @@ pub struct SubmitTagArgs {
     #[arg(long)]
     pub overwrite: bool,
     /// Rows per shard; a larger row group is split where its images have an
-    /// offset index. 0: the coordinator sizes shards from its --shard-rows and
-    /// the registered workers.
-    #[arg(long, default_value_t = 0)]
-    pub shard_rows: u64,
-    /// Attempts per shard (0: the coordinator's default).
-    #[arg(long, default_value_t = 0)]
-    pub max_attempts: u32,
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: u32,
-    #[arg(long, default_value_t = 1)]
-    pub beams: u32,
+    /// offset index [default: the coordinator sizes shards from its
+    /// --shard-rows and the registered workers].
     #[arg(long)]
-    pub bf16: bool,
+    pub shard_rows: Option<u64>,
+    /// Attempts per shard [default: the coordinator's --max-attempts].
     #[arg(long)]
-    pub channels_last: bool,
-    /// Decode JPEGs on the GPU (nvJPEG) on lanes that have one.
-    #[arg(long)]
-    pub gpu_decode: bool,
+    pub max_attempts: Option<u32>,
+    #[command(flatten)]
+    pub inference: InferenceOptions,
     /// Watch the job until it ends.
     #[arg(long)]
     pub wait: bool,
@@ -87,23 +77,12 @@ pub struct SubmitTrainArgs {
     #[command(flatten)]
     pub client: ClientArgs,
     #[command(flatten)]
-    pub train: TrainArgs,
-    /// Data-parallel ranks, one per worker device (lane); --batch-size is per rank.
-    #[arg(long, default_value_t = 1)]
-    pub world_size: u32,
-    /// Ranks on each worker the gang uses, consecutive ranks together (a
-    /// worker with `--device cuda:0,cuda:1` holds 2); 0 packs as many as fit.
-    #[arg(long, default_value_t = 0)]
-    pub ranks_per_worker: u32,
-    /// Gang restarts (resuming from the last checkpoint) after a rank fails.
-    #[arg(long, default_value_t = 2)]
-    pub max_restarts: u32,
-    /// Fail the job if world-size worker lanes are not free at once within this many seconds.
-    #[arg(long, default_value_t = 600)]
-    pub gang_timeout_s: u32,
-    /// A rank silent this long in an all-reduce fails the step (seconds).
-    #[arg(long, default_value_t = 60)]
-    pub collective_timeout_s: u32,
+    pub places: TrainPlaces,
+    #[command(flatten)]
+    pub options: TrainOptions,
+    #[command(flatten)]
+    pub gang: GangOptions,
+    /// Watch the job until it ends.
     #[arg(long)]
     pub wait: bool,
 }
@@ -187,13 +166,7 @@ pub fn submit(command: SubmitCommand, handle: &Handle) -> anyhow::Result<()> {
                     output: absolute(&args.out)?,
                     target_shard_rows: args.shard_rows,
                     max_attempts: args.max_attempts,
-                    inference: InferenceSettings {
-                        batch_size: args.batch_size,
-                        beams: args.beams,
-                        bf16: args.bf16,
-                        channels_last: args.channels_last,
-                        gpu_decode: args.gpu_decode,
-                    },
+                    inference: args.inference.clone(),
                     overwrite: args.overwrite,
                 };
                 let mut client = args.client.connect().await?;
@@ -242,52 +215,17 @@ pub fn submit(command: SubmitCommand, handle: &Handle) -> anyhow::Result<()> {
 }
 
 fn train_spec(args: &SubmitTrainArgs) -> anyhow::Result<TrainJobSpec> {
-    let options = args.train.options();
+    let mut options = args.options.clone();
+    options.backbone_weights = options
+        .backbone_weights
+        .as_deref()
+        .map(absolute)
+        .transpose()?;
     Ok(TrainJobSpec {
-        catalog: absolute(&options.catalog)?,
-        checkpoint: absolute(&options.checkpoint)?,
-        model_type: options.task.name().to_string(),
-        arch: options.arch.name().to_string(),
-        lr: options.lr,
-        n_epochs: options.epochs as u32,
-        batch_size: options.batch_size as u32,
-        image_size: options.image_size as u32,
-        finetune: options.finetune,
-        backbone_weights: options
-            .backbone_weights
-            .as_deref()
-            .map(absolute)
-            .transpose()?
-            .unwrap_or_default(),
-        optimizer: format!("{:?}", options.optimizer).to_lowercase(),
-        weight_decay: options.weight_decay,
-        momentum: options.momentum,
-        schedule: format!("{:?}", options.schedule).to_lowercase(),
-        warmup_steps: options.warmup_steps,
-        augment: options.augment,
-        val_fraction: options.val_fraction,
-        seed: options.seed,
-        world_size: args.world_size,
-        ranks_per_worker: args.ranks_per_worker,
-        max_restarts: args.max_restarts,
-        checkpoint_every: options.checkpoint_every as u32,
-        step_every: options.step_every,
-        gamma: options.gamma,
-        affine_degrees: options.affine_degrees,
-        affine_translate: options.affine_translate,
-        affine_scale: options.affine_scale,
-        crop_scale: options.crop_scale,
-        min_label_count: options.min_label_count as u32,
-        min_word_count: options.min_word_count as u32,
-        max_caption_len: options.max_caption_len as u32,
-        log_every: options.log_every as u32,
-        channels_last: options.channels_last,
-        shuffle_window: Some(options.shuffle_window as u32),
-        bf16: options.bf16,
-        max_steps: options.max_steps.unwrap_or(0),
-        gpu_decode: options.gpu_decode,
-        gang_timeout_s: args.gang_timeout_s,
-        collective_timeout_s: args.collective_timeout_s,
+        catalog: absolute(&args.places.catalog)?,
+        checkpoint: absolute(&args.places.checkpoint)?,
+        options,
+        gang: args.gang,
     })
 }
 

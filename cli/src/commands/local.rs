@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use atelier_catalog::Catalog;
-use atelier_proto::domain::{InferenceSettings, TagJobSpec};
+use atelier_proto::domain::TagJobSpec;
+use atelier_proto::options::{Arch, InferenceOptions, Task, TrainOptions};
 use atelier_proto::v1;
 use clap::Args;
 use tokio::runtime::Handle;
@@ -25,7 +26,7 @@ use super::plot::{self, PlotArgs};
 use super::tag::InferenceArgs;
 use super::tag_accuracy::tag_accuracy;
 use super::test::{self, TestArgs};
-use super::train::{self, ArchArg, ModelType, OptimizerArg, ScheduleArg, TrainArgs};
+use super::train::{self, TrainArgs, TrainPlaces};
 use super::watch::watch;
 
 #[derive(Debug, Args)]
@@ -84,42 +85,21 @@ pub fn run(args: &LocalArgs, handle: &Handle) -> anyhow::Result<()> {
     println!("\n== train (colour, brand and clothing type on one ResNet-18)");
     train::run(
         &TrainArgs {
-            model_type: ModelType::Pool,
-            checkpoint: checkpoint.clone(),
-            catalog: catalog.clone(),
-            lr: 0.1,
-            n_epochs: args.epochs,
-            arch: ArchArg::Resnet18,
-            batch_size: 32,
-            image_size: args.image_size,
-            finetune: None,
-            backbone_weights: None,
-            optimizer: OptimizerArg::Sgd,
-            weight_decay: 5e-4,
-            momentum: 0.9,
-            schedule: ScheduleArg::Onecycle,
-            warmup_steps: 0,
-            step_every: 1000,
-            gamma: 0.1,
-            augment: true,
-            affine_degrees: 0.0,
-            affine_translate: 0.0,
-            affine_scale: 0.0,
-            crop_scale: atelier_worker::train::DEFAULT_CROP_SCALE,
-            val_fraction: 0.1,
-            seed: 0,
+            places: TrainPlaces {
+                catalog: catalog.clone(),
+                checkpoint: checkpoint.clone(),
+            },
             device: "cpu".into(),
             threads: None,
-            min_label_count: 1,
-            min_word_count: 2,
-            max_caption_len: 16,
-            checkpoint_every: 0,
-            log_every: 10,
-            channels_last: false,
-            shuffle_window: 4096,
-            bf16: false,
-            max_steps: None,
-            gpu_decode: false,
+            // The recipe, on a backbone and image size fit for small
+            // synthetic photos and two cores.
+            options: TrainOptions {
+                task: Task::Pool,
+                arch: Arch::Resnet18,
+                epochs: args.epochs,
+                image_size: args.image_size,
+                ..TrainOptions::RECIPE
+            },
         },
         handle,
     )?;
@@ -137,7 +117,7 @@ pub fn run(args: &LocalArgs, handle: &Handle) -> anyhow::Result<()> {
     )?;
 
     println!("\n== tag every item through a coordinator and two workers on loopback");
-    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    let threads = super::all_cores();
     let cluster = LocalCluster::start(handle, &args.data.join("coordinator.db"), 2, threads)?;
     let client = ClientArgs {
         coordinator: cluster.address.clone(),
@@ -149,9 +129,9 @@ pub fn run(args: &LocalArgs, handle: &Handle) -> anyhow::Result<()> {
         catalog: absolute(&catalog)?,
         checkpoints: vec![absolute(&checkpoint)?],
         output: absolute(&tags)?,
-        target_shard_rows: 0,
-        max_attempts: 0,
-        inference: InferenceSettings::default(),
+        target_shard_rows: None,
+        max_attempts: None,
+        inference: InferenceOptions::default(),
         overwrite: true,
     };
     let job = handle.block_on(async {

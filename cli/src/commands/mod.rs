@@ -13,3 +13,8 @@ pub mod tag_accuracy;
 pub mod test;
 pub mod train;
 pub mod watch;
+
+/// Every core of this machine, the default for decode threads.
+pub fn all_cores() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
+}

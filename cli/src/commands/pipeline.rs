@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use atelier_catalog::Catalog;
 use atelier_pipeline::{Augment, EncodedImage, ImageLoader, LoaderOptions, Pixels};
+use atelier_proto::options::TrainOptions;
 use clap::{Args, ValueEnum};
 use tokio::runtime::Handle;
 
@@ -59,7 +60,7 @@ pub fn run(args: &PipelineArgs, handle: &Handle) -> anyhow::Result<()> {
         prefetch: args.prefetch.unwrap_or(threads * 2),
         augment: match args.augment {
             AugmentArg::Center => Augment::CenterCrop,
-            AugmentArg::Train => Augment::TRAIN_DEFAULT,
+            AugmentArg::Train => Augment::train(TrainOptions::RECIPE.crop_scale, None),
         },
         decode_on_device: args.encoded,
         ..defaults

@@ -1,6 +1,6 @@
 //! `atelier tag`: single-process bulk tagging into Parquet.
 
-use atelier_worker::evaluate::Layout;
+use atelier_proto::options::InferenceOptions;
 use atelier_worker::tag::{tag, TagOptions};
 use clap::Args;
 use tokio::runtime::Handle;
@@ -24,57 +24,32 @@ pub struct TagArgs {
     pub inference: InferenceArgs,
 }
 
-/// How `tag` and `test` run a model.
+/// How `tag` and `test` run a model on this machine.
 #[derive(Debug, Clone, Args)]
 pub struct InferenceArgs {
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
     /// Decode threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
     /// cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Beam width for captions (1: greedy decoding).
-    #[arg(long, default_value_t = 1)]
-    pub beams: usize,
-    /// Convolutions in channels-last memory order.
-    #[arg(long)]
-    pub channels_last: bool,
-    /// Run the backbone in bfloat16 (heads and captioner stay float).
-    #[arg(long)]
-    pub bf16: bool,
-    /// Decode JPEGs on the GPU (nvJPEG) instead of the CPU's cores; needs a CUDA device.
-    #[arg(long)]
-    pub gpu_decode: bool,
+    #[command(flatten)]
+    pub options: InferenceOptions,
 }
 
 impl Default for InferenceArgs {
     fn default() -> Self {
         Self {
-            batch_size: 64,
             threads: None,
             device: "cpu".into(),
-            beams: 1,
-            channels_last: false,
-            bf16: false,
-            gpu_decode: false,
+            options: InferenceOptions::default(),
         }
     }
 }
 
 impl InferenceArgs {
     pub fn threads(&self) -> usize {
-        self.threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from))
-    }
-
-    pub fn layout(&self) -> Layout {
-        Layout {
-            channels_last: self.channels_last,
-            bf16: self.bf16,
-            gpu_decode: self.gpu_decode,
-        }
+        self.threads.unwrap_or_else(super::all_cores)
     }
 }
 
@@ -86,12 +61,10 @@ pub fn run(args: &TagArgs, handle: &Handle) -> anyhow::Result<()> {
             checkpoints: args.checkpoint.clone(),
             catalog: args.catalog.clone(),
             out: args.out.clone(),
-            batch_size: args.inference.batch_size,
             threads: args.inference.threads(),
             device: args.inference.device.clone(),
-            beams: args.inference.beams,
             overwrite: args.overwrite,
-            layout: args.inference.layout(),
+            inference: args.inference.options.clone(),
         },
         handle,
         |done| bar.set_position(done as u64),

@@ -28,11 +28,9 @@ pub fn run(args: &TestArgs, handle: &Handle) -> anyhow::Result<()> {
             checkpoint: args.checkpoint.clone(),
             catalog: args.catalog.clone(),
             validation_only: !args.all,
-            batch_size: args.inference.batch_size,
             threads: args.inference.threads(),
             device: args.inference.device.clone(),
-            beams: args.inference.beams,
-            layout: args.inference.layout(),
+            inference: args.inference.options.clone(),
         },
         handle,
     )?;

@@ -189,7 +189,7 @@ async fn main() -> anyhow::Result<()> {
             catalog: catalog.clone(),
             checkpoints: vec![checkpoint.to_str().unwrap_or_default().to_string()],
             output: work.join(out).to_str().unwrap_or_default().to_string(),
-            target_shard_rows: rows,
+            target_shard_rows: Some(rows),
             overwrite: true,
             ..Default::default()
         };

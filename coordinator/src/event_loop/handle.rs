@@ -13,17 +13,25 @@ use atelier_proto::domain::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::error::{CoordinatorError, Result};
+use crate::state::{ReservationId, Reserved};
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T>>;
 
 #[derive(Debug)]
 pub(super) enum Command {
-    Submit {
-        id: String,
+    Reserve {
         spec: JobSpec,
+        reply: Reply<Reserved>,
+    },
+    Commit {
+        reservation: ReservationId,
+        id: String,
         works: Vec<TaskWork>,
         max_attempts: u32,
         reply: Reply<JobStatus>,
+    },
+    Release {
+        reservation: ReservationId,
     },
     Cancel {
         job_id: String,
@@ -128,21 +136,35 @@ impl LoopHandle {
         answer.await.map_err(|_| CoordinatorError::ShuttingDown)?
     }
 
-    pub async fn submit(
+    /// Holds the place `spec` writes for a submit (see [`State::reserve`]).
+    ///
+    /// [`State::reserve`]: crate::state::State::reserve
+    pub async fn reserve(&self, spec: JobSpec) -> Result<Reserved> {
+        self.ask(|reply| Command::Reserve { spec, reply }).await
+    }
+
+    /// Adds the reserved job with its planned tasks.
+    pub async fn commit(
         &self,
+        reservation: ReservationId,
         id: String,
-        spec: JobSpec,
         works: Vec<TaskWork>,
         max_attempts: u32,
     ) -> Result<JobStatus> {
-        self.ask(|reply| Command::Submit {
+        self.ask(|reply| Command::Commit {
+            reservation,
             id,
-            spec,
             works,
             max_attempts,
             reply,
         })
         .await
+    }
+
+    /// Gives a reservation up; needs no answer, so a dropped submit can
+    /// send it from its guard.
+    pub fn release(&self, reservation: ReservationId) {
+        let _ = self.commands.send(Command::Release { reservation });
     }
 
     pub async fn cancel(&self, job_id: String) -> Result<JobStatus> {

@@ -12,8 +12,9 @@ use atelier_proto::domain::JobStatus;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::error::{CoordinatorError, Result};
+use crate::ids::new_worker_id;
 use crate::manifest::write_manifest;
-use crate::state::State;
+use crate::state::{Now, Reserved, State};
 use crate::store::StateStore;
 
 mod handle;
@@ -49,7 +50,6 @@ fn defer<T: Send + 'static>(reply: Reply<T>, value: Result<T>) -> Deferred {
 struct EventLoop {
     state: State,
     gatherings: HashMap<String, Gathering>,
-    gang_timeout: Duration,
     store: StateStore,
     commands: mpsc::UnboundedReceiver<Command>,
     /// Weak, so that the loop ends once the last `LoopHandle` is gone.
@@ -70,7 +70,6 @@ pub fn start(
     state: State,
     store: StateStore,
     max_wait: Duration,
-    gang_timeout: Duration,
 ) -> std::io::Result<(LoopHandle, std::thread::JoinHandle<Result<()>>)> {
     let (commands_tx, commands) = mpsc::unbounded_channel();
     let (events, _) = broadcast::channel(1024);
@@ -85,7 +84,6 @@ pub fn start(
     let mut event_loop = EventLoop {
         state,
         gatherings: HashMap::new(),
-        gang_timeout,
         store,
         commands,
         myself: commands_tx.downgrade(),
@@ -97,7 +95,7 @@ pub fn start(
         last_publish: Instant::now(),
         gauges,
     };
-    event_loop.publish_all();
+    event_loop.publish_all(Now::read());
     let thread = std::thread::Builder::new()
         .name("coordinator-loop".into())
         .spawn(move || {
@@ -124,7 +122,7 @@ impl EventLoop {
                 },
                 _ = ticker.tick() => None,
             };
-            let now = Instant::now();
+            let now = Now::read();
             let mut deferred = Vec::new();
             if let Some(command) = first {
                 self.apply(command, now, &mut deferred);
@@ -137,13 +135,13 @@ impl EventLoop {
             }
             // Sweeps walk every lease and waiter, so they run on the tick,
             // not on every batch.
-            if now.duration_since(last_sweep) >= TICK {
-                last_sweep = now;
+            if now.at.duration_since(last_sweep) >= TICK {
+                last_sweep = now.at;
                 let expired = self.state.expire(now);
                 self.gauges
                     .lease_expiries
                     .fetch_add(expired as u64, Ordering::Relaxed);
-                self.state.expire_gangs(self.gang_timeout);
+                self.state.expire_gangs(now);
                 self.expire_waiters(now, &mut deferred);
                 self.expire_gatherings(now, &mut deferred);
             }
@@ -175,7 +173,7 @@ impl EventLoop {
             // Readers see a change before its requester hears of it, so a
             // submit followed by a GetJob always finds the job.
             if saved.is_ok() {
-                self.publish_touched();
+                self.publish_touched(now);
             }
             for answer in deferred {
                 answer(error.as_deref());
@@ -191,30 +189,32 @@ impl EventLoop {
         Ok(())
     }
 
-    fn apply(&mut self, command: Command, now: Instant, deferred: &mut Vec<Deferred>) {
+    fn apply(&mut self, command: Command, now: Now, deferred: &mut Vec<Deferred>) {
         let state = &mut self.state;
         match command {
-            Command::Submit {
+            Command::Reserve { spec, reply } => {
+                let reserved = state.reserve(&spec, now);
+                if let Ok(Reserved::Existing(status)) = &reserved {
+                    tracing::info!(job = %status.id, "the same job submitted again; it goes on");
+                }
+                deferred.push(defer(reply, reserved));
+            }
+            Command::Commit {
+                reservation,
                 id,
-                spec,
                 works,
                 max_attempts,
                 reply,
             } => {
-                let status = state.submit(id.clone(), spec, works, max_attempts);
-                match &status {
-                    Ok(status) if status.id == id => {
-                        tracing::info!(job = %status.id, description = %status.description, "job submitted");
-                    }
-                    Ok(status) => {
-                        tracing::info!(job = %status.id, "the same job submitted again; it goes on");
-                    }
-                    Err(_) => {}
+                let status = state.commit(reservation, id, works, max_attempts, now);
+                if let Ok(status) = &status {
+                    tracing::info!(job = %status.id, description = %status.description, "job submitted");
                 }
                 deferred.push(defer(reply, status));
             }
+            Command::Release { reservation } => state.release(reservation),
             Command::Cancel { job_id, reply } => {
-                let status = state.cancel(&job_id);
+                let status = state.cancel(&job_id, now);
                 if status.is_ok() {
                     tracing::info!(job = %job_id, "job cancelled");
                 }
@@ -225,7 +225,7 @@ impl EventLoop {
                 reply,
             } => {
                 let hostname = registration.hostname.clone();
-                let id = state.register(registration, now);
+                let id = state.register(new_worker_id(&hostname), registration, now);
                 if let Ok(id) = &id {
                     tracing::info!(worker = %id, %hostname, "worker registered");
                 }
@@ -243,7 +243,7 @@ impl EventLoop {
             } => match state.lease(&worker_id, now) {
                 Ok(None) if !wait.is_zero() => self.waiters.push_back(Waiter {
                     worker_id,
-                    deadline: now + wait.min(self.max_wait),
+                    deadline: now.at + wait.min(self.max_wait),
                     reply,
                 }),
                 other => deferred.push(defer(reply, other)),
@@ -290,12 +290,18 @@ impl EventLoop {
                 offer,
                 wait,
                 reply,
-            } => self.rendezvous(lease, offer, now + wait.min(self.max_wait), reply, deferred),
+            } => self.rendezvous(
+                lease,
+                offer,
+                now.at + wait.min(self.max_wait),
+                reply,
+                deferred,
+            ),
             Command::Finalized { job_id, result } => {
                 if result.is_ok() {
                     tracing::info!(job = %job_id, "job succeeded");
                 }
-                state.finalized(&job_id, result);
+                state.finalized(&job_id, result, now);
             }
         }
     }
@@ -312,7 +318,7 @@ impl EventLoop {
             .store(counts.gangs as u64, Ordering::Relaxed);
     }
 
-    fn publish_touched(&mut self) {
+    fn publish_touched(&mut self, now: Now) {
         self.unpublished.extend(self.state.take_touched());
         if self.unpublished.is_empty() {
             return;
@@ -330,7 +336,7 @@ impl EventLoop {
         let touched = std::mem::take(&mut self.unpublished);
         let statuses: Vec<JobStatus> = touched
             .iter()
-            .filter_map(|id| self.state.status(id).ok())
+            .filter_map(|id| self.state.status(id, now).ok())
             .collect();
         {
             let mut snapshot = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
@@ -349,10 +355,10 @@ impl EventLoop {
         }
     }
 
-    fn publish_all(&mut self) {
+    fn publish_all(&mut self, now: Now) {
         let mut snapshot = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
         for id in self.state.job_ids().to_vec() {
-            if let Ok(status) = self.state.status(&id) {
+            if let Ok(status) = self.state.status(&id, now) {
                 snapshot.jobs.insert(id.clone(), status);
                 snapshot.order.push(id);
             }

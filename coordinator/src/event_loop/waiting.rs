@@ -7,6 +7,7 @@ use std::time::Instant;
 use atelier_proto::domain::{Assignment, Gang, LeaseRef, RendezvousOffer};
 
 use crate::state::gang::gather;
+use crate::state::Now;
 
 use super::{defer, Deferred, EventLoop, Reply};
 
@@ -58,12 +59,12 @@ impl EventLoop {
     }
 
     /// Answers "not yet" to ranks whose wait is over.
-    pub(super) fn expire_gatherings(&mut self, now: Instant, deferred: &mut Vec<Deferred>) {
+    pub(super) fn expire_gatherings(&mut self, now: Now, deferred: &mut Vec<Deferred>) {
         for gathering in self.gatherings.values_mut() {
             let (over, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut gathering.waiting)
                 .into_iter()
                 .filter(|(_, reply)| !reply.is_closed())
-                .partition(|(deadline, _)| *deadline <= now);
+                .partition(|(deadline, _)| *deadline <= now.at);
             gathering.waiting = kept;
             for (_, reply) in over {
                 deferred.push(defer(reply, Ok(None)));
@@ -77,7 +78,7 @@ impl EventLoop {
     }
 
     /// Starts waiting gangs on the workers now waiting for work.
-    pub(super) fn serve_gangs(&mut self, now: Instant, deferred: &mut Vec<Deferred>) {
+    pub(super) fn serve_gangs(&mut self, now: Now, deferred: &mut Vec<Deferred>) {
         while self.state.has_waiting_gangs() {
             self.waiters.retain(|w| !w.reply.is_closed());
             let mut idle: Vec<String> = Vec::new();
@@ -100,7 +101,7 @@ impl EventLoop {
     }
 
     /// Hands queued tasks to waiting workers.
-    pub(super) fn serve_waiters(&mut self, now: Instant, deferred: &mut Vec<Deferred>) {
+    pub(super) fn serve_waiters(&mut self, now: Now, deferred: &mut Vec<Deferred>) {
         self.serve_gangs(now, deferred);
         while self.state.has_queued_work() {
             let Some(waiter) = self.waiters.pop_front() else {
@@ -120,13 +121,13 @@ impl EventLoop {
     }
 
     /// Answers "no work" to waiters whose wait is over, and drops those gone.
-    pub(super) fn expire_waiters(&mut self, now: Instant, deferred: &mut Vec<Deferred>) {
+    pub(super) fn expire_waiters(&mut self, now: Now, deferred: &mut Vec<Deferred>) {
         let mut kept = VecDeque::with_capacity(self.waiters.len());
         for waiter in self.waiters.drain(..) {
             if waiter.reply.is_closed() {
                 continue;
             }
-            if waiter.deadline <= now {
+            if waiter.deadline <= now.at {
                 deferred.push(defer(waiter.reply, Ok(None)));
             } else {
                 kept.push_back(waiter);

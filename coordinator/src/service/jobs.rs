@@ -12,8 +12,9 @@ use tonic::{Request, Response, Status};
 use crate::config::CoordinatorConfig;
 use crate::error::{CoordinatorError, Result};
 use crate::event_loop::LoopHandle;
+use crate::ids::new_job_id;
 use crate::plan::{check_checkpoints, plan_tag_job, prepare_output};
-use crate::state::places_overlap;
+use crate::state::{Now, ReservationId, Reserved};
 
 #[derive(Debug, Clone)]
 pub struct JobApi {
@@ -21,29 +22,59 @@ pub struct JobApi {
     pub config: CoordinatorConfig,
 }
 
-fn new_job_id() -> String {
-    format!(
-        "job-{:x}{:04x}",
-        crate::state::unix_ms(),
-        rand::random::<u16>()
-    )
+/// What planning a job gives its commit.
+struct Planned {
+    works: Vec<TaskWork>,
+    max_attempts: u32,
+}
+
+/// Gives a reservation back unless it was committed: a submit that fails
+/// while planning, or whose caller goes away, frees the place.
+struct HeldReservation<'a> {
+    handle: &'a LoopHandle,
+    reservation: Option<ReservationId>,
+}
+
+impl Drop for HeldReservation<'_> {
+    fn drop(&mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            self.handle.release(reservation);
+        }
+    }
 }
 
 impl JobApi {
-    async fn submit_tag(&self, spec: TagJobSpec) -> Result<String> {
+    /// A submit as a flow through the event loop: reserve the place the job
+    /// writes, plan and prepare it here (footers, checkpoints, `--overwrite`
+    /// deleting the old output: I/O that must not stall the loop), then
+    /// commit. While the place is reserved no other submit can prepare it.
+    async fn submit<F>(&self, spec: JobSpec, plan: F) -> Result<String>
+    where
+        F: std::future::Future<Output = Result<Planned>>,
+    {
+        let reservation = match self.handle.reserve(spec).await? {
+            Reserved::Existing(status) => return Ok(status.id),
+            Reserved::Granted(reservation) => reservation,
+        };
+        let mut held = HeldReservation {
+            handle: &self.handle,
+            reservation: Some(reservation),
+        };
+        let planned = plan.await?;
+        held.reservation = None;
+        let id = new_job_id(Now::read().unix_ms);
+        let status = self
+            .handle
+            .commit(reservation, id, planned.works, planned.max_attempts)
+            .await?;
+        Ok(status.id)
+    }
+
+    async fn plan_tag(&self, spec: TagJobSpec) -> Result<Planned> {
         check_checkpoints(&spec.checkpoints).await?;
         let workers = self.handle.gauges().workers.load(Ordering::Relaxed) as usize;
         let plan = plan_tag_job(&spec, &self.config.shard_sizing, workers).await?;
-        // An unfinished job's output may hold its finished parts, which
-        // --overwrite would delete; the event loop then says whether this is
-        // that job again or a second writer.
-        if !self.an_unfinished_tag_job_writes(&spec.output) {
-            prepare_output(&spec.output, spec.overwrite).await?;
-        }
-        let attempts = match spec.max_attempts {
-            0 => self.config.default_max_attempts,
-            n => n,
-        };
+        prepare_output(&spec.output, spec.overwrite).await?;
         tracing::info!(
             shards = plan.shards.len(),
             rows = plan.rows,
@@ -52,65 +83,39 @@ impl JobApi {
             catalog = %spec.catalog,
             "tag job planned"
         );
-        let works = plan.shards.into_iter().map(TaskWork::Tag).collect();
-        let status = self
-            .handle
-            .submit(new_job_id(), JobSpec::Tag(spec), works, attempts)
-            .await?;
-        Ok(status.id)
+        Ok(Planned {
+            works: plan.shards.into_iter().map(TaskWork::Tag).collect(),
+            max_attempts: spec
+                .max_attempts
+                .unwrap_or(self.config.default_max_attempts),
+        })
     }
 
-    fn an_unfinished_tag_job_writes(&self, output: &str) -> bool {
-        self.handle
-            .jobs(&[JobState::Pending, JobState::Running], 0)
-            .iter()
-            .any(|job| {
-                job.tag
-                    .as_ref()
-                    .is_some_and(|t| places_overlap(&t.output, output))
-            })
-    }
-
-    async fn submit_eval(&self, spec: EvalJobSpec) -> Result<String> {
+    async fn plan_eval(&self, spec: EvalJobSpec) -> Result<Planned> {
         check_checkpoints(std::slice::from_ref(&spec.checkpoint)).await?;
         Catalog::open(&spec.catalog)
             .await
             .map_err(CoordinatorError::BadCatalog)?;
-        let works = vec![TaskWork::Eval(spec.clone())];
-        let attempts = self.config.default_max_attempts;
-        let status = self
-            .handle
-            .submit(new_job_id(), JobSpec::Eval(spec), works, attempts)
-            .await?;
-        Ok(status.id)
+        Ok(Planned {
+            works: vec![TaskWork::Eval(spec)],
+            max_attempts: self.config.default_max_attempts,
+        })
     }
 
-    async fn submit_train(&self, spec: TrainJobSpec) -> Result<String> {
-        let world_size = spec.world_size.max(1);
-        if spec.ranks_per_worker > 0 && !world_size.is_multiple_of(spec.ranks_per_worker) {
-            return Err(CoordinatorError::InvalidArgument(format!(
-                "world_size {world_size} is not a multiple of ranks_per_worker {}",
-                spec.ranks_per_worker
-            )));
-        }
+    async fn plan_train(&self, spec: TrainJobSpec) -> Result<Planned> {
         Catalog::open(&spec.catalog)
             .await
             .map_err(CoordinatorError::BadCatalog)?;
-        let works = (0..world_size)
-            .map(|rank| TaskWork::Train {
-                spec: spec.clone(),
-                rank,
-                world_size,
-                device: String::new(),
-            })
-            .collect();
-        // Train ranks are restarted as a gang (max_restarts), not one by one.
-        let attempts = spec.max_restarts + 1;
-        let status = self
-            .handle
-            .submit(new_job_id(), JobSpec::Train(spec), works, attempts)
-            .await?;
-        Ok(status.id)
+        Ok(Planned {
+            works: (0..spec.gang.world_size)
+                .map(|rank| TaskWork::Train {
+                    spec: spec.clone(),
+                    rank,
+                })
+                .collect(),
+            // Train ranks are restarted as a gang (max_restarts), not one by one.
+            max_attempts: spec.gang.max_restarts + 1,
+        })
     }
 }
 
@@ -123,7 +128,9 @@ impl JobService for JobApi {
         request: Request<v1::SubmitTagJobRequest>,
     ) -> Result<Response<v1::SubmitJobResponse>, Status> {
         let spec = TagJobSpec::try_from(request.into_inner())?;
-        let job_id = self.submit_tag(spec).await?;
+        let job_id = self
+            .submit(JobSpec::Tag(spec.clone()), self.plan_tag(spec))
+            .await?;
         Ok(Response::new(v1::SubmitJobResponse { job_id }))
     }
 
@@ -132,7 +139,9 @@ impl JobService for JobApi {
         request: Request<v1::SubmitTrainJobRequest>,
     ) -> Result<Response<v1::SubmitJobResponse>, Status> {
         let spec = TrainJobSpec::try_from(request.into_inner())?;
-        let job_id = self.submit_train(spec).await?;
+        let job_id = self
+            .submit(JobSpec::Train(spec.clone()), self.plan_train(spec))
+            .await?;
         Ok(Response::new(v1::SubmitJobResponse { job_id }))
     }
 
@@ -141,7 +150,9 @@ impl JobService for JobApi {
         request: Request<v1::SubmitEvalJobRequest>,
     ) -> Result<Response<v1::SubmitJobResponse>, Status> {
         let spec = EvalJobSpec::try_from(request.into_inner())?;
-        let job_id = self.submit_eval(spec).await?;
+        let job_id = self
+            .submit(JobSpec::Eval(spec.clone()), self.plan_eval(spec))
+            .await?;
         Ok(Response::new(v1::SubmitJobResponse { job_id }))
     }
 

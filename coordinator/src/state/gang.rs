@@ -2,14 +2,14 @@
 //! distinct workers or none does, and when one rank fails the whole gang
 //! stops and starts again from the last checkpoint, up to `max_restarts`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use atelier_proto::domain::{
     Assignment, Gang, JobSpec, JobState, LeaseRef, RankStatus, RendezvousOffer, Restart, TaskWork,
     TrainProgress,
 };
 
-use super::{unix_ms, State};
+use super::{Now, State};
 use crate::error::{CoordinatorError, Result};
 use crate::records::{JobRecord, TaskState};
 
@@ -22,9 +22,9 @@ pub struct GangMember {
 }
 
 impl State {
-    pub(super) fn wait_for_gang(&mut self, job_id: &str) {
+    pub(super) fn wait_for_gang(&mut self, job_id: &str, now: Now) {
         if let Some(job) = self.jobs.get_mut(job_id) {
-            job.gang_waiting_since_unix_ms = Some(unix_ms());
+            job.gang_waiting_since_unix_ms = Some(now.unix_ms);
         }
         if !self.gangs.iter().any(|g| g == job_id) {
             self.gangs.push_back(job_id.to_string());
@@ -38,11 +38,7 @@ impl State {
     /// Starts the first waiting gang that fits on `idle` (distinct worker
     /// lanes now asking for work, in the order they asked), consecutive
     /// ranks on the lanes of one worker process. Returns who got what.
-    pub fn place_gang(
-        &mut self,
-        idle: &[String],
-        now: Instant,
-    ) -> Option<Vec<(String, Assignment)>> {
+    pub fn place_gang(&mut self, idle: &[String], now: Now) -> Option<Vec<(String, Assignment)>> {
         let mut chosen = None;
         self.gangs.retain(|job_id| {
             self.jobs
@@ -53,8 +49,8 @@ impl State {
         for (position, job_id) in self.gangs.iter().enumerate() {
             let ranks = self.job_tasks.get(job_id).map_or(0, Vec::len);
             let per_process = match self.jobs.get(job_id).map(|j| &j.spec) {
-                Some(JobSpec::Train(spec)) => spec.ranks_per_worker as usize,
-                _ => 0,
+                Some(JobSpec::Train(spec)) => spec.gang.ranks_per_worker.map(|n| n as usize),
+                _ => None,
             };
             if let Some(lanes) = pick_lanes(&processes, ranks, per_process) {
                 chosen = Some((position, lanes));
@@ -93,7 +89,7 @@ impl State {
 
     /// Stops every rank of the job and queues the gang again, or fails the
     /// job when the cause cannot be retried or the restarts are used up.
-    pub(super) fn restart_gang(&mut self, job_id: &str, cause: String, retryable: bool) {
+    pub(super) fn restart_gang(&mut self, job_id: &str, cause: String, retryable: bool, now: Now) {
         let Some(job) = self.jobs.get(job_id) else {
             return;
         };
@@ -101,12 +97,12 @@ impl State {
             return;
         }
         let max_restarts = match &job.spec {
-            JobSpec::Train(spec) => spec.max_restarts as usize,
+            JobSpec::Train(spec) => spec.gang.max_restarts as usize,
             _ => 0,
         };
         let restarts = job.restarts.len();
         if !retryable {
-            self.end_job(job_id, JobState::Failed, Some(cause));
+            self.end_job(job_id, JobState::Failed, Some(cause), now);
             return;
         }
         if restarts >= max_restarts {
@@ -114,7 +110,7 @@ impl State {
                 "gave up after {restarts} restart{} (max {max_restarts}); last cause: {cause}",
                 if restarts == 1 { "" } else { "s" }
             );
-            self.end_job(job_id, JobState::Failed, Some(message));
+            self.end_job(job_id, JobState::Failed, Some(message), now);
             return;
         }
         let at_step = self.job_step(job_id);
@@ -138,11 +134,11 @@ impl State {
             job.restarts.push(Restart {
                 at_step,
                 cause,
-                unix_ms: unix_ms(),
+                unix_ms: now.unix_ms,
             });
         }
-        self.wait_for_gang(job_id);
-        self.mark_job(job_id);
+        self.wait_for_gang(job_id, now);
+        self.mark_job(job_id, now);
     }
 
     fn job_step(&self, job_id: &str) -> i64 {
@@ -156,8 +152,7 @@ impl State {
     }
 
     /// Fails gangs that waited longer than their timeout for enough workers.
-    pub fn expire_gangs(&mut self, default_timeout: Duration) {
-        let now = unix_ms();
+    pub fn expire_gangs(&mut self, now: Now) {
         let mut expired = Vec::new();
         for job_id in &self.gangs {
             let Some(job) = self.jobs.get(job_id) else {
@@ -165,33 +160,30 @@ impl State {
             };
             let (world, per_process, timeout) = match &job.spec {
                 JobSpec::Train(spec) => (
-                    spec.world_size.max(1),
-                    spec.ranks_per_worker,
-                    match spec.gang_timeout_s {
-                        0 => default_timeout,
-                        s => Duration::from_secs(u64::from(s)),
-                    },
+                    spec.gang.world_size,
+                    spec.gang.ranks_per_worker,
+                    Duration::from_secs(u64::from(spec.gang.gang_timeout_s)),
                 ),
                 _ => continue,
             };
             let waited = job
                 .gang_waiting_since_unix_ms
-                .map_or(0, |since| (now - since).max(0) as u64);
+                .map_or(0, |since| (now.unix_ms - since).max(0) as u64);
             if waited >= timeout.as_millis() as u64 {
                 expired.push((job_id.clone(), world, per_process, timeout));
             }
         }
         for (job_id, world, per_process, timeout) in expired {
             let placement = match per_process {
-                0 => String::new(),
-                n => format!(", {n} on each worker process"),
+                None => String::new(),
+                Some(n) => format!(", {n} on each worker process"),
             };
             let message = format!(
                 "the gang needs {world} ranks at once{placement}, but not enough worker lanes were free within {timeout:?} ({} registered)",
                 self.workers.len()
             );
             tracing::warn!(job = %job_id, %message, "gang did not start");
-            self.end_job(&job_id, JobState::Failed, Some(message));
+            self.end_job(&job_id, JobState::Failed, Some(message), now);
         }
     }
 
@@ -199,10 +191,10 @@ impl State {
     pub fn gang_member(&self, lease: &LeaseRef) -> Result<GangMember> {
         let task = self.check_lease(lease)?;
         match &task.work {
-            TaskWork::Train { world_size, .. } => Ok(GangMember {
+            TaskWork::Train { spec, .. } => Ok(GangMember {
                 job_id: task.job_id.clone(),
                 rank: task.index as usize,
-                world_size: (*world_size).max(1) as usize,
+                world_size: spec.gang.world_size as usize,
             }),
             _ => Err(CoordinatorError::InvalidArgument(format!(
                 "task {} is not a train rank",
@@ -253,9 +245,13 @@ impl State {
 }
 
 /// Lanes for `ranks` ranks, consecutive ranks on the same process: exactly
-/// `per_process` on every process used, or with 0 as many as each has,
+/// `per_process` on every process used, or without it as many as each has,
 /// fullest processes first (fewest processes, least traffic between hosts).
-fn pick_lanes(processes: &[Vec<String>], ranks: usize, per_process: usize) -> Option<Vec<String>> {
+fn pick_lanes(
+    processes: &[Vec<String>],
+    ranks: usize,
+    per_process: Option<usize>,
+) -> Option<Vec<String>> {
     if ranks == 0 {
         return None;
     }
@@ -264,9 +260,9 @@ fn pick_lanes(processes: &[Vec<String>], ranks: usize, per_process: usize) -> Op
     let mut chosen = Vec::with_capacity(ranks);
     for lanes in order {
         let take = match per_process {
-            0 => lanes.len(),
-            n if lanes.len() >= n => n,
-            _ => continue,
+            None => lanes.len(),
+            Some(n) if lanes.len() >= n => n,
+            Some(_) => continue,
         };
         let take = take.min(ranks - chosen.len());
         chosen.extend(lanes.iter().take(take).cloned());

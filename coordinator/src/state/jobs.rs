@@ -7,7 +7,7 @@ use atelier_proto::domain::{JobSpec, JobState, JobStatus, TagProgress, TaskWork}
 use crate::error::{CoordinatorError, Result};
 use crate::records::{JobRecord, TaskRecord, TaskState};
 
-use super::{unix_ms, Finalize, State};
+use super::{Finalize, Now, State};
 
 /// Where a job writes: a tag job's output, a train job's checkpoint (an
 /// evaluation only reads).
@@ -31,36 +31,80 @@ pub(crate) fn places_overlap(a: &str, b: &str) -> bool {
     a == b || inside(a, b) || inside(b, a)
 }
 
+/// A submit between its reservation and its commit: the place it will write
+/// is held, so no other submit can plan or prepare (`--overwrite` deletes)
+/// there meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReservationId(u64);
+
+/// The answer to a reservation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reserved {
+    /// The place is this submit's until it commits or releases.
+    Granted(ReservationId),
+    /// An unfinished job with the same spec already writes there: a
+    /// retried submit (say a CronJob pod's second try) follows that job.
+    Existing(JobStatus),
+}
+
 impl State {
-    /// Adds a job and its tasks, which wait in the queue behind earlier jobs.
-    /// While an unfinished job writes where this one would, the same spec
-    /// again is that job (a retried submit, say a CronJob pod's second
-    /// try, follows the first) and any other is refused.
-    pub fn submit(
-        &mut self,
-        id: String,
-        spec: JobSpec,
-        works: Vec<TaskWork>,
-        max_attempts: u32,
-    ) -> Result<JobStatus> {
-        if let Some(url) = destination(&spec) {
-            if let Some(writer) = self.unfinished_writer_of(url).map(str::to_string) {
-                if self.jobs[&writer].spec == spec {
-                    return self.status(&writer);
+    /// The first step of a submit: holds the place `spec` writes, or finds
+    /// the unfinished job that is this submit again. Refuses while another
+    /// job or submit writes where this one would. This is the one conflict
+    /// check; what a reservation grants, [`State::commit`] takes as given.
+    pub fn reserve(&mut self, spec: &JobSpec, now: Now) -> Result<Reserved> {
+        if let Some(url) = destination(spec) {
+            if let Some(writer) = self.unfinished_writer_of(url) {
+                let writer = writer.to_string();
+                if self.jobs[&writer].spec == *spec {
+                    return Ok(Reserved::Existing(self.status(&writer, now)?));
                 }
                 return Err(CoordinatorError::DestinationBusy {
                     job: writer,
                     url: url.to_string(),
                 });
             }
+            if let Some((_, held)) = self
+                .reservations
+                .iter()
+                .find(|(_, held)| destination(held).is_some_and(|d| places_overlap(d, url)))
+            {
+                return Err(CoordinatorError::DestinationReserved {
+                    url: destination(held).unwrap_or(url).to_string(),
+                });
+            }
         }
-        let now = unix_ms();
+        let id = ReservationId(self.next_reservation);
+        self.next_reservation += 1;
+        self.reservations.insert(id, spec.clone());
+        Ok(Reserved::Granted(id))
+    }
+
+    /// Gives up a reservation whose submit failed before its commit.
+    pub fn release(&mut self, reservation: ReservationId) {
+        self.reservations.remove(&reservation);
+    }
+
+    /// The last step of a submit: adds the reserved job and its tasks, which
+    /// wait in the queue behind earlier jobs.
+    pub fn commit(
+        &mut self,
+        reservation: ReservationId,
+        id: String,
+        works: Vec<TaskWork>,
+        max_attempts: u32,
+        now: Now,
+    ) -> Result<JobStatus> {
+        let spec = self
+            .reservations
+            .remove(&reservation)
+            .ok_or_else(|| CoordinatorError::Internal(format!("{reservation:?} is not held")))?;
         let job = JobRecord {
             id: id.clone(),
             spec,
             state: JobState::Pending,
-            created_unix_ms: now,
-            updated_unix_ms: now,
+            created_unix_ms: now.unix_ms,
+            updated_unix_ms: now.unix_ms,
             started_unix_ms: None,
             finished_unix_ms: None,
             error: None,
@@ -88,14 +132,32 @@ impl State {
         self.job_order.push(id.clone());
         self.jobs.insert(id.clone(), job);
         if gang {
-            self.wait_for_gang(&id);
+            self.wait_for_gang(&id, now);
         }
-        self.mark_job(&id);
+        self.mark_job(&id, now);
         if self.job_tasks[&id].is_empty() {
             // Nothing to do, e.g. a catalogue of empty files: done at once.
-            self.start_finalizing(&id);
+            self.start_finalizing(&id, now);
         }
-        self.status(&id)
+        self.status(&id, now)
+    }
+
+    /// Reserve and commit in one go, as a submit whose planning cannot fail.
+    #[cfg(test)]
+    pub fn submit(
+        &mut self,
+        id: String,
+        spec: JobSpec,
+        works: Vec<TaskWork>,
+        max_attempts: u32,
+        now: Now,
+    ) -> Result<JobStatus> {
+        match self.reserve(&spec, now)? {
+            Reserved::Existing(status) => Ok(status),
+            Reserved::Granted(reservation) => {
+                self.commit(reservation, id, works, max_attempts, now)
+            }
+        }
     }
 
     /// The unfinished job, if any, that writes to `url` or a prefix around
@@ -108,18 +170,19 @@ impl State {
             .map(|job| job.id.as_str())
     }
 
-    pub fn cancel(&mut self, job_id: &str) -> Result<JobStatus> {
+    pub fn cancel(&mut self, job_id: &str, now: Now) -> Result<JobStatus> {
         let job = self
             .jobs
             .get(job_id)
             .ok_or_else(|| CoordinatorError::JobNotFound(job_id.to_string()))?;
         if !job.state.is_terminal() {
-            self.end_job(job_id, JobState::Cancelled, None);
+            self.end_job(job_id, JobState::Cancelled, None, now);
         }
-        self.status(job_id)
+        self.status(job_id, now)
     }
 
-    pub fn status(&mut self, job_id: &str) -> Result<JobStatus> {
+    /// The job as users see it; a running job's rate is over its time so far.
+    pub fn status(&mut self, job_id: &str, now: Now) -> Result<JobStatus> {
         // Tasks changed since their batch was saved (a status read in the
         // middle of a change, as submit and cancel do).
         for id in &self.dirty_tasks {
@@ -141,7 +204,7 @@ impl State {
             shards_retried: tally.shards_retried,
             ..TagProgress::default()
         };
-        let end = job.finished_unix_ms.unwrap_or_else(unix_ms);
+        let end = job.finished_unix_ms.unwrap_or(now.unix_ms);
         if let Some(start) = job.started_unix_ms {
             let seconds = (end - start).max(1) as f64 / 1000.0;
             tag.items_per_second = tag.items_done as f64 / seconds;
@@ -168,16 +231,16 @@ impl State {
         })
     }
 
-    pub(super) fn start_finalizing(&mut self, job_id: &str) {
+    pub(super) fn start_finalizing(&mut self, job_id: &str, now: Now) {
         let Some(job) = self.jobs.get_mut(job_id) else {
             return;
         };
         if matches!(job.spec, JobSpec::Tag(_)) {
             job.finalizing = true;
             self.finalize.push(job_id.to_string());
-            self.mark_job(job_id);
+            self.mark_job(job_id, now);
         } else {
-            self.end_job(job_id, JobState::Succeeded, None);
+            self.end_job(job_id, JobState::Succeeded, None, now);
         }
     }
 
@@ -197,27 +260,33 @@ impl State {
     }
 
     /// The manifest is written (or could not be): the job ends.
-    pub fn finalized(&mut self, job_id: &str, result: std::result::Result<(), String>) {
+    pub fn finalized(&mut self, job_id: &str, result: std::result::Result<(), String>, now: Now) {
         if self.jobs.get(job_id).is_none_or(|j| j.state.is_terminal()) {
             return;
         }
         match result {
-            Ok(()) => self.end_job(job_id, JobState::Succeeded, None),
+            Ok(()) => self.end_job(job_id, JobState::Succeeded, None, now),
             Err(reason) => self.end_job(
                 job_id,
                 JobState::Failed,
                 Some(format!("writing the manifest: {reason}")),
+                now,
             ),
         }
     }
 
-    pub(super) fn end_job(&mut self, job_id: &str, state: JobState, error: Option<String>) {
-        let now = unix_ms();
+    pub(super) fn end_job(
+        &mut self,
+        job_id: &str,
+        state: JobState,
+        error: Option<String>,
+        now: Now,
+    ) {
         if let Some(job) = self.jobs.get_mut(job_id) {
             job.state = state;
             job.error = error;
             job.finalizing = false;
-            job.finished_unix_ms = Some(now);
+            job.finished_unix_ms = Some(now.unix_ms);
         }
         for task_id in self.job_tasks.get(job_id).cloned().unwrap_or_default() {
             if let Some(task) = self.tasks.get_mut(&task_id) {
@@ -228,6 +297,6 @@ impl State {
                 }
             }
         }
-        self.mark_job(job_id);
+        self.mark_job(job_id, now);
     }
 }

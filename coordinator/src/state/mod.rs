@@ -3,10 +3,10 @@
 //! The event loop owns the one instance, persists what it marks dirty and
 //! answers requests only after that.
 
-use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use atelier_proto::domain::{JobState, TaskWork};
+use atelier_proto::domain::{JobSpec, JobState, TaskWork};
 
 use crate::records::{JobRecord, TaskRecord, TaskState};
 use crate::store::Loaded;
@@ -68,12 +68,38 @@ pub struct State {
     tallies: Tallies,
     touched_jobs: HashSet<String>,
     finalize: Vec<String>,
+    /// Submits between their reservation and their commit.
+    reservations: BTreeMap<ReservationId, JobSpec>,
+    next_reservation: u64,
 }
 
-pub fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+/// When a transition happens: the monotonic instant that lease deadlines
+/// are measured against, and the wall clock that records are stamped with.
+/// The event loop reads the clock once per batch and passes it in; the
+/// state machine never reads it, so its tests choose the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub at: Instant,
+    pub unix_ms: i64,
+}
+
+impl Now {
+    pub fn read() -> Self {
+        Self {
+            at: Instant::now(),
+            unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+        }
+    }
+
+    /// `elapsed` later on both clocks.
+    pub fn after(self, elapsed: Duration) -> Self {
+        Self {
+            at: self.at + elapsed,
+            unix_ms: self.unix_ms + elapsed.as_millis() as i64,
+        }
+    }
 }
 
 impl State {
@@ -94,13 +120,15 @@ impl State {
             tallies: Tallies::default(),
             touched_jobs: HashSet::default(),
             finalize: Vec::new(),
+            reservations: BTreeMap::new(),
+            next_reservation: 0,
         }
     }
 
     /// Rebuilds the state after a restart. Tasks that were running keep their
     /// attempt number and get one lease timeout for their worker to
     /// heartbeat again; after that they are retried like any expired lease.
-    pub fn restore(lease_timeout: Duration, loaded: Loaded, now: Instant) -> Self {
+    pub fn restore(lease_timeout: Duration, loaded: Loaded, now: Now) -> Self {
         let mut state = Self::new(lease_timeout);
         let mut jobs = loaded.jobs;
         jobs.sort_by(|a, b| (a.created_unix_ms, &a.id).cmp(&(b.created_unix_ms, &b.id)));
@@ -129,7 +157,7 @@ impl State {
                         task.id.clone(),
                         Lease {
                             worker_id: String::new(),
-                            deadline: now + lease_timeout,
+                            deadline: now.at + lease_timeout,
                         },
                     );
                 }
@@ -156,9 +184,9 @@ impl State {
         &self.job_order
     }
 
-    pub(super) fn mark_job(&mut self, job_id: &str) {
+    pub(super) fn mark_job(&mut self, job_id: &str, now: Now) {
         if let Some(job) = self.jobs.get_mut(job_id) {
-            job.updated_unix_ms = unix_ms();
+            job.updated_unix_ms = now.unix_ms;
         }
         self.dirty_jobs.insert(job_id.to_string());
         self.touched_jobs.insert(job_id.to_string());
@@ -196,7 +224,7 @@ impl State {
 
 pub mod gang;
 mod jobs;
-pub(crate) use jobs::places_overlap;
+pub use jobs::{ReservationId, Reserved};
 mod tally;
 mod tasks;
 #[cfg(test)]

@@ -1,8 +1,6 @@
 //! What workers do: register, heartbeat, lease tasks, report progress,
 //! complete or fail them; and leases that expire.
 
-use std::time::Instant;
-
 use atelier_proto::domain::{
     Assignment, JobState, LeaseRef, Registration, TaskFailure, TaskOutcome, TaskProgressReport,
     TaskWork,
@@ -12,7 +10,7 @@ use atelier_proto::PROTOCOL_VERSION;
 use crate::error::{CoordinatorError, Result};
 use crate::records::{JobRecord, TaskRecord, TaskState};
 
-use super::{unix_ms, Counts, Lease, State, Worker};
+use super::{Counts, Lease, Now, State, Worker};
 
 impl State {
     /// Checks that `lease` is the current attempt of a running task.
@@ -41,23 +39,16 @@ impl State {
         }
     }
 
-    pub fn register(&mut self, registration: Registration, now: Instant) -> Result<String> {
+    /// Adds a worker lane under `id`, a name never given before (the event
+    /// loop draws it at random, so that an id from before a restart never
+    /// names a new worker).
+    pub fn register(&mut self, id: String, registration: Registration, now: Now) -> Result<String> {
         if registration.protocol_version != PROTOCOL_VERSION {
             return Err(CoordinatorError::ProtocolMismatch {
                 worker: registration.protocol_version,
                 coordinator: PROTOCOL_VERSION,
             });
         }
-        // Random, so that an id from before a restart never names a new worker.
-        let id = format!(
-            "{}-{:08x}",
-            if registration.hostname.is_empty() {
-                "worker"
-            } else {
-                &registration.hostname
-            },
-            rand::random::<u32>()
-        );
         let process = if registration.process_id.is_empty() {
             id.clone()
         } else {
@@ -66,7 +57,7 @@ impl State {
         self.workers.insert(
             id.clone(),
             Worker {
-                last_seen: now,
+                last_seen: now.at,
                 process,
             },
         );
@@ -83,10 +74,10 @@ impl State {
         }
     }
 
-    pub(super) fn see_worker(&mut self, worker_id: &str, now: Instant) -> Result<()> {
+    pub(super) fn see_worker(&mut self, worker_id: &str, now: Now) -> Result<()> {
         match self.workers.get_mut(worker_id) {
             Some(worker) => {
-                worker.last_seen = now;
+                worker.last_seen = now.at;
                 Ok(())
             }
             None => Err(CoordinatorError::UnknownWorker(worker_id.to_string())),
@@ -98,14 +89,14 @@ impl State {
         &mut self,
         worker_id: &str,
         held: &[LeaseRef],
-        now: Instant,
+        now: Now,
     ) -> Result<Vec<LeaseRef>> {
         self.see_worker(worker_id, now)?;
         let mut revoked = Vec::new();
         for lease in held {
             if self.check_lease(lease).is_ok() {
                 if let Some(entry) = self.leases.get_mut(&lease.task_id) {
-                    entry.deadline = now + self.lease_timeout;
+                    entry.deadline = now.at + self.lease_timeout;
                     entry.worker_id = worker_id.to_string();
                 }
             } else {
@@ -116,7 +107,7 @@ impl State {
     }
 
     /// The next queued task, leased to `worker_id`.
-    pub fn lease(&mut self, worker_id: &str, now: Instant) -> Result<Option<Assignment>> {
+    pub fn lease(&mut self, worker_id: &str, now: Now) -> Result<Option<Assignment>> {
         self.see_worker(worker_id, now)?;
         while let Some(task_id) = self.queue.pop_front() {
             let Some(task) = self.tasks.get_mut(&task_id) else {
@@ -139,14 +130,14 @@ impl State {
         &mut self,
         task_id: &str,
         worker_id: &str,
-        now: Instant,
+        now: Now,
     ) -> Option<Assignment> {
         let task = self.tasks.get_mut(task_id)?;
         task.state = TaskState::Running;
         task.attempt += 1;
         task.items_done = 0;
         task.items_failed = 0;
-        task.started_unix_ms = Some(unix_ms());
+        task.started_unix_ms = Some(now.unix_ms);
         task.worker_id = worker_id.to_string();
         let assignment = Assignment {
             lease: LeaseRef {
@@ -160,7 +151,7 @@ impl State {
             task_id.to_string(),
             Lease {
                 worker_id: worker_id.to_string(),
-                deadline: now + self.lease_timeout,
+                deadline: now.at + self.lease_timeout,
             },
         );
         self.dirty_tasks.insert(task_id.to_string());
@@ -168,10 +159,10 @@ impl State {
         if let Some(job) = self.jobs.get_mut(&job_id) {
             if job.state == JobState::Pending {
                 job.state = JobState::Running;
-                job.started_unix_ms = Some(unix_ms());
+                job.started_unix_ms = Some(now.unix_ms);
             }
         }
-        self.mark_job(&job_id);
+        self.mark_job(&job_id, now);
         Some(assignment)
     }
 
@@ -185,7 +176,7 @@ impl State {
         worker_id: &str,
         lease: &LeaseRef,
         report: TaskProgressReport,
-        now: Instant,
+        now: Now,
     ) -> Result<bool> {
         self.see_worker(worker_id, now)?;
         if self
@@ -196,7 +187,7 @@ impl State {
         }
         self.check_lease(lease)?;
         if let Some(entry) = self.leases.get_mut(&lease.task_id) {
-            entry.deadline = now + self.lease_timeout;
+            entry.deadline = now.at + self.lease_timeout;
         }
         if let Some(task) = self.tasks.get_mut(&lease.task_id) {
             task.items_done = report.items_done;
@@ -226,7 +217,7 @@ impl State {
         worker_id: &str,
         lease: &LeaseRef,
         outcome: TaskOutcome,
-        now: Instant,
+        now: Now,
     ) -> Result<()> {
         let _ = self.see_worker(worker_id, now);
         if let Some(task) = self.tasks.get(&lease.task_id) {
@@ -246,7 +237,7 @@ impl State {
         task.items_failed = outcome.items_failed;
         task.stages = outcome.stages;
         task.output = outcome.output;
-        task.finished_unix_ms = Some(unix_ms());
+        task.finished_unix_ms = Some(now.unix_ms);
         let job_id = task.job_id.clone();
         self.dirty_tasks.insert(lease.task_id.clone());
         if let Some(job) = self.jobs.get_mut(&job_id) {
@@ -255,11 +246,11 @@ impl State {
             }
             job.metrics.extend(outcome.metrics);
         }
-        self.mark_job(&job_id);
+        self.mark_job(&job_id, now);
         let unfinished = self.unfinished.entry(job_id.clone()).or_default();
         *unfinished = unfinished.saturating_sub(1);
         if *unfinished == 0 {
-            self.start_finalizing(&job_id);
+            self.start_finalizing(&job_id, now);
         }
         Ok(())
     }
@@ -269,16 +260,22 @@ impl State {
         worker_id: &str,
         lease: &LeaseRef,
         failure: TaskFailure,
-        now: Instant,
+        now: Now,
     ) -> Result<()> {
         let _ = self.see_worker(worker_id, now);
         self.check_lease(lease)?;
         self.leases.remove(&lease.task_id);
-        self.retry_or_fail(&lease.task_id, failure.reason, failure.retryable);
+        self.retry_or_fail(&lease.task_id, failure.reason, failure.retryable, now);
         Ok(())
     }
 
-    pub(super) fn retry_or_fail(&mut self, task_id: &str, reason: String, retryable: bool) {
+    pub(super) fn retry_or_fail(
+        &mut self,
+        task_id: &str,
+        reason: String,
+        retryable: bool,
+        now: Now,
+    ) {
         let Some(task) = self.tasks.get_mut(task_id) else {
             return;
         };
@@ -287,7 +284,7 @@ impl State {
             let cause = format!("rank {}: {reason}", task.index);
             task.last_error = Some(reason);
             self.dirty_tasks.insert(task_id.to_string());
-            self.restart_gang(&job_id, cause, retryable);
+            self.restart_gang(&job_id, cause, retryable, now);
             return;
         }
         let max_attempts = self.jobs.get(&job_id).map_or(1, |j| j.max_attempts);
@@ -300,27 +297,27 @@ impl State {
             task.items_done = 0;
             task.items_failed = 0;
             self.queue.push_back(task_id.to_string());
-            self.mark_job(&job_id);
+            self.mark_job(&job_id, now);
         } else {
             task.state = TaskState::Failed;
-            task.finished_unix_ms = Some(unix_ms());
+            task.finished_unix_ms = Some(now.unix_ms);
             let message = format!(
                 "task {task_id} failed after {} attempt{}: {reason}",
                 task.attempt,
                 if task.attempt == 1 { "" } else { "s" }
             );
             tracing::warn!(task = task_id, %reason, "task failed for good");
-            self.end_job(&job_id, JobState::Failed, Some(message));
+            self.end_job(&job_id, JobState::Failed, Some(message), now);
         }
     }
 
     /// Takes back the leases whose workers stopped heartbeating, and forgets
     /// workers silent for three lease timeouts.
-    pub fn expire(&mut self, now: Instant) -> usize {
+    pub fn expire(&mut self, now: Now) -> usize {
         let expired: Vec<(String, String)> = self
             .leases
             .iter()
-            .filter(|(_, lease)| lease.deadline <= now)
+            .filter(|(_, lease)| lease.deadline <= now.at)
             .map(|(task, lease)| (task.clone(), lease.worker_id.clone()))
             .collect();
         for (task_id, worker_id) in &expired {
@@ -334,11 +331,12 @@ impl State {
                 task_id,
                 format!("lease expired: {who} stopped heartbeating"),
                 true,
+                now,
             );
         }
         let silent = self.lease_timeout * 3;
         self.workers
-            .retain(|_, worker| now.duration_since(worker.last_seen) < silent);
+            .retain(|_, worker| now.at.duration_since(worker.last_seen) < silent);
         expired.len()
     }
 }

@@ -2,14 +2,36 @@
 use std::time::{Duration, Instant};
 
 use atelier_proto::domain::*;
+use atelier_proto::options::{GangOptions, InferenceOptions, Task, TrainOptions};
 use atelier_proto::PROTOCOL_VERSION;
 
-use super::State;
+use super::{Now, Reserved, State};
 use crate::error::CoordinatorError;
 use crate::records::TaskState;
 use crate::store::{Loaded, StateStore};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Every test's clock starts here: a fixed wall time, so records are
+/// stamped alike in every run.
+fn start() -> Now {
+    Now {
+        at: Instant::now(),
+        unix_ms: 1_767_225_600_000,
+    }
+}
+
+thread_local! {
+    static WORKERS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// A fresh worker id, as the event loop would draw one.
+fn next_worker_id() -> String {
+    WORKERS.with(|n| {
+        n.set(n.get() + 1);
+        format!("w-{}", n.get())
+    })
+}
 
 fn registration() -> Registration {
     Registration {
@@ -34,7 +56,7 @@ fn shard(index: usize) -> TaskWork {
         }],
         checkpoints: vec!["file:///ck".into()],
         output: format!("file:///o/part-{index:05}.parquet"),
-        inference: InferenceSettings::default(),
+        inference: InferenceOptions::default(),
         rows: 100,
     })
 }
@@ -48,9 +70,9 @@ fn tag_spec_into(output: &str) -> JobSpec {
         catalog: "file:///c".into(),
         checkpoints: vec!["file:///ck".into()],
         output: output.into(),
-        target_shard_rows: 100,
-        max_attempts: 0,
-        inference: InferenceSettings::default(),
+        target_shard_rows: Some(100),
+        max_attempts: None,
+        inference: InferenceOptions::default(),
         overwrite: false,
     })
 }
@@ -64,23 +86,26 @@ fn outcome() -> TaskOutcome {
 }
 
 fn job_with(state: &mut State, shards: usize, attempts: u32) -> String {
+    let now = start();
     let works = (0..shards).map(shard).collect();
     state
-        .submit("job-1".into(), tag_spec(), works, attempts)
+        .submit("job-1".into(), tag_spec(), works, attempts, now)
         .unwrap()
         .id
 }
 
 #[test]
 fn a_job_runs_to_its_manifest_and_counts_its_items() {
-    let now = Instant::now();
+    let now = start();
     let mut state = State::new(TIMEOUT);
     let job = job_with(&mut state, 2, 3);
-    let worker = state.register(registration(), now).unwrap();
+    let worker = state
+        .register(next_worker_id(), registration(), now)
+        .unwrap();
     let a = state.lease(&worker, now).unwrap().unwrap();
     let b = state.lease(&worker, now).unwrap().unwrap();
     assert!(state.lease(&worker, now).unwrap().is_none());
-    assert_eq!(state.status(&job).unwrap().state, JobState::Running);
+    assert_eq!(state.status(&job, now).unwrap().state, JobState::Running);
     state.complete(&worker, &a.lease, outcome(), now).unwrap();
     // A repeated report of the same attempt changes nothing.
     state.complete(&worker, &a.lease, outcome(), now).unwrap();
@@ -89,8 +114,8 @@ fn a_job_runs_to_its_manifest_and_counts_its_items() {
     let finalize = state.take_finalize();
     assert_eq!(finalize.len(), 1);
     assert_eq!(finalize[0].parts.len(), 2);
-    state.finalized(&job, Ok(()));
-    let status = state.status(&job).unwrap();
+    state.finalized(&job, Ok(()), now);
+    let status = state.status(&job, now).unwrap();
     assert_eq!(status.state, JobState::Succeeded);
     let tag = status.tag.unwrap();
     assert_eq!(
@@ -101,22 +126,26 @@ fn a_job_runs_to_its_manifest_and_counts_its_items() {
 
 #[test]
 fn an_expired_lease_is_fenced_off_and_the_task_goes_to_another_worker() {
-    let now = Instant::now();
+    let now = start();
     let mut state = State::new(TIMEOUT);
     let job = job_with(&mut state, 1, 3);
-    let slow = state.register(registration(), now).unwrap();
+    let slow = state
+        .register(next_worker_id(), registration(), now)
+        .unwrap();
     let first = state.lease(&slow, now).unwrap().unwrap();
     // Heartbeats renew the lease...
-    let later = now + TIMEOUT / 2;
+    let later = now.after(TIMEOUT / 2);
     assert!(state
         .heartbeat(&slow, std::slice::from_ref(&first.lease), later)
         .unwrap()
         .is_empty());
-    assert_eq!(state.expire(now + TIMEOUT), 0);
+    assert_eq!(state.expire(now.after(TIMEOUT)), 0);
     // ...until they stop.
-    let expired_at = later + TIMEOUT;
+    let expired_at = later.after(TIMEOUT);
     assert_eq!(state.expire(expired_at), 1);
-    let fast = state.register(registration(), expired_at).unwrap();
+    let fast = state
+        .register(next_worker_id(), registration(), expired_at)
+        .unwrap();
     let second = state.lease(&fast, expired_at).unwrap().unwrap();
     assert_eq!(second.lease.attempt, 2);
     // The stalled worker wakes up: every report it makes is refused.
@@ -139,18 +168,20 @@ fn an_expired_lease_is_fenced_off_and_the_task_goes_to_another_worker() {
         .complete(&fast, &second.lease, outcome(), expired_at)
         .unwrap();
     state.take_finalize();
-    state.finalized(&job, Ok(()));
-    let status = state.status(&job).unwrap();
+    state.finalized(&job, Ok(()), now);
+    let status = state.status(&job, now).unwrap();
     assert_eq!(status.state, JobState::Succeeded);
     assert_eq!(status.tag.unwrap().shards_retried, 1);
 }
 
 #[test]
 fn a_task_is_retried_up_to_its_attempts_then_fails_the_job_with_its_reason() {
-    let now = Instant::now();
+    let now = start();
     let mut state = State::new(TIMEOUT);
     let job = job_with(&mut state, 2, 2);
-    let worker = state.register(registration(), now).unwrap();
+    let worker = state
+        .register(next_worker_id(), registration(), now)
+        .unwrap();
     let failure = || TaskFailure {
         reason: "store unreachable".into(),
         retryable: true,
@@ -161,7 +192,7 @@ fn a_task_is_retried_up_to_its_attempts_then_fails_the_job_with_its_reason() {
     let again = state.lease(&worker, now).unwrap().unwrap();
     assert_eq!(again.lease.task_id, first.lease.task_id);
     state.fail(&worker, &again.lease, failure(), now).unwrap();
-    let status = state.status(&job).unwrap();
+    let status = state.status(&job, now).unwrap();
     assert_eq!(status.state, JobState::Failed);
     let error = status.error.unwrap();
     assert!(
@@ -176,27 +207,31 @@ fn a_task_is_retried_up_to_its_attempts_then_fails_the_job_with_its_reason() {
 
 #[test]
 fn a_non_retryable_failure_ends_the_job_at_once() {
-    let now = Instant::now();
+    let now = start();
     let mut state = State::new(TIMEOUT);
     let job = job_with(&mut state, 1, 5);
-    let worker = state.register(registration(), now).unwrap();
+    let worker = state
+        .register(next_worker_id(), registration(), now)
+        .unwrap();
     let task = state.lease(&worker, now).unwrap().unwrap();
     let failure = TaskFailure {
         reason: "checkpoint has no colour head".into(),
         retryable: false,
     };
     state.fail(&worker, &task.lease, failure, now).unwrap();
-    assert_eq!(state.status(&job).unwrap().state, JobState::Failed);
+    assert_eq!(state.status(&job, now).unwrap().state, JobState::Failed);
 }
 
 #[test]
 fn cancelling_revokes_leases_and_empties_the_queue() {
-    let now = Instant::now();
+    let now = start();
     let mut state = State::new(TIMEOUT);
     let job = job_with(&mut state, 3, 3);
-    let worker = state.register(registration(), now).unwrap();
+    let worker = state
+        .register(next_worker_id(), registration(), now)
+        .unwrap();
     let running = state.lease(&worker, now).unwrap().unwrap();
-    assert_eq!(state.cancel(&job).unwrap().state, JobState::Cancelled);
+    assert_eq!(state.cancel(&job, now).unwrap().state, JobState::Cancelled);
     assert!(state.lease(&worker, now).unwrap().is_none());
     assert!(state
         .progress(&worker, &running.lease, Default::default(), now)
@@ -206,21 +241,21 @@ fn cancelling_revokes_leases_and_empties_the_queue() {
         .unwrap();
     assert_eq!(revoked.len(), 1);
     assert!(matches!(
-        state.cancel("job-none").unwrap_err(),
+        state.cancel("job-none", now).unwrap_err(),
         CoordinatorError::JobNotFound(_)
     ));
 }
 
 #[test]
 fn workers_of_another_protocol_version_and_unknown_workers_are_refused() {
-    let now = Instant::now();
+    let now = start();
     let mut state = State::new(TIMEOUT);
     let old = Registration {
         protocol_version: PROTOCOL_VERSION + 1,
         ..registration()
     };
     assert!(matches!(
-        state.register(old, now).unwrap_err(),
+        state.register(next_worker_id(), old, now).unwrap_err(),
         CoordinatorError::ProtocolMismatch { .. }
     ));
     assert!(matches!(
@@ -233,10 +268,12 @@ fn workers_of_another_protocol_version_and_unknown_workers_are_refused() {
 fn a_restart_from_the_store_keeps_attempts_and_the_queue() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
-    let now = Instant::now();
+    let now = start();
     let mut state = State::new(TIMEOUT);
     let job = job_with(&mut state, 3, 3);
-    let worker = state.register(registration(), now).unwrap();
+    let worker = state
+        .register(next_worker_id(), registration(), now)
+        .unwrap();
     let done = state.lease(&worker, now).unwrap().unwrap();
     let running = state.lease(&worker, now).unwrap().unwrap();
     state
@@ -250,7 +287,9 @@ fn a_restart_from_the_store_keeps_attempts_and_the_queue() {
     let loaded: Loaded = StateStore::open(&path).unwrap().load().unwrap();
     let mut restored = State::restore(TIMEOUT, loaded, now);
     // The worker comes back under a new id and still holds its lease.
-    let again = restored.register(registration(), now).unwrap();
+    let again = restored
+        .register(next_worker_id(), registration(), now)
+        .unwrap();
     assert!(restored
         .heartbeat(&again, std::slice::from_ref(&running.lease), now)
         .unwrap()
@@ -266,8 +305,8 @@ fn a_restart_from_the_store_keeps_attempts_and_the_queue() {
         .complete(&again, &last.lease, outcome(), now)
         .unwrap();
     assert_eq!(restored.take_finalize().len(), 1);
-    restored.finalized(&job, Ok(()));
-    let status = restored.status(&job).unwrap();
+    restored.finalized(&job, Ok(()), now);
+    let status = restored.status(&job, now).unwrap();
     assert_eq!(status.state, JobState::Succeeded);
     assert_eq!(status.tag.unwrap().items_done, 300);
     assert_eq!(
@@ -277,33 +316,37 @@ fn a_restart_from_the_store_keeps_attempts_and_the_queue() {
 }
 
 fn gang_job(state: &mut State, world: u32, max_restarts: u32) -> String {
-    gang_job_per_worker(state, world, 0, max_restarts)
+    gang_job_per_worker(state, world, None, max_restarts)
 }
 
 fn gang_job_per_worker(
     state: &mut State,
     world: u32,
-    ranks_per_worker: u32,
+    ranks_per_worker: Option<u32>,
     max_restarts: u32,
 ) -> String {
     // Each gang job of a test is a job of its own, writing a checkpoint of
     // its own.
+    let now = start();
     let n = state.jobs.len() + 1;
     let spec = TrainJobSpec {
         catalog: "file:///c".into(),
         checkpoint: format!("file:///k{n}"),
-        model_type: "color".into(),
-        world_size: world,
-        ranks_per_worker,
-        max_restarts,
-        ..Default::default()
+        options: TrainOptions {
+            task: Task::Color,
+            ..TrainOptions::default()
+        },
+        gang: GangOptions {
+            world_size: world,
+            ranks_per_worker,
+            max_restarts,
+            ..GangOptions::default()
+        },
     };
     let works = (0..world)
         .map(|rank| TaskWork::Train {
             spec: spec.clone(),
             rank,
-            world_size: world,
-            device: String::new(),
         })
         .collect();
     state
@@ -312,27 +355,32 @@ fn gang_job_per_worker(
             JobSpec::Train(spec),
             works,
             max_restarts + 1,
+            now,
         )
         .unwrap()
         .id
 }
 
-fn workers(state: &mut State, n: usize, now: Instant) -> Vec<String> {
+fn workers(state: &mut State, n: usize, now: Now) -> Vec<String> {
     (0..n)
-        .map(|_| state.register(registration(), now).unwrap())
+        .map(|_| {
+            state
+                .register(next_worker_id(), registration(), now)
+                .unwrap()
+        })
         .collect()
 }
 
 #[test]
 fn a_gang_starts_all_at_once_on_distinct_workers_or_not_at_all() {
-    let now = Instant::now();
+    let now = start();
     let mut state = State::new(TIMEOUT);
     let job = gang_job(&mut state, 3, 1);
     let idle = workers(&mut state, 3, now);
     // Ranks never go out one by one through the plain queue.
     assert!(state.lease(&idle[0], now).unwrap().is_none());
     assert!(state.place_gang(&idle[..2], now).is_none());
-    assert_eq!(state.status(&job).unwrap().state, JobState::Pending);
+    assert_eq!(state.status(&job, now).unwrap().state, JobState::Pending);
     let placed = state.place_gang(&idle, now).unwrap();
     let ranks: Vec<(String, u32)> = placed
         .iter()
@@ -350,11 +398,11 @@ fn a_gang_starts_all_at_once_on_distinct_workers_or_not_at_all() {
         ]
     );
     assert!(!state.has_waiting_gangs());
-    assert_eq!(state.status(&job).unwrap().state, JobState::Running);
+    assert_eq!(state.status(&job, now).unwrap().state, JobState::Running);
 }
 
 /// `lanes` lanes of one worker process.
-fn process(state: &mut State, name: &str, lanes: u32, now: Instant) -> Vec<String> {
+fn process(state: &mut State, name: &str, lanes: u32, now: Now) -> Vec<String> {
     (0..lanes)
         .map(|lane| {
             let registration = Registration {
@@ -362,7 +410,7 @@ fn process(state: &mut State, name: &str, lanes: u32, now: Instant) -> Vec<Strin
                 lane,
                 ..registration()
             };
-            state.register(registration, now).unwrap()
+            state.register(next_worker_id(), registration, now).unwrap()
         })
         .collect()
 }
@@ -381,9 +429,9 @@ fn rank_lanes(placed: &[(String, Assignment)]) -> Vec<String> {
 
 #[test]
 fn ranks_per_worker_puts_exactly_that_many_consecutive_ranks_on_each_worker() {
-    let now = Instant::now();
+    let now = start();
     let mut state = State::new(TIMEOUT);
-    gang_job_per_worker(&mut state, 4, 2, 0);
+    gang_job_per_worker(&mut state, 4, Some(2), 0);
     let small = process(&mut state, "small", 1, now);
     let a = process(&mut state, "a", 2, now);
     let b = process(&mut state, "b", 3, now);
@@ -402,7 +450,7 @@ fn ranks_per_worker_puts_exactly_that_many_consecutive_ranks_on_each_worker() {
 
 #[test]
 fn by_default_a_gang_packs_onto_the_fewest_workers() {
-    let now = Instant::now();
+    let now = start();
     let mut state = State::new(TIMEOUT);
     gang_job(&mut state, 3, 0);
     let single = workers(&mut state, 2, now);
@@ -418,7 +466,7 @@ fn by_default_a_gang_packs_onto_the_fewest_workers() {
 
 #[test]
 fn a_failed_rank_restarts_the_whole_gang_until_the_restarts_run_out() {
-    let now = Instant::now();
+    let now = start();
     let mut state = State::new(TIMEOUT);
     let job = gang_job(&mut state, 2, 1);
     let idle = workers(&mut state, 2, now);
@@ -435,7 +483,7 @@ fn a_failed_rank_restarts_the_whole_gang_until_the_restarts_run_out() {
         .heartbeat(&placed[0].0, &[placed[0].1.lease.clone()], now)
         .unwrap();
     assert_eq!(revoked, vec![placed[0].1.lease.clone()]);
-    let status = state.status(&job).unwrap();
+    let status = state.status(&job, now).unwrap();
     let train = status.train.unwrap();
     assert_eq!(train.restarts.len(), 1);
     assert!(
@@ -450,14 +498,14 @@ fn a_failed_rank_restarts_the_whole_gang_until_the_restarts_run_out() {
     state
         .fail(&again[0].0, &again[0].1.lease, failure, now)
         .unwrap();
-    let status = state.status(&job).unwrap();
+    let status = state.status(&job, now).unwrap();
     assert_eq!(status.state, JobState::Failed);
     assert!(status.error.unwrap().contains("gave up after 1 restart"));
 }
 
 #[test]
 fn a_non_retryable_rank_failure_fails_the_job_at_once() {
-    let now = Instant::now();
+    let now = start();
     let mut state = State::new(TIMEOUT);
     let job = gang_job(&mut state, 2, 5);
     let idle = workers(&mut state, 2, now);
@@ -469,21 +517,28 @@ fn a_non_retryable_rank_failure_fails_the_job_at_once() {
     state
         .fail(&placed[0].0, &placed[0].1.lease, failure, now)
         .unwrap();
-    let status = state.status(&job).unwrap();
+    let status = state.status(&job, now).unwrap();
     assert_eq!(status.state, JobState::Failed);
     assert!(status.error.unwrap().contains("--lr"));
 }
 
 #[test]
 fn a_gang_that_waits_too_long_fails_with_the_reason() {
-    let now = Instant::now();
+    let now = start();
     let mut state = State::new(TIMEOUT);
     let job = gang_job(&mut state, 4, 0);
     workers(&mut state, 2, now);
-    state.expire_gangs(Duration::from_secs(3600));
-    assert_eq!(state.status(&job).unwrap().state, JobState::Pending);
-    state.expire_gangs(Duration::ZERO);
-    let status = state.status(&job).unwrap();
+    let submitted = state.status(&job, now).unwrap().created_unix_ms;
+    state.expire_gangs(Now {
+        unix_ms: submitted + 599_000,
+        ..now
+    });
+    assert_eq!(state.status(&job, now).unwrap().state, JobState::Pending);
+    state.expire_gangs(Now {
+        unix_ms: submitted + 601_000,
+        ..now
+    });
+    let status = state.status(&job, now).unwrap();
     assert_eq!(status.state, JobState::Failed);
     let error = status.error.unwrap();
     assert!(
@@ -496,7 +551,7 @@ fn a_gang_that_waits_too_long_fails_with_the_reason() {
 fn waiting_gangs_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
-    let now = Instant::now();
+    let now = start();
     let mut state = State::new(TIMEOUT);
     let job = gang_job(&mut state, 2, 0);
     let mut store = StateStore::open(&path).unwrap();
@@ -508,7 +563,7 @@ fn waiting_gangs_survive_a_restart() {
     assert!(restored.has_waiting_gangs());
     let idle = workers(&mut restored, 2, now);
     assert_eq!(restored.place_gang(&idle, now).unwrap().len(), 2);
-    assert_eq!(restored.status(&job).unwrap().state, JobState::Running);
+    assert_eq!(restored.status(&job, now).unwrap().state, JobState::Running);
 }
 
 /// A job's figures counted from scratch, task by task.
@@ -521,8 +576,9 @@ fn recount(state: &State, job: &str) -> super::tally::Tally {
 }
 
 fn assert_figures_match(state: &mut State, job: &str, context: &str) {
+    let now = start();
     let expected = recount(state, job);
-    let status = state.status(job).unwrap();
+    let status = state.status(job, now).unwrap();
     let tag = status.tag.unwrap();
     assert_eq!(
         (
@@ -558,7 +614,7 @@ fn job_figures_kept_as_tasks_change_equal_a_recount_after_every_step() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let dir = tempfile::tempdir().unwrap();
         let mut store = StateStore::open(&dir.path().join("state.db")).unwrap();
-        let mut now = Instant::now();
+        let mut now = start();
         let mut state = State::new(TIMEOUT);
         let jobs: Vec<String> = (0..2)
             .map(|j| {
@@ -569,13 +625,18 @@ fn job_figures_kept_as_tasks_change_equal_a_recount_after_every_step() {
                         tag_spec_into(&format!("file:///o{j}")),
                         works,
                         3,
+                        now,
                     )
                     .unwrap()
                     .id
             })
             .collect();
         let mut workers: Vec<String> = (0..3)
-            .map(|_| state.register(registration(), now).unwrap())
+            .map(|_| {
+                state
+                    .register(next_worker_id(), registration(), now)
+                    .unwrap()
+            })
             .collect();
         let mut held: Vec<(String, LeaseRef)> = Vec::new();
         for step in 0..150 {
@@ -625,15 +686,19 @@ fn job_figures_kept_as_tasks_change_equal_a_recount_after_every_step() {
                 }
                 8 => {
                     // Every lease runs out; the workers come back under new ids.
-                    now += TIMEOUT * 4;
+                    now = now.after(TIMEOUT * 4);
                     state.expire(now);
                     held.clear();
                     workers = (0..3)
-                        .map(|_| state.register(registration(), now).unwrap())
+                        .map(|_| {
+                            state
+                                .register(next_worker_id(), registration(), now)
+                                .unwrap()
+                        })
                         .collect();
                 }
                 9 if rng.random_bool(0.1) => {
-                    let _ = state.cancel(&jobs[pick(&mut rng, jobs.len())]);
+                    let _ = state.cancel(&jobs[pick(&mut rng, jobs.len())], now);
                 }
                 _ => {}
             }
@@ -651,8 +716,8 @@ fn job_figures_kept_as_tasks_change_equal_a_recount_after_every_step() {
             .unwrap();
         let mut restored = State::restore(TIMEOUT, loaded, now);
         for job in &jobs {
-            let before = state.status(job).unwrap().tag.unwrap();
-            let after = restored.status(job).unwrap().tag.unwrap();
+            let before = state.status(job, now).unwrap().tag.unwrap();
+            let after = restored.status(job, now).unwrap().tag.unwrap();
             assert_eq!(
                 (before.items_done, before.shards_done, before.shards_retried),
                 (after.items_done, after.shards_done, after.shards_retried),
@@ -665,6 +730,7 @@ fn job_figures_kept_as_tasks_change_equal_a_recount_after_every_step() {
 
 #[test]
 fn a_second_writer_to_an_unfinished_jobs_output_or_checkpoint_is_refused() {
+    let now = start();
     let mut state = State::new(TIMEOUT);
     let first = job_with(&mut state, 2, 1);
     let refused = state
@@ -673,6 +739,7 @@ fn a_second_writer_to_an_unfinished_jobs_output_or_checkpoint_is_refused() {
             tag_spec_into("file:///o/"),
             vec![shard(0)],
             1,
+            now,
         )
         .unwrap_err();
     assert!(
@@ -681,19 +748,19 @@ fn a_second_writer_to_an_unfinished_jobs_output_or_checkpoint_is_refused() {
     );
     assert_eq!(refused.grpc_code(), tonic::Code::AlreadyExists);
     assert!(
-        state.status("job-2").is_err(),
+        state.status("job-2", now).is_err(),
         "a refused job leaves no trace"
     );
     // The very same job again is the first one, not a second.
     let again = state
-        .submit("job-2".into(), tag_spec(), vec![shard(0)], 1)
+        .submit("job-2".into(), tag_spec(), vec![shard(0)], 1, now)
         .unwrap();
     assert_eq!(again.id, first);
-    assert!(state.status("job-2").is_err());
+    assert!(state.status("job-2", now).is_err());
     // Inside the first one's output, or around it, is the same objects.
     for (id, output) in [("job-7", "file:///o/2026"), ("job-8", "file:///")] {
         let refused = state
-            .submit(id.into(), tag_spec_into(output), vec![shard(0)], 1)
+            .submit(id.into(), tag_spec_into(output), vec![shard(0)], 1, now)
             .unwrap_err();
         assert!(refused.to_string().contains(&first), "{output}: {refused}");
     }
@@ -704,31 +771,107 @@ fn a_second_writer_to_an_unfinished_jobs_output_or_checkpoint_is_refused() {
             tag_spec_into("file:///oo"),
             vec![shard(0)],
             1,
+            now,
         )
         .unwrap();
-    state.cancel(&first).unwrap();
+    state.cancel(&first, now).unwrap();
     state
-        .submit("job-4".into(), tag_spec(), vec![shard(0)], 1)
+        .submit("job-4".into(), tag_spec(), vec![shard(0)], 1, now)
         .unwrap();
 
     let training = gang_job(&mut state, 2, 0);
     let JobSpec::Train(train_spec) = state.jobs[&training].spec.clone() else {
         unreachable!()
     };
-    let other_run = JobSpec::Train(TrainJobSpec {
-        lr: 0.5,
-        ..train_spec.clone()
-    });
+    let mut other_run = train_spec.clone();
+    other_run.options.lr = 0.5;
+    let other_run = JobSpec::Train(other_run);
     let refused = state
-        .submit("job-5".into(), other_run.clone(), Vec::new(), 1)
+        .submit("job-5".into(), other_run.clone(), Vec::new(), 1, now)
         .unwrap_err();
     assert!(refused.to_string().contains(&training), "{refused}");
     let again = state
-        .submit("job-5".into(), JobSpec::Train(train_spec), Vec::new(), 1)
+        .submit(
+            "job-5".into(),
+            JobSpec::Train(train_spec),
+            Vec::new(),
+            1,
+            now,
+        )
         .unwrap();
     assert_eq!(again.id, training);
-    state.cancel(&training).unwrap();
+    state.cancel(&training, now).unwrap();
     state
-        .submit("job-6".into(), other_run, Vec::new(), 1)
+        .submit("job-6".into(), other_run, Vec::new(), 1, now)
         .unwrap();
+}
+
+#[test]
+fn a_reserved_place_is_held_until_its_submit_commits_or_releases() {
+    let now = start();
+    let mut state = State::new(TIMEOUT);
+    let Reserved::Granted(first) = state.reserve(&tag_spec(), now).unwrap() else {
+        panic!("an empty place is granted");
+    };
+    // While the first submit plans (and may empty the output), no other
+    // submit may prepare a place that shares objects with it.
+    for output in ["file:///o", "file:///o/2026", "file:///"] {
+        let refused = state.reserve(&tag_spec_into(output), now).unwrap_err();
+        assert!(
+            matches!(refused, CoordinatorError::DestinationReserved { .. }),
+            "{output}: {refused}"
+        );
+        assert!(refused.is_retryable());
+    }
+    assert!(matches!(
+        state.reserve(&tag_spec_into("file:///elsewhere"), now),
+        Ok(Reserved::Granted(_))
+    ));
+    // A failed plan gives the place back.
+    state.release(first);
+    let Reserved::Granted(second) = state.reserve(&tag_spec(), now).unwrap() else {
+        panic!("a released place is granted again");
+    };
+    let job = state
+        .commit(second, "job-1".into(), vec![shard(0)], 1, now)
+        .unwrap();
+    // Committed, the same spec again is that job; another is refused by it.
+    assert_eq!(
+        state.reserve(&tag_spec(), now).unwrap(),
+        Reserved::Existing(state.status(&job.id, now).unwrap())
+    );
+    assert!(matches!(
+        state.reserve(&tag_spec_into("file:///o/x"), now),
+        Err(CoordinatorError::DestinationBusy { .. })
+    ));
+    // A reservation commits once.
+    assert!(state
+        .commit(second, "job-2".into(), vec![shard(0)], 1, now)
+        .is_err());
+}
+
+#[test]
+fn transitions_stamp_the_time_they_are_given() {
+    let now = start();
+    let mut state = State::new(TIMEOUT);
+    let job = job_with(&mut state, 1, 1);
+    let worker = state
+        .register(next_worker_id(), registration(), now)
+        .unwrap();
+    let later = now.after(Duration::from_secs(5));
+    let task = state.lease(&worker, later).unwrap().unwrap();
+    let status = state.status(&job, later).unwrap();
+    assert_eq!(status.created_unix_ms, now.unix_ms);
+    assert_eq!(status.updated_unix_ms, later.unix_ms);
+    let done = later.after(Duration::from_secs(2));
+    state
+        .complete(&worker, &task.lease, outcome(), done)
+        .unwrap();
+    state.finalized(&job, Ok(()), done);
+    let status = state
+        .status(&job, done.after(Duration::from_secs(60)))
+        .unwrap();
+    assert_eq!(status.updated_unix_ms, done.unix_ms);
+    // 100 items over the 2 s from the first lease to the end, whenever asked.
+    assert_eq!(status.tag.unwrap().items_per_second, 50.0);
 }

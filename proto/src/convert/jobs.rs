@@ -3,6 +3,7 @@
 use super::non_empty;
 use crate::domain::*;
 use crate::error::{ProtoError, Result};
+use crate::options::{GangOptions, InferenceOptions, TrainOptions, UnknownName};
 use crate::v1;
 
 impl From<JobState> for v1::JobState {
@@ -104,19 +105,15 @@ impl TryFrom<v1::SubmitTagJobRequest> for TagJobSpec {
         if r.checkpoints.is_empty() {
             return Err(ProtoError::Missing("checkpoints"));
         }
+        let inference =
+            inference_options(r.batch_size, r.beams, r.bf16, r.channels_last, r.gpu_decode)?;
         Ok(Self {
             catalog: non_empty(r.catalog, "catalog")?,
             checkpoints: r.checkpoints,
             output: non_empty(r.output, "output")?,
-            target_shard_rows: r.target_shard_rows,
-            max_attempts: r.max_attempts,
-            inference: InferenceSettings {
-                batch_size: r.batch_size,
-                beams: r.beams,
-                bf16: r.bf16,
-                channels_last: r.channels_last,
-                gpu_decode: r.gpu_decode,
-            },
+            target_shard_rows: positive(r.target_shard_rows, "target_shard_rows")?,
+            max_attempts: positive(r.max_attempts, "max_attempts")?,
+            inference,
             overwrite: r.overwrite,
         })
     }
@@ -124,18 +121,19 @@ impl TryFrom<v1::SubmitTagJobRequest> for TagJobSpec {
 
 impl From<TagJobSpec> for v1::SubmitTagJobRequest {
     fn from(s: TagJobSpec) -> Self {
+        let i = s.inference;
         Self {
             catalog: s.catalog,
             checkpoints: s.checkpoints,
             output: s.output,
             target_shard_rows: s.target_shard_rows,
             max_attempts: s.max_attempts,
-            batch_size: s.inference.batch_size,
-            beams: s.inference.beams,
-            bf16: s.inference.bf16,
-            channels_last: s.inference.channels_last,
+            batch_size: Some(wire_count(i.batch_size)),
+            beams: Some(wire_count(i.beams)),
+            bf16: Some(i.bf16),
+            channels_last: Some(i.channels_last),
             overwrite: s.overwrite,
-            gpu_decode: s.inference.gpu_decode,
+            gpu_decode: Some(i.gpu_decode),
         }
     }
 }
@@ -147,7 +145,7 @@ impl TryFrom<v1::SubmitEvalJobRequest> for EvalJobSpec {
             catalog: non_empty(r.catalog, "catalog")?,
             checkpoint: non_empty(r.checkpoint, "checkpoint")?,
             all_items: r.all_items,
-            beams: r.beams,
+            beams: positive(r.beams, "beams")?.unwrap_or(1),
         })
     }
 }
@@ -158,7 +156,7 @@ impl From<EvalJobSpec> for v1::SubmitEvalJobRequest {
             catalog: s.catalog,
             checkpoint: s.checkpoint,
             all_items: s.all_items,
-            beams: s.beams,
+            beams: Some(s.beams),
         }
     }
 }
@@ -166,94 +164,174 @@ impl From<EvalJobSpec> for v1::SubmitEvalJobRequest {
 impl TryFrom<v1::SubmitTrainJobRequest> for TrainJobSpec {
     type Error = ProtoError;
     fn try_from(r: v1::SubmitTrainJobRequest) -> Result<Self> {
+        let d = TrainOptions::RECIPE;
+        let options = TrainOptions {
+            task: name_or(r.model_type, "model_type", d.task)?,
+            arch: name_or(r.arch, "arch", d.arch)?,
+            lr: r.lr.unwrap_or(d.lr),
+            epochs: count_or(r.n_epochs, d.epochs),
+            batch_size: count_or(r.batch_size, d.batch_size),
+            image_size: count_or(r.image_size, d.image_size),
+            finetune: r.finetune,
+            backbone_weights: r.backbone_weights.filter(|w| !w.is_empty()),
+            optimizer: name_or(r.optimizer, "optimizer", d.optimizer)?,
+            weight_decay: r.weight_decay.unwrap_or(d.weight_decay),
+            momentum: r.momentum.unwrap_or(d.momentum),
+            schedule: name_or(r.schedule, "schedule", d.schedule)?,
+            warmup_steps: r.warmup_steps.unwrap_or(d.warmup_steps),
+            step_every: r.step_every.unwrap_or(d.step_every),
+            gamma: r.gamma.unwrap_or(d.gamma),
+            augment: r.augment.unwrap_or(d.augment),
+            crop_scale: r.crop_scale.unwrap_or(d.crop_scale),
+            affine_degrees: r.affine_degrees.unwrap_or(d.affine_degrees),
+            affine_translate: r.affine_translate.unwrap_or(d.affine_translate),
+            affine_scale: r.affine_scale.unwrap_or(d.affine_scale),
+            val_fraction: r.val_fraction.unwrap_or(d.val_fraction),
+            seed: r.seed.unwrap_or(d.seed),
+            min_label_count: count_or(r.min_label_count, d.min_label_count),
+            min_word_count: count_or(r.min_word_count, d.min_word_count),
+            max_caption_len: count_or(r.max_caption_len, d.max_caption_len),
+            checkpoint_every: count_or(r.checkpoint_every, d.checkpoint_every),
+            log_every: count_or(r.log_every, d.log_every),
+            channels_last: r.channels_last.unwrap_or(d.channels_last),
+            shuffle_window: count_or(r.shuffle_window, d.shuffle_window),
+            bf16: r.bf16.unwrap_or(d.bf16),
+            max_steps: r.max_steps,
+            gpu_decode: r.gpu_decode.unwrap_or(d.gpu_decode),
+        };
+        let g = GangOptions::DEFAULT;
+        let gang = GangOptions {
+            world_size: r.world_size.unwrap_or(g.world_size),
+            ranks_per_worker: r.ranks_per_worker,
+            max_restarts: r.max_restarts.unwrap_or(g.max_restarts),
+            gang_timeout_s: r.gang_timeout_s.unwrap_or(g.gang_timeout_s),
+            collective_timeout_s: r.collective_timeout_s.unwrap_or(g.collective_timeout_s),
+        };
+        let invalid = |reason| ProtoError::Invalid {
+            field: "train options",
+            reason,
+        };
+        options.check().map_err(invalid)?;
+        gang.check().map_err(invalid)?;
         Ok(Self {
             catalog: non_empty(r.catalog, "catalog")?,
             checkpoint: non_empty(r.checkpoint, "checkpoint")?,
-            model_type: non_empty(r.model_type, "model_type")?,
-            arch: r.arch,
-            lr: r.lr,
-            n_epochs: r.n_epochs,
-            batch_size: r.batch_size,
-            image_size: r.image_size,
-            finetune: r.finetune,
-            backbone_weights: r.backbone_weights,
-            optimizer: r.optimizer,
-            weight_decay: r.weight_decay,
-            momentum: r.momentum,
-            schedule: r.schedule,
-            warmup_steps: r.warmup_steps,
-            augment: r.augment,
-            val_fraction: r.val_fraction,
-            seed: r.seed,
-            world_size: r.world_size,
-            ranks_per_worker: r.ranks_per_worker,
-            max_restarts: r.max_restarts,
-            checkpoint_every: r.checkpoint_every,
-            step_every: r.step_every,
-            gamma: r.gamma,
-            affine_degrees: r.affine_degrees,
-            affine_translate: r.affine_translate,
-            affine_scale: r.affine_scale,
-            crop_scale: r.crop_scale,
-            min_label_count: r.min_label_count,
-            min_word_count: r.min_word_count,
-            max_caption_len: r.max_caption_len,
-            log_every: r.log_every,
-            channels_last: r.channels_last,
-            shuffle_window: r.shuffle_window,
-            bf16: r.bf16,
-            max_steps: r.max_steps,
-            gpu_decode: r.gpu_decode,
-            gang_timeout_s: r.gang_timeout_s,
-            collective_timeout_s: r.collective_timeout_s,
+            options,
+            gang,
         })
     }
 }
 
 impl From<TrainJobSpec> for v1::SubmitTrainJobRequest {
     fn from(s: TrainJobSpec) -> Self {
+        let (o, g) = (s.options, s.gang);
         Self {
             catalog: s.catalog,
             checkpoint: s.checkpoint,
-            model_type: s.model_type,
-            arch: s.arch,
-            lr: s.lr,
-            n_epochs: s.n_epochs,
-            batch_size: s.batch_size,
-            image_size: s.image_size,
-            finetune: s.finetune,
-            backbone_weights: s.backbone_weights,
-            optimizer: s.optimizer,
-            weight_decay: s.weight_decay,
-            momentum: s.momentum,
-            schedule: s.schedule,
-            warmup_steps: s.warmup_steps,
-            augment: s.augment,
-            val_fraction: s.val_fraction,
-            seed: s.seed,
-            world_size: s.world_size,
-            ranks_per_worker: s.ranks_per_worker,
-            max_restarts: s.max_restarts,
-            checkpoint_every: s.checkpoint_every,
-            step_every: s.step_every,
-            gamma: s.gamma,
-            affine_degrees: s.affine_degrees,
-            affine_translate: s.affine_translate,
-            affine_scale: s.affine_scale,
-            crop_scale: s.crop_scale,
-            min_label_count: s.min_label_count,
-            min_word_count: s.min_word_count,
-            max_caption_len: s.max_caption_len,
-            log_every: s.log_every,
-            channels_last: s.channels_last,
-            shuffle_window: s.shuffle_window,
-            bf16: s.bf16,
-            max_steps: s.max_steps,
-            gpu_decode: s.gpu_decode,
-            gang_timeout_s: s.gang_timeout_s,
-            collective_timeout_s: s.collective_timeout_s,
+            model_type: Some(o.task.to_string()),
+            arch: Some(o.arch.to_string()),
+            lr: Some(o.lr),
+            n_epochs: Some(wire_count(o.epochs)),
+            batch_size: Some(wire_count(o.batch_size)),
+            image_size: Some(wire_count(o.image_size)),
+            finetune: o.finetune,
+            backbone_weights: o.backbone_weights,
+            optimizer: Some(o.optimizer.to_string()),
+            weight_decay: Some(o.weight_decay),
+            momentum: Some(o.momentum),
+            schedule: Some(o.schedule.to_string()),
+            warmup_steps: Some(o.warmup_steps),
+            augment: Some(o.augment),
+            val_fraction: Some(o.val_fraction),
+            seed: Some(o.seed),
+            world_size: Some(g.world_size),
+            ranks_per_worker: g.ranks_per_worker,
+            max_restarts: Some(g.max_restarts),
+            checkpoint_every: Some(wire_count(o.checkpoint_every)),
+            step_every: Some(o.step_every),
+            gamma: Some(o.gamma),
+            affine_degrees: Some(o.affine_degrees),
+            affine_translate: Some(o.affine_translate),
+            affine_scale: Some(o.affine_scale),
+            crop_scale: Some(o.crop_scale),
+            min_label_count: Some(wire_count(o.min_label_count)),
+            min_word_count: Some(wire_count(o.min_word_count)),
+            max_caption_len: Some(wire_count(o.max_caption_len)),
+            log_every: Some(wire_count(o.log_every)),
+            channels_last: Some(o.channels_last),
+            shuffle_window: Some(wire_count(o.shuffle_window)),
+            bf16: Some(o.bf16),
+            max_steps: o.max_steps,
+            gpu_decode: Some(o.gpu_decode),
+            gang_timeout_s: Some(g.gang_timeout_s),
+            collective_timeout_s: Some(g.collective_timeout_s),
         }
     }
+}
+
+/// A named choice from the wire; absent takes `default`, an unknown name
+/// is refused naming the field and the choices.
+fn name_or<T>(value: Option<String>, field: &'static str, default: T) -> Result<T>
+where
+    T: std::str::FromStr<Err = UnknownName>,
+{
+    match value.filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(name) => name.parse().map_err(|e: UnknownName| ProtoError::Invalid {
+            field,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+fn count_or(value: Option<u32>, default: usize) -> usize {
+    value.map_or(default, |v| v as usize)
+}
+
+/// A count for the wire's `uint32`; no option comes near its limit.
+fn wire_count(value: usize) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+/// An optional count that, when given, must be positive.
+fn positive<T: Copy + Default + PartialEq + std::fmt::Display>(
+    value: Option<T>,
+    field: &'static str,
+) -> Result<Option<T>> {
+    match value {
+        Some(v) if v == T::default() => Err(ProtoError::Invalid {
+            field,
+            reason: format!("must be positive, got {v}"),
+        }),
+        other => Ok(other),
+    }
+}
+
+/// The inference options of a tag job or shard; absent ones take their defaults.
+pub(super) fn inference_options(
+    batch_size: Option<u32>,
+    beams: Option<u32>,
+    bf16: Option<bool>,
+    channels_last: Option<bool>,
+    gpu_decode: Option<bool>,
+) -> Result<InferenceOptions> {
+    let d = InferenceOptions::DEFAULT;
+    let options = InferenceOptions {
+        batch_size: count_or(batch_size, d.batch_size),
+        beams: count_or(beams, d.beams),
+        bf16: bf16.unwrap_or(d.bf16),
+        channels_last: channels_last.unwrap_or(d.channels_last),
+        gpu_decode: gpu_decode.unwrap_or(d.gpu_decode),
+    };
+    options.check().map_err(|reason| ProtoError::Invalid {
+        field: "inference options",
+        reason,
+    })?;
+    Ok(options)
+}
+
+pub(super) fn inference_wire(i: &InferenceOptions) -> (Option<u32>, Option<u32>) {
+    (Some(wire_count(i.batch_size)), Some(wire_count(i.beams)))
 }
 
 impl From<TagProgress> for v1::TagProgress {

@@ -1,5 +1,6 @@
 use super::*;
 use crate::domain::*;
+use crate::options::{Arch, GangOptions, InferenceOptions, ScheduleKind, Task, TrainOptions};
 use crate::v1;
 
 #[test]
@@ -65,7 +66,7 @@ fn an_assignment_survives_the_round_trip() {
             }],
             checkpoints: vec!["file:///ck".into()],
             output: "file:///o/part-00003.parquet".into(),
-            inference: InferenceSettings {
+            inference: InferenceOptions {
                 batch_size: 32,
                 beams: 1,
                 bf16: true,
@@ -77,4 +78,96 @@ fn an_assignment_survives_the_round_trip() {
     };
     let back = Assignment::try_from(v1::Task::from(assignment.clone())).unwrap();
     assert_eq!(back, assignment);
+}
+
+fn train_spec() -> TrainJobSpec {
+    TrainJobSpec {
+        catalog: "file:///c".into(),
+        checkpoint: "file:///k".into(),
+        options: TrainOptions {
+            task: Task::Color,
+            arch: Arch::Resnet18,
+            schedule: ScheduleKind::Step,
+            max_steps: Some(40),
+            backbone_weights: Some("/w.safetensors".into()),
+            ..TrainOptions::default()
+        },
+        gang: GangOptions {
+            world_size: 4,
+            ranks_per_worker: Some(2),
+            ..GangOptions::default()
+        },
+    }
+}
+
+#[test]
+fn a_train_spec_and_a_train_rank_survive_the_round_trip() {
+    let spec = train_spec();
+    let back = TrainJobSpec::try_from(v1::SubmitTrainJobRequest::from(spec.clone())).unwrap();
+    assert_eq!(back, spec);
+    let assignment = Assignment {
+        lease: LeaseRef {
+            task_id: "job-1/00003".into(),
+            attempt: 1,
+        },
+        job_id: "job-1".into(),
+        work: TaskWork::Train { spec, rank: 3 },
+    };
+    let back = Assignment::try_from(v1::Task::from(assignment.clone())).unwrap();
+    assert_eq!(back, assignment);
+}
+
+#[test]
+fn absent_train_options_take_the_recipe() {
+    let request = v1::SubmitTrainJobRequest {
+        catalog: "file:///c".into(),
+        checkpoint: "file:///k".into(),
+        ..Default::default()
+    };
+    let spec = TrainJobSpec::try_from(request).unwrap();
+    assert_eq!(spec.options, TrainOptions::RECIPE);
+    assert_eq!(spec.gang, GangOptions::DEFAULT);
+}
+
+#[test]
+fn a_train_submission_with_an_unknown_name_or_a_bad_value_is_refused() {
+    let with = |change: fn(&mut v1::SubmitTrainJobRequest)| {
+        let mut request = v1::SubmitTrainJobRequest::from(train_spec());
+        change(&mut request);
+        TrainJobSpec::try_from(request).unwrap_err().to_string()
+    };
+    let error = with(|r| r.optimizer = Some("lion".into()));
+    assert!(
+        error.contains("optimizer") && error.contains("lion") && error.contains("adamw"),
+        "{error}"
+    );
+    let error = with(|r| r.arch = Some("vgg16".into()));
+    assert!(
+        error.contains("vgg16") && error.contains("resnet50"),
+        "{error}"
+    );
+    let error = with(|r| r.lr = Some(-1.0));
+    assert!(error.contains("--lr"), "{error}");
+    let error = with(|r| r.world_size = Some(3));
+    assert!(error.contains("multiple"), "{error}");
+}
+
+#[test]
+fn a_train_rank_outside_its_world_is_refused() {
+    let mut task = v1::Task::from(Assignment {
+        lease: LeaseRef {
+            task_id: "job-1/00000".into(),
+            attempt: 1,
+        },
+        job_id: "job-1".into(),
+        work: TaskWork::Train {
+            spec: train_spec(),
+            rank: 0,
+        },
+    });
+    if let Some(v1::task::Work::Train(rank)) = &mut task.work {
+        rank.rank = 4;
+    }
+    let error = Assignment::try_from(task).unwrap_err().to_string();
+    assert!(error.contains("rank 4 of a world of 4"), "{error}");
 }

@@ -1,9 +1,11 @@
 //! Between workers and the coordinator: registration, leases, tasks, their
 //! reports, the gang rendezvous and the `Work` stream's answers.
 
+use super::jobs::{inference_options, inference_wire};
 use super::{non_empty, required};
 use crate::domain::*;
 use crate::error::{ProtoError, Result};
+use crate::options::InferenceOptions;
 use crate::v1;
 
 impl From<LeaseRef> for v1::LeaseRef {
@@ -30,12 +32,11 @@ pub fn lease(l: Option<v1::LeaseRef>) -> Result<LeaseRef> {
     required(l, "lease")?.try_into()
 }
 
-fn inference_into(i: &InferenceSettings, shard: &mut v1::TagShard) {
-    shard.batch_size = i.batch_size;
-    shard.beams = i.beams;
-    shard.bf16 = i.bf16;
-    shard.channels_last = i.channels_last;
-    shard.gpu_decode = i.gpu_decode;
+fn inference_into(i: &InferenceOptions, shard: &mut v1::TagShard) {
+    (shard.batch_size, shard.beams) = inference_wire(i);
+    shard.bf16 = Some(i.bf16);
+    shard.channels_last = Some(i.channels_last);
+    shard.gpu_decode = Some(i.gpu_decode);
 }
 
 impl From<Assignment> for v1::Task {
@@ -64,16 +65,13 @@ impl From<Assignment> for v1::Task {
                 inference_into(&s.inference, &mut shard);
                 v1::task::Work::Tag(shard)
             }
-            TaskWork::Train {
-                spec,
-                rank,
-                world_size,
-                device,
-            } => v1::task::Work::Train(v1::TrainRank {
+            TaskWork::Train { spec, rank } => v1::task::Work::Train(v1::TrainRank {
+                world_size: spec.gang.world_size,
                 options: Some(spec.into()),
                 rank,
-                world_size,
-                device,
+                // Each worker trains on its own lane's device; the rank
+                // meets its peers at the rendezvous.
+                device: String::new(),
                 nccl_unique_id: Vec::new(),
                 peer_addresses: Vec::new(),
             }),
@@ -118,21 +116,25 @@ impl TryFrom<v1::Task> for Assignment {
                     .collect::<Result<_>>()?,
                 checkpoints: s.checkpoints,
                 output: non_empty(s.output, "tag.output")?,
-                inference: InferenceSettings {
-                    batch_size: s.batch_size,
-                    beams: s.beams,
-                    bf16: s.bf16,
-                    channels_last: s.channels_last,
-                    gpu_decode: s.gpu_decode,
-                },
+                inference: inference_options(
+                    s.batch_size,
+                    s.beams,
+                    s.bf16,
+                    s.channels_last,
+                    s.gpu_decode,
+                )?,
                 rows: s.rows,
             }),
-            v1::task::Work::Train(r) => TaskWork::Train {
-                spec: required(r.options, "train.options")?.try_into()?,
-                rank: r.rank,
-                world_size: r.world_size,
-                device: r.device,
-            },
+            v1::task::Work::Train(r) => {
+                let spec: TrainJobSpec = required(r.options, "train.options")?.try_into()?;
+                if r.rank >= spec.gang.world_size {
+                    return Err(ProtoError::Invalid {
+                        field: "train.rank",
+                        reason: format!("rank {} of a world of {}", r.rank, spec.gang.world_size),
+                    });
+                }
+                TaskWork::Train { spec, rank: r.rank }
+            }
             v1::task::Work::Eval(e) => {
                 TaskWork::Eval(required(e.options, "eval.options")?.try_into()?)
             }

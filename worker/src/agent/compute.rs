@@ -6,9 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
 use atelier_catalog::{Catalog, ReadRange, StoreLocation};
-use atelier_proto::domain::{
-    EvalJobSpec, InferenceSettings, ShardWork, TaskOutcome, TaskProgressReport, TaskWork,
-};
+use atelier_proto::domain::{EvalJobSpec, ShardWork, TaskOutcome, TaskProgressReport, TaskWork};
+use atelier_proto::options::InferenceOptions;
 use tch::Device;
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};
@@ -99,7 +98,7 @@ impl ComputeThread {
                             .unwrap_or_default();
                         // The models may be half-moved; load them afresh next time.
                         context.loaded = None;
-                        Err(WorkerError::Data(format!("the task panicked: {what}")))
+                        Err(WorkerError::Panicked(what))
                     });
                     let _ = work.done.send(result);
                 }
@@ -110,15 +109,7 @@ impl ComputeThread {
     pub fn submit(&self, work: Work) -> Result<()> {
         self.work
             .send(work)
-            .map_err(|_| WorkerError::Data("the compute thread has stopped".into()))
-    }
-}
-
-fn layout(settings: &InferenceSettings) -> Layout {
-    Layout {
-        channels_last: settings.channels_last,
-        bf16: settings.bf16,
-        gpu_decode: settings.gpu_decode,
+            .map_err(|_| WorkerError::Internal("the compute thread has stopped".into()))
     }
 }
 
@@ -133,16 +124,10 @@ impl Context {
         match task {
             TaskWork::Tag(shard) => self.tag(shard, cancelled, progress),
             TaskWork::Eval(spec) => self.eval(spec),
-            TaskWork::Train {
-                spec,
-                rank,
-                world_size,
-                ..
-            } => run_train(
+            TaskWork::Train { spec, rank } => run_train(
                 spec,
                 &RankPlan {
                     rank: *rank,
-                    world_size: *world_size,
                     rendezvous,
                     advertise_host: &self.advertise_host,
                 },
@@ -156,7 +141,7 @@ impl Context {
     }
 
     fn taggers(&mut self, shard: &ShardWork) -> Result<&Taggers> {
-        let layout = layout(&shard.inference);
+        let layout = Layout::from(&shard.inference);
         let reuse = self
             .loaded
             .as_ref()
@@ -183,7 +168,7 @@ impl Context {
         self.loaded
             .as_ref()
             .map(|l| &l.taggers)
-            .ok_or_else(|| WorkerError::Data("models not loaded".into()))
+            .ok_or_else(|| WorkerError::Internal("models not loaded".into()))
     }
 
     fn tag(
@@ -201,11 +186,8 @@ impl Context {
         let handle = self.handle.clone();
         let tagging = Tagging {
             device: self.device,
-            beams: shard.inference.beams.max(1) as usize,
-            batch_size: match shard.inference.batch_size {
-                0 => 64,
-                n => n as usize,
-            },
+            beams: shard.inference.beams,
+            batch_size: shard.inference.batch_size,
             threads: self.threads,
         };
         let target = StoreLocation::parse(&shard.output)?;
@@ -240,7 +222,7 @@ impl Context {
             },
         )?;
         if written.rows as u64 != shard.rows {
-            return Err(WorkerError::Data(format!(
+            return Err(WorkerError::Internal(format!(
                 "shard of {} rows wrote {} rows to {}",
                 shard.rows, written.rows, shard.output
             )));
@@ -261,11 +243,12 @@ impl Context {
                 checkpoint: spec.checkpoint.clone(),
                 catalog: spec.catalog.clone(),
                 validation_only: !spec.all_items,
-                batch_size: 64,
                 threads: self.threads,
                 device: self.device_name.clone(),
-                beams: spec.beams.max(1) as usize,
-                layout: Layout::default(),
+                inference: InferenceOptions {
+                    beams: spec.beams as usize,
+                    ..InferenceOptions::DEFAULT
+                },
             },
             &self.handle,
         )?;

@@ -86,7 +86,7 @@ pub fn join_gang(
     let listener = RingCollective::bind("0.0.0.0")?;
     let port = listener
         .local_addr()
-        .map_err(|e| WorkerError::Data(format!("ring listener address: {e}")))?
+        .map_err(|e| WorkerError::Internal(format!("ring listener address: {e}")))?
         .port();
     let nccl_unique_id = match (&nccl, rank) {
         (Some(library), 0) => library.unique_id()?.to_bytes(),

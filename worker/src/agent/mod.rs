@@ -27,7 +27,7 @@ use compute::{ComputeThread, Work};
 use session::{describe_machine, is_fatal, Session};
 
 pub use telemetry::{serve_health, WorkerMetrics};
-pub use train_task::train_options;
+pub use train_task::train_setup;
 
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
@@ -128,7 +128,7 @@ pub async fn run_agent(
                 }
                 Some(Err(e)) => {
                     stop.send_replace(true);
-                    failure.get_or_insert(WorkerError::Data(format!("a worker lane stopped: {e}")));
+                    failure.get_or_insert(WorkerError::Internal(format!("a worker lane stopped: {e}")));
                 }
             }
         }
@@ -160,7 +160,7 @@ async fn run_lane(lane: Lane, stopped: watch::Receiver<bool>) -> Result<AgentSum
         tokio::runtime::Handle::current(),
         options.advertise_host.clone().unwrap_or_default(),
     )
-    .map_err(|e| WorkerError::Data(format!("starting the compute thread: {e}")))?;
+    .map_err(|e| WorkerError::Internal(format!("starting the compute thread: {e}")))?;
     let client = worker_client(&options.coordinator, &options.connect)?;
     let registration = describe_machine(&options.device, &lane.process_id, lane.index);
     let session = Arc::new(Session::new(client, registration));
@@ -294,7 +294,7 @@ async fn run_task(
             loop {
                 tokio::select! {
                     result = &mut done_rx => {
-                        break result.unwrap_or_else(|_| Err(WorkerError::Data("the compute thread stopped".into())));
+                        break result.unwrap_or_else(|_| Err(WorkerError::Internal("the compute thread stopped".into())));
                     }
                     _ = ticker.tick() => {
                         if !progress_rx.has_changed().unwrap_or(false) {

@@ -15,6 +15,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use atelier_catalog::{Catalog, ReadRange, StoreLocation};
 use atelier_models::checkpoint::{CheckpointDir, Manifest};
 use atelier_models::Model;
+use atelier_proto::options::InferenceOptions;
 use serde::Serialize;
 use tch::Device;
 use tokio::runtime::Handle;
@@ -30,12 +31,10 @@ pub struct TagOptions {
     pub checkpoints: Vec<String>,
     pub catalog: String,
     pub out: String,
-    pub batch_size: usize,
     pub threads: usize,
     pub device: String,
-    pub beams: usize,
     pub overwrite: bool,
-    pub layout: Layout,
+    pub inference: InferenceOptions,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -173,8 +172,9 @@ pub fn tag(
 ) -> Result<TagSummary> {
     let started = Instant::now();
     let device = crate::device::parse_device(&options.device)?;
-    crate::device::check_gpu_decode(options.layout.gpu_decode, device)?;
-    let taggers = Taggers::load(&options.checkpoints, handle, device, options.layout)?;
+    let layout = Layout::from(&options.inference);
+    crate::device::check_gpu_decode(layout.gpu_decode, device)?;
+    let taggers = Taggers::load(&options.checkpoints, handle, device, layout)?;
     let catalog = handle.block_on(Catalog::open(&options.catalog))?;
     let out = StoreLocation::parse(&options.out)?;
     handle.block_on(atelier_catalog::synthetic::prepare_output(
@@ -187,8 +187,8 @@ pub fn tag(
     };
     let tagging = Tagging {
         device,
-        beams: options.beams,
-        batch_size: options.batch_size,
+        beams: options.inference.beams,
+        batch_size: options.inference.batch_size,
         threads: options.threads,
     };
     for (index, file) in catalog.files.iter().enumerate() {

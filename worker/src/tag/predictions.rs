@@ -111,7 +111,7 @@ impl Taggers {
                 .iter()
                 .position(|(name, _)| name == attribute)
                 .ok_or_else(|| {
-                    WorkerError::Data(format!("the model has no head for {attribute}"))
+                    WorkerError::BadInput(format!("the model has no head for {attribute}"))
                 })?;
             let (_, logits) = logits[*index].swap_remove(position);
             let (p, c) =
@@ -143,12 +143,12 @@ impl Taggers {
         let (_, model) = &self.models[index];
         let annotator = model
             .annotator()
-            .ok_or_else(|| WorkerError::Data("captioner without annotator".into()))?;
+            .ok_or_else(|| WorkerError::BadInput("captioner without annotator".into()))?;
         let vocab = model
             .spec
             .vocab
             .as_ref()
-            .ok_or_else(|| WorkerError::Data("captioner without vocabulary".into()))?;
+            .ok_or_else(|| WorkerError::BadInput("captioner without vocabulary".into()))?;
         let tokens = if beams > 1 {
             annotator.beam_search(&features[index], beams, model.spec.max_caption_len)
         } else {

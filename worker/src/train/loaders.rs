@@ -11,27 +11,29 @@ use crate::dataset::in_validation;
 use crate::error::Result;
 use crate::sampler::single_row_groups;
 
-use super::TrainOptions;
+use atelier_proto::options::TrainOptions;
+
+use super::TrainSetup;
 
 /// The loader of one epoch: training items in a seeded row-group order with
 /// augmentation, or validation items in catalogue order.
 pub fn epoch_loader(
-    options: &TrainOptions,
+    setup: &TrainSetup,
     catalog: &Catalog,
     handle: &Handle,
     epoch: usize,
     validation: bool,
 ) -> Result<ImageLoader> {
-    let fraction = options.val_fraction;
+    let fraction = setup.options.val_fraction;
     let keep = ItemFilter::new(move |id| in_validation(id, fraction) == validation);
     loader_for(
-        options,
+        setup,
         catalog,
         handle,
         epoch,
         validation,
         keep,
-        options.shuffle_window,
+        setup.options.shuffle_window,
     )
 }
 
@@ -39,15 +41,15 @@ pub fn epoch_loader(
 /// rank's share), in the epoch's group order without reshuffling, so that
 /// batches follow the sampler's order exactly.
 pub fn epoch_loader_with(
-    options: &TrainOptions,
+    setup: &TrainSetup,
     catalog: &Catalog,
     handle: &Handle,
     epoch: usize,
     keep: Option<ItemFilter>,
 ) -> Result<ImageLoader> {
-    let fraction = options.val_fraction;
+    let fraction = setup.options.val_fraction;
     let keep = keep.unwrap_or_else(|| ItemFilter::new(move |id| !in_validation(id, fraction)));
-    loader_for(options, catalog, handle, epoch, false, keep, 0)
+    loader_for(setup, catalog, handle, epoch, false, keep, 0)
 }
 
 /// The order in which an epoch reads the catalogue's row groups: seeded and
@@ -62,7 +64,7 @@ pub fn epoch_group_order(options: &TrainOptions, catalog: &Catalog, epoch: usize
 }
 
 pub(super) fn loader_for(
-    options: &TrainOptions,
+    setup: &TrainSetup,
     catalog: &Catalog,
     handle: &Handle,
     epoch: usize,
@@ -70,6 +72,7 @@ pub(super) fn loader_for(
     keep: ItemFilter,
     shuffle_window: usize,
 ) -> Result<ImageLoader> {
+    let options = &setup.options;
     let groups = single_row_groups(catalog);
     let ranges: Vec<ReadRange> = if validation {
         groups
@@ -83,8 +86,8 @@ pub(super) fn loader_for(
     let loader_options = LoaderOptions {
         image_size: options.image_size,
         batch_size: options.batch_size,
-        threads: options.threads.max(1),
-        prefetch: options.threads.max(1) * 2,
+        threads: setup.threads.max(1),
+        prefetch: setup.threads.max(1) * 2,
         augment: if options.augment && !validation {
             train_augment(options)
         } else {
@@ -94,9 +97,9 @@ pub(super) fn loader_for(
         keep: Some(keep),
         shuffle_window: if validation { 0 } else { shuffle_window },
         // A GPU gets bytes and normalises them itself (see upload_batch).
-        raw_bytes: crate::device::parse_device(&options.device).is_ok_and(|d| d.is_cuda()),
+        raw_bytes: crate::device::parse_device(&setup.device).is_ok_and(|d| d.is_cuda()),
         decode_on_device: options.gpu_decode
-            && crate::device::parse_device(&options.device).is_ok_and(|d| d.is_cuda()),
+            && crate::device::parse_device(&setup.device).is_ok_and(|d| d.is_cuda()),
         ..defaults
     };
     Ok(ImageLoader::new(
@@ -107,32 +110,11 @@ pub(super) fn loader_for(
     )?)
 }
 
-/// The smallest crop area of the pipeline's training transform.
-pub const DEFAULT_CROP_SCALE: f32 = match Augment::TRAIN_DEFAULT {
-    Augment::RandomResizedCrop { scale, .. } => scale.0,
-    Augment::CenterCrop => 1.0,
-};
-
-pub(super) fn default_crop_scale() -> f32 {
-    DEFAULT_CROP_SCALE
-}
-
 fn train_augment(options: &TrainOptions) -> Augment {
-    let affine = (options.affine_degrees > 0.0
-        || options.affine_translate > 0.0
-        || options.affine_scale > 0.0)
-        .then_some(RandomAffine {
-            degrees: options.affine_degrees,
-            translate: options.affine_translate,
-            scale: options.affine_scale,
-        });
-    match Augment::TRAIN_DEFAULT {
-        Augment::RandomResizedCrop { ratio, flip, .. } => Augment::RandomResizedCrop {
-            scale: (options.crop_scale.clamp(0.01, 1.0), 1.0),
-            ratio,
-            flip,
-            affine,
-        },
-        other => other,
-    }
+    let affine = options.affine().then_some(RandomAffine {
+        degrees: options.affine_degrees,
+        translate: options.affine_translate,
+        scale: options.affine_scale,
+    });
+    Augment::train(options.crop_scale, affine)
 }

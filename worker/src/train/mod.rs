@@ -15,10 +15,10 @@ use atelier_collective::{
 };
 use atelier_models::autocast::Bf16Autocast;
 use atelier_models::checkpoint::{CheckpointDir, Manifest};
-use atelier_models::optim::{Optimizer, OptimizerKind, Schedule, ScheduleKind};
-use atelier_models::{Arch, Model, Task};
+use atelier_models::optim::{Optimizer, Schedule};
+use atelier_models::Model;
 use atelier_pipeline::ItemFilter;
-use serde::{Deserialize, Serialize};
+use atelier_proto::options::TrainOptions;
 use tch::Kind;
 use tokio::runtime::Handle;
 
@@ -30,72 +30,23 @@ use metrics_log::WindowLoss;
 use resume::{save, start_or_resume};
 use validation::validate_epoch;
 
-pub use loaders::{epoch_group_order, epoch_loader, epoch_loader_with, DEFAULT_CROP_SCALE};
+pub use loaders::{epoch_group_order, epoch_loader, epoch_loader_with};
 pub use metrics_log::MetricsLine;
 pub use validation::loss;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TrainOptions {
+/// One training run: what to train ([`TrainOptions`], the same for every
+/// rank) and where this process runs it.
+#[derive(Debug, Clone)]
+pub struct TrainSetup {
+    /// The catalogue to learn from (path or object-store URL).
     pub catalog: String,
+    /// Where checkpoints go; a run there already is resumed.
     pub checkpoint: String,
-    pub task: Task,
-    pub arch: Arch,
-    pub lr: f64,
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub image_size: usize,
-    /// Train the backbone; default: on from random weights, off with `backbone_weights`.
-    pub finetune: Option<bool>,
-    /// A safetensors file of torchvision backbone weights.
-    pub backbone_weights: Option<String>,
-    pub optimizer: OptimizerKind,
-    pub weight_decay: f64,
-    pub momentum: f64,
-    pub schedule: ScheduleKind,
-    pub warmup_steps: i64,
-    pub step_every: i64,
-    pub gamma: f64,
-    /// Random resized crop and horizontal flip.
-    pub augment: bool,
-    /// Random affine warp on top (0 turns each part off): rotation in degrees,
-    /// translation and scaling as fractions.
-    #[serde(default)]
-    pub affine_degrees: f32,
-    #[serde(default)]
-    pub affine_translate: f32,
-    #[serde(default)]
-    pub affine_scale: f32,
-    /// Smallest area share of the random resized crop (the largest is 1).
-    #[serde(default = "loaders::default_crop_scale")]
-    pub crop_scale: f32,
-    pub val_fraction: f64,
-    pub seed: u64,
+    /// cpu or cuda:N.
     pub device: String,
     /// Decode threads.
     pub threads: usize,
-    pub min_label_count: usize,
-    pub min_word_count: usize,
-    pub max_caption_len: usize,
-    /// Also checkpoint every this many steps (0: only at epoch ends).
-    pub checkpoint_every: usize,
-    /// Log a training metrics line every this many steps.
-    pub log_every: usize,
-    /// Convolutions in channels-last memory order.
-    #[serde(default)]
-    pub channels_last: bool,
-    /// Training items are shuffled within a buffer of this many.
-    #[serde(default)]
-    pub shuffle_window: usize,
-    /// bf16 autocast for forward passes (CUDA, or a CPU with bf16 instructions).
-    #[serde(default)]
-    pub bf16: bool,
-    /// Stop (with a checkpoint) after this many optimizer steps in all.
-    #[serde(default)]
-    pub max_steps: Option<i64>,
-    /// JPEGs decoded, cropped, resized and flipped on the GPU (nvJPEG); no
-    /// effect on a CPU device.
-    #[serde(default)]
-    pub gpu_decode: bool,
+    pub options: TrainOptions,
 }
 
 /// What the loop reports while it runs.
@@ -144,46 +95,47 @@ struct Run {
 }
 
 pub fn train(
-    options: &TrainOptions,
+    setup: &TrainSetup,
     handle: &Handle,
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<TrainSummary> {
-    train_until(options, handle, &|| false, on_event)
+    train_until(setup, handle, &|| false, on_event)
 }
 
 /// `train`, stopping with `WorkerError::Cancelled` after a checkpoint once
 /// `stop` says so; run again, it resumes from there.
 pub fn train_until(
-    options: &TrainOptions,
+    setup: &TrainSetup,
     handle: &Handle,
     stop: &dyn Fn() -> bool,
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<TrainSummary> {
-    train_ranked(options, handle, &mut SingleRank, stop, on_event)
+    train_ranked(setup, handle, &mut SingleRank, stop, on_event)
 }
 
 /// One rank of a data-parallel run (or the only one, with [`SingleRank`]).
 /// Every rank calls this with the same options; gradients are averaged over
 /// the global batch through `collective`, and only rank 0 writes checkpoints.
 pub fn train_ranked(
-    options: &TrainOptions,
+    setup: &TrainSetup,
     handle: &Handle,
     collective: &mut dyn Collective,
     stop: &dyn Fn() -> bool,
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<TrainSummary> {
-    validate(options)?;
+    let options = &setup.options;
+    options.check().map_err(WorkerError::InvalidOptions)?;
     let (rank, world) = (collective.rank(), collective.world_size());
     let distributed = world > 1;
-    let device = crate::device::parse_device(&options.device)?;
+    let device = crate::device::parse_device(&setup.device)?;
     // A CPU rank of a mixed gang decodes on its cores; a GPU rank that was
     // asked to decode and cannot says why before the gang trains.
     if device.is_cuda() {
         crate::device::check_gpu_decode(options.gpu_decode, device)?;
     }
     let autocast = Bf16Autocast::new(options.bf16, device)?;
-    let catalog = handle.block_on(Catalog::open(&options.catalog))?;
-    let checkpoint = CheckpointDir::parse(&options.checkpoint)?;
+    let catalog = handle.block_on(Catalog::open(&setup.catalog))?;
+    let checkpoint = CheckpointDir::parse(&setup.checkpoint)?;
     let scan = handle.block_on(scan_labels(
         &catalog,
         options.task,
@@ -192,7 +144,7 @@ pub fn train_ranked(
         options.min_word_count,
     ))?;
     if scan.train_items == 0 {
-        return Err(WorkerError::Data(format!(
+        return Err(WorkerError::BadInput(format!(
             "{}: no training items after the validation split",
             catalog.location
         )));
@@ -209,7 +161,7 @@ pub fn train_ranked(
         scan.train_items.div_ceil(options.batch_size) as i64
     };
     if steps_per_epoch == 0 {
-        return Err(WorkerError::Data(format!(
+        return Err(WorkerError::BadInput(format!(
             "{}: {} training items do not fill one global batch of {world} x {}",
             catalog.location, scan.train_items, options.batch_size
         )));
@@ -261,11 +213,11 @@ pub fn train_ranked(
                 );
                 let keep = ItemFilter::new(move |id| share.items.contains(id));
                 (
-                    epoch_loader_with(options, &catalog, handle, epoch, Some(keep))?,
+                    epoch_loader_with(setup, &catalog, handle, epoch, Some(keep))?,
                     Some(share.steps),
                 )
             }
-            None => (epoch_loader(options, &catalog, handle, epoch, false)?, None),
+            None => (epoch_loader(setup, &catalog, handle, epoch, false)?, None),
         };
         let mut loader = loader.fuse();
         let mut window_loss = WindowLoss::default();
@@ -343,7 +295,7 @@ pub fn train_ranked(
             // diverged run stops there, before a checkpoint could keep it.
             let mean = (report || save_now).then(|| window_loss.mean());
             if let Some(mean) = mean.filter(|m| !m.is_finite()) {
-                return Err(WorkerError::Data(format!(
+                return Err(WorkerError::BadInput(format!(
                     "loss became {mean} by step {}; lower --lr",
                     run.optimizer.steps
                 )));
@@ -382,7 +334,7 @@ pub fn train_ranked(
         }
         let metrics = autocast.run(|| {
             validate_epoch(
-                options, &catalog, handle, &run.model, epoch, device, collective,
+                setup, &catalog, handle, &run.model, epoch, device, collective,
             )
         })?;
         run.manifest.epoch = epoch + 1;
@@ -443,36 +395,4 @@ fn define_missing_grads(params: &[tch::Tensor]) {
     if let Some(zero) = zero {
         zero.backward();
     }
-}
-
-fn validate(options: &TrainOptions) -> Result<()> {
-    let invalid = |m: String| Err(WorkerError::InvalidOptions(m));
-    if !(options.lr > 0.0 && options.lr.is_finite()) {
-        return invalid(format!("--lr must be positive, got {}", options.lr));
-    }
-    if options.batch_size == 0 || options.epochs == 0 {
-        return invalid("--batch-size and --n-epochs must be positive".into());
-    }
-    if !(0.0..1.0).contains(&options.val_fraction) {
-        return invalid(format!(
-            "--val-fraction must be in [0, 1), got {}",
-            options.val_fraction
-        ));
-    }
-    if options.image_size < 32 {
-        return invalid(format!(
-            "--image-size must be at least 32, got {}",
-            options.image_size
-        ));
-    }
-    let affine = options.affine_degrees > 0.0
-        || options.affine_translate > 0.0
-        || options.affine_scale > 0.0;
-    if options.gpu_decode && affine && options.augment {
-        return invalid(
-            "--gpu-decode cannot apply the --affine-* warps (they run on the CPU); leave one out"
-                .into(),
-        );
-    }
-    Ok(())
 }

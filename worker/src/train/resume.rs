@@ -16,7 +16,9 @@ use tokio::runtime::Handle;
 use crate::device::device_name;
 use crate::error::{Result, WorkerError};
 
-use super::{MetricsLine, Run, TrainOptions};
+use atelier_proto::options::TrainOptions;
+
+use super::{MetricsLine, Run};
 
 pub(super) fn start_or_resume(
     options: &TrainOptions,
@@ -49,10 +51,10 @@ pub(super) fn start_or_resume(
             return Err(WorkerError::InvalidOptions(format!(
                 "{} holds a {} {} model; use another --checkpoint for a {} {} model",
                 checkpoint.url(),
-                spec.arch.name(),
-                spec.task.name(),
-                options.arch.name(),
-                options.task.name()
+                spec.arch,
+                spec.task,
+                options.arch,
+                options.task
             )));
         }
         let mut model = Model::new(spec, device)?;

@@ -15,7 +15,7 @@ use crate::sampler::validates_on;
 use crate::targets::inputs;
 
 use super::loaders::loader_for;
-use super::TrainOptions;
+use super::TrainSetup;
 
 /// The training loss of a batch (classification or captioning).
 pub fn loss(model: &Model, inputs: &crate::targets::Inputs, train: bool) -> tch::Tensor {
@@ -30,7 +30,7 @@ pub fn loss(model: &Model, inputs: &crate::targets::Inputs, train: bool) -> tch:
 /// and the sums are added up over ranks, so every rank ends with the same
 /// figures for the whole split.
 pub(super) fn validate_epoch(
-    options: &TrainOptions,
+    setup: &TrainSetup,
     catalog: &Catalog,
     handle: &Handle,
     model: &Model,
@@ -39,6 +39,7 @@ pub(super) fn validate_epoch(
     collective: &mut dyn Collective,
 ) -> Result<BTreeMap<String, f64>> {
     let mut metrics = BTreeMap::new();
+    let options = &setup.options;
     if options.val_fraction == 0.0 {
         return Ok(metrics);
     }
@@ -46,7 +47,7 @@ pub(super) fn validate_epoch(
     let fraction = options.val_fraction;
     let keep =
         ItemFilter::new(move |id| in_validation(id, fraction) && validates_on(id, rank, world));
-    let loader = loader_for(options, catalog, handle, epoch, true, keep, 0)?;
+    let loader = loader_for(setup, catalog, handle, epoch, true, keep, 0)?;
     let heads: &[&str] = model.spec.task.attributes();
     // loss sum, items, then (correct, labelled) per head.
     let mut sums = vec![0.0f64; 2 + 2 * heads.len()];
@@ -81,7 +82,7 @@ pub(super) fn validate_epoch(
         let mut totals = tch::Tensor::from_slice(&sums).to_device(device);
         collective.all_reduce_sum(&mut totals)?;
         sums = Vec::<f64>::try_from(totals.to_device(Device::Cpu))
-            .map_err(|e| WorkerError::Data(format!("reading validation totals: {e}")))?;
+            .map_err(|e| WorkerError::Internal(format!("reading validation totals: {e}")))?;
     }
     let count = sums[1];
     metrics.insert("loss".into(), mean_loss(sums[0], count, epoch)?);
@@ -111,7 +112,7 @@ pub(super) fn validate_epoch(
 fn mean_loss(sum: f64, items: f64, epoch: usize) -> Result<f64> {
     let loss = sum / items.max(1.0);
     if items > 0.0 && !loss.is_finite() {
-        return Err(WorkerError::Data(format!(
+        return Err(WorkerError::BadInput(format!(
             "validation loss became {loss} in epoch {}: the model's outputs are not finite (its weights or batch-norm statistics); lower --lr",
             epoch + 1
         )));
