@@ -193,9 +193,9 @@ impl EventLoop {
         let state = &mut self.state;
         match command {
             Command::Reserve { spec, reply } => {
-                let reserved = state.reserve(&spec, now);
-                if let Ok(Reserved::Existing(status)) = &reserved {
-                    tracing::info!(job = %status.id, "the same job submitted again; it goes on");
+                let reserved = state.reserve(&spec);
+                if let Ok(Reserved::Existing(job_id)) = &reserved {
+                    tracing::info!(job = %job_id, "the same job submitted again; it goes on");
                 }
                 deferred.push(defer(reply, reserved));
             }

@@ -53,7 +53,7 @@ impl JobApi {
         F: std::future::Future<Output = Result<Planned>>,
     {
         let reservation = match self.handle.reserve(spec).await? {
-            Reserved::Existing(status) => return Ok(status.id),
+            Reserved::Existing(job_id) => return Ok(job_id),
             Reserved::Granted(reservation) => reservation,
         };
         let mut held = HeldReservation {

@@ -44,7 +44,7 @@ pub enum Reserved {
     Granted(ReservationId),
     /// An unfinished job with the same spec already writes there: a
     /// retried submit (say a CronJob pod's second try) follows that job.
-    Existing(JobStatus),
+    Existing(String),
 }
 
 impl State {
@@ -52,12 +52,12 @@ impl State {
     /// the unfinished job that is this submit again. Refuses while another
     /// job or submit writes where this one would. This is the one conflict
     /// check; what a reservation grants, [`State::commit`] takes as given.
-    pub fn reserve(&mut self, spec: &JobSpec, now: Now) -> Result<Reserved> {
+    pub fn reserve(&mut self, spec: &JobSpec) -> Result<Reserved> {
         if let Some(url) = destination(spec) {
             if let Some(writer) = self.unfinished_writer_of(url) {
                 let writer = writer.to_string();
                 if self.jobs[&writer].spec == *spec {
-                    return Ok(Reserved::Existing(self.status(&writer, now)?));
+                    return Ok(Reserved::Existing(writer));
                 }
                 return Err(CoordinatorError::DestinationBusy {
                     job: writer,
@@ -152,8 +152,8 @@ impl State {
         max_attempts: u32,
         now: Now,
     ) -> Result<JobStatus> {
-        match self.reserve(&spec, now)? {
-            Reserved::Existing(status) => Ok(status),
+        match self.reserve(&spec)? {
+            Reserved::Existing(job_id) => self.status(&job_id, now),
             Reserved::Granted(reservation) => {
                 self.commit(reservation, id, works, max_attempts, now)
             }
