@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/setup.sh
 
-cargo build --release -p atelier-cli
+atelier_build
 exec "$CARGO_TARGET_DIR/release/atelier" local "$@"

@@ -45,3 +45,11 @@ export LIBTORCH_USE_PYTORCH=1
 export PATH="$ATELIER_VENV/bin:$PATH"
 # A target directory outside the clone survives fresh checkouts (CI) and keeps builds short.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ATELIER_CACHE/target}"
+
+# Builds every binary of the workspace in the release profile. run.sh, test.sh
+# and the benchmarks all build this same set: one crate alone (`-p
+# atelier-cli`) unifies its dependencies' features differently, and cargo
+# would compile much of the tree a second time.
+atelier_build() {
+  cargo build --release --workspace --bins "$@"
+}

@@ -20,5 +20,5 @@ cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 # The end-to-end tests run the real `atelier` binary, so build it first; the
 # release profile is the one run.sh builds, so dependencies compile once.
-cargo build --release --workspace --bins
+atelier_build
 cargo test --release --workspace --no-fail-fast

@@ -16,7 +16,7 @@ items="${ITEMS:-256}"
 rounds="${ROUNDS:-3}"
 work="$ATELIER_CACHE/bench/tagging-layouts"
 trained="$ATELIER_CACHE/bench/training-defaults"
-cargo build --release -q -p atelier-cli
+atelier_build -q
 atelier="$CARGO_TARGET_DIR/release/atelier"
 mkdir -p "$work"
 if [ ! -f "$trained/ckpt-defaults-0/manifest.json" ]; then

@@ -12,7 +12,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 epochs="${EPOCHS:-5}"
 seeds="${SEEDS:-0 1}"
 work="$ATELIER_CACHE/bench/training-defaults"
-cargo build --release -q -p atelier-cli
+atelier_build -q
 atelier="$CARGO_TARGET_DIR/release/atelier"
 mkdir -p "$work"
 [ -f "$work/train/_SUCCESS" ] || [ -f "$work/train/part-00000.parquet" ] ||

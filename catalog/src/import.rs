@@ -14,8 +14,8 @@ use tokio::runtime::Handle;
 
 use crate::error::{CatalogError, Result};
 use crate::item::{CatalogItem, Labels};
+use crate::output::prepare_output;
 use crate::store::StoreLocation;
-use crate::synthetic::prepare_output;
 use crate::writer::{CatalogWriter, WriterOptions};
 
 /// How CSV columns map onto catalogue columns.

@@ -1,26 +1,37 @@
 //! The atelier catalogue: Parquet files under one object-store prefix.
 //!
 //! Everything that knows what a catalogue looks like lives here: the column
-//! contract ([`schema`]), addressing by URL ([`store`]), reading from footers and
-//! streaming row groups ([`reader`]), writing with bounded row groups ([`writer`]),
-//! and the three ways a catalogue comes to be: [`synthetic`], [`import`] and, for
-//! checking one, [`inspect`].
+//! contract (`schema`), addressing by URL (`store`), reading from footers and
+//! streaming row groups (`reader`), writing with bounded row groups
+//! (`writer`), output prefixes (`output`), and the three ways a catalogue
+//! comes to be: `synthetic`, `import` and, for checking one, `inspect`. The
+//! modules are private; what other crates use is re-exported here.
 
-pub mod error;
-pub mod import;
-pub mod inspect;
-pub mod item;
+mod error;
+mod import;
+mod inspect;
+mod item;
 mod object_reader;
-pub mod ordered_pool;
-pub mod reader;
-pub mod schema;
-pub mod sniff;
-pub mod store;
-pub mod synthetic;
-pub mod writer;
+mod ordered_pool;
+mod output;
+mod reader;
+mod schema;
+mod sniff;
+mod store;
+mod synthetic;
+mod writer;
 
 pub use error::{CatalogError, Result};
+pub use import::{import, BadRow, ColumnMapping, ImportOptions, ImportSummary};
+pub use inspect::{inspect, FileReport, InspectReport, LabelDistribution, SampleRow};
 pub use item::{stable_hash, CatalogItem, Labels};
+pub use ordered_pool::{OrderedPool, WorkerPanic};
+pub use output::prepare_output;
 pub use reader::{Catalog, CatalogFile, ReadRange};
-pub use store::StoreLocation;
-pub use writer::{CatalogWriter, WriterOptions};
+pub use schema::{CAPTION, IMAGE, IMAGE_URI, ITEM_ID, LABEL_COLUMNS};
+pub use sniff::ImageFormat;
+pub use store::{StoreCache, StoreLocation};
+pub use synthetic::{encode_jpeg, generate, render_item, GenerateOptions, GenerateSummary};
+pub use writer::{
+    CatalogWriter, WriterOptions, WrittenFile, DEFAULT_GROUPS_PER_FILE, DEFAULT_ROWS_PER_GROUP,
+};

@@ -3,7 +3,7 @@
 mod commands;
 mod progress;
 
-use atelier_process::logging::LogArgs;
+use atelier_process::LogArgs;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -37,7 +37,7 @@ enum Command {
     /// The whole job on this machine with local files: the README's first command.
     Local(commands::local::LocalArgs),
     /// Run the coordinator: jobs in, tasks out to workers, state in SQLite.
-    Coordinator(atelier_coordinator::command::CoordinatorArgs),
+    Coordinator(atelier_coordinator::CoordinatorArgs),
     /// Run a worker: takes tasks from the coordinator and runs them.
     Worker(commands::cluster::WorkerArgs),
     /// Submit a job to the coordinator.
@@ -59,17 +59,14 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             // The cause chain on one line; no backtrace, whatever RUST_BACKTRACE says.
-            eprintln!(
-                "error: {}",
-                atelier_proto::error_text::one_line(error.as_ref())
-            );
+            eprintln!("error: {}", atelier_proto::one_line(error.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    // Before any thread starts (see atelier_process::memory).
+    // Before any thread starts (see atelier_process::keep_freed_memory).
     let kept = matches!(
         cli.command,
         Command::Local(_)
@@ -79,9 +76,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             | Command::Worker(_)
             | Command::Pipeline(_)
             | Command::Coordinator(_)
-    ) && atelier_process::memory::keep_freed_memory();
+    ) && atelier_process::keep_freed_memory();
     cli.log.init(kept);
-    let runtime = atelier_process::runtime::io_runtime()?;
+    let runtime = atelier_process::io_runtime()?;
     let handle = runtime.handle().clone();
     // Commands block on compute; they run on this thread and use the runtime for I/O.
     let result = match cli.command {

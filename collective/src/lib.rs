@@ -3,11 +3,9 @@
 //! the `libnccl.so.2` that the torch wheel ships, for CUDA ranks.
 
 mod buckets;
-pub mod cuda_runtime;
 mod error;
-pub mod nccl;
-pub mod ring;
-pub mod runtime_library;
+mod nccl;
+mod ring;
 
 use tch::Tensor;
 

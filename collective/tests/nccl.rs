@@ -25,7 +25,7 @@ fn nccl_loads_from_the_torch_wheel_or_says_why_not() {
 #[test]
 fn a_communicator_without_a_gpu_is_an_error() {
     if tch::Cuda::is_available() {
-        return; // Covered by bench/gpu_ddp.sh on GPU machines.
+        return; // Covered by bench/gpu/ddp.sh on GPU machines.
     }
     let Ok(library) = NcclLibrary::load() else {
         return;

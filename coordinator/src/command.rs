@@ -95,7 +95,7 @@ pub async fn run(args: &CoordinatorArgs, shutdown: impl Future<Output = ()> + Se
     };
     let metrics = match &args.metrics_addr {
         Some(address) => Some(
-            atelier_process::listen::bind_announced(address, "metrics")
+            atelier_process::bind_announced(address, "metrics")
                 .await
                 .map_err(|error| CoordinatorError::Io {
                     what: format!("binding the metrics address {address}"),

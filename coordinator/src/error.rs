@@ -1,5 +1,5 @@
 use atelier_catalog::CatalogError;
-use atelier_proto::ProtoError;
+use atelier_proto::{JobId, ProtoError, TaskId, WorkerId};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -9,14 +9,14 @@ pub enum CoordinatorError {
     #[error("catalogue rejected: {0}")]
     BadCatalog(#[source] CatalogError),
     #[error("job {0} not found")]
-    JobNotFound(String),
+    JobNotFound(JobId),
     #[error("worker {0} is not registered (the coordinator may have restarted); register again")]
-    UnknownWorker(String),
+    UnknownWorker(WorkerId),
     #[error("worker speaks protocol version {worker}, the coordinator {coordinator}; upgrade the older side")]
     ProtocolMismatch { worker: u32, coordinator: u32 },
     #[error("lease {task_id} attempt {attempt} is no longer held: {reason}")]
     StaleLease {
-        task_id: String,
+        task_id: TaskId,
         attempt: u32,
         reason: String,
     },
@@ -40,7 +40,7 @@ pub enum CoordinatorError {
     /// Two jobs writing one place would interleave their parts or
     /// checkpoints; a retried submit (a CronJob's) meets the first one here.
     #[error("job {job} is still writing {url}; follow it with `atelier status {job} --watch`, or cancel it first")]
-    DestinationBusy { job: String, url: String },
+    DestinationBusy { job: JobId, url: String },
     /// Another submit into the same place is being planned; it becomes a
     /// job in moments, and then the same spec again follows it.
     #[error("another submit is preparing {url}; submit again in a moment")]

@@ -1,21 +1,23 @@
 //! New names for jobs and workers. They are drawn here, outside the state
 //! machine, and passed into it, so that its transitions stay deterministic.
 
+use atelier_proto::{JobId, WorkerId};
+
 /// A job id that sorts by submission time: `job-` then the submission's
 /// unix milliseconds and a random tail in hex.
-pub fn new_job_id(unix_ms: i64) -> String {
-    format!("job-{unix_ms:x}{:04x}", rand::random::<u16>())
+pub fn new_job_id(unix_ms: i64) -> JobId {
+    JobId::new(format!("job-{unix_ms:x}{:04x}", rand::random::<u16>()))
 }
 
 /// A worker lane's id: its host name and a random tail, so that an id from
 /// before a coordinator restart never names a new worker.
-pub fn new_worker_id(hostname: &str) -> String {
+pub fn new_worker_id(hostname: &str) -> WorkerId {
     let host = if hostname.is_empty() {
         "worker"
     } else {
         hostname
     };
-    format!("{host}-{:08x}", rand::random::<u32>())
+    WorkerId::new(format!("{host}-{:08x}", rand::random::<u32>()))
 }
 
 #[cfg(test)]
@@ -25,8 +27,8 @@ mod tests {
     #[test]
     fn ids_carry_their_origin_and_differ_between_draws() {
         let job = new_job_id(0x18c_0000_0000);
-        assert!(job.starts_with("job-18c00000000"), "{job}");
+        assert!(job.as_str().starts_with("job-18c00000000"), "{job}");
         assert_ne!(new_worker_id("gpu-7"), new_worker_id("gpu-7"));
-        assert!(new_worker_id("").starts_with("worker-"));
+        assert!(new_worker_id("").as_str().starts_with("worker-"));
     }
 }

@@ -5,8 +5,8 @@
 
 use clap::Parser;
 
-use atelier_coordinator::command::{run, CoordinatorArgs};
-use atelier_process::logging::LogArgs;
+use atelier_coordinator::{run, CoordinatorArgs};
+use atelier_process::LogArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,24 +23,21 @@ struct Cli {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    // Before any thread starts (see atelier_process::memory).
-    let kept = atelier_process::memory::keep_freed_memory();
+    // Before any thread starts (see atelier_process::keep_freed_memory).
+    let kept = atelier_process::keep_freed_memory();
     cli.log.init(kept);
     match serve(&cli.args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!(
-                "error: {}",
-                atelier_proto::error_text::one_line(error.as_ref())
-            );
+            eprintln!("error: {}", atelier_proto::one_line(error.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
 fn serve(args: &CoordinatorArgs) -> anyhow::Result<()> {
-    let runtime = atelier_process::runtime::io_runtime()?;
-    let served = runtime.block_on(run(args, atelier_process::signal::shutdown_signal()));
+    let runtime = atelier_process::io_runtime()?;
+    let served = runtime.block_on(run(args, atelier_process::shutdown_signal()));
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     Ok(served?)
 }

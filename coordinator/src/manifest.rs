@@ -9,7 +9,7 @@ use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use serde::Serialize;
 
-use atelier_proto::domain::TaskWork;
+use atelier_proto::TaskWork;
 
 use crate::records::TaskRecord;
 use crate::state::Finalize;
@@ -41,7 +41,7 @@ struct Part<'a> {
 
 /// Checks that every part is there, then writes the manifest and, last, `_SUCCESS`.
 pub async fn write_manifest(finalize: Arc<Finalize>) -> Result<(), String> {
-    let atelier_proto::domain::JobSpec::Tag(spec) = &finalize.job.spec else {
+    let atelier_proto::JobSpec::Tag(spec) = &finalize.job.spec else {
         return Ok(());
     };
     let output = StoreLocation::parse(&spec.output).map_err(|e| e.to_string())?;
@@ -76,12 +76,12 @@ async fn off_runtime<T: Send + 'static>(
 
 fn manifest_json(finalize: &Finalize, finished: i64) -> Result<Vec<u8>, String> {
     let job = &finalize.job;
-    let atelier_proto::domain::JobSpec::Tag(spec) = &job.spec else {
+    let atelier_proto::JobSpec::Tag(spec) = &job.spec else {
         return Err(format!("job {} is not a tag job", job.id));
     };
     let parts: Vec<Part<'_>> = finalize.parts.iter().map(part).collect();
     let manifest = Manifest {
-        job_id: &job.id,
+        job_id: job.id.as_str(),
         catalog: &spec.catalog,
         checkpoints: &spec.checkpoints,
         model_version: &job.model_version,
@@ -159,7 +159,7 @@ fn part(task: &TaskRecord) -> Part<'_> {
 mod tests {
     use std::collections::BTreeMap;
 
-    use atelier_proto::domain::{FileRowGroups, JobSpec, JobState, ShardWork, TagJobSpec};
+    use atelier_proto::{FileRowGroups, JobSpec, JobState, ShardWork, TagJobSpec};
 
     use super::*;
     use crate::plan::shard_output as part_url;
@@ -181,7 +181,7 @@ mod tests {
                     inference: Default::default(),
                     rows: 10,
                 });
-                let mut task = TaskRecord::new("job-1", index as u32, work);
+                let mut task = TaskRecord::new(&"job-1".into(), index as u32, work);
                 task.rows_written = 10;
                 task
             })

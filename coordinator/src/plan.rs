@@ -1,7 +1,7 @@
 //! Cuts a tag job into shards from the catalogue's Parquet footers alone.
 
 use atelier_catalog::{Catalog, CatalogError, StoreLocation};
-use atelier_proto::domain::{FileRowGroups, ShardWork, TagJobSpec};
+use atelier_proto::{FileRowGroups, ShardWork, TagJobSpec};
 use object_store::ObjectStoreExt;
 
 use crate::error::{CoordinatorError, Result};
@@ -182,7 +182,7 @@ pub async fn check_checkpoints(checkpoints: &[String]) -> Result<()> {
 pub async fn prepare_output(url: &str, overwrite: bool) -> Result<()> {
     let location = StoreLocation::parse(url)
         .map_err(|e| CoordinatorError::InvalidArgument(format!("output {url}: {e}")))?;
-    atelier_catalog::synthetic::prepare_output(&location, overwrite)
+    atelier_catalog::prepare_output(&location, overwrite)
         .await
         .map_err(|e| CoordinatorError::Output {
             url: url.to_string(),
@@ -193,7 +193,7 @@ pub async fn prepare_output(url: &str, overwrite: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use atelier_catalog::synthetic;
+    use atelier_catalog::{generate, GenerateOptions};
 
     /// The coordinator's defaults.
     const DEFAULT_SIZING: ShardSizing = ShardSizing {
@@ -212,7 +212,7 @@ mod tests {
         target_shard_rows: Option<u64>,
     ) -> TagJobSpec {
         let url = dir.join("catalog").to_str().unwrap().to_string();
-        let options = synthetic::GenerateOptions {
+        let options = GenerateOptions {
             items,
             width: 48,
             height: 64,
@@ -225,7 +225,7 @@ mod tests {
             ..Default::default()
         };
         let out = StoreLocation::parse(&url).unwrap();
-        synthetic::generate(&options, out, runtime.handle(), |_| {}).unwrap();
+        generate(&options, out, runtime.handle(), |_| {}).unwrap();
         TagJobSpec {
             catalog: url,
             checkpoints: vec![],

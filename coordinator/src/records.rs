@@ -2,12 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use atelier_proto::domain::{JobSpec, JobState, Restart, StageTimes, TaskWork, TrainProgress};
+use atelier_proto::{
+    JobId, JobSpec, JobState, Restart, StageTimes, TaskId, TaskWork, TrainProgress, WorkerId,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
-    pub id: String,
+    pub id: JobId,
     pub spec: JobSpec,
     pub state: JobState,
     pub created_unix_ms: i64,
@@ -41,8 +43,8 @@ pub enum TaskState {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
-    pub id: String,
-    pub job_id: String,
+    pub id: TaskId,
+    pub job_id: JobId,
     pub index: u32,
     /// What to do never changes after submit, so the store writes it once
     /// (its own table) and each state change writes only the rest.
@@ -64,16 +66,27 @@ pub struct TaskRecord {
     /// The last training progress a rank reported.
     #[serde(default)]
     pub train: Option<TrainProgress>,
-    /// The worker holding the current attempt.
-    #[serde(default)]
-    pub worker_id: String,
+    /// The worker holding the current attempt; `None` before the first
+    /// lease and while a gang waits to start again.
+    #[serde(default, deserialize_with = "no_worker_as_none")]
+    pub worker_id: Option<WorkerId>,
+}
+
+/// Records from before the type kept an empty string for "no worker".
+fn no_worker_as_none<'de, D>(deserializer: D) -> Result<Option<WorkerId>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(Option::<String>::deserialize(deserializer)?
+        .filter(|id| !id.is_empty())
+        .map(WorkerId::new))
 }
 
 impl TaskRecord {
-    pub fn new(job_id: &str, index: u32, work: TaskWork) -> Self {
+    pub fn new(job_id: &JobId, index: u32, work: TaskWork) -> Self {
         Self {
-            id: format!("{job_id}/{index:05}"),
-            job_id: job_id.to_string(),
+            id: TaskId::of(job_id, index),
+            job_id: job_id.clone(),
             index,
             work,
             state: TaskState::Pending,
@@ -88,7 +101,31 @@ impl TaskRecord {
             started_unix_ms: None,
             finished_unix_ms: None,
             train: None,
-            worker_id: String::new(),
+            worker_id: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_record_from_before_typed_ids_reads_an_empty_worker_as_none() {
+        let work = serde_json::json!({"Eval": {"catalog": "c", "checkpoint": "k", "all_items": false, "beams": 1}});
+        let mut record = serde_json::to_value(TaskRecord::new(
+            &JobId::new("job-1"),
+            3,
+            serde_json::from_value(work.clone()).unwrap(),
+        ))
+        .unwrap();
+        record["work"] = work;
+        record["worker_id"] = serde_json::json!("");
+        let task: TaskRecord = serde_json::from_value(record.clone()).unwrap();
+        assert_eq!(task.worker_id, None);
+        assert_eq!(task.id.as_str(), "job-1/00003");
+        record["worker_id"] = serde_json::json!("gpu-1-00c0ffee");
+        let task: TaskRecord = serde_json::from_value(record).unwrap();
+        assert_eq!(task.worker_id, Some(WorkerId::new("gpu-1-00c0ffee")));
     }
 }

@@ -108,7 +108,7 @@ impl Restored {
         if let Some(metrics) = metrics {
             let scraped = handle.clone();
             let render: atelier_telemetry::Render =
-                std::sync::Arc::new(move || crate::metrics::render(&scraped));
+                std::sync::Arc::new(move || crate::prometheus::render(&scraped));
             tokio::spawn(atelier_telemetry::serve_metrics(
                 metrics,
                 render,
@@ -122,7 +122,7 @@ impl Restored {
         tracing::info!(?address, "coordinator serving");
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &config.tls {
-            atelier_proto::client::install_crypto_provider();
+            atelier_proto::install_crypto_provider();
             let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
             builder = builder
                 .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))

@@ -35,6 +35,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, ErrorCode};
 
 use crate::error::{CoordinatorError, Result};
+use atelier_proto::TaskId;
+
 use crate::records::{JobRecord, TaskRecord};
 
 /// How long a coordinator starting up waits for another process to let go
@@ -46,7 +48,7 @@ pub struct StateStore {
     path: PathBuf,
     connection: Connection,
     /// Tasks whose work row is written.
-    work_saved: rustc_hash::FxHashSet<String>,
+    work_saved: rustc_hash::FxHashSet<TaskId>,
 }
 
 /// Everything the store holds, as loaded at start-up.
@@ -113,7 +115,7 @@ impl StateStore {
             // table existed carries it inline, and the next save moves it.
             let work = match works.remove(&id) {
                 Some(work) => {
-                    self.work_saved.insert(id.clone());
+                    self.work_saved.insert(TaskId::new(id.clone()));
                     work
                 }
                 None => match fields.remove("work") {
@@ -176,10 +178,12 @@ impl StateStore {
             for job in jobs {
                 let data =
                     serde_json::to_string(job).map_err(|source| CoordinatorError::Record {
-                        id: job.id.clone(),
+                        id: job.id.to_string(),
                         source,
                     })?;
-                put_job.execute(params![job.id, data]).map_err(failed)?;
+                put_job
+                    .execute(params![job.id.as_str(), data])
+                    .map_err(failed)?;
             }
             let mut put_work = transaction
                 .prepare_cached("INSERT OR REPLACE INTO task_work (id, work) VALUES (?1, ?2)")
@@ -187,11 +191,13 @@ impl StateStore {
             for task in tasks.iter().filter(|t| !self.work_saved.contains(&t.id)) {
                 let work = serde_json::to_string(&task.work).map_err(|source| {
                     CoordinatorError::Record {
-                        id: task.id.clone(),
+                        id: task.id.to_string(),
                         source,
                     }
                 })?;
-                put_work.execute(params![task.id, work]).map_err(failed)?;
+                put_work
+                    .execute(params![task.id.as_str(), work])
+                    .map_err(failed)?;
             }
             let mut put_task = transaction
                 .prepare_cached(
@@ -202,11 +208,11 @@ impl StateStore {
             for task in tasks {
                 let data =
                     serde_json::to_string(task).map_err(|source| CoordinatorError::Record {
-                        id: task.id.clone(),
+                        id: task.id.to_string(),
                         source,
                     })?;
                 put_task
-                    .execute(params![task.id, task.job_id, data])
+                    .execute(params![task.id.as_str(), task.job_id.as_str(), data])
                     .map_err(failed)?;
             }
         }
@@ -267,7 +273,7 @@ mod tests {
 
     #[test]
     fn shard_work_stored_before_row_slices_loads_as_whole_row_groups() {
-        use atelier_proto::domain::TaskWork;
+        use atelier_proto::TaskWork;
         // A tag shard's work as the version before row slices stored it.
         let old = r#"{"Tag":{"catalog":"file:///c","ranges":[{"file":"file:///c/part-00000.parquet","row_groups":[2,3]}],"checkpoints":[],"output":"file:///o/part-00001.parquet","inference":{"batch_size":0,"beams":1,"bf16":false,"channels_last":false},"rows":4096}}"#;
         let TaskWork::Tag(shard) = serde_json::from_str::<TaskWork>(old).unwrap() else {

@@ -6,12 +6,12 @@
 
 use std::time::Duration;
 
-use atelier_catalog::synthetic::{generate, GenerateOptions};
+use atelier_catalog::{generate, GenerateOptions};
 use atelier_catalog::{StoreLocation, WriterOptions};
 use atelier_coordinator::{serve, CoordinatorConfig};
-use atelier_proto::client::{job_client_lazy, worker_client, Connect, WorkerClient};
 use atelier_proto::v1;
 use atelier_proto::PROTOCOL_VERSION;
+use atelier_proto::{job_client_lazy, worker_client, Connect, WorkerClient};
 use tokio::sync::oneshot;
 
 struct Running {
@@ -415,7 +415,7 @@ fn tls_serves_clients_that_trust_the_certificate_and_only_them() {
             token: None,
             ca_pem: Some(cert_pem),
         };
-        let mut jobs = atelier_proto::client::connect_jobs(&https, &trusting)
+        let mut jobs = atelier_proto::connect_jobs(&https, &trusting)
             .await
             .unwrap();
         let listed = jobs
@@ -424,13 +424,12 @@ fn tls_serves_clients_that_trust_the_certificate_and_only_them() {
             .unwrap();
         assert!(listed.into_inner().jobs.is_empty());
         // Without the certificate the handshake fails; plain HTTP/2 is not served.
-        let untrusting = atelier_proto::client::connect_jobs(&https, &Connect::default()).await;
+        let untrusting = atelier_proto::connect_jobs(&https, &Connect::default()).await;
         if let Ok(mut untrusting) = untrusting {
             let refused = untrusting.list_jobs(v1::ListJobsRequest::default()).await;
             assert!(refused.is_err(), "an unknown certificate was accepted");
         }
-        let plain =
-            atelier_proto::client::connect_jobs(&running.address, &Connect::default()).await;
+        let plain = atelier_proto::connect_jobs(&running.address, &Connect::default()).await;
         if let Ok(mut plain) = plain {
             assert!(plain
                 .list_jobs(v1::ListJobsRequest::default())

@@ -2,19 +2,26 @@
 //! backbone with one linear head per attribute (`Classify`, or all attributes
 //! pooled on one backbone), and a GRU captioner started from the image
 //! features (`Annotator`). Checkpoints are safetensors plus a JSON manifest.
+//! The modules are private; what other crates use is re-exported here.
 
-pub mod annotator;
-pub mod autocast;
-pub mod checkpoint;
-pub mod error;
-pub mod fused;
-pub mod labels;
-pub mod model;
-pub mod optim;
-pub mod resnet;
-pub mod vocab;
+mod annotator;
+mod autocast;
+mod checkpoint;
+mod error;
+mod fused;
+mod labels;
+mod model;
+mod optim;
+mod resnet;
+mod vocab;
 
+pub use autocast::{cpu_has_bf16, Bf16Autocast};
+pub use checkpoint::{
+    read_safetensors_file, CheckpointDir, Manifest, Normalization as SavedNormalization,
+    FORMAT_VERSION, MANIFEST, METRICS,
+};
 pub use error::{ModelError, Result};
 pub use labels::{LabelMap, IGNORE_INDEX, UNKNOWN_LABEL};
-pub use model::{Model, ModelSpec};
-pub use vocab::Vocab;
+pub use model::{channels_last, Model, ModelSpec, BACKBONE_PREFIX};
+pub use optim::{Optimizer, OptimizerConfig, Schedule};
+pub use vocab::{tokenize, Vocab, END, PAD, START, UNK};

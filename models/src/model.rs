@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 use crate::annotator::Annotator;
 use crate::error::{ModelError, Result};
 use crate::labels::{LabelMap, IGNORE_INDEX};
-use atelier_proto::options::{Arch, Task};
+use atelier_proto::{Arch, Task};
 
 use crate::resnet::ResNet;
 use crate::vocab::Vocab;

@@ -4,7 +4,7 @@
 //! checkpointed; resuming a run must restore momentum and Adam moments exactly,
 //! so the update rules live here (the same rules as torch.optim).
 
-use atelier_proto::options::{OptimizerKind, ScheduleKind};
+use atelier_proto::{OptimizerKind, ScheduleKind};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 

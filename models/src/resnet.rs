@@ -1,7 +1,7 @@
 //! ResNet-18/34/50 with torchvision's parameter names and layout, so that
 //! torchvision state dicts load as they are (minus `num_batches_tracked`).
 
-use atelier_proto::options::Arch;
+use atelier_proto::Arch;
 use tch::nn::{self, ConvConfig, Init, ModuleT};
 use tch::Tensor;
 
@@ -181,7 +181,6 @@ impl Block {
 /// A ResNet without its final `fc` layer: images in, pooled features out.
 #[derive(Debug)]
 pub struct ResNet {
-    arch: Arch,
     stem: ConvBn,
     layers: Vec<Vec<Block>>,
     /// Batch norms folded into the convolutions: inference only from then on.
@@ -216,15 +215,10 @@ impl ResNet {
             layers.push(blocks);
         }
         Self {
-            arch,
             stem,
             layers,
             folded: false,
         }
-    }
-
-    pub fn arch(&self) -> Arch {
-        self.arch
     }
 
     fn conv_bns(&mut self) -> impl Iterator<Item = &mut ConvBn> {

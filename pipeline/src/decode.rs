@@ -10,7 +10,7 @@
 use std::io::Cursor;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use atelier_catalog::sniff::ImageFormat;
+use atelier_catalog::ImageFormat;
 use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr, jpeg_std_error};
 
 use crate::error::ItemError;

@@ -164,7 +164,7 @@ fn read_rows(
 
 #[cfg(test)]
 mod tests {
-    use atelier_catalog::synthetic::{encode_jpeg, product, render::render};
+    use atelier_catalog::{render_item, GenerateOptions};
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
@@ -173,8 +173,14 @@ mod tests {
     use crate::transform::{Augment, Normalization, Transformer};
 
     fn photo(index: u64, width: usize, height: usize) -> Vec<u8> {
-        let (item, mut rng) = product(7, index);
-        encode_jpeg(&render(&item, &mut rng, width, height), width, height, 88).unwrap()
+        let options = GenerateOptions {
+            seed: 7,
+            width,
+            height,
+            jpeg_quality: 88,
+            ..GenerateOptions::default()
+        };
+        render_item(&options, index).unwrap().image.unwrap()
     }
 
     /// The bytes a transform makes from the whole decoded picture and from

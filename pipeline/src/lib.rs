@@ -7,15 +7,15 @@
 //! consumer, whatever the catalogue size. A bad image becomes an
 //! [`ItemError`] on its own row; the rest of its batch comes through.
 
-pub mod batch;
-pub mod decode;
-pub mod error;
+mod batch;
+mod decode;
+mod error;
 mod jpeg_header;
 mod jpeg_rows;
-pub mod loader;
-pub mod on_device;
-pub mod stats;
-pub mod transform;
+mod loader;
+mod on_device;
+mod stats;
+mod transform;
 
 pub use batch::{normalize, Batch, BatchItem, EncodedImage, Pixels};
 pub use decode::{decode, decode_for_crop, DecodeLimits, RgbImage};
@@ -24,4 +24,4 @@ pub use jpeg_header::{jpeg_header, JpegHeader};
 pub use loader::{ImageLoader, ItemFilter, LoaderOptions};
 pub use on_device::{CpuJpegDecoder, JpegDecoder};
 pub use stats::{PipelineStats, StatsSnapshot};
-pub use transform::{Augment, Normalization, RandomAffine, Transformer};
+pub use transform::{Augment, Crop, Normalization, RandomAffine, Transformer};

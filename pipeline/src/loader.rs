@@ -6,10 +6,10 @@ use std::time::Instant;
 use arrow::compute::cast;
 use arrow_array::{Array, BinaryArray, RecordBatch, StringArray};
 use arrow_schema::DataType;
-use atelier_catalog::ordered_pool::OrderedPool;
-use atelier_catalog::schema::{self, LABEL_COLUMNS};
-use atelier_catalog::store::StoreCache;
+use atelier_catalog::OrderedPool;
+use atelier_catalog::StoreCache;
 use atelier_catalog::{stable_hash, Catalog, CatalogError, Labels, ReadRange};
+use atelier_catalog::{IMAGE, IMAGE_URI, ITEM_ID, LABEL_COLUMNS};
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 use object_store::ObjectStoreExt;
@@ -138,7 +138,7 @@ impl ImageLoader {
         handle: Handle,
     ) -> Result<Self> {
         validate(&options, &handle)?;
-        let mut columns: Vec<&str> = vec![schema::ITEM_ID, schema::IMAGE, schema::IMAGE_URI];
+        let mut columns: Vec<&str> = vec![ITEM_ID, IMAGE, IMAGE_URI];
         columns.extend(LABEL_COLUMNS);
         columns.extend(options.extra_columns.iter().map(String::as_str));
         let read_rows = options.batch_size.clamp(64, 1024);
@@ -344,10 +344,10 @@ impl Iterator for RawBatches {
 
 impl RawBatches {
     fn rows(&self, batch: &RecordBatch) -> Result<Vec<RawItem>> {
-        let ids = utf8(batch, schema::ITEM_ID)?
+        let ids = utf8(batch, ITEM_ID)?
             .ok_or_else(|| CatalogError::Internal("record batch without item_id".into()))?;
-        let images = binary(batch, schema::IMAGE)?;
-        let uris = utf8(batch, schema::IMAGE_URI)?;
+        let images = binary(batch, IMAGE)?;
+        let uris = utf8(batch, IMAGE_URI)?;
         let labels: Vec<Option<StringArray>> = LABEL_COLUMNS
             .iter()
             .map(|c| utf8(batch, c))

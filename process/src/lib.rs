@@ -4,8 +4,14 @@
 //! by `atelier` and the libtorch-free `atelier-coordinator`, so the two
 //! servers start, log and stop alike.
 
-pub mod listen;
-pub mod logging;
-pub mod memory;
-pub mod runtime;
-pub mod signal;
+mod listen;
+mod logging;
+mod memory;
+mod runtime;
+mod signal;
+
+pub use listen::bind_announced;
+pub use logging::{LogArgs, LogFormat};
+pub use memory::keep_freed_memory;
+pub use runtime::io_runtime;
+pub use signal::shutdown_signal;

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::options::serde_compat::zero_as_none;
+use crate::ids::{JobId, TaskId, WorkerId};
+use crate::options::serde_compat::{empty_as_none, zero_as_none};
 use crate::options::{GangOptions, InferenceOptions, TrainOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -260,7 +261,9 @@ pub struct Gang {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RankStatus {
     pub rank: u32,
-    pub worker_id: String,
+    /// The lane that holds the rank; `None` while the gang waits.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub worker_id: Option<WorkerId>,
     pub device: String,
     pub images_per_second: f64,
     pub allreduce_seconds: f64,
@@ -271,7 +274,7 @@ pub struct RankStatus {
 /// A job as users see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobStatus {
-    pub id: String,
+    pub id: JobId,
     pub kind: JobKind,
     pub state: JobState,
     pub created_unix_ms: i64,
@@ -287,7 +290,7 @@ pub struct JobStatus {
 /// One attempt at one task; the attempt number is the fencing token.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct LeaseRef {
-    pub task_id: String,
+    pub task_id: TaskId,
     pub attempt: u32,
 }
 
@@ -330,7 +333,7 @@ pub enum TaskWork {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Assignment {
     pub lease: LeaseRef,
-    pub job_id: String,
+    pub job_id: JobId,
     pub work: TaskWork,
 }
 

@@ -1,18 +1,41 @@
 //! The `atelier.v1` wire protocol between users, the coordinator and workers,
 //! and the domain types the rest of atelier works with.
 //!
-//! The wire code is generated from `atelier/v1/atelier.proto` at build time.
-//! Only the servers' and clients' edges touch it; `convert` turns it into the
-//! types of `domain` and back.
+//! The wire code (`v1`) is generated from `atelier/v1/atelier.proto` at build
+//! time. Only the servers' and clients' edges touch it; `convert` turns it
+//! into the domain types and back. The job options live in `options`, the one
+//! definition the CLI, the wire and the worker derive from. Every module but
+//! `v1` is private; what other crates use is re-exported here.
 
-pub mod client;
-pub mod convert;
-pub mod domain;
-pub mod error;
-pub mod error_text;
-pub mod options;
+mod client;
+mod convert;
+mod domain;
+mod error;
+mod error_text;
+mod ids;
+mod options;
 
+pub use client::{
+    connect_jobs, install_crypto_provider, job_client_lazy, worker_client, Authed, BearerToken,
+    Connect, JobClient, WorkerClient,
+};
+pub use convert::{
+    complete_request, fail_request, gang, job_id, job_state, lease, progress_request,
+    rendezvous_request, rendezvous_response, work_error, work_status, worker_id,
+};
+pub use domain::{
+    Assignment, DeviceInfo, EvalJobSpec, FileRowGroups, Gang, JobKind, JobSpec, JobState,
+    JobStatus, LeaseRef, RankStatus, Registration, RendezvousOffer, Restart, ShardWork, StageTimes,
+    TagJobSpec, TagProgress, TaskFailure, TaskOutcome, TaskProgressReport, TaskWork, TrainJobSpec,
+    TrainProgress, WorkerTimings,
+};
 pub use error::{ProtoError, Result};
+pub use error_text::one_line;
+pub use ids::{JobId, TaskId, WorkerId};
+pub use options::{
+    Arch, GangOptions, InferenceOptions, OptimizerKind, ScheduleKind, Task, TrainOptions,
+    UnknownName,
+};
 
 /// Bumped on every incompatible change; workers send it when they register.
 /// 2: a shard may be part of a row group (`FileRowGroups.rows`), which a

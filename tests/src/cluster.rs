@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use atelier_proto::client::{connect_jobs, Connect, JobClient};
-use atelier_proto::domain::JobStatus;
 use atelier_proto::v1;
+use atelier_proto::JobStatus;
+use atelier_proto::{connect_jobs, Connect, JobClient};
 
 use crate::{atelier_bin, built_bin};
 

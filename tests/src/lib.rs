@@ -152,8 +152,7 @@ pub fn python(args: &[&str]) -> String {
 /// A checkpoint's weights by name, and the step they were saved at.
 pub fn checkpoint_weights(url: &str) -> (std::collections::HashMap<String, tch::Tensor>, i64) {
     let rt = runtime();
-    let dir = atelier_models::checkpoint::CheckpointDir::parse(url)
-        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let dir = atelier_models::CheckpointDir::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
     let manifest = rt
         .block_on(dir.require_manifest())
         .unwrap_or_else(|e| panic!("{url}: {e}"));

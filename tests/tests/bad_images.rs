@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::io::Cursor;
 
-use atelier_catalog::synthetic::encode_jpeg;
+use atelier_catalog::encode_jpeg;
 use atelier_catalog::{Catalog, CatalogItem, CatalogWriter, StoreLocation, WriterOptions};
 use atelier_pipeline::{decode, DecodeLimits, ImageLoader, ItemError, LoaderOptions, Pixels};
 use atelier_tests::runtime;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use atelier_catalog::synthetic::{generate, GenerateOptions};
+use atelier_catalog::{generate, GenerateOptions};
 use atelier_catalog::{Catalog, StoreLocation, WriterOptions};
 use atelier_pipeline::{ImageLoader, LoaderOptions};
 use atelier_tests::runtime;

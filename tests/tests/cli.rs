@@ -321,3 +321,60 @@ fn doctor_reports_what_the_machine_offers() {
     };
     assert!(report.contains(expected), "{report}");
 }
+
+/// The subcommands `atelier` lists in its help, and those of its groups.
+fn subcommands(args: &[&str]) -> Vec<String> {
+    let mut args = args.to_vec();
+    args.push("--help");
+    let help = atelier_ok(&args);
+    help.lines()
+        .skip_while(|line| !line.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|line| line.starts_with("  "))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_cli_reference_covers_every_command() {
+    let reference =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/cli.md")).unwrap();
+    let mut commands = Vec::new();
+    for top in subcommands(&[]) {
+        match top.as_str() {
+            "catalog" | "submit" => {
+                for sub in subcommands(&[&top]) {
+                    commands.push(format!("atelier {top} {sub}"));
+                }
+            }
+            _ => commands.push(format!("atelier {top}")),
+        }
+    }
+    assert!(commands.len() > 15, "{commands:?}");
+    let missing: Vec<&String> = commands
+        .iter()
+        .filter(|command| !reference.contains(&format!("`{command}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/cli.md does not describe {missing:?}"
+    );
+}
+
+#[test]
+fn training_flags_default_to_the_recipe() {
+    let help = atelier_ok(&["train", "--help"]);
+    for default in [
+        "[default: onecycle]",
+        "[default: 0.0005]",
+        "[default: pool]",
+    ] {
+        assert!(help.contains(default), "{default} missing from:\n{help}");
+    }
+    // `submit train` offers the same options, and not the local run's own.
+    let submit = atelier_ok(&["submit", "train", "--help"]);
+    assert!(submit.contains("[default: onecycle]") && submit.contains("--world-size"));
+    assert!(!submit.contains("--threads"), "{submit}");
+}

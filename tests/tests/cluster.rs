@@ -10,9 +10,9 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arrow_array::{Array, StringArray};
-use atelier_catalog::synthetic::{render_item, GenerateOptions};
+use atelier_catalog::{render_item, GenerateOptions};
 use atelier_catalog::{CatalogWriter, StoreLocation, WriterOptions};
-use atelier_proto::domain::JobState;
+use atelier_proto::JobState;
 use atelier_tests::cluster::Cluster;
 use atelier_tests::{atelier_ok, runtime};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;

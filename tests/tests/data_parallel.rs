@@ -6,12 +6,12 @@
 
 use std::time::Duration;
 
-use atelier_catalog::synthetic::{generate, GenerateOptions};
+use atelier_catalog::{generate, GenerateOptions};
 use atelier_catalog::{StoreLocation, WriterOptions};
 use atelier_collective::{RingCollective, RingOptions};
-use atelier_proto::options::{Arch, OptimizerKind, ScheduleKind, Task, TrainOptions};
+use atelier_proto::{Arch, OptimizerKind, ScheduleKind, Task, TrainOptions};
 use atelier_tests::{checkpoint_weights, runtime};
-use atelier_worker::train::{train, train_ranked, TrainEvent, TrainSetup};
+use atelier_worker::{train, train_ranked, TrainEvent, TrainSetup};
 
 fn catalogue(dir: &std::path::Path) -> String {
     let rt = runtime();

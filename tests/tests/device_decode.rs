@@ -2,13 +2,13 @@
 //! same items, the same errors and nearly the same pixels as the CPU
 //! pipeline. The device decoder here is the CPU reference behind the same
 //! trait, refusing one picture to exercise the fallback; the nvJPEG one runs
-//! only where a GPU is (bench/gpu_perf.sh).
+//! only where a GPU is (bench/gpu/perf.sh).
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 use std::io::Cursor;
 
-use atelier_catalog::synthetic::encode_jpeg;
+use atelier_catalog::encode_jpeg;
 use atelier_catalog::{Catalog, CatalogItem, CatalogWriter, StoreLocation, WriterOptions};
 use atelier_pipeline::{
     Augment, Batch, CpuJpegDecoder, EncodedImage, ImageLoader, JpegDecoder, LoaderOptions, Pixels,

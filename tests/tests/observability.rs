@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use atelier_proto::domain::JobState;
+use atelier_proto::JobState;
 use atelier_tests::cluster::{Cluster, Process};
 use atelier_tests::{atelier_ok, runtime, train_quick_color_model};
 

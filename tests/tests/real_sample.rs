@@ -2,12 +2,12 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
-use atelier_catalog::import::{import, ColumnMapping, ImportOptions};
+use atelier_catalog::{import, ColumnMapping, ImportOptions};
 use atelier_catalog::{Catalog, StoreLocation, WriterOptions};
 use atelier_pipeline::{ImageLoader, LoaderOptions};
 use atelier_tests::{fashion_data, runtime};
 
-fn import_sample(out: &std::path::Path, link: bool) -> atelier_catalog::import::ImportSummary {
+fn import_sample(out: &std::path::Path, link: bool) -> atelier_catalog::ImportSummary {
     let data = fashion_data();
     assert!(
         data.join("styles.csv").exists(),

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use atelier_proto::domain::JobState;
+use atelier_proto::JobState;
 use atelier_tests::cluster::Cluster;
 use atelier_tests::{atelier, atelier_ok, built_bin, python, runtime, train_quick_color_model};
 

@@ -6,10 +6,10 @@
 
 use std::process::Command;
 
-use atelier_models::labels::LabelMap;
-use atelier_models::model::{ModelSpec, BACKBONE_PREFIX};
+use atelier_models::LabelMap;
 use atelier_models::Model;
-use atelier_proto::options::{Arch, Task};
+use atelier_models::{ModelSpec, BACKBONE_PREFIX};
+use atelier_proto::{Arch, Task};
 use atelier_tests::{venv_python, workspace_root};
 use tch::{Device, Tensor};
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use atelier_proto::domain::{JobState, JobStatus};
+use atelier_proto::{JobState, JobStatus};
 use atelier_tests::cluster::Cluster;
 use atelier_tests::{atelier_ok, checkpoint_weights, runtime};
 

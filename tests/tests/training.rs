@@ -6,12 +6,12 @@
 use std::collections::HashMap;
 
 use arrow_array::{Array, StringArray};
-use atelier_catalog::synthetic::{generate, render_item, GenerateOptions};
+use atelier_catalog::{generate, render_item, GenerateOptions};
 use atelier_catalog::{CatalogItem, CatalogWriter, StoreLocation, WriterOptions};
-use atelier_models::checkpoint::CheckpointDir;
-use atelier_proto::options::{Arch, OptimizerKind, ScheduleKind, Task, TrainOptions};
+use atelier_models::CheckpointDir;
+use atelier_proto::{Arch, OptimizerKind, ScheduleKind, Task, TrainOptions};
 use atelier_tests::{atelier_ok, runtime};
-use atelier_worker::train::{train, TrainEvent, TrainSetup};
+use atelier_worker::{train, TrainEvent, TrainSetup};
 use tch::Tensor;
 
 /// libtorch's random generator is global to the process: tests that initialise

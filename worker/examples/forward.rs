@@ -1,14 +1,14 @@
 //! Model-only throughput of the tagging path: a checkpoint's model (backbone
 //! and every head, as `atelier tag` loads it) on one pre-decoded batch held
-//! on the device, no pipeline. `bench/run.sh` compares end-to-end tagging
+//! on the device, no pipeline. `bench/tagging/against_python.sh` compares end-to-end tagging
 //! with this figure (the "pipeline hidden" target).
 //!
 //!   forward CHECKPOINT [--batch-size 32] [--iters 8] [--channels-last] [--bf16] [--device cpu]
 
 use std::time::Instant;
 
-use atelier_models::checkpoint::CheckpointDir;
-use atelier_worker::evaluate::{load_model, Layout};
+use atelier_models::CheckpointDir;
+use atelier_worker::{load_model, Layout};
 use tch::{Kind, Tensor};
 
 fn flag_value(args: &[String], name: &str, default: &str) -> String {
@@ -20,12 +20,12 @@ fn flag_value(args: &[String], name: &str, default: &str) -> String {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // As the `atelier` commands that run models do.
-    atelier_process::memory::keep_freed_memory();
+    atelier_process::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let checkpoint = args.first().ok_or("usage: forward CHECKPOINT [flags]")?;
     let batch: i64 = flag_value(&args, "--batch-size", "32").parse()?;
     let iters: usize = flag_value(&args, "--iters", "8").parse()?;
-    let device = atelier_worker::device::parse_device(&flag_value(&args, "--device", "cpu"))?;
+    let device = atelier_worker::parse_device(&flag_value(&args, "--device", "cpu"))?;
     let layout = Layout {
         channels_last: args.iter().any(|a| a == "--channels-last"),
         bf16: args.iter().any(|a| a == "--bf16"),

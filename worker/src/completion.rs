@@ -4,8 +4,8 @@
 //! k+1 as well (torch's stream runs in order), and the GPU would idle while
 //! the host builds and writes batch k's rows.
 
-use atelier_collective::cuda_runtime::{
-    self, CudaRuntime, Event, EVENT_BLOCKING_SYNC, EVENT_DISABLE_TIMING, TORCH_DEFAULT_STREAM,
+use atelier_cuda::{
+    CudaRuntime, Event, EVENT_BLOCKING_SYNC, EVENT_DISABLE_TIMING, TORCH_DEFAULT_STREAM,
 };
 
 /// A point in the work queued on one GPU's torch stream.
@@ -25,7 +25,7 @@ impl CompletionEvent {
         // and destroyed once, on drop; the current device is set first because
         // an event must be recorded on a stream of its own device.
         unsafe {
-            if cuda_runtime::set_device(index) != Some(Ok(()))
+            if atelier_cuda::set_device(index) != Some(Ok(()))
                 || (runtime.event_create_with_flags)(
                     &mut event,
                     EVENT_BLOCKING_SYNC | EVENT_DISABLE_TIMING,

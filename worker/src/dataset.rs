@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use arrow::compute::cast;
 use arrow_array::{Array, StringArray};
 use arrow_schema::DataType;
-use atelier_catalog::schema::{CAPTION, ITEM_ID, LABEL_COLUMNS};
 use atelier_catalog::{stable_hash, Catalog, CatalogError};
+use atelier_catalog::{CAPTION, ITEM_ID, LABEL_COLUMNS};
 use atelier_models::{LabelMap, Vocab};
-use atelier_proto::options::Task;
+use atelier_proto::Task;
 use futures::StreamExt;
 
 use crate::error::Result;
@@ -26,8 +26,6 @@ pub struct LabelScan {
     pub validation_items: usize,
     pub labels: BTreeMap<String, LabelMap>,
     pub vocab: Option<Vocab>,
-    /// The most frequent training caption (the trivial captioning baseline).
-    pub most_common_caption: Option<String>,
 }
 
 /// Builds label maps (and the vocabulary for captions) from the training split.
@@ -107,21 +105,10 @@ pub async fn scan_labels(
     } else {
         None
     };
-    let most_common_caption = {
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for caption in captions {
-            *counts.entry(caption.as_str()).or_default() += 1;
-        }
-        counts
-            .into_iter()
-            .max_by_key(|(_, c)| *c)
-            .map(|(c, _)| c.to_string())
-    };
     Ok(LabelScan {
         train_items,
         validation_items,
         labels: maps,
         vocab,
-        most_common_caption,
     })
 }

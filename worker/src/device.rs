@@ -1,7 +1,6 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use atelier_collective::cuda_runtime;
 use atelier_pipeline::{normalize, Batch, CpuJpegDecoder, Pixels};
 use tch::{Device, Kind, Tensor};
 
@@ -73,8 +72,8 @@ pub fn device_name(device: Device) -> String {
 /// Bytes in use on GPU `index` (by every process), from the CUDA runtime
 /// that libtorch already loaded; `None` without one.
 pub fn gpu_memory_used(index: usize) -> Option<usize> {
-    let runtime = cuda_runtime::CudaRuntime::get()?;
-    cuda_runtime::set_device(index)?.ok()?;
+    let runtime = atelier_cuda::CudaRuntime::get()?;
+    atelier_cuda::set_device(index)?.ok()?;
     let (mut free, mut total) = (0usize, 0usize);
     // SAFETY: two out-pointers to write.
     if unsafe { (runtime.mem_get_info)(&mut free, &mut total) } != 0 {

@@ -30,7 +30,7 @@ pub enum WorkerError {
     Panicked(String),
     #[error("cancelled")]
     Cancelled,
-    #[error("coordinator: {}", atelier_proto::error_text::one_line(.0))]
+    #[error("coordinator: {}", atelier_proto::one_line(.0))]
     Coordinator(#[from] tonic::Status),
     #[error(transparent)]
     Protocol(#[from] atelier_proto::ProtoError),

@@ -3,11 +3,11 @@
 use std::collections::BTreeMap;
 
 use atelier_catalog::{Catalog, ReadRange};
-use atelier_models::checkpoint::{CheckpointDir, Manifest};
-use atelier_models::vocab::tokenize;
+use atelier_models::tokenize;
 use atelier_models::Model;
+use atelier_models::{CheckpointDir, Manifest};
 use atelier_pipeline::{Augment, ImageLoader, ItemFilter, LoaderOptions, Normalization};
-use atelier_proto::options::InferenceOptions;
+use atelier_proto::InferenceOptions;
 use bytes::Bytes;
 use serde::Serialize;
 use tch::{Device, Kind};
@@ -15,7 +15,7 @@ use tokio::runtime::Handle;
 
 use crate::dataset::in_validation;
 use crate::error::Result;
-use crate::metrics::{bleu, classification, ClassificationReport};
+use crate::scores::{bleu, classification, ClassificationReport};
 
 pub const REPORT: &str = "test-report.json";
 

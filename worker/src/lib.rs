@@ -1,22 +1,34 @@
-//! Where models run. The training, evaluation and tagging loops here are used
-//! by the single-process commands (`atelier train | test | tag`) and, later, by
-//! the gRPC worker.
+//! Where models run: the training, evaluation and tagging loops, used by the
+//! single-process commands (`atelier train | test | tag`), and the agent that
+//! serves them to a coordinator as an `atelier worker` (`agent`: one lane per
+//! device, each a gRPC session and a compute thread).
 //!
 //! Compute runs on the calling OS thread (never on the async runtime); the
-//! runtime handle passed in only serves object-store I/O.
+//! runtime handle passed in only serves object-store I/O. The modules are
+//! private; what other crates use is re-exported here.
 
-pub mod agent;
-pub mod completion;
-pub mod dataset;
-pub mod device;
-pub mod error;
-pub mod evaluate;
-pub mod metrics;
-pub mod nvjpeg;
-pub mod sampler;
-pub mod tag;
-pub mod targets;
-pub mod train;
+mod agent;
+mod completion;
+mod dataset;
+mod device;
+mod error;
+mod evaluate;
+mod nvjpeg;
+mod sampler;
+mod scores;
+mod tag;
+mod targets;
+mod train;
 
+pub use agent::{run_agent, serve_health, train_setup, AgentOptions, AgentSummary, WorkerMetrics};
 pub use atelier_proto::PROTOCOL_VERSION;
+pub use completion::CompletionEvent;
+pub use device::parse_device;
 pub use error::{Result, WorkerError};
+pub use evaluate::{evaluate, load_model, EvalReport, EvaluateOptions, Layout, REPORT};
+pub use nvjpeg::{NvJpegDecoder, NvJpegLibrary};
+pub use scores::{ClassMetrics, ClassificationReport};
+pub use tag::{tag, TagOptions, TagSummary};
+pub use train::{
+    train, train_ranked, train_until, MetricsLine, TrainEvent, TrainSetup, TrainSummary,
+};

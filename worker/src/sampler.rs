@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use arrow::compute::cast;
 use arrow_array::{Array, StringArray};
 use arrow_schema::DataType;
-use atelier_catalog::schema::ITEM_ID;
+use atelier_catalog::ITEM_ID;
 use atelier_catalog::{stable_hash, Catalog, CatalogError, ReadRange};
 use futures::StreamExt;
 
@@ -79,10 +79,6 @@ impl TrainingIds {
 
     pub fn len(&self) -> usize {
         self.by_group.iter().map(Vec::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The epoch's item order, given the epoch's order of row groups (indices

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use atelier_models::vocab::{END, PAD, START};
 use atelier_models::ModelSpec;
+use atelier_models::{END, PAD, START};
 use atelier_pipeline::Batch;
 use tch::{Device, Tensor};
 

@@ -13,7 +13,6 @@ mod shapes;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
-use futures::TryStreamExt;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::runtime::Handle;
@@ -121,7 +120,7 @@ pub fn generate(
     mut progress: impl FnMut(usize),
 ) -> Result<GenerateSummary> {
     let started = Instant::now();
-    handle.block_on(prepare_output(&out, options.overwrite))?;
+    handle.block_on(crate::output::prepare_output(&out, options.overwrite))?;
     let mut writer = CatalogWriter::new(out, options.writer.clone())?;
     let chunks = options.items.div_ceil(CHUNK);
     let total = options.items;
@@ -158,32 +157,6 @@ pub fn generate(
         bytes,
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-/// Refuses to mix a new catalogue into an old one, or clears the old one when asked.
-pub async fn prepare_output(out: &StoreLocation, overwrite: bool) -> Result<()> {
-    let existing: Vec<_> = match out.store.list(Some(&out.path)).try_collect().await {
-        Ok(objects) => objects,
-        Err(object_store::Error::NotFound { .. }) => Vec::new(),
-        Err(e) => return Err(CatalogError::store(out.url(), e)),
-    };
-    if existing.is_empty() {
-        return Ok(());
-    }
-    if !overwrite {
-        return Err(CatalogError::AlreadyExists { url: out.url() });
-    }
-    // One stream, so stores with a bulk delete (S3 takes a thousand keys a
-    // request) clear a big prefix in a few round trips rather than one a part.
-    let paths = futures::stream::iter(existing.into_iter().map(|object| Ok(object.location)));
-    let mut deleted = out.store.delete_stream(Box::pin(paths));
-    while let Some(result) = futures::StreamExt::next(&mut deleted).await {
-        match result {
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(CatalogError::store(out.url(), e)),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use atelier_catalog::import::{import, ColumnMapping, ImportOptions};
-use atelier_catalog::inspect::inspect;
-use atelier_catalog::synthetic::{generate, GenerateOptions};
+use atelier_catalog::inspect;
+use atelier_catalog::{generate, GenerateOptions};
+use atelier_catalog::{import, ColumnMapping, ImportOptions};
 use atelier_catalog::{StoreLocation, WriterOptions};
 use clap::{Args, Subcommand};
 use tokio::runtime::Handle;
@@ -38,9 +38,9 @@ pub struct GenerateArgs {
     /// Rendering threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    #[arg(long, default_value_t = atelier_catalog::writer::DEFAULT_ROWS_PER_GROUP)]
+    #[arg(long, default_value_t = atelier_catalog::DEFAULT_ROWS_PER_GROUP)]
     pub rows_per_group: usize,
-    #[arg(long, default_value_t = atelier_catalog::writer::DEFAULT_GROUPS_PER_FILE)]
+    #[arg(long, default_value_t = atelier_catalog::DEFAULT_GROUPS_PER_FILE)]
     pub groups_per_file: usize,
     /// Replace whatever is under the output prefix.
     #[arg(long)]

@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use atelier_coordinator::command::CoordinatorArgs;
-use atelier_process::listen::bind_announced;
-use atelier_process::signal::shutdown_signal;
-use atelier_proto::client::Connect;
-use atelier_worker::agent::{run_agent, serve_health, AgentOptions, WorkerMetrics};
+use atelier_coordinator::CoordinatorArgs;
+use atelier_process::bind_announced;
+use atelier_process::shutdown_signal;
+use atelier_proto::Connect;
+use atelier_worker::{run_agent, serve_health, AgentOptions, WorkerMetrics};
 use clap::Args;
 
 use super::jobs::ClientArgs;
@@ -68,7 +68,7 @@ pub struct WorkerArgs {
 
 pub fn run_coordinator(args: &CoordinatorArgs, handle: &Handle) -> anyhow::Result<()> {
     handle
-        .block_on(atelier_coordinator::command::run(args, shutdown_signal()))
+        .block_on(atelier_coordinator::run(args, shutdown_signal()))
         .context("coordinator")
 }
 

@@ -5,13 +5,13 @@
 use std::time::Instant;
 
 use atelier_collective::NcclLibrary;
-use atelier_pipeline::transform::Crop;
+use atelier_pipeline::Crop;
 use atelier_pipeline::{
     Batch, BatchItem, CpuJpegDecoder, DecodeLimits, EncodedImage, JpegDecoder, Normalization,
     Pixels,
 };
-use atelier_worker::completion::CompletionEvent;
-use atelier_worker::nvjpeg::{NvJpegDecoder, NvJpegLibrary};
+use atelier_worker::CompletionEvent;
+use atelier_worker::{NvJpegDecoder, NvJpegLibrary};
 use clap::Args;
 use tch::{Device, Kind, Tensor};
 
@@ -39,7 +39,7 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<()> {
     );
     println!(
         "cpu bf16: {}",
-        if atelier_models::autocast::cpu_has_bf16() {
+        if atelier_models::cpu_has_bf16() {
             "avx512-bf16, so --bf16 pays on the cpu too"
         } else {
             "no bf16 instructions; keep --bf16 for gpus"
@@ -86,9 +86,7 @@ fn test_jpeg() -> anyhow::Result<Vec<u8>> {
             })
         })
         .collect();
-    Ok(atelier_catalog::synthetic::encode_jpeg(
-        &pixels, width, height, 90,
-    )?)
+    Ok(atelier_catalog::encode_jpeg(&pixels, width, height, 90)?)
 }
 
 /// nvJPEG on GPU `index`: which engine, how far from libjpeg, how fast.

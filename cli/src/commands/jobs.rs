@@ -2,10 +2,10 @@
 
 use anyhow::{bail, Context};
 use atelier_catalog::StoreLocation;
-use atelier_proto::client::{connect_jobs, JobClient};
-use atelier_proto::domain::{EvalJobSpec, JobKind, JobState, JobStatus, TagJobSpec, TrainJobSpec};
-use atelier_proto::options::{GangOptions, InferenceOptions, TrainOptions};
 use atelier_proto::v1;
+use atelier_proto::{connect_jobs, JobClient};
+use atelier_proto::{EvalJobSpec, JobKind, JobState, JobStatus, TagJobSpec, TrainJobSpec};
+use atelier_proto::{GangOptions, InferenceOptions, TrainOptions};
 use clap::{Args, Subcommand};
 use tokio::runtime::Handle;
 
@@ -36,7 +36,7 @@ impl ClientArgs {
 pub enum SubmitCommand {
     /// Tag a catalogue on the cluster's workers.
     Tag(SubmitTagArgs),
-    /// Train a model on a worker (one rank).
+    /// Train a model on the workers: one rank, or a data-parallel gang.
     Train(Box<SubmitTrainArgs>),
     /// Evaluate a checkpoint on a worker.
     Test(SubmitTestArgs),
@@ -270,11 +270,7 @@ pub fn print_job(job: &JobStatus) {
             println!(
                 "  rank {} on {} ({}): {:.1} images/s, {:.2} s in all-reduce",
                 rank.rank,
-                if rank.worker_id.is_empty() {
-                    "-"
-                } else {
-                    &rank.worker_id
-                },
+                rank.worker_id.as_ref().map_or("-", |id| id.as_str()),
                 if rank.device.is_empty() {
                     "-"
                 } else {
@@ -298,7 +294,7 @@ pub fn print_job(job: &JobStatus) {
         println!("  {line}");
     }
     if !job.metrics.is_empty() {
-        println!("  {}", super::metrics::describe(&job.metrics));
+        println!("  {}", super::score_line::describe(&job.metrics));
     }
     if let Some(error) = &job.error {
         println!("  error: {error}");

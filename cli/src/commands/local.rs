@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use atelier_catalog::Catalog;
-use atelier_proto::domain::TagJobSpec;
-use atelier_proto::options::{Arch, InferenceOptions, Task, TrainOptions};
 use atelier_proto::v1;
+use atelier_proto::TagJobSpec;
+use atelier_proto::{Arch, InferenceOptions, Task, TrainOptions};
 use clap::Args;
 use tokio::runtime::Handle;
 

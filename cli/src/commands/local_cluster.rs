@@ -4,9 +4,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use atelier_coordinator::plan::ShardSizing;
 use atelier_coordinator::CoordinatorConfig;
-use atelier_worker::agent::{run_agent, AgentOptions};
+use atelier_coordinator::ShardSizing;
+use atelier_worker::{run_agent, AgentOptions};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
@@ -15,8 +15,7 @@ pub struct LocalCluster {
     pub address: String,
     stop: watch::Sender<bool>,
     coordinator: tokio::task::JoinHandle<atelier_coordinator::Result<()>>,
-    workers:
-        Vec<tokio::task::JoinHandle<atelier_worker::Result<atelier_worker::agent::AgentSummary>>>,
+    workers: Vec<tokio::task::JoinHandle<atelier_worker::Result<atelier_worker::AgentSummary>>>,
 }
 
 async fn stopped(mut stop: watch::Receiver<bool>) {

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use atelier_catalog::Catalog;
 use atelier_pipeline::{Augment, EncodedImage, ImageLoader, LoaderOptions, Pixels};
-use atelier_proto::options::TrainOptions;
+use atelier_proto::TrainOptions;
 use clap::{Args, ValueEnum};
 use tokio::runtime::Handle;
 

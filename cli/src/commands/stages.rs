@@ -1,6 +1,6 @@
 //! Where a tagging run's time went, stage by stage, as one line.
 
-use atelier_proto::domain::StageTimes;
+use atelier_proto::StageTimes;
 
 /// `None` before any stage has counted time.
 pub fn describe(s: &StageTimes) -> Option<String> {

@@ -1,7 +1,7 @@
 //! `atelier tag`: single-process bulk tagging into Parquet.
 
-use atelier_proto::options::InferenceOptions;
-use atelier_worker::tag::{tag, TagOptions};
+use atelier_proto::InferenceOptions;
+use atelier_worker::{tag, TagOptions};
 use clap::Args;
 use tokio::runtime::Handle;
 

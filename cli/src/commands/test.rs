@@ -1,6 +1,6 @@
 //! `atelier test`: the research code's test mode.
 
-use atelier_worker::evaluate::{evaluate, EvaluateOptions};
+use atelier_worker::{evaluate, EvaluateOptions};
 use clap::Args;
 use tokio::runtime::Handle;
 

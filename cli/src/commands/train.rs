@@ -1,7 +1,7 @@
 //! `atelier train`: the research code's train mode, on one machine.
 
-use atelier_proto::options::TrainOptions;
-use atelier_worker::train::{train, TrainEvent, TrainSetup};
+use atelier_proto::TrainOptions;
+use atelier_worker::{train, TrainEvent, TrainSetup};
 use clap::Args;
 use tokio::runtime::Handle;
 
@@ -86,7 +86,7 @@ pub fn run(args: &TrainArgs, handle: &Handle) -> anyhow::Result<()> {
         TrainEvent::Epoch { epoch, metrics } => {
             let line = format!(
                 "epoch {epoch}: validation {}",
-                super::metrics::describe(metrics)
+                super::score_line::describe(metrics)
             );
             match &bar {
                 Some(b) if !b.is_hidden() => b.println(line),
@@ -102,7 +102,7 @@ pub fn run(args: &TrainArgs, handle: &Handle) -> anyhow::Result<()> {
         summary.epochs,
         summary.steps,
         summary.images_per_s,
-        super::metrics::describe(&summary.metrics),
+        super::score_line::describe(&summary.metrics),
         summary.checkpoint
     );
     Ok(())

@@ -7,9 +7,9 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use atelier_proto::client::JobClient;
-use atelier_proto::domain::{JobState, JobStatus, TagProgress, TrainProgress};
 use atelier_proto::v1;
+use atelier_proto::JobClient;
+use atelier_proto::{JobState, JobStatus, TagProgress, TrainProgress};
 use indicatif::ProgressBar;
 
 use crate::progress;
@@ -36,9 +36,7 @@ pub async fn watch(client: &mut JobClient, job_id: &str) -> anyhow::Result<JobSt
             Ok(Some(ended)) => break ended,
             // A coordinator shutting down ends its streams.
             Ok(None) => "the coordinator ended the watch".to_string(),
-            Err(status) if reconnectable(status.code()) => {
-                atelier_proto::error_text::one_line(&status)
-            }
+            Err(status) if reconnectable(status.code()) => atelier_proto::one_line(&status),
             Err(status) => return Err(status.into()),
         };
         let since = *lost_since.get_or_insert_with(|| {
@@ -258,7 +256,7 @@ impl LineLog {
 
 #[cfg(test)]
 mod tests {
-    use atelier_proto::domain::{JobKind, RankStatus, Restart};
+    use atelier_proto::{JobKind, RankStatus, Restart};
 
     use super::*;
 

@@ -8,9 +8,8 @@ use std::sync::{Arc, OnceLock};
 
 use libloading::Library;
 
-use crate::cuda_runtime::Stream;
 use crate::error::{CollectiveError, Result};
-use crate::runtime_library::{self, open_first};
+use atelier_cuda::{open_first, Stream};
 
 pub const UNIQUE_ID_BYTES: usize = 128;
 
@@ -134,7 +133,7 @@ impl NcclLibrary {
             name: &str,
         ) -> std::result::Result<T, String> {
             // SAFETY: each type above is the prototype nccl.h declares for `name`.
-            unsafe { runtime_library::symbol(library, path, name) }
+            unsafe { atelier_cuda::symbol(library, path, name) }
         }
         Ok(Self {
             get_version: symbol(&library, &path, "ncclGetVersion")?,

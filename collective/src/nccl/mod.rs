@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::cuda_runtime::{self, Stream, TORCH_DEFAULT_STREAM};
 use crate::error::{CollectiveError, Result};
 use crate::{Backend, Collective};
+use atelier_cuda::{Stream, TORCH_DEFAULT_STREAM};
 use library::{Comm, NCCL_FLOAT32, NCCL_FLOAT64, NCCL_SUM};
-pub use library::{NcclLibrary, NcclUniqueId, UNIQUE_ID_BYTES};
+pub use library::{NcclLibrary, NcclUniqueId};
 use side_stream::SideStream;
 
 #[derive(Debug)]
@@ -202,7 +202,7 @@ fn init(
     world: usize,
     device_index: usize,
 ) -> Result<Comm> {
-    match cuda_runtime::set_device(device_index) {
+    match atelier_cuda::set_device(device_index) {
         Some(Ok(())) => {}
         Some(Err(code)) => {
             return Err(CollectiveError::Setup(format!(

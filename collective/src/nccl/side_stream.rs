@@ -7,8 +7,8 @@
 
 use std::ffi::c_int;
 
-use crate::cuda_runtime::{CudaRuntime, Event, Stream, EVENT_DISABLE_TIMING, STREAM_NON_BLOCKING};
 use crate::error::{CollectiveError, Result};
+use atelier_cuda::{CudaRuntime, Event, Stream, EVENT_DISABLE_TIMING, STREAM_NON_BLOCKING};
 
 pub(crate) struct SideStream {
     runtime: &'static CudaRuntime,
@@ -101,7 +101,7 @@ impl Drop for SideStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cuda_runtime::TORCH_DEFAULT_STREAM;
+    use atelier_cuda::TORCH_DEFAULT_STREAM;
 
     #[test]
     fn a_side_stream_needs_a_gpu_and_says_so_without_one() {

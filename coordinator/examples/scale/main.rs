@@ -1,4 +1,4 @@
-//! Scale benchmark of the coordinator (see bench/scale.sh and BENCHMARKS.md):
+//! Scale benchmark of the coordinator (see bench/coordinator/scale.sh and BENCHMARKS.md):
 //! plans a 10^6-item catalogue spread over 250 Parquet files, then lets 1,000
 //! simulated workers (no model: each leases a shard and completes it at once)
 //! drain the job over real gRPC, while pollers time GetJob. The coordinator is
@@ -26,9 +26,9 @@ use atelier_catalog::{CatalogItem, CatalogWriter, Labels, StoreLocation, WriterO
 mod lean_client;
 mod sim_client;
 
-use atelier_proto::client::{connect_jobs, Connect};
 use atelier_proto::v1;
 use atelier_proto::PROTOCOL_VERSION;
+use atelier_proto::{connect_jobs, Connect};
 use sim_client::SimClient;
 use v1::work_request::Call;
 use v1::work_response::Answer;
@@ -64,7 +64,7 @@ async fn write_catalogue(dir: &std::path::Path) -> anyhow::Result<String> {
         extra_columns: vec![],
     };
     let location = StoreLocation::parse(&url)?;
-    atelier_catalog::synthetic::prepare_output(&location, true).await?;
+    atelier_catalog::prepare_output(&location, true).await?;
     let mut writer = CatalogWriter::new(location, options)?;
     for chunk in 0..ITEMS / 10_000 {
         let items = (chunk * 10_000..(chunk + 1) * 10_000).map(|i| CatalogItem {

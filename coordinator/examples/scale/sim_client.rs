@@ -1,8 +1,8 @@
 //! The calls a simulated worker makes, through tonic (what
 //! `atelier worker` uses) or the lean h2 client (`SIM_CLIENT=tonic|h2`).
 
-use atelier_proto::client::{worker_client, Connect, WorkerClient};
 use atelier_proto::v1;
+use atelier_proto::{worker_client, Connect, WorkerClient};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;

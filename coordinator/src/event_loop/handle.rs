@@ -6,9 +6,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use atelier_proto::domain::{
-    Assignment, Gang, JobSpec, JobState, JobStatus, LeaseRef, Registration, RendezvousOffer,
-    TaskFailure, TaskOutcome, TaskProgressReport, TaskWork,
+use atelier_proto::{
+    Assignment, Gang, JobId, JobSpec, JobState, JobStatus, LeaseRef, Registration, RendezvousOffer,
+    TaskFailure, TaskOutcome, TaskProgressReport, TaskWork, WorkerId,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -25,7 +25,7 @@ pub(super) enum Command {
     },
     Commit {
         reservation: ReservationId,
-        id: String,
+        id: JobId,
         works: Vec<TaskWork>,
         max_attempts: u32,
         reply: Reply<JobStatus>,
@@ -34,44 +34,44 @@ pub(super) enum Command {
         reservation: ReservationId,
     },
     Cancel {
-        job_id: String,
+        job_id: JobId,
         reply: Reply<JobStatus>,
     },
     Register {
         registration: Registration,
-        reply: Reply<String>,
+        reply: Reply<WorkerId>,
     },
     Heartbeat {
-        worker_id: String,
+        worker_id: WorkerId,
         held: Vec<LeaseRef>,
         reply: Reply<Vec<LeaseRef>>,
     },
     Lease {
-        worker_id: String,
+        worker_id: WorkerId,
         wait: Duration,
         reply: Reply<Option<Assignment>>,
     },
     Progress {
-        worker_id: String,
+        worker_id: WorkerId,
         lease: LeaseRef,
         report: TaskProgressReport,
         reply: Reply<bool>,
     },
     Complete {
-        worker_id: String,
+        worker_id: WorkerId,
         lease: LeaseRef,
         outcome: TaskOutcome,
         lease_next: bool,
         reply: Reply<Option<Assignment>>,
     },
     Fail {
-        worker_id: String,
+        worker_id: WorkerId,
         lease: LeaseRef,
         failure: TaskFailure,
         reply: Reply<()>,
     },
     Finalized {
-        job_id: String,
+        job_id: JobId,
         result: std::result::Result<(), String>,
     },
     Rendezvous {
@@ -86,12 +86,12 @@ pub(super) enum Command {
 /// for the event loop.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    pub(super) jobs: HashMap<String, JobStatus>,
-    pub(super) order: Vec<String>,
+    pub(super) jobs: HashMap<JobId, JobStatus>,
+    pub(super) order: Vec<JobId>,
 }
 
 impl Snapshot {
-    pub fn get(&self, job_id: &str) -> Option<JobStatus> {
+    pub fn get(&self, job_id: &JobId) -> Option<JobStatus> {
         self.jobs.get(job_id).cloned()
     }
 
@@ -147,7 +147,7 @@ impl LoopHandle {
     pub async fn commit(
         &self,
         reservation: ReservationId,
-        id: String,
+        id: JobId,
         works: Vec<TaskWork>,
         max_attempts: u32,
     ) -> Result<JobStatus> {
@@ -167,11 +167,11 @@ impl LoopHandle {
         let _ = self.commands.send(Command::Release { reservation });
     }
 
-    pub async fn cancel(&self, job_id: String) -> Result<JobStatus> {
+    pub async fn cancel(&self, job_id: JobId) -> Result<JobStatus> {
         self.ask(|reply| Command::Cancel { job_id, reply }).await
     }
 
-    pub async fn register(&self, registration: Registration) -> Result<String> {
+    pub async fn register(&self, registration: Registration) -> Result<WorkerId> {
         self.ask(|reply| Command::Register {
             registration,
             reply,
@@ -179,7 +179,11 @@ impl LoopHandle {
         .await
     }
 
-    pub async fn heartbeat(&self, worker_id: String, held: Vec<LeaseRef>) -> Result<Vec<LeaseRef>> {
+    pub async fn heartbeat(
+        &self,
+        worker_id: WorkerId,
+        held: Vec<LeaseRef>,
+    ) -> Result<Vec<LeaseRef>> {
         self.ask(|reply| Command::Heartbeat {
             worker_id,
             held,
@@ -188,7 +192,7 @@ impl LoopHandle {
         .await
     }
 
-    pub async fn lease(&self, worker_id: String, wait: Duration) -> Result<Option<Assignment>> {
+    pub async fn lease(&self, worker_id: WorkerId, wait: Duration) -> Result<Option<Assignment>> {
         self.ask(|reply| Command::Lease {
             worker_id,
             wait,
@@ -199,7 +203,7 @@ impl LoopHandle {
 
     pub async fn progress(
         &self,
-        worker_id: String,
+        worker_id: WorkerId,
         lease: LeaseRef,
         report: TaskProgressReport,
     ) -> Result<bool> {
@@ -216,7 +220,7 @@ impl LoopHandle {
     /// next task if one is ready now.
     pub async fn complete(
         &self,
-        worker_id: String,
+        worker_id: WorkerId,
         lease: LeaseRef,
         outcome: TaskOutcome,
         lease_next: bool,
@@ -233,7 +237,7 @@ impl LoopHandle {
 
     pub async fn fail(
         &self,
-        worker_id: String,
+        worker_id: WorkerId,
         lease: LeaseRef,
         failure: TaskFailure,
     ) -> Result<()> {
@@ -262,10 +266,10 @@ impl LoopHandle {
         .await
     }
 
-    pub fn job(&self, job_id: &str) -> Result<JobStatus> {
+    pub fn job(&self, job_id: &JobId) -> Result<JobStatus> {
         self.read()
             .get(job_id)
-            .ok_or_else(|| CoordinatorError::JobNotFound(job_id.to_string()))
+            .ok_or_else(|| CoordinatorError::JobNotFound(job_id.clone()))
     }
 
     pub fn jobs(&self, states: &[JobState], limit: usize) -> Vec<JobStatus> {

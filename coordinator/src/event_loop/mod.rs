@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use atelier_proto::domain::JobStatus;
+use atelier_proto::{JobId, JobStatus};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::error::{CoordinatorError, Result};
@@ -49,7 +49,7 @@ fn defer<T: Send + 'static>(reply: Reply<T>, value: Result<T>) -> Deferred {
 
 struct EventLoop {
     state: State,
-    gatherings: HashMap<String, Gathering>,
+    gatherings: HashMap<JobId, Gathering>,
     store: StateStore,
     commands: mpsc::UnboundedReceiver<Command>,
     /// Weak, so that the loop ends once the last `LoopHandle` is gone.
@@ -58,7 +58,7 @@ struct EventLoop {
     events: broadcast::Sender<JobStatus>,
     waiters: VecDeque<Waiter>,
     max_wait: Duration,
-    unpublished: HashSet<String>,
+    unpublished: HashSet<JobId>,
     last_publish: Instant,
     gauges: Arc<LoopGauges>,
 }

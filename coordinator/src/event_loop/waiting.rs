@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use atelier_proto::domain::{Assignment, Gang, LeaseRef, RendezvousOffer};
+use atelier_proto::{Assignment, Gang, LeaseRef, RendezvousOffer, WorkerId};
 
 use crate::state::gang::gather;
 use crate::state::Now;
@@ -13,7 +13,7 @@ use super::{defer, Deferred, EventLoop, Reply};
 
 #[derive(Debug)]
 pub(super) struct Waiter {
-    pub(super) worker_id: String,
+    pub(super) worker_id: WorkerId,
     pub(super) deadline: Instant,
     pub(super) reply: Reply<Option<Assignment>>,
 }
@@ -81,7 +81,7 @@ impl EventLoop {
     pub(super) fn serve_gangs(&mut self, now: Now, deferred: &mut Vec<Deferred>) {
         while self.state.has_waiting_gangs() {
             self.waiters.retain(|w| !w.reply.is_closed());
-            let mut idle: Vec<String> = Vec::new();
+            let mut idle: Vec<WorkerId> = Vec::new();
             for waiter in &self.waiters {
                 if !idle.contains(&waiter.worker_id) {
                     idle.push(waiter.worker_id.clone());

@@ -2,9 +2,9 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 
 use atelier_catalog::Catalog;
-use atelier_proto::convert;
-use atelier_proto::domain::{EvalJobSpec, JobSpec, JobState, TagJobSpec, TaskWork, TrainJobSpec};
+
 use atelier_proto::v1::{self, job_service_server::JobService};
+use atelier_proto::{EvalJobSpec, JobId, JobSpec, JobState, TagJobSpec, TaskWork, TrainJobSpec};
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
@@ -48,7 +48,7 @@ impl JobApi {
     /// writes, plan and prepare it here (footers, checkpoints, `--overwrite`
     /// deleting the old output: I/O that must not stall the loop), then
     /// commit. While the place is reserved no other submit can prepare it.
-    async fn submit<F>(&self, spec: JobSpec, plan: F) -> Result<String>
+    async fn submit<F>(&self, spec: JobSpec, plan: F) -> Result<JobId>
     where
         F: std::future::Future<Output = Result<Planned>>,
     {
@@ -131,7 +131,9 @@ impl JobService for JobApi {
         let job_id = self
             .submit(JobSpec::Tag(spec.clone()), self.plan_tag(spec))
             .await?;
-        Ok(Response::new(v1::SubmitJobResponse { job_id }))
+        Ok(Response::new(v1::SubmitJobResponse {
+            job_id: job_id.into(),
+        }))
     }
 
     async fn submit_train_job(
@@ -142,7 +144,9 @@ impl JobService for JobApi {
         let job_id = self
             .submit(JobSpec::Train(spec.clone()), self.plan_train(spec))
             .await?;
-        Ok(Response::new(v1::SubmitJobResponse { job_id }))
+        Ok(Response::new(v1::SubmitJobResponse {
+            job_id: job_id.into(),
+        }))
     }
 
     async fn submit_eval_job(
@@ -153,14 +157,18 @@ impl JobService for JobApi {
         let job_id = self
             .submit(JobSpec::Eval(spec.clone()), self.plan_eval(spec))
             .await?;
-        Ok(Response::new(v1::SubmitJobResponse { job_id }))
+        Ok(Response::new(v1::SubmitJobResponse {
+            job_id: job_id.into(),
+        }))
     }
 
     async fn get_job(
         &self,
         request: Request<v1::GetJobRequest>,
     ) -> Result<Response<v1::Job>, Status> {
-        let job = self.handle.job(&request.into_inner().job_id)?;
+        let job = self
+            .handle
+            .job(&atelier_proto::job_id(request.into_inner().job_id)?)?;
         Ok(Response::new(job.into()))
     }
 
@@ -172,7 +180,7 @@ impl JobService for JobApi {
         let states = request
             .states
             .into_iter()
-            .map(convert::job_state)
+            .map(atelier_proto::job_state)
             .collect::<atelier_proto::Result<Vec<JobState>>>()?;
         let jobs = self.handle.jobs(&states, request.limit as usize);
         Ok(Response::new(v1::ListJobsResponse {
@@ -186,7 +194,7 @@ impl JobService for JobApi {
         &self,
         request: Request<v1::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        let job_id = request.into_inner().job_id;
+        let job_id = atelier_proto::job_id(request.into_inner().job_id)?;
         // Subscribe before reading, so no update falls between the two.
         let events = self.handle.subscribe();
         let first = self.handle.job(&job_id)?;
@@ -222,7 +230,8 @@ impl JobService for JobApi {
         &self,
         request: Request<v1::CancelJobRequest>,
     ) -> Result<Response<v1::Job>, Status> {
-        let job = self.handle.cancel(request.into_inner().job_id).await?;
+        let job_id = atelier_proto::job_id(request.into_inner().job_id)?;
+        let job = self.handle.cancel(job_id).await?;
         Ok(Response::new(job.into()))
     }
 }

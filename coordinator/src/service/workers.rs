@@ -1,11 +1,10 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use atelier_proto::convert;
-use atelier_proto::domain::{
+use atelier_proto::v1::{self, worker_service_server::WorkerService};
+use atelier_proto::{
     LeaseRef, Registration, RendezvousOffer, TaskFailure, TaskOutcome, TaskProgressReport,
 };
-use atelier_proto::v1::{self, worker_service_server::WorkerService};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -21,7 +20,8 @@ pub struct WorkerApi {
 impl WorkerApi {
     async fn lease(&self, request: v1::LeaseTaskRequest) -> Result<v1::LeaseTaskResponse, Status> {
         let wait = Duration::from_millis(u64::from(request.wait_ms));
-        let task = self.handle.lease(request.worker_id, wait).await?;
+        let worker_id = atelier_proto::worker_id(request.worker_id)?;
+        let task = self.handle.lease(worker_id, wait).await?;
         Ok(v1::LeaseTaskResponse {
             task: task.map(Into::into),
         })
@@ -31,8 +31,8 @@ impl WorkerApi {
         &self,
         mut request: v1::CompleteTaskRequest,
     ) -> Result<v1::CompleteTaskResponse, Status> {
-        let lease = convert::lease(request.lease.take())?;
-        let worker_id = std::mem::take(&mut request.worker_id);
+        let lease = atelier_proto::lease(request.lease.take())?;
+        let worker_id = atelier_proto::worker_id(std::mem::take(&mut request.worker_id))?;
         let lease_next = request.lease_next;
         let outcome = TaskOutcome::from(request);
         let next = self
@@ -54,7 +54,7 @@ impl WorkerApi {
             None => Err(Status::invalid_argument("a work request without a call")),
         };
         v1::WorkResponse {
-            answer: Some(answer.unwrap_or_else(|status| convert::work_error(&status))),
+            answer: Some(answer.unwrap_or_else(|status| atelier_proto::work_error(&status))),
         }
     }
 }
@@ -96,7 +96,7 @@ impl WorkerService for WorkerApi {
         let registration = Registration::from(request.into_inner());
         let worker_id = self.handle.register(registration).await?;
         Ok(Response::new(v1::RegisterResponse {
-            worker_id,
+            worker_id: worker_id.into(),
             heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
             lease_timeout_ms: self.config.lease_timeout.as_millis() as u32,
         }))
@@ -112,7 +112,8 @@ impl WorkerService for WorkerApi {
             .into_iter()
             .map(LeaseRef::try_from)
             .collect::<atelier_proto::Result<Vec<_>>>()?;
-        let revoked = self.handle.heartbeat(request.worker_id, held).await?;
+        let worker_id = atelier_proto::worker_id(request.worker_id)?;
+        let revoked = self.handle.heartbeat(worker_id, held).await?;
         Ok(Response::new(v1::HeartbeatResponse {
             revoked: revoked.into_iter().map(Into::into).collect(),
         }))
@@ -130,8 +131,8 @@ impl WorkerService for WorkerApi {
         request: Request<v1::ReportProgressRequest>,
     ) -> Result<Response<v1::ReportProgressResponse>, Status> {
         let mut request = request.into_inner();
-        let lease = convert::lease(request.lease.take())?;
-        let worker_id = std::mem::take(&mut request.worker_id);
+        let lease = atelier_proto::lease(request.lease.take())?;
+        let worker_id = atelier_proto::worker_id(std::mem::take(&mut request.worker_id))?;
         let report = TaskProgressReport::from(request);
         let cancelled = self.handle.progress(worker_id, lease, report).await?;
         Ok(Response::new(v1::ReportProgressResponse { cancelled }))
@@ -149,8 +150,8 @@ impl WorkerService for WorkerApi {
         request: Request<v1::FailTaskRequest>,
     ) -> Result<Response<v1::FailTaskResponse>, Status> {
         let mut request = request.into_inner();
-        let lease = convert::lease(request.lease.take())?;
-        let worker_id = std::mem::take(&mut request.worker_id);
+        let lease = atelier_proto::lease(request.lease.take())?;
+        let worker_id = atelier_proto::worker_id(std::mem::take(&mut request.worker_id))?;
         let failure = TaskFailure::from(request);
         self.handle.fail(worker_id, lease, failure).await?;
         Ok(Response::new(v1::FailTaskResponse {}))
@@ -161,10 +162,10 @@ impl WorkerService for WorkerApi {
         request: Request<v1::RendezvousRequest>,
     ) -> Result<Response<v1::RendezvousResponse>, Status> {
         let mut request = request.into_inner();
-        let lease = convert::lease(request.lease.take())?;
+        let lease = atelier_proto::lease(request.lease.take())?;
         let wait = Duration::from_millis(u64::from(request.wait_ms));
         let offer = RendezvousOffer::from(request);
         let gang = self.handle.rendezvous(lease, offer, wait).await?;
-        Ok(Response::new(convert::rendezvous_response(gang)))
+        Ok(Response::new(atelier_proto::rendezvous_response(gang)))
     }
 }

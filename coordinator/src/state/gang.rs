@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use atelier_proto::domain::{
-    Assignment, Gang, JobSpec, JobState, LeaseRef, RankStatus, RendezvousOffer, Restart, TaskWork,
-    TrainProgress,
+use atelier_proto::{
+    Assignment, Gang, JobId, JobSpec, JobState, LeaseRef, RankStatus, RendezvousOffer, Restart,
+    TaskWork, TrainProgress, WorkerId,
 };
 
 use super::{Now, State};
@@ -16,18 +16,18 @@ use crate::records::{JobRecord, TaskState};
 /// Where a rank stands in its gang.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GangMember {
-    pub job_id: String,
+    pub job_id: JobId,
     pub rank: usize,
     pub world_size: usize,
 }
 
 impl State {
-    pub(super) fn wait_for_gang(&mut self, job_id: &str, now: Now) {
+    pub(super) fn wait_for_gang(&mut self, job_id: &JobId, now: Now) {
         if let Some(job) = self.jobs.get_mut(job_id) {
             job.gang_waiting_since_unix_ms = Some(now.unix_ms);
         }
         if !self.gangs.iter().any(|g| g == job_id) {
-            self.gangs.push_back(job_id.to_string());
+            self.gangs.push_back(job_id.clone());
         }
     }
 
@@ -38,7 +38,11 @@ impl State {
     /// Starts the first waiting gang that fits on `idle` (distinct worker
     /// lanes now asking for work, in the order they asked), consecutive
     /// ranks on the lanes of one worker process. Returns who got what.
-    pub fn place_gang(&mut self, idle: &[String], now: Now) -> Option<Vec<(String, Assignment)>> {
+    pub fn place_gang(
+        &mut self,
+        idle: &[WorkerId],
+        now: Now,
+    ) -> Option<Vec<(WorkerId, Assignment)>> {
         let mut chosen = None;
         self.gangs.retain(|job_id| {
             self.jobs
@@ -75,8 +79,8 @@ impl State {
 
     /// The idle lanes grouped by worker process, processes in the order
     /// their first lane asked.
-    fn idle_by_process(&self, idle: &[String]) -> Vec<Vec<String>> {
-        let mut processes: Vec<(&str, Vec<String>)> = Vec::new();
+    fn idle_by_process(&self, idle: &[WorkerId]) -> Vec<Vec<WorkerId>> {
+        let mut processes: Vec<(&str, Vec<WorkerId>)> = Vec::new();
         for lane in idle {
             let process = self.workers.get(lane).map_or(lane.as_str(), |w| &w.process);
             match processes.iter_mut().find(|(p, _)| *p == process) {
@@ -89,7 +93,13 @@ impl State {
 
     /// Stops every rank of the job and queues the gang again, or fails the
     /// job when the cause cannot be retried or the restarts are used up.
-    pub(super) fn restart_gang(&mut self, job_id: &str, cause: String, retryable: bool, now: Now) {
+    pub(super) fn restart_gang(
+        &mut self,
+        job_id: &JobId,
+        cause: String,
+        retryable: bool,
+        now: Now,
+    ) {
         let Some(job) = self.jobs.get(job_id) else {
             return;
         };
@@ -114,7 +124,7 @@ impl State {
             return;
         }
         let at_step = self.job_step(job_id);
-        tracing::warn!(job = job_id, %cause, at_step, restart = restarts + 1, "restarting the gang");
+        tracing::warn!(job = %job_id, %cause, at_step, restart = restarts + 1, "restarting the gang");
         for task_id in self.job_tasks.get(job_id).cloned().unwrap_or_default() {
             let Some(task) = self.tasks.get_mut(&task_id) else {
                 continue;
@@ -125,7 +135,7 @@ impl State {
                 }
                 task.state = TaskState::Pending;
                 task.items_done = 0;
-                task.worker_id.clear();
+                task.worker_id = None;
                 self.leases.remove(&task_id);
                 self.dirty_tasks.insert(task_id);
             }
@@ -141,7 +151,7 @@ impl State {
         self.mark_job(job_id, now);
     }
 
-    fn job_step(&self, job_id: &str) -> i64 {
+    fn job_step(&self, job_id: &JobId) -> i64 {
         self.job_tasks
             .get(job_id)
             .into_iter()
@@ -248,14 +258,14 @@ impl State {
 /// `per_process` on every process used, or without it as many as each has,
 /// fullest processes first (fewest processes, least traffic between hosts).
 fn pick_lanes(
-    processes: &[Vec<String>],
+    processes: &[Vec<WorkerId>],
     ranks: usize,
     per_process: Option<usize>,
-) -> Option<Vec<String>> {
+) -> Option<Vec<WorkerId>> {
     if ranks == 0 {
         return None;
     }
-    let mut order: Vec<&Vec<String>> = processes.iter().collect();
+    let mut order: Vec<&Vec<WorkerId>> = processes.iter().collect();
     order.sort_by_key(|lanes| std::cmp::Reverse(lanes.len()));
     let mut chosen = Vec::with_capacity(ranks);
     for lanes in order {

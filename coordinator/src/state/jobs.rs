@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use atelier_proto::domain::{JobSpec, JobState, JobStatus, TagProgress, TaskWork};
+use atelier_proto::{JobId, JobSpec, JobState, JobStatus, TagProgress, TaskWork};
 
 use crate::error::{CoordinatorError, Result};
 use crate::records::{JobRecord, TaskRecord, TaskState};
@@ -44,7 +44,7 @@ pub enum Reserved {
     Granted(ReservationId),
     /// An unfinished job with the same spec already writes there: a
     /// retried submit (say a CronJob pod's second try) follows that job.
-    Existing(String),
+    Existing(JobId),
 }
 
 impl State {
@@ -55,7 +55,7 @@ impl State {
     pub fn reserve(&mut self, spec: &JobSpec) -> Result<Reserved> {
         if let Some(url) = destination(spec) {
             if let Some(writer) = self.unfinished_writer_of(url) {
-                let writer = writer.to_string();
+                let writer = writer.clone();
                 if self.jobs[&writer].spec == *spec {
                     return Ok(Reserved::Existing(writer));
                 }
@@ -90,7 +90,7 @@ impl State {
     pub fn commit(
         &mut self,
         reservation: ReservationId,
-        id: String,
+        id: JobId,
         works: Vec<TaskWork>,
         max_attempts: u32,
         now: Now,
@@ -146,7 +146,7 @@ impl State {
     #[cfg(test)]
     pub fn submit(
         &mut self,
-        id: String,
+        id: JobId,
         spec: JobSpec,
         works: Vec<TaskWork>,
         max_attempts: u32,
@@ -162,19 +162,19 @@ impl State {
 
     /// The unfinished job, if any, that writes to `url` or a prefix around
     /// or inside it.
-    fn unfinished_writer_of(&self, url: &str) -> Option<&str> {
+    fn unfinished_writer_of(&self, url: &str) -> Option<&JobId> {
         self.jobs
             .values()
             .filter(|job| !job.state.is_terminal())
             .find(|job| destination(&job.spec).is_some_and(|d| places_overlap(d, url)))
-            .map(|job| job.id.as_str())
+            .map(|job| &job.id)
     }
 
-    pub fn cancel(&mut self, job_id: &str, now: Now) -> Result<JobStatus> {
+    pub fn cancel(&mut self, job_id: &JobId, now: Now) -> Result<JobStatus> {
         let job = self
             .jobs
             .get(job_id)
-            .ok_or_else(|| CoordinatorError::JobNotFound(job_id.to_string()))?;
+            .ok_or_else(|| CoordinatorError::JobNotFound(job_id.clone()))?;
         if !job.state.is_terminal() {
             self.end_job(job_id, JobState::Cancelled, None, now);
         }
@@ -182,7 +182,7 @@ impl State {
     }
 
     /// The job as users see it; a running job's rate is over its time so far.
-    pub fn status(&mut self, job_id: &str, now: Now) -> Result<JobStatus> {
+    pub fn status(&mut self, job_id: &JobId, now: Now) -> Result<JobStatus> {
         // Tasks changed since their batch was saved (a status read in the
         // middle of a change, as submit and cancel do).
         for id in &self.dirty_tasks {
@@ -191,7 +191,7 @@ impl State {
         let job = self
             .jobs
             .get(job_id)
-            .ok_or_else(|| CoordinatorError::JobNotFound(job_id.to_string()))?;
+            .ok_or_else(|| CoordinatorError::JobNotFound(job_id.clone()))?;
         let tally = self.tallies.job(job_id);
         let stages = tally.stages;
         let mut tag = TagProgress {
@@ -231,13 +231,13 @@ impl State {
         })
     }
 
-    pub(super) fn start_finalizing(&mut self, job_id: &str, now: Now) {
+    pub(super) fn start_finalizing(&mut self, job_id: &JobId, now: Now) {
         let Some(job) = self.jobs.get_mut(job_id) else {
             return;
         };
         if matches!(job.spec, JobSpec::Tag(_)) {
             job.finalizing = true;
-            self.finalize.push(job_id.to_string());
+            self.finalize.push(job_id.clone());
             self.mark_job(job_id, now);
         } else {
             self.end_job(job_id, JobState::Succeeded, None, now);
@@ -260,7 +260,7 @@ impl State {
     }
 
     /// The manifest is written (or could not be): the job ends.
-    pub fn finalized(&mut self, job_id: &str, result: std::result::Result<(), String>, now: Now) {
+    pub fn finalized(&mut self, job_id: &JobId, result: std::result::Result<(), String>, now: Now) {
         if self.jobs.get(job_id).is_none_or(|j| j.state.is_terminal()) {
             return;
         }
@@ -277,7 +277,7 @@ impl State {
 
     pub(super) fn end_job(
         &mut self,
-        job_id: &str,
+        job_id: &JobId,
         state: JobState,
         error: Option<String>,
         now: Now,

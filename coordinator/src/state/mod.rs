@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use atelier_proto::domain::{JobSpec, JobState, TaskWork};
+use atelier_proto::{JobId, JobSpec, JobState, TaskId, TaskWork, WorkerId};
 
 use crate::records::{JobRecord, TaskRecord, TaskState};
 use crate::store::Loaded;
@@ -19,7 +19,8 @@ type HashSet<T> = rustc_hash::FxHashSet<T>;
 
 #[derive(Debug, Clone)]
 struct Lease {
-    worker_id: String,
+    /// `None` after a restart, until the holder's next heartbeat names it.
+    worker_id: Option<WorkerId>,
     deadline: Instant,
 }
 
@@ -51,23 +52,23 @@ pub struct Finalize {
 #[derive(Debug)]
 pub struct State {
     lease_timeout: Duration,
-    jobs: HashMap<String, JobRecord>,
-    job_order: Vec<String>,
-    tasks: HashMap<String, TaskRecord>,
-    job_tasks: HashMap<String, Vec<String>>,
+    jobs: HashMap<JobId, JobRecord>,
+    job_order: Vec<JobId>,
+    tasks: HashMap<TaskId, TaskRecord>,
+    job_tasks: HashMap<JobId, Vec<TaskId>>,
     /// Tasks of each job not yet done, so completion is O(1) per task.
-    unfinished: HashMap<String, usize>,
-    queue: VecDeque<String>,
+    unfinished: HashMap<JobId, usize>,
+    queue: VecDeque<TaskId>,
     /// Train jobs waiting until enough workers are free for all their ranks.
-    gangs: VecDeque<String>,
-    leases: HashMap<String, Lease>,
-    workers: HashMap<String, Worker>,
-    dirty_jobs: HashSet<String>,
-    dirty_tasks: HashSet<String>,
+    gangs: VecDeque<JobId>,
+    leases: HashMap<TaskId, Lease>,
+    workers: HashMap<WorkerId, Worker>,
+    dirty_jobs: HashSet<JobId>,
+    dirty_tasks: HashSet<TaskId>,
     /// Each job's figures summed over its tasks.
     tallies: Tallies,
-    touched_jobs: HashSet<String>,
-    finalize: Vec<String>,
+    touched_jobs: HashSet<JobId>,
+    finalize: Vec<JobId>,
     /// Submits between their reservation and their commit.
     reservations: BTreeMap<ReservationId, JobSpec>,
     next_reservation: u64,
@@ -94,6 +95,7 @@ impl Now {
     }
 
     /// `elapsed` later on both clocks.
+    #[cfg(test)]
     pub fn after(self, elapsed: Duration) -> Self {
         Self {
             at: self.at + elapsed,
@@ -141,7 +143,7 @@ impl State {
         }
         let mut tasks = loaded.tasks;
         tasks.sort_by(|a, b| (&a.job_id, a.index).cmp(&(&b.job_id, b.index)));
-        let mut pending: Vec<(i64, String, u32)> = Vec::new();
+        let mut pending: Vec<(i64, TaskId, u32)> = Vec::new();
         for task in tasks {
             let created = state.jobs.get(&task.job_id).map(|j| j.created_unix_ms);
             let Some(created) = created else { continue };
@@ -156,7 +158,8 @@ impl State {
                     state.leases.insert(
                         task.id.clone(),
                         Lease {
-                            worker_id: String::new(),
+                            // Whoever held it heartbeats again under its new id.
+                            worker_id: None,
                             deadline: now.at + lease_timeout,
                         },
                     );
@@ -180,23 +183,23 @@ impl State {
     }
 
     /// Job ids, oldest first.
-    pub fn job_ids(&self) -> &[String] {
+    pub fn job_ids(&self) -> &[JobId] {
         &self.job_order
     }
 
-    pub(super) fn mark_job(&mut self, job_id: &str, now: Now) {
+    pub(super) fn mark_job(&mut self, job_id: &JobId, now: Now) {
         if let Some(job) = self.jobs.get_mut(job_id) {
             job.updated_unix_ms = now.unix_ms;
         }
-        self.dirty_jobs.insert(job_id.to_string());
-        self.touched_jobs.insert(job_id.to_string());
+        self.dirty_jobs.insert(job_id.clone());
+        self.touched_jobs.insert(job_id.clone());
     }
 
     /// The records changed since the last call, for the store, borrowed: a task record
     /// carries its work (files, row groups), too much to copy per batch.
     pub fn take_dirty(&mut self) -> (Vec<&JobRecord>, Vec<&TaskRecord>) {
-        let job_ids: Vec<String> = self.dirty_jobs.drain().collect();
-        let task_ids: Vec<String> = self.dirty_tasks.drain().collect();
+        let job_ids: Vec<JobId> = self.dirty_jobs.drain().collect();
+        let task_ids: Vec<TaskId> = self.dirty_tasks.drain().collect();
         for id in &task_ids {
             self.tallies.count(id, &self.tasks);
         }
@@ -209,15 +212,16 @@ impl State {
     }
 
     /// Jobs changed since the last call, for watchers and the read snapshot.
-    pub fn take_touched(&mut self) -> Vec<String> {
+    pub fn take_touched(&mut self) -> Vec<JobId> {
         self.touched_jobs.drain().collect()
     }
 
-    pub fn job_state(&self, job_id: &str) -> Option<JobState> {
+    pub fn job_state(&self, job_id: &JobId) -> Option<JobState> {
         self.jobs.get(job_id).map(|j| j.state)
     }
 
-    pub fn task(&self, task_id: &str) -> Option<&TaskRecord> {
+    #[cfg(test)]
+    pub fn task(&self, task_id: &TaskId) -> Option<&TaskRecord> {
         self.tasks.get(task_id)
     }
 }

@@ -1,11 +1,11 @@
 //! What workers do: register, heartbeat, lease tasks, report progress,
 //! complete or fail them; and leases that expire.
 
-use atelier_proto::domain::{
-    Assignment, JobState, LeaseRef, Registration, TaskFailure, TaskOutcome, TaskProgressReport,
-    TaskWork,
-};
 use atelier_proto::PROTOCOL_VERSION;
+use atelier_proto::{
+    Assignment, JobState, LeaseRef, Registration, TaskFailure, TaskId, TaskOutcome,
+    TaskProgressReport, TaskWork, WorkerId,
+};
 
 use crate::error::{CoordinatorError, Result};
 use crate::records::{JobRecord, TaskRecord, TaskState};
@@ -42,7 +42,12 @@ impl State {
     /// Adds a worker lane under `id`, a name never given before (the event
     /// loop draws it at random, so that an id from before a restart never
     /// names a new worker).
-    pub fn register(&mut self, id: String, registration: Registration, now: Now) -> Result<String> {
+    pub fn register(
+        &mut self,
+        id: WorkerId,
+        registration: Registration,
+        now: Now,
+    ) -> Result<WorkerId> {
         if registration.protocol_version != PROTOCOL_VERSION {
             return Err(CoordinatorError::ProtocolMismatch {
                 worker: registration.protocol_version,
@@ -50,7 +55,7 @@ impl State {
             });
         }
         let process = if registration.process_id.is_empty() {
-            id.clone()
+            id.to_string()
         } else {
             registration.process_id
         };
@@ -74,20 +79,20 @@ impl State {
         }
     }
 
-    pub(super) fn see_worker(&mut self, worker_id: &str, now: Now) -> Result<()> {
+    pub(super) fn see_worker(&mut self, worker_id: &WorkerId, now: Now) -> Result<()> {
         match self.workers.get_mut(worker_id) {
             Some(worker) => {
                 worker.last_seen = now.at;
                 Ok(())
             }
-            None => Err(CoordinatorError::UnknownWorker(worker_id.to_string())),
+            None => Err(CoordinatorError::UnknownWorker(worker_id.clone())),
         }
     }
 
     /// Renews the leases the worker still holds and names those it lost.
     pub fn heartbeat(
         &mut self,
-        worker_id: &str,
+        worker_id: &WorkerId,
         held: &[LeaseRef],
         now: Now,
     ) -> Result<Vec<LeaseRef>> {
@@ -97,7 +102,7 @@ impl State {
             if self.check_lease(lease).is_ok() {
                 if let Some(entry) = self.leases.get_mut(&lease.task_id) {
                     entry.deadline = now.at + self.lease_timeout;
-                    entry.worker_id = worker_id.to_string();
+                    entry.worker_id = Some(worker_id.clone());
                 }
             } else {
                 revoked.push(lease.clone());
@@ -107,7 +112,7 @@ impl State {
     }
 
     /// The next queued task, leased to `worker_id`.
-    pub fn lease(&mut self, worker_id: &str, now: Now) -> Result<Option<Assignment>> {
+    pub fn lease(&mut self, worker_id: &WorkerId, now: Now) -> Result<Option<Assignment>> {
         self.see_worker(worker_id, now)?;
         while let Some(task_id) = self.queue.pop_front() {
             let Some(task) = self.tasks.get_mut(&task_id) else {
@@ -128,8 +133,8 @@ impl State {
     /// Leases one pending task to `worker_id`.
     pub(super) fn hand_out(
         &mut self,
-        task_id: &str,
-        worker_id: &str,
+        task_id: &TaskId,
+        worker_id: &WorkerId,
         now: Now,
     ) -> Option<Assignment> {
         let task = self.tasks.get_mut(task_id)?;
@@ -138,7 +143,7 @@ impl State {
         task.items_done = 0;
         task.items_failed = 0;
         task.started_unix_ms = Some(now.unix_ms);
-        task.worker_id = worker_id.to_string();
+        task.worker_id = Some(worker_id.clone());
         let assignment = Assignment {
             lease: LeaseRef {
                 task_id: task.id.clone(),
@@ -148,13 +153,13 @@ impl State {
             work: task.work.clone(),
         };
         self.leases.insert(
-            task_id.to_string(),
+            task_id.clone(),
             Lease {
-                worker_id: worker_id.to_string(),
+                worker_id: Some(worker_id.clone()),
                 deadline: now.at + self.lease_timeout,
             },
         );
-        self.dirty_tasks.insert(task_id.to_string());
+        self.dirty_tasks.insert(task_id.clone());
         let job_id = assignment.job_id.clone();
         if let Some(job) = self.jobs.get_mut(&job_id) {
             if job.state == JobState::Pending {
@@ -173,7 +178,7 @@ impl State {
     /// Records progress; `Ok(true)` tells the worker to stop because the job ended.
     pub fn progress(
         &mut self,
-        worker_id: &str,
+        worker_id: &WorkerId,
         lease: &LeaseRef,
         report: TaskProgressReport,
         now: Now,
@@ -204,7 +209,7 @@ impl State {
         Ok(false)
     }
 
-    pub(super) fn job_of(&self, task_id: &str) -> Option<&JobRecord> {
+    pub(super) fn job_of(&self, task_id: &TaskId) -> Option<&JobRecord> {
         self.tasks
             .get(task_id)
             .and_then(|t| self.jobs.get(&t.job_id))
@@ -214,7 +219,7 @@ impl State {
     /// harmless, so a worker may resend it after a lost answer.
     pub fn complete(
         &mut self,
-        worker_id: &str,
+        worker_id: &WorkerId,
         lease: &LeaseRef,
         outcome: TaskOutcome,
         now: Now,
@@ -257,7 +262,7 @@ impl State {
 
     pub fn fail(
         &mut self,
-        worker_id: &str,
+        worker_id: &WorkerId,
         lease: &LeaseRef,
         failure: TaskFailure,
         now: Now,
@@ -271,7 +276,7 @@ impl State {
 
     pub(super) fn retry_or_fail(
         &mut self,
-        task_id: &str,
+        task_id: &TaskId,
         reason: String,
         retryable: bool,
         now: Now,
@@ -283,20 +288,20 @@ impl State {
         if matches!(task.work, TaskWork::Train { .. }) {
             let cause = format!("rank {}: {reason}", task.index);
             task.last_error = Some(reason);
-            self.dirty_tasks.insert(task_id.to_string());
+            self.dirty_tasks.insert(task_id.clone());
             self.restart_gang(&job_id, cause, retryable, now);
             return;
         }
         let max_attempts = self.jobs.get(&job_id).map_or(1, |j| j.max_attempts);
         task.last_error = Some(reason.clone());
-        self.dirty_tasks.insert(task_id.to_string());
+        self.dirty_tasks.insert(task_id.clone());
         if retryable && task.attempt < max_attempts {
-            tracing::info!(task = task_id, attempt = task.attempt, %reason, "retrying task");
+            tracing::info!(task = %task_id, attempt = task.attempt, %reason, "retrying task");
             task.state = TaskState::Pending;
             task.retries += 1;
             task.items_done = 0;
             task.items_failed = 0;
-            self.queue.push_back(task_id.to_string());
+            self.queue.push_back(task_id.clone());
             self.mark_job(&job_id, now);
         } else {
             task.state = TaskState::Failed;
@@ -306,7 +311,7 @@ impl State {
                 task.attempt,
                 if task.attempt == 1 { "" } else { "s" }
             );
-            tracing::warn!(task = task_id, %reason, "task failed for good");
+            tracing::warn!(task = %task_id, %reason, "task failed for good");
             self.end_job(&job_id, JobState::Failed, Some(message), now);
         }
     }
@@ -314,7 +319,7 @@ impl State {
     /// Takes back the leases whose workers stopped heartbeating, and forgets
     /// workers silent for three lease timeouts.
     pub fn expire(&mut self, now: Now) -> usize {
-        let expired: Vec<(String, String)> = self
+        let expired: Vec<(TaskId, Option<WorkerId>)> = self
             .leases
             .iter()
             .filter(|(_, lease)| lease.deadline <= now.at)
@@ -322,10 +327,9 @@ impl State {
             .collect();
         for (task_id, worker_id) in &expired {
             self.leases.remove(task_id);
-            let who = if worker_id.is_empty() {
-                "its worker".to_string()
-            } else {
-                format!("worker {worker_id}")
+            let who = match worker_id {
+                Some(worker_id) => format!("worker {worker_id}"),
+                None => "its worker".to_string(),
             };
             self.retry_or_fail(
                 task_id,

@@ -1,9 +1,9 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 use std::time::{Duration, Instant};
 
-use atelier_proto::domain::*;
-use atelier_proto::options::{GangOptions, InferenceOptions, Task, TrainOptions};
 use atelier_proto::PROTOCOL_VERSION;
+use atelier_proto::*;
+use atelier_proto::{GangOptions, InferenceOptions, Task, TrainOptions};
 
 use super::{Now, Reserved, State};
 use crate::error::CoordinatorError;
@@ -26,10 +26,10 @@ thread_local! {
 }
 
 /// A fresh worker id, as the event loop would draw one.
-fn next_worker_id() -> String {
+fn next_worker_id() -> WorkerId {
     WORKERS.with(|n| {
         n.set(n.get() + 1);
-        format!("w-{}", n.get())
+        WorkerId::new(format!("w-{}", n.get()))
     })
 }
 
@@ -85,7 +85,7 @@ fn outcome() -> TaskOutcome {
     }
 }
 
-fn job_with(state: &mut State, shards: usize, attempts: u32) -> String {
+fn job_with(state: &mut State, shards: usize, attempts: u32) -> JobId {
     let now = start();
     let works = (0..shards).map(shard).collect();
     state
@@ -241,7 +241,7 @@ fn cancelling_revokes_leases_and_empties_the_queue() {
         .unwrap();
     assert_eq!(revoked.len(), 1);
     assert!(matches!(
-        state.cancel("job-none", now).unwrap_err(),
+        state.cancel(&"job-none".into(), now).unwrap_err(),
         CoordinatorError::JobNotFound(_)
     ));
 }
@@ -259,7 +259,7 @@ fn workers_of_another_protocol_version_and_unknown_workers_are_refused() {
         CoordinatorError::ProtocolMismatch { .. }
     ));
     assert!(matches!(
-        state.lease("w-unknown", now).unwrap_err(),
+        state.lease(&"w-unknown".into(), now).unwrap_err(),
         CoordinatorError::UnknownWorker(_)
     ));
 }
@@ -315,7 +315,7 @@ fn a_restart_from_the_store_keeps_attempts_and_the_queue() {
     );
 }
 
-fn gang_job(state: &mut State, world: u32, max_restarts: u32) -> String {
+fn gang_job(state: &mut State, world: u32, max_restarts: u32) -> JobId {
     gang_job_per_worker(state, world, None, max_restarts)
 }
 
@@ -324,7 +324,7 @@ fn gang_job_per_worker(
     world: u32,
     ranks_per_worker: Option<u32>,
     max_restarts: u32,
-) -> String {
+) -> JobId {
     // Each gang job of a test is a job of its own, writing a checkpoint of
     // its own.
     let now = start();
@@ -351,7 +351,7 @@ fn gang_job_per_worker(
         .collect();
     state
         .submit(
-            format!("train-{n}"),
+            format!("train-{n}").into(),
             JobSpec::Train(spec),
             works,
             max_restarts + 1,
@@ -361,7 +361,7 @@ fn gang_job_per_worker(
         .id
 }
 
-fn workers(state: &mut State, n: usize, now: Now) -> Vec<String> {
+fn workers(state: &mut State, n: usize, now: Now) -> Vec<WorkerId> {
     (0..n)
         .map(|_| {
             state
@@ -382,7 +382,7 @@ fn a_gang_starts_all_at_once_on_distinct_workers_or_not_at_all() {
     assert!(state.place_gang(&idle[..2], now).is_none());
     assert_eq!(state.status(&job, now).unwrap().state, JobState::Pending);
     let placed = state.place_gang(&idle, now).unwrap();
-    let ranks: Vec<(String, u32)> = placed
+    let ranks: Vec<(WorkerId, u32)> = placed
         .iter()
         .map(|(w, a)| match &a.work {
             TaskWork::Train { rank, .. } => (w.clone(), *rank),
@@ -402,7 +402,7 @@ fn a_gang_starts_all_at_once_on_distinct_workers_or_not_at_all() {
 }
 
 /// `lanes` lanes of one worker process.
-fn process(state: &mut State, name: &str, lanes: u32, now: Now) -> Vec<String> {
+fn process(state: &mut State, name: &str, lanes: u32, now: Now) -> Vec<WorkerId> {
     (0..lanes)
         .map(|lane| {
             let registration = Registration {
@@ -415,8 +415,8 @@ fn process(state: &mut State, name: &str, lanes: u32, now: Now) -> Vec<String> {
         .collect()
 }
 
-fn rank_lanes(placed: &[(String, Assignment)]) -> Vec<String> {
-    let mut ranks: Vec<(u32, String)> = placed
+fn rank_lanes(placed: &[(WorkerId, Assignment)]) -> Vec<WorkerId> {
+    let mut ranks: Vec<(u32, WorkerId)> = placed
         .iter()
         .map(|(w, a)| match &a.work {
             TaskWork::Train { rank, .. } => (*rank, w.clone()),
@@ -437,9 +437,9 @@ fn ranks_per_worker_puts_exactly_that_many_consecutive_ranks_on_each_worker() {
     let b = process(&mut state, "b", 3, now);
     // The one-lane worker is no use; "a" and "b" alone are not enough yet
     // when only one lane of "a" is free.
-    let idle: Vec<String> = [&small[..], &a[..1], &b[..]].concat();
+    let idle: Vec<WorkerId> = [&small[..], &a[..1], &b[..]].concat();
     assert!(state.place_gang(&idle, now).is_none());
-    let idle: Vec<String> = [&small[..], &a[..], &b[..]].concat();
+    let idle: Vec<WorkerId> = [&small[..], &a[..], &b[..]].concat();
     let lanes = rank_lanes(&state.place_gang(&idle, now).unwrap());
     // Fullest worker first: ranks 0-1 on "b", 2-3 on "a".
     assert_eq!(
@@ -455,7 +455,7 @@ fn by_default_a_gang_packs_onto_the_fewest_workers() {
     gang_job(&mut state, 3, 0);
     let single = workers(&mut state, 2, now);
     let four = process(&mut state, "four", 4, now);
-    let idle: Vec<String> = [&single[..], &four[..]].concat();
+    let idle: Vec<WorkerId> = [&single[..], &four[..]].concat();
     let lanes = rank_lanes(&state.place_gang(&idle, now).unwrap());
     assert_eq!(lanes, four[..3].to_vec());
     // Without a multi-lane worker the ranks spread over single-lane ones.
@@ -567,7 +567,7 @@ fn waiting_gangs_survive_a_restart() {
 }
 
 /// A job's figures counted from scratch, task by task.
-fn recount(state: &State, job: &str) -> super::tally::Tally {
+fn recount(state: &State, job: &JobId) -> super::tally::Tally {
     let mut total = super::tally::Tally::default();
     for task in &state.job_tasks[job] {
         total.add(&super::tally::Tally::of(&state.tasks[task]));
@@ -575,7 +575,7 @@ fn recount(state: &State, job: &str) -> super::tally::Tally {
     total
 }
 
-fn assert_figures_match(state: &mut State, job: &str, context: &str) {
+fn assert_figures_match(state: &mut State, job: &JobId, context: &str) {
     let now = start();
     let expected = recount(state, job);
     let status = state.status(job, now).unwrap();
@@ -616,12 +616,12 @@ fn job_figures_kept_as_tasks_change_equal_a_recount_after_every_step() {
         let mut store = StateStore::open(&dir.path().join("state.db")).unwrap();
         let mut now = start();
         let mut state = State::new(TIMEOUT);
-        let jobs: Vec<String> = (0..2)
+        let jobs: Vec<JobId> = (0..2)
             .map(|j| {
                 let works = (0..6).map(shard).collect();
                 state
                     .submit(
-                        format!("job-{j}"),
+                        format!("job-{j}").into(),
                         tag_spec_into(&format!("file:///o{j}")),
                         works,
                         3,
@@ -631,14 +631,14 @@ fn job_figures_kept_as_tasks_change_equal_a_recount_after_every_step() {
                     .id
             })
             .collect();
-        let mut workers: Vec<String> = (0..3)
+        let mut workers: Vec<WorkerId> = (0..3)
             .map(|_| {
                 state
                     .register(next_worker_id(), registration(), now)
                     .unwrap()
             })
             .collect();
-        let mut held: Vec<(String, LeaseRef)> = Vec::new();
+        let mut held: Vec<(WorkerId, LeaseRef)> = Vec::new();
         for step in 0..150 {
             let pick = |rng: &mut rand::rngs::StdRng, n: usize| rng.random_range(0..n);
             match rng.random_range(0..10) {
@@ -748,7 +748,7 @@ fn a_second_writer_to_an_unfinished_jobs_output_or_checkpoint_is_refused() {
     );
     assert_eq!(refused.grpc_code(), tonic::Code::AlreadyExists);
     assert!(
-        state.status("job-2", now).is_err(),
+        state.status(&"job-2".into(), now).is_err(),
         "a refused job leaves no trace"
     );
     // The very same job again is the first one, not a second.
@@ -756,13 +756,16 @@ fn a_second_writer_to_an_unfinished_jobs_output_or_checkpoint_is_refused() {
         .submit("job-2".into(), tag_spec(), vec![shard(0)], 1, now)
         .unwrap();
     assert_eq!(again.id, first);
-    assert!(state.status("job-2", now).is_err());
+    assert!(state.status(&"job-2".into(), now).is_err());
     // Inside the first one's output, or around it, is the same objects.
     for (id, output) in [("job-7", "file:///o/2026"), ("job-8", "file:///")] {
         let refused = state
             .submit(id.into(), tag_spec_into(output), vec![shard(0)], 1, now)
             .unwrap_err();
-        assert!(refused.to_string().contains(&first), "{output}: {refused}");
+        assert!(
+            refused.to_string().contains(first.as_str()),
+            "{output}: {refused}"
+        );
     }
     // Elsewhere is fine, and so is the same place once the first has ended.
     state
@@ -789,7 +792,7 @@ fn a_second_writer_to_an_unfinished_jobs_output_or_checkpoint_is_refused() {
     let refused = state
         .submit("job-5".into(), other_run.clone(), Vec::new(), 1, now)
         .unwrap_err();
-    assert!(refused.to_string().contains(&training), "{refused}");
+    assert!(refused.to_string().contains(training.as_str()), "{refused}");
     let again = state
         .submit(
             "job-5".into(),

@@ -1,8 +1,9 @@
 //! Jobs: their specs, states, kinds and progress.
 
-use super::non_empty;
+use super::{job_id, non_empty};
 use crate::domain::*;
 use crate::error::{ProtoError, Result};
+use crate::ids::WorkerId;
 use crate::options::{GangOptions, InferenceOptions, TrainOptions, UnknownName};
 use crate::v1;
 
@@ -370,7 +371,7 @@ impl From<RankStatus> for v1::RankStatus {
     fn from(r: RankStatus) -> Self {
         Self {
             rank: r.rank,
-            worker_id: r.worker_id,
+            worker_id: r.worker_id.map(String::from).unwrap_or_default(),
             device: r.device,
             images_per_second: r.images_per_second,
             allreduce_seconds: r.allreduce_seconds,
@@ -383,7 +384,7 @@ impl From<v1::RankStatus> for RankStatus {
     fn from(r: v1::RankStatus) -> Self {
         Self {
             rank: r.rank,
-            worker_id: r.worker_id,
+            worker_id: (!r.worker_id.is_empty()).then(|| WorkerId::new(r.worker_id)),
             device: r.device,
             images_per_second: r.images_per_second,
             allreduce_seconds: r.allreduce_seconds,
@@ -439,7 +440,7 @@ impl From<v1::TrainProgress> for TrainProgress {
 impl From<JobStatus> for v1::Job {
     fn from(j: JobStatus) -> Self {
         Self {
-            job_id: j.id,
+            job_id: j.id.into(),
             kind: v1::JobKind::from(j.kind) as i32,
             state: v1::JobState::from(j.state) as i32,
             created_unix_ms: j.created_unix_ms,
@@ -458,7 +459,7 @@ impl TryFrom<v1::Job> for JobStatus {
     type Error = ProtoError;
     fn try_from(j: v1::Job) -> Result<Self> {
         Ok(Self {
-            id: non_empty(j.job_id, "job_id")?,
+            id: job_id(j.job_id)?,
             kind: job_kind(j.kind)?,
             state: job_state(j.state)?,
             created_unix_ms: j.created_unix_ms,

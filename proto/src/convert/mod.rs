@@ -12,9 +12,20 @@ pub use worker::{
 };
 
 use crate::error::{ProtoError, Result};
+use crate::ids::{JobId, WorkerId};
 
 pub(crate) fn required<T>(value: Option<T>, field: &'static str) -> Result<T> {
     value.ok_or(ProtoError::Missing(field))
+}
+
+/// A job id from the wire; an empty one is missing.
+pub fn job_id(value: String) -> Result<JobId> {
+    non_empty(value, "job_id").map(JobId::new)
+}
+
+/// A worker id from the wire; an empty one is missing.
+pub fn worker_id(value: String) -> Result<WorkerId> {
+    non_empty(value, "worker_id").map(WorkerId::new)
 }
 
 pub(crate) fn non_empty(value: String, field: &'static str) -> Result<String> {

@@ -2,16 +2,17 @@
 //! reports, the gang rendezvous and the `Work` stream's answers.
 
 use super::jobs::{inference_options, inference_wire};
-use super::{non_empty, required};
+use super::{job_id, non_empty, required};
 use crate::domain::*;
 use crate::error::{ProtoError, Result};
+use crate::ids::{TaskId, WorkerId};
 use crate::options::InferenceOptions;
 use crate::v1;
 
 impl From<LeaseRef> for v1::LeaseRef {
     fn from(l: LeaseRef) -> Self {
         Self {
-            task_id: l.task_id,
+            task_id: l.task_id.into(),
             attempt: l.attempt,
         }
     }
@@ -21,7 +22,7 @@ impl TryFrom<v1::LeaseRef> for LeaseRef {
     type Error = ProtoError;
     fn try_from(l: v1::LeaseRef) -> Result<Self> {
         Ok(Self {
-            task_id: non_empty(l.task_id, "lease.task_id")?,
+            task_id: TaskId::new(non_empty(l.task_id, "lease.task_id")?),
             attempt: l.attempt,
         })
     }
@@ -81,7 +82,7 @@ impl From<Assignment> for v1::Task {
         };
         Self {
             lease: Some(a.lease.into()),
-            job_id: a.job_id,
+            job_id: a.job_id.into(),
             work: Some(work),
         }
     }
@@ -141,7 +142,7 @@ impl TryFrom<v1::Task> for Assignment {
         };
         Ok(Self {
             lease: lease(t.lease)?,
-            job_id: t.job_id,
+            job_id: job_id(t.job_id)?,
             work,
         })
     }
@@ -204,7 +205,7 @@ impl From<v1::ReportProgressRequest> for TaskProgressReport {
 
 /// The wire request for a progress report under `lease`.
 pub fn progress_request(
-    worker_id: &str,
+    worker_id: &WorkerId,
     lease: &LeaseRef,
     report: TaskProgressReport,
 ) -> v1::ReportProgressRequest {
@@ -232,7 +233,7 @@ impl From<v1::CompleteTaskRequest> for TaskOutcome {
 }
 
 pub fn complete_request(
-    worker_id: &str,
+    worker_id: &WorkerId,
     lease: &LeaseRef,
     outcome: TaskOutcome,
     lease_next: bool,
@@ -251,7 +252,7 @@ pub fn complete_request(
 }
 
 pub fn fail_request(
-    worker_id: &str,
+    worker_id: &WorkerId,
     lease: &LeaseRef,
     failure: TaskFailure,
 ) -> v1::FailTaskRequest {
@@ -273,7 +274,7 @@ impl From<v1::FailTaskRequest> for TaskFailure {
 }
 
 pub fn rendezvous_request(
-    worker_id: &str,
+    worker_id: &WorkerId,
     lease: &LeaseRef,
     offer: RendezvousOffer,
     wait_ms: u32,

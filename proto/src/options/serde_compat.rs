@@ -12,3 +12,14 @@ where
 {
     Ok(Option::<T>::deserialize(deserializer)?.filter(|value| *value != T::default()))
 }
+
+/// An optional id from a record that may hold an empty string for "none".
+pub(crate) fn empty_as_none<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: From<String>,
+{
+    Ok(Option::<String>::deserialize(deserializer)?
+        .filter(|id| !id.is_empty())
+        .map(T::from))
+}

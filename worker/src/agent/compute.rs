@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
 use atelier_catalog::{Catalog, ReadRange, StoreLocation};
-use atelier_proto::domain::{EvalJobSpec, ShardWork, TaskOutcome, TaskProgressReport, TaskWork};
-use atelier_proto::options::InferenceOptions;
+use atelier_proto::InferenceOptions;
+use atelier_proto::{EvalJobSpec, ShardWork, TaskOutcome, TaskProgressReport, TaskWork};
 use tch::Device;
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};

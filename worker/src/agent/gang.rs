@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use atelier_collective::{
     Collective, NcclCollective, NcclLibrary, NcclUniqueId, RingCollective, RingOptions, SingleRank,
 };
-use atelier_proto::domain::{Gang, RendezvousOffer};
+use atelier_proto::{Gang, RendezvousOffer};
 use tch::Device;
 
 use crate::error::{Result, WorkerError};

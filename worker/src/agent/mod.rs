@@ -17,8 +17,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use atelier_proto::client::{worker_client, Connect};
-use atelier_proto::domain::{Assignment, TaskFailure, TaskProgressReport};
+use atelier_proto::{worker_client, Connect};
+use atelier_proto::{Assignment, TaskFailure, TaskProgressReport};
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
@@ -170,7 +170,7 @@ async fn run_lane(lane: Lane, stopped: watch::Receiver<bool>) -> Result<AgentSum
     loop {
         let registered = tokio::select! {
             _ = &mut shutdown => return Ok(AgentSummary::default()),
-            r = session.register("") => r,
+            r = session.register(None) => r.map(drop),
         };
         match registered {
             Ok(()) => break,

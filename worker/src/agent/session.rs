@@ -7,16 +7,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use atelier_proto::client::WorkerClient;
-use atelier_proto::convert;
-use atelier_proto::domain::{
-    Assignment, DeviceInfo, Gang, LeaseRef, Registration, RendezvousOffer, TaskFailure,
-    TaskOutcome, TaskProgressReport,
-};
+use atelier_proto::{WorkerClient, WorkerId};
+
 use atelier_proto::v1;
 use atelier_proto::v1::work_request::Call;
 use atelier_proto::v1::work_response::Answer;
 use atelier_proto::PROTOCOL_VERSION;
+use atelier_proto::{
+    Assignment, DeviceInfo, Gang, LeaseRef, Registration, RendezvousOffer, TaskFailure,
+    TaskOutcome, TaskProgressReport,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
@@ -31,7 +31,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Session {
     client: WorkerClient,
     registration: Registration,
-    worker_id: Mutex<String>,
+    /// `None` until the first registration.
+    worker_id: Mutex<Option<WorkerId>>,
     heartbeat_interval: Mutex<Duration>,
     registering: tokio::sync::Mutex<()>,
     /// The leases this worker holds, with the flag that stops each task.
@@ -111,7 +112,7 @@ impl Session {
         Self {
             client,
             registration,
-            worker_id: Mutex::new(String::new()),
+            worker_id: Mutex::new(None),
             heartbeat_interval: Mutex::new(Duration::from_secs(2)),
             registering: tokio::sync::Mutex::new(()),
             held: Mutex::new(HashMap::new()),
@@ -164,14 +165,14 @@ impl Session {
         *slot = Some(stream);
         match response.answer {
             Some(Answer::Error(error)) => {
-                Err(WorkerError::Coordinator(convert::work_status(error)))
+                Err(WorkerError::Coordinator(atelier_proto::work_status(error)))
             }
             Some(answer) => Ok(answer),
             None => Err(unavailable(format!("{what}: an empty answer"))),
         }
     }
 
-    pub fn worker_id(&self) -> String {
+    pub fn worker_id(&self) -> Option<WorkerId> {
         lock(&self.worker_id).clone()
     }
 
@@ -179,34 +180,36 @@ impl Session {
         *lock(&self.heartbeat_interval)
     }
 
-    /// Registers unless someone already did since `stale_id` was current.
-    pub async fn register(&self, stale_id: &str) -> Result<()> {
+    /// Registers unless someone already did since `stale_id` was current
+    /// (`None`: registers unless registered).
+    pub async fn register(&self, stale_id: Option<&WorkerId>) -> Result<WorkerId> {
         let _one_at_a_time = self.registering.lock().await;
-        if self.worker_id() != stale_id {
-            return Ok(());
+        if let Some(current) = self.worker_id().filter(|id| Some(id) != stale_id) {
+            return Ok(current);
         }
         let request = v1::RegisterRequest::from(self.registration.clone());
         let response = call_with_timeout("register", self.client.clone().register(request)).await?;
         tracing::info!(worker = %response.worker_id, "registered with the coordinator");
         *lock(&self.heartbeat_interval) =
             Duration::from_millis(u64::from(response.heartbeat_interval_ms.max(50)));
-        *lock(&self.worker_id) = response.worker_id;
-        Ok(())
+        let id = atelier_proto::worker_id(response.worker_id)?;
+        *lock(&self.worker_id) = Some(id.clone());
+        Ok(id)
     }
 
     /// Runs `op` with the current id, registering again once if the
     /// coordinator no longer knows this worker (it restarted).
     async fn as_registered<T, F, Fut>(&self, op: F) -> Result<T>
     where
-        F: Fn(String) -> Fut,
+        F: Fn(WorkerId) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let id = self.worker_id();
+        let id = match self.worker_id() {
+            Some(id) => id,
+            None => self.register(None).await?,
+        };
         match op(id.clone()).await {
-            Err(error) if is_unknown_worker(&error) => {
-                self.register(&id).await?;
-                op(self.worker_id()).await
-            }
+            Err(error) if is_unknown_worker(&error) => op(self.register(Some(&id)).await?).await,
             other => other,
         }
     }
@@ -215,7 +218,7 @@ impl Session {
         let task = self
             .as_registered(|worker_id| {
                 let request = v1::LeaseTaskRequest {
-                    worker_id,
+                    worker_id: worker_id.into(),
                     wait_ms: wait.as_millis() as u32,
                 };
                 async move {
@@ -247,7 +250,7 @@ impl Session {
         let response = self
             .as_registered(|worker_id| {
                 let request = v1::HeartbeatRequest {
-                    worker_id,
+                    worker_id: worker_id.into(),
                     leases: held.iter().cloned().map(Into::into).collect(),
                 };
                 {
@@ -270,7 +273,7 @@ impl Session {
     pub async fn progress(&self, lease: &LeaseRef, report: TaskProgressReport) -> Result<bool> {
         let result = self
             .as_registered(|worker_id| {
-                let request = convert::progress_request(&worker_id, lease, report.clone());
+                let request = atelier_proto::progress_request(&worker_id, lease, report.clone());
                 {
                     let mut client = self.client.clone();
                     async move { call_with_timeout("progress", client.report_progress(request)).await }
@@ -298,7 +301,7 @@ impl Session {
         let response = self
             .as_registered(|worker_id| {
                 let request =
-                    convert::complete_request(&worker_id, lease, outcome.clone(), lease_next);
+                    atelier_proto::complete_request(&worker_id, lease, outcome.clone(), lease_next);
                 async move {
                     match self
                         .work("complete", Call::Complete(request), Duration::ZERO)
@@ -324,7 +327,7 @@ impl Session {
     ) -> Result<Option<Gang>> {
         let response = self
             .as_registered(|worker_id| {
-                let request = convert::rendezvous_request(
+                let request = atelier_proto::rendezvous_request(
                     &worker_id,
                     lease,
                     offer.clone(),
@@ -344,12 +347,12 @@ impl Session {
                 }
             })
             .await?;
-        Ok(convert::gang(response))
+        Ok(atelier_proto::gang(response))
     }
 
     pub async fn fail(&self, lease: &LeaseRef, failure: TaskFailure) -> Result<()> {
         self.as_registered(|worker_id| {
-            let request = convert::fail_request(&worker_id, lease, failure.clone());
+            let request = atelier_proto::fail_request(&worker_id, lease, failure.clone());
             {
                 let mut client = self.client.clone();
                 async move { call_with_timeout("fail", client.fail_task(request)).await }

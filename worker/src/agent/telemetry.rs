@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use atelier_proto::domain::{StageTimes, TaskOutcome, TaskProgressReport};
+use atelier_proto::{StageTimes, TaskOutcome, TaskProgressReport};
 use atelier_telemetry::{Counter, Exposition, Gauge, Registry};
 
 #[derive(Debug)]

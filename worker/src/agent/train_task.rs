@@ -2,9 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use atelier_proto::domain::{
-    RankStatus, TaskOutcome, TaskProgressReport, TrainJobSpec, TrainProgress,
-};
+use atelier_proto::{RankStatus, TaskOutcome, TaskProgressReport, TrainJobSpec, TrainProgress};
 use std::time::Duration;
 
 use tokio::runtime::Handle;

@@ -8,7 +8,7 @@ use std::ffi::{c_int, c_uchar, c_uint, c_void};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use atelier_collective::runtime_library::{self, open_first};
+use atelier_cuda::open_first;
 use libloading::Library;
 
 pub type Handle = *mut c_void;
@@ -97,7 +97,7 @@ impl NvJpegLibrary {
     fn bind(library: Library, path: String) -> Result<Self, String> {
         fn symbol<T: Copy>(library: &Library, path: &str, name: &str) -> Result<T, String> {
             // SAFETY: each type above is the prototype nvjpeg.h declares for `name`.
-            unsafe { runtime_library::symbol(library, path, name) }
+            unsafe { atelier_cuda::symbol(library, path, name) }
         }
         Ok(Self {
             create_ex: symbol(&library, &path, "nvjpegCreateEx")?,

@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 pub use library::NvJpegLibrary;
 use library::{Image, Status, BACKEND_DEFAULT, BACKEND_HARDWARE, OUTPUT_RGBI, STATUS_SUCCESS};
 
-use atelier_collective::cuda_runtime::{self, TORCH_DEFAULT_STREAM};
+use atelier_cuda::TORCH_DEFAULT_STREAM;
 
 /// One nvJPEG handle and decode state; one per compute thread and GPU.
 #[derive(Debug)]
@@ -159,7 +159,7 @@ impl NvJpegDecoder {
     /// queues batch k+1's forward pass only once batch k's is done; the
     /// rows of batch k are still built while batch k+1 runs.
     fn wait_for_device(&self) -> Result<(), String> {
-        cuda_runtime::synchronize_torch_stream()
+        atelier_cuda::synchronize_torch_stream()
     }
 
     /// Decodes one picture with the hybrid decoder.
@@ -289,7 +289,7 @@ fn image_of(tensor: &Tensor) -> Image {
 /// The device is the thread's current context, which nvJPEG's own runtime
 /// then uses too.
 fn set_device(index: usize) -> Result<(), String> {
-    match cuda_runtime::set_device(index) {
+    match atelier_cuda::set_device(index) {
         Some(Ok(())) => Ok(()),
         Some(Err(code)) => Err(format!(
             "cudaSetDevice({index}) failed with CUDA error {code}"
@@ -325,7 +325,7 @@ mod tests {
         let pixels: Vec<u8> = (0..width * height * 3)
             .map(|i| ((i / 3) % width * 2) as u8)
             .collect();
-        let jpeg = atelier_catalog::synthetic::encode_jpeg(&pixels, width, height, 95).unwrap();
+        let jpeg = atelier_catalog::encode_jpeg(&pixels, width, height, 95).unwrap();
         let mut decoder = NvJpegDecoder::new(Device::Cuda(0)).unwrap();
         let on_gpu = decoder.decode(&[&jpeg, &jpeg]);
         let on_cpu = atelier_pipeline::CpuJpegDecoder

@@ -13,9 +13,9 @@ use std::time::Instant;
 
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use atelier_catalog::{Catalog, ReadRange, StoreLocation};
-use atelier_models::checkpoint::{CheckpointDir, Manifest};
 use atelier_models::Model;
-use atelier_proto::options::InferenceOptions;
+use atelier_models::{CheckpointDir, Manifest};
+use atelier_proto::InferenceOptions;
 use serde::Serialize;
 use tch::Device;
 use tokio::runtime::Handle;
@@ -44,7 +44,7 @@ pub struct TagSummary {
     pub files: Vec<String>,
     pub seconds: f64,
     pub model_version: String,
-    pub stages: atelier_proto::domain::StageTimes,
+    pub stages: atelier_proto::StageTimes,
 }
 
 /// Models loaded for tagging, with what they predict.
@@ -72,7 +72,7 @@ impl std::fmt::Debug for Taggers {
 pub struct Written {
     pub rows: usize,
     pub errors: usize,
-    pub stages: atelier_proto::domain::StageTimes,
+    pub stages: atelier_proto::StageTimes,
 }
 
 impl Taggers {
@@ -177,10 +177,7 @@ pub fn tag(
     let taggers = Taggers::load(&options.checkpoints, handle, device, layout)?;
     let catalog = handle.block_on(Catalog::open(&options.catalog))?;
     let out = StoreLocation::parse(&options.out)?;
-    handle.block_on(atelier_catalog::synthetic::prepare_output(
-        &out,
-        options.overwrite,
-    ))?;
+    handle.block_on(atelier_catalog::prepare_output(&out, options.overwrite))?;
     let mut summary = TagSummary {
         model_version: taggers.version.clone(),
         ..TagSummary::default()

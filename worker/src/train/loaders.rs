@@ -11,7 +11,7 @@ use crate::dataset::in_validation;
 use crate::error::Result;
 use crate::sampler::single_row_groups;
 
-use atelier_proto::options::TrainOptions;
+use atelier_proto::TrainOptions;
 
 use super::TrainSetup;
 

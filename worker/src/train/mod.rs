@@ -13,12 +13,12 @@ use atelier_catalog::Catalog;
 use atelier_collective::{
     broadcast_tensors, Backend, Collective, GradientBuckets, SingleRank, DEFAULT_BUCKET_BYTES,
 };
-use atelier_models::autocast::Bf16Autocast;
-use atelier_models::checkpoint::{CheckpointDir, Manifest};
-use atelier_models::optim::{Optimizer, Schedule};
+use atelier_models::Bf16Autocast;
 use atelier_models::Model;
+use atelier_models::{CheckpointDir, Manifest};
+use atelier_models::{Optimizer, Schedule};
 use atelier_pipeline::ItemFilter;
-use atelier_proto::options::TrainOptions;
+use atelier_proto::TrainOptions;
 use tch::Kind;
 use tokio::runtime::Handle;
 

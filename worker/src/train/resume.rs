@@ -3,11 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use atelier_models::checkpoint::{
-    CheckpointDir, Manifest, Normalization as SavedNormalization, FORMAT_VERSION, METRICS,
-};
-use atelier_models::optim::{Optimizer, OptimizerConfig, Schedule};
+use atelier_models::{CheckpointDir, Manifest, SavedNormalization, FORMAT_VERSION, METRICS};
 use atelier_models::{Model, ModelSpec};
+use atelier_models::{Optimizer, OptimizerConfig, Schedule};
 use atelier_pipeline::Normalization;
 use bytes::Bytes;
 use tch::Device;
@@ -16,7 +14,7 @@ use tokio::runtime::Handle;
 use crate::device::device_name;
 use crate::error::{Result, WorkerError};
 
-use atelier_proto::options::TrainOptions;
+use atelier_proto::TrainOptions;
 
 use super::{MetricsLine, Run};
 
@@ -102,10 +100,10 @@ pub(super) fn start_or_resume(
     };
     let mut model = Model::new(spec.clone(), device)?;
     if let Some(path) = &options.backbone_weights {
-        let tensors = atelier_models::checkpoint::read_safetensors_file(path)?;
+        let tensors = atelier_models::read_safetensors_file(path)?;
         let loaded = model.load(
             &tensors,
-            Some(atelier_models::model::BACKBONE_PREFIX),
+            Some(atelier_models::BACKBONE_PREFIX),
             &["fc.", "num_batches_tracked"],
         )?;
         tracing::info!(path = %path, tensors = loaded, "backbone weights loaded");

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use atelier_worker::train::MetricsLine;
+use atelier_worker::MetricsLine;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 

@@ -8,9 +8,9 @@ mod fonts;
 use std::io::Cursor;
 
 use anyhow::Context;
-use atelier_models::checkpoint::{CheckpointDir, METRICS};
-use atelier_worker::evaluate::REPORT;
-use atelier_worker::train::MetricsLine;
+use atelier_models::{CheckpointDir, METRICS};
+use atelier_worker::MetricsLine;
+use atelier_worker::REPORT;
 use bytes::Bytes;
 use clap::Args;
 use plotters::prelude::*;

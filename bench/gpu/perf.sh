@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
-# Issue 6's GPU measurements, for a session lent the GPU machine (about 6
-# minutes; figures into BENCHMARKS.md with the date). Not yet run on a GPU.
+# Tagging and the model on a GPU against PyTorch (about 6 minutes; figures
+# into BENCHMARKS.md with the date).
 #   1. model only: atelier's ResNet-50 pool model on one batch held on the
 #      GPU (worker/examples/forward.rs, bf16 + channels_last) against PyTorch
 #      eager, channels_last and bf16 autocast + channels_last in the same run;
 #   2. end to end: `atelier tag --bf16 --channels-last` with every core
-#      decoding, against bench/tag_peer.py (DataLoader workers on the same
+#      decoding, against bench/tagging/tag_peer.py (DataLoader workers on the same
 #      cores, pinned memory, bf16 autocast) on the same 384x512 JPEGs, and
 #      `atelier tag --gpu-decode` (nvJPEG), whose tags are checked against
 #      the CPU-decoded ones;
-#   3. training is bench/gpu_check.sh and bench/gpu_ddp.sh.
+#   3. training is bench/gpu/check.sh and bench/gpu/ddp.sh.
 # Release binaries built elsewhere run against this machine's torch 2.11:
 #
-#   BIN=.gpu/atelier FORWARD=.gpu/forward bench/gpu_perf.sh
+#   BIN=.gpu/atelier FORWARD=.gpu/forward bench/gpu/perf.sh
 #
 # Rehearse it here before spending device time on it (same steps, tiny sizes):
-#   DEVICE=cpu ITEMS=64 BATCH=16 ITERS=2 BIN=... FORWARD=... bench/gpu_perf.sh
+#   DEVICE=cpu ITEMS=64 BATCH=16 ITERS=2 BIN=... FORWARD=... bench/gpu/perf.sh
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 bin="${BIN:-.gpu/atelier}"
 forward="${FORWARD:-.gpu/forward}"
 items="${ITEMS:-30000}"
@@ -37,7 +37,7 @@ echo "date: $(date -u +%F); cores: $cores; $(nvidia-smi --query-gpu=name --forma
 echo "== 1. model only, batch $batch"
 "$forward" "$work/model" --device "$device" --batch-size "$batch" --iters "$iters" --bf16 --channels-last
 "$forward" "$work/model" --device "$device" --batch-size "$batch" --iters "$iters" --channels-last
-python3 bench/forward_peer.py --checkpoint "$work/model" --device "$device" --batch-size "$batch" --iters "$iters"
+python3 bench/tagging/forward_peer.py --checkpoint "$work/model" --device "$device" --batch-size "$batch" --iters "$iters"
 
 echo "== 2. end to end, $items items, $cores cores decoding"
 # The CPU side alone (read, decode, resize; no model): the ceiling the GPU run
@@ -52,7 +52,7 @@ for round in 1 2; do
   python3 -c "print('round $round atelier tag images/s: %.1f' % ($items / ($EPOCHREALTIME - $start)))"
   # Its own summary: the stage counters say where the time went.
   tail -n 2 "$work/tag.log" | sed "s/^/round $round atelier: /"
-  python3 bench/tag_peer.py --catalog "$work/catalog" --checkpoint "$work/model" --out "$work/peer.parquet" \
+  python3 bench/tagging/tag_peer.py --catalog "$work/catalog" --checkpoint "$work/model" --out "$work/peer.parquet" \
     --device "$device" --bf16 --batch-size "$batch" --workers "$(( cores - 2 ))" --threads 2 | sed "s/^/round $round pytorch: /"
   # JPEGs decoded by nvJPEG on the GPU (the CPU only reads Parquet).
   start=$EPOCHREALTIME

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The one-shot GPU check (figures in BENCHMARKS.md, "On one GPU"). Runs a
 # release `atelier` built elsewhere against this machine's own torch 2.11, and
-# the plain PyTorch peer (bench/train_peer.py) on the same catalogue, same
+# the plain PyTorch peer (bench/training/train_peer.py) on the same catalogue, same
 # recipe, back to back: ResNet-50 pool model, 224 px, SGD one-cycle.
 #
-#   BIN=path/to/atelier bench/gpu_check.sh [OUT_DIR]
+#   BIN=path/to/atelier bench/gpu/check.sh [OUT_DIR]
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 bin="${BIN:-.gpu/atelier}"
 out="${1:-/tmp/atelier-gpu-out}"
 items="${ITEMS:-12000}"
@@ -39,7 +39,7 @@ for variant in fp32 bf16; do
   timed "$bin" train "${recipe[@]}" "${flags[@]}" --catalog "$work/catalog" --checkpoint "$work/ckpt-$variant" 2>&1 \
     | grep -v "^\s*$" | tee "$out/train-$variant.log" | tail -n 6
   echo "== peer train $variant"
-  timed python3 bench/train_peer.py --catalog "$work/catalog" --arch resnet50 --epochs "$epochs" --image-size "$size" \
+  timed python3 bench/training/train_peer.py --catalog "$work/catalog" --arch resnet50 --epochs "$epochs" --image-size "$size" \
     --batch-size 128 --lr 0.1 --device cuda --workers "$threads" --threads 2 "${peer_flags[@]}" 2>&1 | tail -n 6
 done
 

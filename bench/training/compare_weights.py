@@ -1,12 +1,12 @@
 """Compares the newest weights of two atelier checkpoints (local folders).
 
-Used by bench/gpu_ddp.sh to check, on a GPU machine, that a gang trained through
+Used by bench/gpu/ddp.sh to check, on a GPU machine, that a gang trained through
 NCCL holds the weights of one process trained on the global batch. Needs only
 torch: the safetensors file is read by hand (8-byte header length, a JSON
 header, raw little-endian data), since the device's Python may lack the
 safetensors package.
 
-    python3 bench/compare_weights.py REFERENCE OTHER [--prefix heads.] [--tolerance 1e-4]
+    python3 bench/training/compare_weights.py REFERENCE OTHER [--prefix heads.] [--tolerance 1e-4]
 
 Prints the step of each, the largest absolute difference per tensor and over
 all of them, and exits 1 when the steps or tensor names differ or the largest

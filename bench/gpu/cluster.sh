@@ -3,10 +3,10 @@
 # 16-core machine, and a tag job through a coordinator and one CUDA worker.
 # Runs release binaries built elsewhere against this machine's torch 2.11:
 #
-#   BIN=.gpu/atelier SCALE=.gpu/scale bench/gpu_cluster.sh
+#   BIN=.gpu/atelier SCALE=.gpu/scale bench/gpu/cluster.sh
 # SCALE=none skips the scale benchmark, TAG=0 the tag job.
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 bin="${BIN:-.gpu/atelier}"
 scale="${SCALE:-.gpu/scale}"
 work=/tmp/atelier-gpu-cluster

@@ -1,11 +1,11 @@
-"""Peer (c) of issue 6: peer (a) as Ray Data runs it. read_parquet, a
+"""Peer (c): peer (a) as Ray Data runs it. read_parquet, a
 map_batches task that decodes and transforms with PIL and torchvision (the
 same transform as peer (a)), a map_batches actor holding torchvision's
 ResNet-50 with atelier's heads (the same checkpoint) under inference_mode,
 and write_parquet. One logical CPU decodes while the other runs the model,
 as a DataLoader with one worker does in peer (a).
 
-python bench/tag_ray.py --catalog DIR --checkpoint DIR --out DIR [--batch-size 32 --threads 2]
+python bench/tagging/tag_ray.py --catalog DIR --checkpoint DIR --out DIR [--batch-size 32 --threads 2]
 """
 import argparse
 import io

@@ -1,10 +1,10 @@
-"""Model-only peer of issue 6: torchvision's ResNet-50 with atelier's heads
-(the same checkpoint as bench/tag_peer.py) on one random batch, no data
+"""The model-only peer: torchvision's ResNet-50 with atelier's heads
+(the same checkpoint as bench/tagging/tag_peer.py) on one random batch, no data
 pipeline, as PyTorch runs it plain (eager, NCHW), with channels_last, and
 tuned with torch.jit.optimize_for_inference (batch norms folded, oneDNN).
 Prints one JSON line per variant.
 
-python bench/forward_peer.py --checkpoint DIR [--batch-size 32 --iters 8 --threads 2 --device cpu|cuda:0]
+python bench/tagging/forward_peer.py --checkpoint DIR [--batch-size 32 --iters 8 --threads 2 --device cpu|cuda:0]
 (on CUDA: eager, channels_last, and bf16 autocast + channels_last, under inference_mode and
 under no_grad, instead of the TorchScript variant)
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue-3 acceptance on the real Fashion Product Images sample: atelier against a
+# Training on the real Fashion Product Images sample: atelier against a
 # plain PyTorch script on the same split, the same model (ResNet-18 from random
 # init, one head per attribute), the same recipe (SGD momentum 0.9, one-cycle,
 # lr 0.1, weight decay 5e-4, 64 px, batch 64, random resized crop of at least
@@ -9,9 +9,9 @@
 # (ATELIER_EPOCHS, 9 against 8 on a 2-core machine; the script prints both
 # wall times so the budget can be checked).
 #
-#   [SEED=0] [CROP_SCALE=0.6] bench/real_sample.sh [PEER_EPOCHS] [ATELIER_EPOCHS]
+#   [SEED=0] [CROP_SCALE=0.6] bench/training/real_sample.sh [PEER_EPOCHS] [ATELIER_EPOCHS]
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 . scripts/setup.sh
 
 peer_epochs="${1:-8}"
@@ -20,7 +20,7 @@ seed="${SEED:-0}"
 crop="${CROP_SCALE:-0.6}"
 data="${ATELIER_FASHION_DATA:-../shared/data/fashion-products}"
 work="$ATELIER_CACHE/bench/real-sample"
-cargo build --release -q -p atelier-cli
+atelier_build -q
 atelier="$CARGO_TARGET_DIR/release/atelier"
 if [ ! -f "$work/catalog/part-00000.parquet" ]; then
   "$atelier" catalog import --images "$data/images" --labels "$data/styles.csv" --out "$work/catalog" --overwrite
@@ -37,6 +37,6 @@ echo "atelier wall seconds: $(( $(date +%s) - start ))"
 "$atelier" test --checkpoint "$work/ckpt" --catalog "$work/catalog" --top-classes 0 | grep -E "accuracy|evaluated"
 echo "== PyTorch peer"
 start=$(date +%s)
-python bench/train_peer.py --catalog "$work/catalog" --epochs "$peer_epochs" --image-size 64 --batch-size 64 --lr 0.1 \
+python bench/training/train_peer.py --catalog "$work/catalog" --epochs "$peer_epochs" --image-size 64 --batch-size 64 --lr 0.1 \
   --seed "$seed" --crop-scale "$crop"
 echo "peer wall seconds: $(( $(date +%s) - start ))"

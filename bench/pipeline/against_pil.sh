@@ -3,9 +3,9 @@
 # atelier against PIL + torchvision on the same synthetic 384x512 JPEGs, in
 # one run, alternating, repeated. Prints the medians and the ratio.
 #
-#   bench/pipeline.sh [ITEMS] [REPEATS]
+#   bench/pipeline/against_pil.sh [ITEMS] [REPEATS]
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 . scripts/setup.sh
 
 items="${1:-1000}"
@@ -13,7 +13,7 @@ repeats="${2:-3}"
 size=224
 catalog="$ATELIER_CACHE/bench/pipeline-catalog-$items"
 
-cargo build --release -q -p atelier-cli
+atelier_build -q
 atelier="$CARGO_TARGET_DIR/release/atelier"
 if [ ! -f "$catalog/part-00000.parquet" ]; then
   "$atelier" catalog generate --items "$items" --out "$catalog" --size 384x512 --overwrite >/dev/null
@@ -33,7 +33,7 @@ for run in $(seq "$repeats"); do
       --image-size "$size" --threads 1 --prefetch 2 > /tmp/atelier-bench-out
   a=$(cpu_rate $(cat /tmp/atelier-bench-time))
   wall_a=$(sed -n 's/.* \([0-9.]*\) images\/s on.*/\1/p' /tmp/atelier-bench-out)
-  /usr/bin/time -f "%U %S" -o /tmp/atelier-bench-time python bench/pipeline_peer.py --catalog "$catalog" \
+  /usr/bin/time -f "%U %S" -o /tmp/atelier-bench-time python bench/pipeline/peer.py --catalog "$catalog" \
       --image-size "$size" --threads 1 > /tmp/atelier-bench-out
   p=$(cpu_rate $(cat /tmp/atelier-bench-time))
   wall_p=$(sed -n 's/images_per_s=\([0-9.]*\).*/\1/p' /tmp/atelier-bench-out)

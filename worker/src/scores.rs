@@ -1,4 +1,5 @@
-//! Evaluation metrics: classification reports and corpus BLEU.
+//! Evaluation scores: classification reports (accuracy, top-5, per-class
+//! precision, recall and F1, confusion) and corpus BLEU.
 
 use std::collections::HashMap;
 

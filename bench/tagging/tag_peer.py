@@ -1,4 +1,4 @@
-"""Peer (a) of issue 6: the bulk-tagging script a user would write instead of
+"""Peer (a): the bulk-tagging script a user would write instead of
 atelier. pyarrow reads the catalogue, a DataLoader with workers decodes with
 PIL and transforms with torchvision (Resize + CenterCrop + ToTensor +
 Normalize, the operation atelier's pipeline performs), torchvision's ResNet-50
@@ -6,7 +6,7 @@ with atelier's heads runs in eval mode under inference_mode, and the
 predictions (label, probability, top-3) go to Parquet. It loads the same
 checkpoint atelier tags with (safetensors, torchvision parameter names).
 
-python bench/tag_peer.py --catalog DIR --checkpoint DIR --out FILE [--batch-size 32 --threads 2 --workers 1]
+python bench/tagging/tag_peer.py --catalog DIR --checkpoint DIR --out FILE [--batch-size 32 --threads 2 --workers 1]
 """
 import argparse
 import io

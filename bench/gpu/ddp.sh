@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The data-parallel GPU check (issue 5; figures in BENCHMARKS.md). On a
+# The data-parallel GPU check (figures in BENCHMARKS.md). On a
 # machine with N GPUs it:
 #   1. checks the NCCL all-reduce (rank r on cuda:r, integer-valued data, exact
 #      sums) and reports its bus bandwidth, next to the CPU ring's on the same
@@ -8,7 +8,7 @@
 #      a coordinator and N CUDA workers with the NCCL backend (at N = 1 the
 #      NCCL path is forced with ATELIER_COLLECTIVE=nccl), and prints images/s
 #      per rank and the time spent in all-reduce;
-#   3. runs PyTorch on the same model, batch and images (bench/train_peer.py)
+#   3. runs PyTorch on the same model, batch and images (bench/training/train_peer.py)
 #      for the ratio;
 #   4. trains one epoch in one process with CPU decoding, then with
 #      --gpu-decode (nvJPEG, random crops and flips on the GPU), with AdamW,
@@ -19,13 +19,13 @@
 #      N = 1 still checks the bucketing, the averaging and the side stream.
 # Release binaries built elsewhere run against this machine's torch 2.11:
 #
-#   BIN=.gpu/atelier ALLREDUCE=.gpu/allreduce bench/gpu_ddp.sh
+#   BIN=.gpu/atelier ALLREDUCE=.gpu/allreduce bench/gpu/ddp.sh
 #
 # Rehearse it here before spending device time on it (one CPU rank, the CPU
 # ring instead of NCCL, tiny sizes):
-#   DEVICE=cpu ITEMS=96 BATCH=8 BIN=... ALLREDUCE=... bench/gpu_ddp.sh
+#   DEVICE=cpu ITEMS=96 BATCH=8 BIN=... ALLREDUCE=... bench/gpu/ddp.sh
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 bin="${BIN:-.gpu/atelier}"
 allreduce="${ALLREDUCE:-.gpu/allreduce}"
 items="${ITEMS:-6000}"
@@ -65,7 +65,7 @@ python3 -c "print('wall seconds: %.1f' % ($EPOCHREALTIME - $start))"
 grep -h "nccl\|gang\|side stream" "$work"/worker-*.log | head -n 6
 
 echo "== 3. PyTorch on the same model, batch and images (one GPU)"
-python3 bench/train_peer.py --catalog "$work/catalog" --arch resnet50 --image-size 224 --batch-size "$batch" \
+python3 bench/training/train_peer.py --catalog "$work/catalog" --arch resnet50 --image-size 224 --batch-size "$batch" \
   --epochs 2 --device "$(device 0)" "${amp[@]}" --channels-last --workers "$threads" 2>&1 | tail -n 3
 
 # AdamW here (SGD above) so the fused Adam operator runs on the device too.
@@ -93,4 +93,4 @@ equivalence=(--model-type pool --arch resnet18 --image-size 32 --n-epochs 3 --fi
 # cuDNN's TF32 convolutions (libtorch's default) round features to ~1e-3
 # relative where the two runs pick different algorithms, hence 1e-4 here
 # against the CPU tests' 1e-5.
-python3 bench/compare_weights.py "$work/eq-single" "$work/eq-gang" --prefix heads. --tolerance 1e-4 | tail -n 1
+python3 bench/training/compare_weights.py "$work/eq-single" "$work/eq-gang" --prefix heads. --tolerance 1e-4 | tail -n 1

@@ -2,7 +2,7 @@
 loopback, one process per rank, the same sizes, data and table as
 collective/examples/allreduce.rs.
 
-python bench/allreduce_gloo.py WORLD SIZES_MB ITERS
+python bench/collective/allreduce_gloo.py WORLD SIZES_MB ITERS
 """
 import os
 import socket

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Builds the release binaries bench/gpu_session.sh runs on the GPU machine,
+# Builds the release binaries bench/gpu/all.sh runs on the GPU machine,
 # stripped and gzipped into .gpu/ (about 36 MB; a device call carries 64 MiB).
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 . scripts/setup.sh
 cargo build --release -q -p atelier-cli -p atelier-worker --example forward \
   -p atelier-collective --example allreduce -p atelier-coordinator --bins --example scale

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use atelier_proto::domain::{JobKind, JobState, StageTimes};
+use atelier_proto::{JobKind, JobState, StageTimes};
 use atelier_telemetry::Exposition;
 
 use crate::event_loop::LoopHandle;
@@ -24,7 +24,7 @@ pub fn render(handle: &LoopHandle) -> String {
         .iter()
         .filter_map(|j| j.tag.as_ref().map(|t| (j, t)))
         .collect();
-    let sum = |f: &dyn Fn(&atelier_proto::domain::TagProgress) -> f64| -> f64 {
+    let sum = |f: &dyn Fn(&atelier_proto::TagProgress) -> f64| -> f64 {
         tags.iter().map(|(_, t)| f(t)).sum()
     };
     out.family(

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Issue-4 scale benchmark: the coordinator with a 10^6-item catalogue (250
+# The coordinator at scale: the coordinator with a 10^6-item catalogue (250
 # Parquet files) and 1,000 simulated workers over gRPC on this machine.
 # Figures in BENCHMARKS.md.
 #
-#   bench/scale.sh                        # the libtorch-free atelier-coordinator
-#   COORDINATOR=atelier bench/scale.sh    # `atelier coordinator`
-#   PIN=1 bench/scale.sh                  # the coordinator alone on CPU 0, the
+#   bench/coordinator/scale.sh                        # the libtorch-free atelier-coordinator
+#   COORDINATOR=atelier bench/coordinator/scale.sh    # `atelier coordinator`
+#   PIN=1 bench/coordinator/scale.sh                  # the coordinator alone on CPU 0, the
 #                                         # simulated workers on the other CPUs
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 . scripts/setup.sh
 cargo build --release -q -p atelier-coordinator --bins --example scale
 # 1,000 workers hold 1,000 connections, plus the coordinator's side of them.

@@ -2,9 +2,9 @@
 # CPU ring all-reduce against torch.distributed's gloo on loopback, in one
 # run: the same sizes, ranks and integer-valued data, alternating atelier and
 # gloo for ROUNDS rounds; prints each table and the median bus bandwidth
-# ratio per size. Usage: bench/allreduce.sh [WORLDS] [SIZES_MB] [ROUNDS]
+# ratio per size. Usage: bench/collective/allreduce.sh [WORLDS] [SIZES_MB] [ROUNDS]
 set -euo pipefail
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 . "$ROOT/scripts/setup.sh"
 WORLDS="${1:-2 4}"
 SIZES="${2:-1,4,16,64,256}"
@@ -17,7 +17,7 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 for world in $WORLDS; do
   for round in $(seq "$ROUNDS"); do
     "$RING" ring "$world" "$SIZES" "$ITERS" | tee "$OUT/atelier-$world-$round.txt"
-    python "$ROOT/bench/allreduce_gloo.py" "$world" "$SIZES" "$ITERS" | tee "$OUT/gloo-$world-$round.txt"
+    python "$ROOT/bench/collective/allreduce_gloo.py" "$world" "$SIZES" "$ITERS" | tee "$OUT/gloo-$world-$round.txt"
   done
 done
 python - "$OUT" <<'PY'

@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# Issue 6's harness: atelier against the Python programs a user would write
+# atelier against the Python programs a user would write
 # instead, on the same synthetic catalogue (384x512 JPEGs), model (a ResNet-50
 # pool model at 224 px), batch size and threads, alternating, ROUNDS times:
-#   tagging   atelier tag           | (a) bench/tag_peer.py  pyarrow + DataLoader/PIL + torchvision
-#                                   | (c) bench/tag_ray.py   the same as Ray Data map_batches
+#   tagging   atelier tag           | (a) bench/tagging/tag_peer.py  pyarrow + DataLoader/PIL + torchvision
+#                                   | (c) bench/tagging/tag_ray.py   the same as Ray Data map_batches
 #   model     worker/examples/forward.rs (atelier's model on a pre-decoded batch)
-#                                   | bench/forward_peer.py  eager, channels_last, optimize_for_inference
-#   training  atelier train, 1 epoch | (b) bench/train_peer.py  the same loop with torch.optim
+#                                   | bench/tagging/forward_peer.py  eager, channels_last, optimize_for_inference
+#   training  atelier train, 1 epoch | (b) bench/training/train_peer.py  the same loop with torch.optim
 # Prints the machine, each run's images/s (tagging and training: items over the
 # wall time of the whole process) and peak RSS, the medians and the ratios.
 #
-#   bench/run.sh [ITEMS] [ROUNDS] [BATCH]
+#   bench/tagging/against_python.sh [ITEMS] [ROUNDS] [BATCH]
 # RAY=0 skips Ray Data, TRAIN=0 training, TAG=0 tagging and the model-only runs;
 # BF16=1 adds training under bf16 autocast, atelier's and PyTorch's (pays on
 # cores with bf16 instructions, as AVX512-BF16 or AMX).
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 . scripts/setup.sh
 items="${1:-256}"
 rounds="${2:-2}"
@@ -25,7 +25,7 @@ with_ray="${RAY:-1}"
 with_train="${TRAIN:-1}"
 with_tag="${TAG:-1}"
 with_bf16="${BF16:-0}"
-cargo build --release -q -p atelier-cli
+atelier_build -q
 cargo build --release -q -p atelier-worker --example forward
 atelier="$CARGO_TARGET_DIR/release/atelier"
 forward="$CARGO_TARGET_DIR/release/examples/forward"
@@ -66,10 +66,10 @@ for round in $(seq "$rounds"); do
   if [ "$with_tag" = 1 ]; then
     add "tag atelier" "$(run atelier env RUST_LOG=warn "$atelier" tag --catalog "$data/catalog" \
       --checkpoint "$data/model" --out "$work/tags" --batch-size "$batch" --threads "$threads" --channels-last)"
-    add "tag pytorch(a)" "$(run peer python bench/tag_peer.py --catalog "$data/catalog" --checkpoint "$data/model" \
+    add "tag pytorch(a)" "$(run peer python bench/tagging/tag_peer.py --catalog "$data/catalog" --checkpoint "$data/model" \
       --out "$work/peer.parquet" --batch-size "$batch" --threads "$threads" --workers 1)"
     if [ "$with_ray" = 1 ]; then
-      add "tag ray(c)" "$(run ray python bench/tag_ray.py --catalog "$data/catalog" --checkpoint "$data/model" \
+      add "tag ray(c)" "$(run ray python bench/tagging/tag_ray.py --catalog "$data/catalog" --checkpoint "$data/model" \
         --out "$work/ray" --batch-size "$batch" --threads "$threads")"
     fi
     add "model atelier channels_last" "$("$forward" "$data/model" --batch-size "$batch" --iters 4 --channels-last | json_rate) -"
@@ -77,20 +77,20 @@ for round in $(seq "$rounds"); do
       variant=$(python -c 'import json,sys; print(json.loads(sys.argv[1])["variant"])' "$line")
       rate=$(python -c 'import json,sys; print(json.loads(sys.argv[1])["images_per_s"])' "$line")
       add "model pytorch $variant" "$rate -"
-    done < <(python bench/forward_peer.py --checkpoint "$data/model" --batch-size "$batch" --iters 4 --threads "$threads")
+    done < <(python bench/tagging/forward_peer.py --checkpoint "$data/model" --batch-size "$batch" --iters 4 --threads "$threads")
   fi
   if [ "$with_train" = 1 ]; then
     add "train atelier" "$(run train env RUST_LOG=warn "$atelier" train --model-type pool --arch resnet50 \
       "${train_flags[@]}" --n-epochs 1 --schedule onecycle --weight-decay 5e-4 --optimizer sgd \
       --catalog "$data/catalog" --checkpoint "$work/ckpt")"
-    add "train pytorch(b)" "$(run train_peer python bench/train_peer.py --arch resnet50 "${train_flags[@]}" \
+    add "train pytorch(b)" "$(run train_peer python bench/training/train_peer.py --arch resnet50 "${train_flags[@]}" \
       --epochs 1 --workers 1 --threads "$threads" --catalog "$data/catalog")"
   fi
   if [ "$with_bf16" = 1 ]; then
     add "train atelier bf16" "$(run train env RUST_LOG=warn "$atelier" train --model-type pool --arch resnet50 \
       "${train_flags[@]}" --n-epochs 1 --schedule onecycle --weight-decay 5e-4 --optimizer sgd \
       --catalog "$data/catalog" --checkpoint "$work/ckpt-bf16" --bf16)"
-    add "train pytorch(b) bf16" "$(run train_peer python bench/train_peer.py --arch resnet50 "${train_flags[@]}" \
+    add "train pytorch(b) bf16" "$(run train_peer python bench/training/train_peer.py --arch resnet50 "${train_flags[@]}" \
       --epochs 1 --workers 1 --threads "$threads" --catalog "$data/catalog" --bf16)"
   fi
 done

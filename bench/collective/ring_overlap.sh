@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU ring's all-reduce with and without overlapping the backward pass
 # (ATELIER_RING_OVERLAP=0 / 1 on the workers), alternating, on the gang of
-# bench/train_ddp.sh: a coordinator and 2 workers on loopback, pool ResNet-18,
+# bench/collective/train_ddp.sh: a coordinator and 2 workers on loopback, pool ResNet-18,
 # 64 px, one compute thread per rank. Prints each run's wall time and the
 # ranks' images/s and seconds in all-reduce, then the medians and their ratio.
 #
@@ -9,15 +9,15 @@
 # stands in for ranks on different machines: loopback is otherwise far faster
 # than a network, and all ranks share the cores.
 #
-#   bench/ring_overlap.sh [ITEMS] [EPOCHS] [ROUNDS] [BATCH]
+#   bench/collective/ring_overlap.sh [ITEMS] [EPOCHS] [ROUNDS] [BATCH]
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 . scripts/setup.sh
 items="${1:-2000}"
 epochs="${2:-1}"
 rounds="${3:-2}"
 batch="${4:-32}"
-cargo build --release -q -p atelier-cli
+atelier_build -q
 atelier="$CARGO_TARGET_DIR/release/atelier"
 catalog="$ATELIER_CACHE/bench/ddp-catalog-$items"
 if [ ! -f "$catalog/part-00000.parquet" ]; then

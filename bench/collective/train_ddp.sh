@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Data-parallel training on CPU: an atelier train gang of WORLD ranks (a
 # coordinator and WORLD workers on loopback, the CPU ring) against the
-# PyTorch DDP script (bench/train_peer.py --world-size, gloo), the same model,
+# PyTorch DDP script (bench/training/train_peer.py --world-size, gloo), the same model,
 # per-rank batch, image size, epochs and catalogue, alternating, ROUNDS times.
 # Compares wall time of the whole run (start to last epoch's validation) as
 # training images per second per rank.
 #
-#   bench/train_ddp.sh [WORLD] [ITEMS] [EPOCHS] [ROUNDS]
+#   bench/collective/train_ddp.sh [WORLD] [ITEMS] [EPOCHS] [ROUNDS]
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 . scripts/setup.sh
 world="${1:-2}"
 items="${2:-2000}"
@@ -20,7 +20,7 @@ batch=32
 # Compute threads per rank, the same for both: the cores split between ranks
 # (more oversubscribes the cores and spin-waiting OpenMP threads slow both).
 threads="${TORCH_THREADS:-$(( $(nproc) / world > 0 ? $(nproc) / world : 1 ))}"
-cargo build --release -q -p atelier-cli
+atelier_build -q
 atelier="$CARGO_TARGET_DIR/release/atelier"
 work="$(mktemp -d)"
 catalog="$ATELIER_CACHE/bench/ddp-catalog-$items"
@@ -60,7 +60,7 @@ for round in $(seq "$rounds"); do
   ours+=("$(python -c "print(f'{$train_items * $epochs / $world / $seconds:.2f}')")")
   echo "round $round atelier: ${seconds%.*} s, ${ours[-1]} images/s per rank"
   start=$EPOCHREALTIME
-  python bench/train_peer.py --catalog "$catalog" --arch "$arch" --image-size "$size" --batch-size "$batch" \
+  python bench/training/train_peer.py --catalog "$catalog" --arch "$arch" --image-size "$size" --batch-size "$batch" \
     --epochs "$epochs" --threads "$threads" --workers 1 --world-size "$world" > "$work/peer-$round.txt" 2>&1
   seconds=$(python -c "print($EPOCHREALTIME - $start)")
   peer+=("$(python -c "print(f'{$train_items * $epochs / $world / $seconds:.2f}')")")
