@@ -211,16 +211,24 @@ impl Model {
                 Some((correct, n))
             })
             .collect();
-        (self.training_loss(logits, targets), accuracy)
+        (self.training_loss(logits, targets, 0.0), accuracy)
     }
 
     /// The loss of [`Model::classification_loss`] alone, with nothing read
     /// back to the host: a training step on a GPU then never waits for the
     /// device, and the host queues the next step while this one runs.
-    pub fn training_loss(&self, logits: &Logits, targets: &BTreeMap<String, Tensor>) -> Tensor {
+    /// `label_smoothing` spreads that share of each target over every class.
+    pub fn training_loss(
+        &self,
+        logits: &Logits,
+        targets: &BTreeMap<String, Tensor>,
+        label_smoothing: f64,
+    ) -> Tensor {
         logits
             .iter()
-            .filter_map(|(name, logit)| Some(attribute_loss(logit, targets.get(name)?)))
+            .filter_map(|(name, logit)| {
+                Some(attribute_loss(logit, targets.get(name)?, label_smoothing))
+            })
             .reduce(|a, b| a + b)
             .unwrap_or_else(|| Tensor::zeros([], (Kind::Float, self.device())))
     }
@@ -285,10 +293,15 @@ impl Model {
 /// Mean cross-entropy over the labelled items of one attribute, as the sum
 /// over the count of labels on the device: zero when nothing is labelled
 /// (where a mean would be NaN), without the host having to look first.
-fn attribute_loss(logit: &Tensor, target: &Tensor) -> Tensor {
+fn attribute_loss(logit: &Tensor, target: &Tensor, label_smoothing: f64) -> Tensor {
     let labelled = target.ne(IGNORE_INDEX).sum(Kind::Float).clamp_min(1.0);
-    logit.cross_entropy_loss::<Tensor>(target, None, tch::Reduction::Sum, IGNORE_INDEX, 0.0)
-        / labelled
+    logit.cross_entropy_loss::<Tensor>(
+        target,
+        None,
+        tch::Reduction::Sum,
+        IGNORE_INDEX,
+        label_smoothing,
+    ) / labelled
 }
 
 /// Copies `tensor` into its variable; false when `skip` leaves it out.
@@ -484,5 +497,25 @@ mod tests {
         let expected = mean("color") + mean("category");
         let got = loss.double_value(&[]);
         assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
+    }
+
+    #[test]
+    fn label_smoothing_spreads_that_share_of_the_target_over_every_class() {
+        let logit = Tensor::from_slice(&[2.0f32, 0.0, -1.0]).view([1, 3]);
+        let target = Tensor::from_slice(&[0i64]);
+        let log_p: Vec<f32> = Vec::try_from(logit.log_softmax(-1, Kind::Float).view([-1])).unwrap();
+        let plain = attribute_loss(&logit, &target, 0.0).double_value(&[]);
+        let smoothed = attribute_loss(&logit, &target, 0.3).double_value(&[]);
+        let mean_over_classes = -(log_p.iter().sum::<f32>() as f64) / 3.0;
+        assert!((plain - -(log_p[0] as f64)).abs() < 1e-6, "{plain}");
+        let expected = 0.7 * plain + 0.3 * mean_over_classes;
+        assert!(
+            (smoothed - expected).abs() < 1e-6,
+            "{smoothed} against {expected}"
+        );
+        assert!(
+            smoothed > plain,
+            "a confident right answer costs more when smoothed"
+        );
     }
 }

@@ -86,6 +86,8 @@ fn head_only(batch_size: usize, max_steps: i64) -> TrainOptions {
         bf16: false,
         max_steps: Some(max_steps),
         gpu_decode: false,
+        // Options these tests do not choose take the recipe.
+        ..TrainOptions::RECIPE
     }
 }
 

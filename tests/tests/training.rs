@@ -93,6 +93,8 @@ fn train_options(task: Task, epochs: usize) -> TrainOptions {
         bf16: false,
         max_steps: None,
         gpu_decode: false,
+        // Options these tests do not choose take the recipe.
+        ..TrainOptions::RECIPE
     }
 }
 

@@ -197,6 +197,7 @@ impl TryFrom<v1::SubmitTrainJobRequest> for TrainJobSpec {
             channels_last: r.channels_last.unwrap_or(d.channels_last),
             shuffle_window: count_or(r.shuffle_window, d.shuffle_window),
             bf16: r.bf16.unwrap_or(d.bf16),
+            label_smoothing: r.label_smoothing.unwrap_or(d.label_smoothing),
             max_steps: r.max_steps,
             gpu_decode: r.gpu_decode.unwrap_or(d.gpu_decode),
         };
@@ -262,6 +263,7 @@ impl From<TrainJobSpec> for v1::SubmitTrainJobRequest {
             channels_last: Some(o.channels_last),
             shuffle_window: Some(wire_count(o.shuffle_window)),
             bf16: Some(o.bf16),
+            label_smoothing: Some(o.label_smoothing),
             max_steps: o.max_steps,
             gpu_decode: Some(o.gpu_decode),
             gang_timeout_s: Some(g.gang_timeout_s),

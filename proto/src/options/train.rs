@@ -106,6 +106,10 @@ pub struct TrainOptions {
     /// and matmuls in bf16; weights, gradients, the loss and the optimizer in f32.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = TrainOptions::RECIPE.bf16, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set))]
     pub bf16: bool,
+    /// Label smoothing of the classifiers' training loss: each target keeps
+    /// 1 - this of its weight and the rest is spread over every class (0: off).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = TrainOptions::RECIPE.label_smoothing))]
+    pub label_smoothing: f64,
     /// Stop after this many optimizer steps in all (a checkpoint is written there).
     #[cfg_attr(feature = "cli", arg(long))]
     #[serde(deserialize_with = "zero_as_none")]
@@ -154,6 +158,7 @@ impl TrainOptions {
         channels_last: false,
         shuffle_window: 4096,
         bf16: false,
+        label_smoothing: 0.0,
         max_steps: None,
         gpu_decode: false,
     };
@@ -188,6 +193,12 @@ impl TrainOptions {
             return Err(format!(
                 "--crop-scale must be in (0, 1], got {}",
                 self.crop_scale
+            ));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(format!(
+                "--label-smoothing must be in [0, 1), got {}",
+                self.label_smoothing
             ));
         }
         if self.max_steps.is_some_and(|steps| steps <= 0) {
@@ -294,6 +305,7 @@ mod tests {
         assert!(bad(|o| o.lr = 0.0).contains("--lr"));
         assert!(bad(|o| o.val_fraction = 1.0).contains("--val-fraction"));
         assert!(bad(|o| o.crop_scale = 0.0).contains("--crop-scale"));
+        assert!(bad(|o| o.label_smoothing = 1.0).contains("--label-smoothing"));
         assert!(bad(|o| {
             o.gpu_decode = true;
             o.affine_degrees = 10.0;

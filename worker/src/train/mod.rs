@@ -250,7 +250,7 @@ pub fn train_ranked(
             run.optimizer.zero_grad();
             let step_loss = match &inputs {
                 Some(inputs) if inputs.count > 0 => {
-                    Some(autocast.run(|| loss(&run.model, inputs, true)))
+                    Some(autocast.run(|| loss(&run.model, inputs, true, options.label_smoothing)))
                 }
                 _ => None,
             };

@@ -18,11 +18,16 @@ use super::loaders::loader_for;
 use super::TrainSetup;
 
 /// The training loss of a batch (classification or captioning).
-pub fn loss(model: &Model, inputs: &crate::targets::Inputs, train: bool) -> tch::Tensor {
+pub fn loss(
+    model: &Model,
+    inputs: &crate::targets::Inputs,
+    train: bool,
+    label_smoothing: f64,
+) -> tch::Tensor {
     let features = model.features(&inputs.images, train);
     match (model.annotator(), &inputs.tokens) {
         (Some(annotator), Some(tokens)) => annotator.loss(&features, tokens),
-        _ => model.training_loss(&model.logits(&features), &inputs.classes),
+        _ => model.training_loss(&model.logits(&features), &inputs.classes, label_smoothing),
     }
 }
 
