@@ -21,7 +21,7 @@ use super::catalog::{run_generate, GenerateArgs};
 use super::cluster::AccessArgs;
 use super::jobs::{ensure_succeeded, print_job, ClientArgs};
 use super::local_cluster::LocalCluster;
-use super::pipeline::{self, AugmentArg, PipelineArgs};
+use super::pipeline::{self, PipelineArgs};
 use super::plot::{self, PlotArgs};
 use super::tag::InferenceArgs;
 use super::tag_accuracy::tag_accuracy;
@@ -75,7 +75,7 @@ pub fn run(args: &LocalArgs, handle: &Handle) -> anyhow::Result<()> {
             batch_size: 64,
             threads: None,
             prefetch: None,
-            augment: AugmentArg::Center,
+            augment: false,
             tensors: true,
             encoded: false,
         },

@@ -6,7 +6,7 @@ use std::time::Instant;
 use atelier_catalog::Catalog;
 use atelier_pipeline::{Augment, EncodedImage, ImageLoader, LoaderOptions, Pixels};
 use atelier_proto::TrainOptions;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use tokio::runtime::Handle;
 
 use crate::progress;
@@ -26,8 +26,11 @@ pub struct PipelineArgs {
     /// Batches in flight between reader and consumer (default: 2 per thread).
     #[arg(long)]
     pub prefetch: Option<usize>,
-    #[arg(long, value_enum, default_value_t = AugmentArg::Center)]
-    pub augment: AugmentArg,
+    /// Training's random resized crop and flip (at the recipe's crop scale),
+    /// as `train --augment` means it; off: the centre crop of evaluation and
+    /// tagging.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub augment: bool,
     /// Also build the tch tensor of every batch, as training and tagging do.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub tensors: bool,
@@ -35,14 +38,6 @@ pub struct PipelineArgs {
     /// still does per image when a GPU decodes (no tensors are built).
     #[arg(long)]
     pub encoded: bool,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum AugmentArg {
-    /// Centre crop (evaluation and tagging).
-    Center,
-    /// Random resized crop and flip (training).
-    Train,
 }
 
 pub fn run(args: &PipelineArgs, handle: &Handle) -> anyhow::Result<()> {
@@ -58,9 +53,10 @@ pub fn run(args: &PipelineArgs, handle: &Handle) -> anyhow::Result<()> {
         batch_size: args.batch_size,
         threads,
         prefetch: args.prefetch.unwrap_or(threads * 2),
-        augment: match args.augment {
-            AugmentArg::Center => Augment::CenterCrop,
-            AugmentArg::Train => Augment::train(TrainOptions::RECIPE.crop_scale, None),
+        augment: if args.augment {
+            Augment::train(TrainOptions::RECIPE.crop_scale, None)
+        } else {
+            Augment::CenterCrop
         },
         decode_on_device: args.encoded,
         ..defaults
