@@ -326,7 +326,11 @@ impl State {
             .map(|(task, lease)| (task.clone(), lease.worker_id.clone()))
             .collect();
         for (task_id, worker_id) in &expired {
-            self.leases.remove(task_id);
+            // A gang's restart takes back every rank's lease: the ranks
+            // expiring in this same sweep are that one failure, counted once.
+            if self.leases.remove(task_id).is_none() {
+                continue;
+            }
             let who = match worker_id {
                 Some(worker_id) => format!("worker {worker_id}"),
                 None => "its worker".to_string(),

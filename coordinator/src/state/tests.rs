@@ -878,3 +878,40 @@ fn transitions_stamp_the_time_they_are_given() {
     // 100 items over the 2 s from the first lease to the end, whenever asked.
     assert_eq!(status.tag.unwrap().items_per_second, 50.0);
 }
+
+#[test]
+fn a_gang_whose_ranks_all_expire_at_once_restarts_once() {
+    // One process holding all ranks dies: every rank's lease expires in the
+    // same sweep, and that is one failure, not world_size of them.
+    let now = start();
+    let mut state = State::new(TIMEOUT);
+    let job = gang_job(&mut state, 4, 3);
+    let idle = workers(&mut state, 4, now);
+    state.place_gang(&idle, now).unwrap();
+    assert_eq!(state.expire(now.after(TIMEOUT)), 4);
+    let status = state.status(&job, now).unwrap();
+    // Still running: the gang waits to start again from its checkpoint.
+    assert_eq!(status.state, JobState::Running, "{:?}", status.error);
+    assert!(state.has_waiting_gangs());
+    let restarts = status.train.unwrap().restarts;
+    assert_eq!(restarts.len(), 1, "{restarts:?}");
+}
+
+#[test]
+fn a_gang_running_when_the_coordinator_restarted_restarts_once_if_its_ranks_are_gone() {
+    let now = start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = StateStore::open(&dir.path().join("state.db")).unwrap();
+    let mut state = State::new(TIMEOUT);
+    let job = gang_job(&mut state, 3, 1);
+    let idle = workers(&mut state, 3, now);
+    state.place_gang(&idle, now).unwrap();
+    let (jobs, tasks) = state.take_dirty();
+    store.save(&jobs, &tasks).unwrap();
+    let mut restored = State::restore(TIMEOUT, store.load().unwrap(), now);
+    // None of the ranks heartbeats again: their leases lapse together.
+    restored.expire(now.after(TIMEOUT));
+    let status = restored.status(&job, now).unwrap();
+    assert_eq!(status.state, JobState::Running, "{:?}", status.error);
+    assert_eq!(status.train.unwrap().restarts.len(), 1);
+}
