@@ -5,8 +5,7 @@ use atelier_catalog::Catalog;
 
 use atelier_proto::v1::{self, job_service_server::JobService};
 use atelier_proto::{EvalJobSpec, JobId, JobSpec, JobState, TagJobSpec, TaskWork, TrainJobSpec};
-use futures::Stream;
-use tokio::sync::broadcast::error::RecvError;
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::config::CoordinatorConfig;
@@ -15,6 +14,8 @@ use crate::event_loop::LoopHandle;
 use crate::ids::new_job_id;
 use crate::plan::{check_checkpoints, plan_tag_job, prepare_output};
 use crate::state::{Now, ReservationId, Reserved};
+
+use super::watch::job_updates;
 
 #[derive(Debug, Clone)]
 pub struct JobApi {
@@ -198,31 +199,14 @@ impl JobService for JobApi {
         // Subscribe before reading, so no update falls between the two.
         let events = self.handle.subscribe();
         let first = self.handle.job(&job_id)?;
-        let stream = futures::stream::unfold(
-            (Some(first), events, job_id, false),
-            |(first, mut events, job_id, done)| async move {
-                if done {
-                    return None;
-                }
-                let job = match first {
-                    Some(job) => job,
-                    None => loop {
-                        match events.recv().await {
-                            Ok(job) if job.id == job_id => break job,
-                            Ok(_) | Err(RecvError::Lagged(_)) => continue,
-                            Err(RecvError::Closed) => return None,
-                        }
-                    },
-                };
-                let done = job.state.is_terminal();
-                let message = format!("{} {}", job.id, job.state.name());
-                let event = v1::JobEvent {
-                    job: Some(job.into()),
-                    message,
-                };
-                Some((Ok(event), (None, events, job_id, done)))
-            },
-        );
+        let handle = self.handle.clone();
+        let stream = job_updates(first, events, move |id: &JobId| handle.job(id).ok()).map(|job| {
+            let message = format!("{} {}", job.id, job.state.name());
+            Ok(v1::JobEvent {
+                job: Some(job.into()),
+                message,
+            })
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -2,4 +2,5 @@
 
 pub mod auth;
 pub mod jobs;
+mod watch;
 pub mod workers;
