@@ -24,6 +24,10 @@ pub struct CoordinatorArgs {
     /// Shared secret for both services (clients send it as a bearer token).
     #[arg(long, env = "ATELIER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Serve without a token on an address beyond loopback: anyone who
+    /// reaches it can then submit and cancel jobs and act as a worker.
+    #[arg(long)]
+    pub insecure: bool,
     /// A lease not renewed by a heartbeat for this long expires.
     #[arg(long, default_value_t = 10_000)]
     pub lease_timeout_ms: u64,
@@ -110,6 +114,14 @@ pub async fn run(args: &CoordinatorArgs, shutdown: impl Future<Output = ()> + Se
     };
     let listener = bind_for_workers(&args.listen).await.map_err(bound)?;
     let address = listener.local_addr().map_err(bound)?;
+    if args.token.is_none() && !args.insecure && !address.ip().is_loopback() {
+        return Err(CoordinatorError::InvalidArgument(format!(
+            "refusing to serve {} without a token: anyone who reaches {address} could submit \
+             and cancel jobs or act as a worker; give --token (or ATELIER_TOKEN), listen on \
+             loopback, or pass --insecure",
+            args.listen
+        )));
+    }
     println!("coordinator listening on {address}");
     restored.serve(listener, metrics, config, shutdown).await
 }

@@ -378,3 +378,62 @@ fn training_flags_default_to_the_recipe() {
     assert!(submit.contains("[default: onecycle]") && submit.contains("--world-size"));
     assert!(!submit.contains("--threads"), "{submit}");
 }
+
+#[test]
+fn a_coordinator_open_beyond_loopback_without_a_token_refuses_to_start_unless_told_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("coordinator.db");
+    let open = || {
+        let mut command =
+            std::process::Command::new(atelier_tests::built_bin("atelier-coordinator"));
+        command
+            .args(["--state", state.to_str().unwrap(), "--listen", "0.0.0.0:0"])
+            .env("RUST_LOG", "warn");
+        command
+    };
+    // Bounded: a coordinator that serves anyway must fail the test, not hang it.
+    let mut refused = open()
+        .env_remove("ATELIER_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = refused.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = refused.kill();
+            panic!("the coordinator served 0.0.0.0 without a token");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut refused.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains("0.0.0.0:0") && err.contains("--token") && err.contains("--insecure"),
+        "{err}"
+    );
+    // Told so, it serves; its first line names the address it bound.
+    let mut child = open()
+        .arg("--insecure")
+        .env_remove("ATELIER_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        line.starts_with("coordinator listening on 0.0.0.0:"),
+        "{line}"
+    );
+}
