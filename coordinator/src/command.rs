@@ -45,6 +45,10 @@ pub struct CoordinatorArgs {
     /// Attempts per task when a job does not say.
     #[arg(long, default_value_t = 3)]
     pub max_attempts: u32,
+    /// The most shards a tag job may be cut into; a job that would need more
+    /// is refused at submit (each shard is a task record in memory).
+    #[arg(long, default_value_t = CoordinatorConfig::default().max_shards_per_job)]
+    pub max_shards_per_job: usize,
     /// Serve TLS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -71,6 +75,13 @@ impl CoordinatorArgs {
             }),
             _ => None,
         };
+        if self.lease_timeout_ms <= self.heartbeat_interval_ms {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "--lease-timeout-ms {} must be longer than --heartbeat-interval-ms {}, or every \
+                 lease expires before its worker's heartbeat renews it",
+                self.lease_timeout_ms, self.heartbeat_interval_ms
+            )));
+        }
         Ok(CoordinatorConfig {
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
             lease_timeout: Duration::from_millis(self.lease_timeout_ms),
@@ -79,6 +90,7 @@ impl CoordinatorArgs {
                 per_worker: self.shards_per_worker,
             },
             default_max_attempts: self.max_attempts,
+            max_shards_per_job: self.max_shards_per_job,
             token: self.token.clone(),
             tls,
             ..CoordinatorConfig::default()
@@ -156,7 +168,44 @@ async fn bind_for_workers(address: &str) -> std::io::Result<tokio::net::TcpListe
 
 #[cfg(test)]
 mod tests {
-    use super::bind_for_workers;
+    use clap::Parser;
+
+    use super::{bind_for_workers, CoordinatorArgs};
+
+    #[derive(Debug, Parser)]
+    struct Command {
+        #[command(flatten)]
+        args: CoordinatorArgs,
+    }
+
+    #[test]
+    fn a_lease_timeout_a_heartbeat_cannot_renew_in_time_is_refused() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["coordinator"];
+            argv.extend(extra);
+            Command::parse_from(argv).args.config()
+        };
+        let error = parse(&[
+            "--lease-timeout-ms",
+            "1000",
+            "--heartbeat-interval-ms",
+            "2000",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("--lease-timeout-ms") && error.contains("--heartbeat-interval-ms"),
+            "{error}"
+        );
+        assert!(parse(&[
+            "--lease-timeout-ms",
+            "2000",
+            "--heartbeat-interval-ms",
+            "2000"
+        ])
+        .is_err());
+        assert!(parse(&[]).is_ok());
+    }
 
     #[tokio::test]
     async fn the_coordinator_listener_accepts_on_the_port_it_picked() {

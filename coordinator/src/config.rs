@@ -15,6 +15,8 @@ pub struct CoordinatorConfig {
     pub default_max_attempts: u32,
     /// Longest a LeaseTask call waits for work.
     pub max_lease_wait: Duration,
+    /// The most shards a tag job may be cut into (each is a task record).
+    pub max_shards_per_job: usize,
     /// Shared secret that clients send as `authorization: Bearer <token>`.
     pub token: Option<String>,
     /// Serve TLS with this certificate chain and key (PEM); plain HTTP/2 without.
@@ -46,6 +48,7 @@ impl Default for CoordinatorConfig {
             },
             default_max_attempts: 3,
             max_lease_wait: Duration::from_secs(20),
+            max_shards_per_job: 200_000,
             token: None,
             tls: None,
         }

@@ -58,10 +58,14 @@ pub fn shard_output(output: &StoreLocation, index: usize) -> String {
 /// Opens every footer (never image bytes), checks the schema and cuts shards
 /// sized by `sizing` for `workers` registered workers. Fails naming the
 /// catalogue when it is unreachable, not Parquet, missing a column or empty.
+/// A plan is refused, naming the figures, before it holds more than
+/// `max_shards` shards: every shard is a task record in memory and in the
+/// state file.
 pub async fn plan_tag_job(
     spec: &TagJobSpec,
     sizing: &ShardSizing,
     workers: usize,
+    max_shards: usize,
 ) -> Result<TagPlan> {
     let catalog = Catalog::open(&spec.catalog)
         .await
@@ -71,14 +75,32 @@ pub async fn plan_tag_job(
     let target = sizing.target_rows(spec.target_shard_rows, catalog.num_rows() as u64, workers);
     // Ten thousand shards take milliseconds to build: off the I/O threads.
     let spec = spec.clone();
-    tokio::task::spawn_blocking(move || cut(&catalog, &spec, &output, target))
-        .await
-        .map_err(|e| CoordinatorError::Internal(format!("planning: {e}")))
+    let rows = catalog.num_rows();
+    let plan =
+        tokio::task::spawn_blocking(move || cut(&catalog, &spec, &output, target, max_shards))
+            .await
+            .map_err(|e| CoordinatorError::Internal(format!("planning: {e}")))?;
+    plan.ok_or_else(|| {
+        CoordinatorError::InvalidArgument(format!(
+            "{rows} rows in shards of {target} would be more than {max_shards} shards, the most \
+             a job may have; give a larger --shard-rows"
+        ))
+    })
 }
 
-fn cut(catalog: &Catalog, spec: &TagJobSpec, output: &StoreLocation, target: u64) -> TagPlan {
+/// The plan, or `None` once it would pass `max_shards`.
+fn cut(
+    catalog: &Catalog,
+    spec: &TagJobSpec,
+    output: &StoreLocation,
+    target: u64,
+    max_shards: usize,
+) -> Option<TagPlan> {
     let mut shards = Vec::new();
     for file in &catalog.files {
+        if shards.len() > max_shards {
+            return None;
+        }
         let url = file.location.url();
         let mut groups = Vec::new();
         let mut rows = 0u64;
@@ -97,6 +119,9 @@ fn cut(catalog: &Catalog, spec: &TagJobSpec, output: &StoreLocation, target: u64
                 }
                 groups.clear();
                 rows = 0;
+                if shards.len() as u64 + slices > max_shards as u64 {
+                    return None;
+                }
                 for slice in 0..slices {
                     let start = group_rows * slice / slices;
                     let end = group_rows * (slice + 1) / slices;
@@ -121,14 +146,17 @@ fn cut(catalog: &Catalog, spec: &TagJobSpec, output: &StoreLocation, target: u64
             shards.push(shard(spec, &url, groups, None, rows));
         }
     }
+    if shards.len() > max_shards {
+        return None;
+    }
     for (index, shard) in shards.iter_mut().enumerate() {
         shard.output = shard_output(output, index);
     }
-    TagPlan {
+    Some(TagPlan {
         rows: shards.iter().map(|s| s.rows).sum(),
         shards,
         target_rows: target,
-    }
+    })
 }
 
 fn shard(
@@ -237,6 +265,28 @@ mod tests {
         }
     }
 
+    const MAX_SHARDS: usize = 1_000;
+
+    #[test]
+    fn a_plan_with_more_shards_than_a_job_may_have_is_refused_naming_the_figures() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // 1,000 rows at 2 rows a shard would be 500 tasks; a job may have 100.
+        let spec = catalogue_job(&runtime, dir.path(), 1000, 100, 4, Some(2));
+        let error = runtime
+            .block_on(plan_tag_job(&spec, &DEFAULT_SIZING, 1, 100))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("more than 100 shards") && error.contains("--shard-rows"),
+            "{error}"
+        );
+        let plan = runtime
+            .block_on(plan_tag_job(&spec, &DEFAULT_SIZING, 1, 500))
+            .unwrap();
+        assert_eq!(plan.shards.len(), 500);
+    }
+
     #[test]
     fn shards_are_whole_row_groups_of_about_the_target_size() {
         let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -246,7 +296,9 @@ mod tests {
             max_rows: 250,
             per_worker: 0,
         };
-        let plan = runtime.block_on(plan_tag_job(&spec, &fixed, 7)).unwrap();
+        let plan = runtime
+            .block_on(plan_tag_job(&spec, &fixed, 7, MAX_SHARDS))
+            .unwrap();
         assert_eq!(plan.rows, 1000);
         // 3 files of 4, 4 and 2 groups: 300 + 100, 300 + 100, 200 rows.
         let sizes: Vec<u64> = plan.shards.iter().map(|s| s.rows).collect();
@@ -263,7 +315,9 @@ mod tests {
         // One file: groups of 1,000, 1,000 and 100 rows.
         let spec = catalogue_job(&runtime, dir.path(), 2100, 1000, 3, Some(300));
         let sizing = DEFAULT_SIZING;
-        let plan = runtime.block_on(plan_tag_job(&spec, &sizing, 1)).unwrap();
+        let plan = runtime
+            .block_on(plan_tag_job(&spec, &sizing, 1, MAX_SHARDS))
+            .unwrap();
         assert_eq!((plan.rows, plan.target_rows), (2100, 300));
         let cuts: Vec<(Vec<u32>, Option<std::ops::Range<u64>>, u64)> = plan
             .shards
@@ -294,7 +348,9 @@ mod tests {
             target_shard_rows: Some(900),
             ..spec
         };
-        let plan = runtime.block_on(plan_tag_job(&spec, &sizing, 1)).unwrap();
+        let plan = runtime
+            .block_on(plan_tag_job(&spec, &sizing, 1, MAX_SHARDS))
+            .unwrap();
         let sizes: Vec<u64> = plan.shards.iter().map(|s| s.rows).collect();
         assert_eq!(sizes, vec![1000, 1000, 100]);
     }
@@ -338,7 +394,9 @@ mod tests {
         let spec = catalogue_job(&runtime, dir.path(), 2100, 1000, 3, Some(300));
         drop_offset_indexes(&dir.path().join("catalog"), 1000);
         let sizing = DEFAULT_SIZING;
-        let plan = runtime.block_on(plan_tag_job(&spec, &sizing, 1)).unwrap();
+        let plan = runtime
+            .block_on(plan_tag_job(&spec, &sizing, 1, MAX_SHARDS))
+            .unwrap();
         // Slicing would read each 1,000-row chunk of images three times.
         let sizes: Vec<u64> = plan.shards.iter().map(|s| s.rows).collect();
         assert_eq!(sizes, vec![1000, 1000, 100]);

@@ -74,7 +74,13 @@ impl JobApi {
     async fn plan_tag(&self, spec: TagJobSpec) -> Result<Planned> {
         check_checkpoints(&spec.checkpoints).await?;
         let workers = self.handle.gauges().workers.load(Ordering::Relaxed) as usize;
-        let plan = plan_tag_job(&spec, &self.config.shard_sizing, workers).await?;
+        let plan = plan_tag_job(
+            &spec,
+            &self.config.shard_sizing,
+            workers,
+            self.config.max_shards_per_job,
+        )
+        .await?;
         prepare_output(&spec.output, spec.overwrite).await?;
         tracing::info!(
             shards = plan.shards.len(),

@@ -246,6 +246,10 @@ pub struct GangOptions {
 }
 
 impl GangOptions {
+    /// The most ranks a gang may have: each is a task record, a lane held
+    /// and a peer in every rank's ring.
+    pub const MAX_WORLD_SIZE: u32 = 1024;
+
     pub const DEFAULT: Self = Self {
         world_size: 1,
         ranks_per_worker: None,
@@ -255,8 +259,12 @@ impl GangOptions {
     };
 
     pub fn check(&self) -> Result<(), String> {
-        if self.world_size == 0 {
-            return Err("--world-size must be positive".into());
+        if self.world_size == 0 || self.world_size > Self::MAX_WORLD_SIZE {
+            return Err(format!(
+                "--world-size must be from 1 to {}, got {}",
+                Self::MAX_WORLD_SIZE,
+                self.world_size
+            ));
         }
         if self.ranks_per_worker == Some(0) {
             return Err("--ranks-per-worker must be positive (leave it out to pack)".into());
@@ -317,6 +325,11 @@ mod tests {
             ..GangOptions::default()
         };
         assert!(gang.check().unwrap_err().contains("multiple"));
+        let huge = GangOptions {
+            world_size: GangOptions::MAX_WORLD_SIZE + 1,
+            ..GangOptions::default()
+        };
+        assert!(huge.check().unwrap_err().contains("--world-size"));
     }
 
     #[test]
