@@ -2,10 +2,13 @@
 //! and each task's immutable work once in a table of its own, so the two or
 //! three writes of a task's life carry only its small changing part.
 //!
-//! `synchronous=NORMAL` keeps every committed transaction across a killed
-//! process (the WAL is written before commit returns); only a power cut can
-//! lose the last ones. Writes come in batches from the event loop, one
-//! transaction per batch, so a commit costs one WAL append, not one per change.
+//! `synchronous=FULL` syncs the WAL at every commit, so a committed
+//! transaction survives a power cut as well as a killed process: an attempt
+//! number, once handed out, is never handed out again (NORMAL would keep it
+//! across a kill only, and a power cut could lease one (task, attempt) twice).
+//! Writes come in batches from the event loop, one transaction per batch, so
+//! a commit costs one WAL append and one sync, not one per change
+//! (BENCHMARKS.md, "The coordinator at scale", has what the sync costs).
 //!
 //! A 10^6-item job's task records outgrow SQLite's default 2 MiB page cache,
 //! and its default checkpoint every 1,000 WAL pages fsyncs every few dozen
@@ -85,7 +88,7 @@ impl StateStore {
                 "PRAGMA page_size=1024;
                  PRAGMA locking_mode=EXCLUSIVE;
                  PRAGMA journal_mode=WAL;
-                 PRAGMA synchronous=NORMAL;
+                 PRAGMA synchronous=FULL;
                  PRAGMA cache_size=-65536;
                  PRAGMA wal_autocheckpoint=16384;
                  CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, data TEXT NOT NULL);
@@ -242,6 +245,20 @@ mod tests {
             .connection
             .query_row("PRAGMA page_size", [], |row| row.get(0))
             .unwrap()
+    }
+
+    #[test]
+    fn every_commit_is_on_disk_before_it_is_answered() {
+        // FULL: the WAL is synced at each commit, so a power cut cannot take
+        // back an attempt number already handed out (NORMAL syncs only at
+        // checkpoints). 2 is FULL.
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&dir.path().join("state.db")).unwrap();
+        let synchronous: i64 = store
+            .connection
+            .query_row("PRAGMA synchronous", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(synchronous, 2);
     }
 
     #[test]
