@@ -130,23 +130,68 @@ impl Restored {
                     CoordinatorError::InvalidArgument(format!("TLS certificate or key: {e}"))
                 })?;
         }
-        let served = builder
+        // The loop ends early only when it failed (its store could not save
+        // a batch, or it panicked): then nothing can be answered durably any
+        // more, so health says NOT_SERVING and the server stops, rather than
+        // answer with a dead loop while workers retry for ever.
+        let (loop_ended, loop_ended_rx) = tokio::sync::watch::channel(false);
+        let joined = tokio::task::spawn_blocking(move || {
+            let joined = loop_thread.join();
+            let _ = loop_ended.send(true);
+            joined
+        });
+        let stop = {
+            let loop_ended_rx = loop_ended_rx.clone();
+            async move {
+                tokio::select! {
+                    () = shutdown => {}
+                    () = ended(loop_ended_rx) => {
+                        tracing::error!("the event loop stopped; the coordinator stops serving");
+                        health.set_not_serving::<JobServiceServer<JobApi>>().await;
+                        health.set_not_serving::<WorkerServiceServer<WorkerApi>>().await;
+                    }
+                }
+            }
+        };
+        let serving = builder
             .add_service(health_service)
             .add_service(reflection)
             .add_service(jobs)
             .add_service(workers)
-            .serve_with_incoming_shutdown(without_nagle(listener), shutdown)
-            .await;
+            .serve_with_incoming_shutdown(without_nagle(listener), stop);
+        // A graceful stop waits for open calls; after a failed loop, watch
+        // streams would never end, so they get a few seconds.
+        let served = tokio::select! {
+            served = serving => served.map_err(|e| CoordinatorError::Internal(format!("grpc server: {e}"))),
+            () = async {
+                ended(loop_ended_rx).await;
+                tokio::time::sleep(LOOP_FAILED_GRACE).await;
+            } => Ok(()),
+        };
         // The services (and the metrics server) held the last loop handles;
         // with them gone the loop ends.
         let _ = stop_metrics.send(());
-        let looped = loop_thread
-            .join()
+        let looped = joined
+            .await
+            .map_err(|e| CoordinatorError::Internal(format!("joining the event loop: {e}")))?
             .map_err(|_| CoordinatorError::Internal("the event loop panicked".into()))?;
-        served.map_err(|e| CoordinatorError::Internal(format!("grpc server: {e}")))?;
-        looped
+        // The loop's own error says why it stopped; it comes first.
+        looped?;
+        served
     }
 }
+
+/// Resolves once `flag` is true (or its sender is gone).
+async fn ended(mut flag: tokio::sync::watch::Receiver<bool>) {
+    while !*flag.borrow_and_update() {
+        if flag.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// How long open calls get to finish once the event loop has failed.
+const LOOP_FAILED_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Accepted connections with Nagle's algorithm off, as tonic sets up the
 /// listeners it binds itself (`serve_with_incoming` leaves sockets as they

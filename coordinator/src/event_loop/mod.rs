@@ -40,7 +40,8 @@ type Deferred = Box<dyn FnOnce(Option<&str>) + Send>;
 fn defer<T: Send + 'static>(reply: Reply<T>, value: Result<T>) -> Deferred {
     Box::new(move |store_error| {
         let value = match store_error {
-            Some(e) => Err(CoordinatorError::Internal(format!("state store: {e}"))),
+            // The store error names the store already.
+            Some(e) => Err(CoordinatorError::Internal(e.to_string())),
             None => value,
         };
         let _ = reply.send(value);
