@@ -39,8 +39,13 @@ struct Part<'a> {
     attempts: u32,
 }
 
-/// Checks that every part is there, then writes the manifest and, last, `_SUCCESS`.
-pub async fn write_manifest(finalize: Arc<Finalize>) -> Result<(), String> {
+/// Checks that every part is there, then writes the manifest and, last,
+/// `_SUCCESS`, but only if `seal` still allows it (the job was not cancelled
+/// meanwhile; from then on it cannot be).
+pub async fn write_manifest(
+    finalize: Arc<Finalize>,
+    seal: impl std::future::Future<Output = bool>,
+) -> Result<(), String> {
     let atelier_proto::JobSpec::Tag(spec) = &finalize.job.spec else {
         return Ok(());
     };
@@ -50,18 +55,21 @@ pub async fn write_manifest(finalize: Arc<Finalize>) -> Result<(), String> {
     // Tens of thousands of parts take milliseconds to serialise: too long
     // for a runtime thread that also answers workers.
     let body = off_runtime(&finalize, move |f| manifest_json(f, finished)).await??;
-    for (name, bytes) in [
-        ("manifest.json", Bytes::from(body)),
-        ("_SUCCESS", Bytes::new()),
-    ] {
-        let target = output.child(name);
-        target
-            .store
-            .put(&target.path, bytes.into())
-            .await
-            .map_err(|e| format!("{}: {e}", target.url()))?;
+    put(&output, "manifest.json", Bytes::from(body)).await?;
+    if !seal.await {
+        return Err("the job was cancelled while its manifest was written; no _SUCCESS".into());
     }
-    Ok(())
+    put(&output, "_SUCCESS", Bytes::new()).await
+}
+
+async fn put(output: &StoreLocation, name: &str, bytes: Bytes) -> Result<(), String> {
+    let target = output.child(name);
+    target
+        .store
+        .put(&target.path, bytes.into())
+        .await
+        .map(drop)
+        .map_err(|e| format!("{}: {e}", target.url()))
 }
 
 async fn off_runtime<T: Send + 'static>(
@@ -225,7 +233,7 @@ mod tests {
         }
         let finalize = Arc::new(finalize);
         let error = runtime
-            .block_on(write_manifest(Arc::clone(&finalize)))
+            .block_on(write_manifest(Arc::clone(&finalize), async { true }))
             .unwrap_err();
         assert!(
             error.contains("part-00001.parquet") && error.contains("not found"),
@@ -238,7 +246,13 @@ mod tests {
         let location = StoreLocation::parse(output).unwrap();
         let unlisted = runtime.block_on(unlisted_parts(&location, &finalize));
         assert_eq!(unlisted.unwrap(), Vec::<String>::new());
-        runtime.block_on(write_manifest(finalize)).unwrap();
+        // Cancelled while the manifest was written: no _SUCCESS.
+        let refused = runtime.block_on(write_manifest(Arc::clone(&finalize), async { false }));
+        assert!(refused.unwrap_err().contains("cancelled"));
+        assert!(!dir.path().join("_SUCCESS").exists());
+        runtime
+            .block_on(write_manifest(finalize, async { true }))
+            .unwrap();
         assert!(dir.path().join("_SUCCESS").exists());
         let manifest: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap())

@@ -74,6 +74,11 @@ pub(super) enum Command {
         job_id: JobId,
         result: std::result::Result<(), String>,
     },
+    /// May `_SUCCESS` be written for this job (see `State::seal`)?
+    Seal {
+        job_id: JobId,
+        reply: oneshot::Sender<bool>,
+    },
     Rendezvous {
         lease: LeaseRef,
         offer: RendezvousOffer,

@@ -152,8 +152,16 @@ impl EventLoop {
                     break;
                 };
                 let job = std::sync::Arc::new(job);
+                let seal = {
+                    let (done, job_id) = (done.clone(), job.job.id.clone());
+                    async move {
+                        let (reply, answer) = tokio::sync::oneshot::channel();
+                        let asked = done.send(Command::Seal { job_id, reply });
+                        asked.is_ok() && answer.await.unwrap_or(false)
+                    }
+                };
                 tokio::spawn(async move {
-                    let result = write_manifest(std::sync::Arc::clone(&job)).await;
+                    let result = write_manifest(std::sync::Arc::clone(&job), seal).await;
                     if let Err(e) = &result {
                         tracing::error!(job = %job.job.id, error = %e, "manifest not written");
                     }
@@ -298,6 +306,9 @@ impl EventLoop {
                 reply,
                 deferred,
             ),
+            Command::Seal { job_id, reply } => {
+                let _ = reply.send(state.seal(&job_id));
+            }
             Command::Finalized { job_id, result } => {
                 if result.is_ok() {
                     tracing::info!(job = %job_id, "job succeeded");

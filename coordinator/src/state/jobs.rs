@@ -170,12 +170,29 @@ impl State {
             .map(|job| &job.id)
     }
 
+    /// The manifest writer asks this between `manifest.json` and `_SUCCESS`:
+    /// true while the job is still finalizing, and from then on a cancel no
+    /// longer stops it; false when it was cancelled meanwhile, and then no
+    /// `_SUCCESS` may be written.
+    pub fn seal(&mut self, job_id: &JobId) -> bool {
+        let finalizing = self
+            .jobs
+            .get(job_id)
+            .is_some_and(|job| job.finalizing && !job.state.is_terminal());
+        if finalizing {
+            self.sealed.insert(job_id.clone());
+        }
+        finalizing
+    }
+
     pub fn cancel(&mut self, job_id: &JobId, now: Now) -> Result<JobStatus> {
         let job = self
             .jobs
             .get(job_id)
             .ok_or_else(|| CoordinatorError::JobNotFound(job_id.clone()))?;
-        if !job.state.is_terminal() {
+        if self.sealed.contains(job_id) {
+            tracing::info!(job = %job_id, "not cancelled: its output is complete and being marked so");
+        } else if !job.state.is_terminal() {
             self.end_job(job_id, JobState::Cancelled, None, now);
         }
         self.status(job_id, now)
@@ -282,6 +299,7 @@ impl State {
         error: Option<String>,
         now: Now,
     ) {
+        self.sealed.remove(job_id);
         if let Some(job) = self.jobs.get_mut(job_id) {
             job.state = state;
             job.error = error;

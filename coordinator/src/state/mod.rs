@@ -69,6 +69,9 @@ pub struct State {
     tallies: Tallies,
     touched_jobs: HashSet<JobId>,
     finalize: Vec<JobId>,
+    /// Jobs whose manifest is written and whose `_SUCCESS` may follow: from
+    /// then on their output is whole, and a cancel no longer stops them.
+    sealed: HashSet<JobId>,
     /// Submits between their reservation and their commit.
     reservations: BTreeMap<ReservationId, JobSpec>,
     next_reservation: u64,
@@ -122,6 +125,7 @@ impl State {
             tallies: Tallies::default(),
             touched_jobs: HashSet::default(),
             finalize: Vec::new(),
+            sealed: HashSet::default(),
             reservations: BTreeMap::new(),
             next_reservation: 0,
         }

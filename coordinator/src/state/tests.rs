@@ -915,3 +915,41 @@ fn a_gang_running_when_the_coordinator_restarted_restarts_once_if_its_ranks_are_
     assert_eq!(status.state, JobState::Running, "{:?}", status.error);
     assert_eq!(status.train.unwrap().restarts.len(), 1);
 }
+
+/// A one-shard job with its shard done: the manifest is being written.
+fn finalizing_job(state: &mut State, now: Now) -> JobId {
+    let job = job_with(state, 1, 1);
+    let worker = state
+        .register(next_worker_id(), registration(), now)
+        .unwrap();
+    let task = state.lease(&worker, now).unwrap().unwrap();
+    state
+        .complete(&worker, &task.lease, outcome(), now)
+        .unwrap();
+    assert_eq!(state.take_finalize().len(), 1);
+    job
+}
+
+#[test]
+fn a_job_cancelled_while_its_manifest_is_written_gets_no_success_marker() {
+    let now = start();
+    let mut state = State::new(TIMEOUT);
+    let job = finalizing_job(&mut state, now);
+    assert_eq!(state.cancel(&job, now).unwrap().state, JobState::Cancelled);
+    // The manifest writer asks before it writes _SUCCESS, and is told no.
+    assert!(!state.seal(&job));
+    state.finalized(&job, Err("cancelled while finalizing".into()), now);
+    assert_eq!(state.status(&job, now).unwrap().state, JobState::Cancelled);
+}
+
+#[test]
+fn a_cancel_after_the_success_marker_was_allowed_leaves_the_job_to_succeed() {
+    let now = start();
+    let mut state = State::new(TIMEOUT);
+    let job = finalizing_job(&mut state, now);
+    assert!(state.seal(&job));
+    // Its output is whole and about to be marked so: the cancel changes nothing.
+    assert_ne!(state.cancel(&job, now).unwrap().state, JobState::Cancelled);
+    state.finalized(&job, Ok(()), now);
+    assert_eq!(state.status(&job, now).unwrap().state, JobState::Succeeded);
+}
