@@ -10,6 +10,7 @@ use clap::Args;
 
 use crate::config::{CoordinatorConfig, TlsIdentity};
 use crate::error::{CoordinatorError, Result};
+use crate::places::{resolved, WritePolicy};
 use crate::plan::ShardSizing;
 use crate::server::Restored;
 
@@ -24,6 +25,10 @@ pub struct CoordinatorArgs {
     /// Shared secret for both services (clients send it as a bearer token).
     #[arg(long, env = "ATELIER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A separate secret for workers: with it, only holders of this one may
+    /// register, lease and report work, and users' --token no longer can.
+    #[arg(long, env = "ATELIER_WORKER_TOKEN", hide_env_values = true)]
+    pub worker_token: Option<String>,
     /// Serve without a token on an address beyond loopback: anyone who
     /// reaches it can then submit and cancel jobs and act as a worker.
     #[arg(long)]
@@ -49,6 +54,15 @@ pub struct CoordinatorArgs {
     /// is refused at submit (each shard is a task record in memory).
     #[arg(long, default_value_t = CoordinatorConfig::default().max_shards_per_job)]
     pub max_shards_per_job: usize,
+    /// Jobs may write (tag outputs, checkpoints) only inside these prefixes
+    /// (repeat it or separate them with commas) [default: anywhere but the
+    /// state file].
+    #[arg(
+        long = "output-root",
+        value_delimiter = ',',
+        env = "ATELIER_OUTPUT_ROOTS"
+    )]
+    pub output_roots: Vec<String>,
     /// Serve TLS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -91,7 +105,17 @@ impl CoordinatorArgs {
             },
             default_max_attempts: self.max_attempts,
             max_shards_per_job: self.max_shards_per_job,
+            write_policy: WritePolicy {
+                roots: self
+                    .output_roots
+                    .iter()
+                    .map(|root| resolved(root))
+                    .collect::<Result<_>>()?,
+                // `--overwrite` around it would delete the coordinator's state.
+                protected: vec![resolved(&self.state.to_string_lossy())?],
+            },
             token: self.token.clone(),
+            worker_token: self.worker_token.clone(),
             tls,
             ..CoordinatorConfig::default()
         })

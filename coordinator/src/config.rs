@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use crate::places::WritePolicy;
 use crate::plan::ShardSizing;
 
 /// How the coordinator paces workers and cuts jobs.
@@ -15,10 +16,14 @@ pub struct CoordinatorConfig {
     pub default_max_attempts: u32,
     /// Longest a LeaseTask call waits for work.
     pub max_lease_wait: Duration,
+    /// Where jobs may write (`--output-root`) and where never (the state file).
+    pub write_policy: WritePolicy,
     /// The most shards a tag job may be cut into (each is a task record).
     pub max_shards_per_job: usize,
     /// Shared secret that clients send as `authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// The workers' own secret; `None` lets `token` serve workers too.
+    pub worker_token: Option<String>,
     /// Serve TLS with this certificate chain and key (PEM); plain HTTP/2 without.
     pub tls: Option<TlsIdentity>,
 }
@@ -49,7 +54,9 @@ impl Default for CoordinatorConfig {
             default_max_attempts: 3,
             max_lease_wait: Duration::from_secs(20),
             max_shards_per_job: 200_000,
+            write_policy: WritePolicy::default(),
             token: None,
+            worker_token: None,
             tls: None,
         }
     }

@@ -41,6 +41,9 @@ pub enum CoordinatorError {
     /// checkpoints; a retried submit (a CronJob's) meets the first one here.
     #[error("job {job} is still writing {url}; follow it with `atelier status {job} --watch`, or cancel it first")]
     DestinationBusy { job: JobId, url: String },
+    /// `--overwrite` there would delete what a running job reads.
+    #[error("job {job} reads {url}; write elsewhere, or cancel it first")]
+    InputInUse { job: JobId, url: String },
     /// Another submit into the same place is being planned; it becomes a
     /// job in moments, and then the same spec again follows it.
     #[error("another submit is preparing {url}; submit again in a moment")]
@@ -77,7 +80,7 @@ impl CoordinatorError {
             Self::JobNotFound(_) | Self::UnknownWorker(_) => Code::NotFound,
             Self::ProtocolMismatch { .. } | Self::StaleLease { .. } => Code::FailedPrecondition,
             Self::Output { .. } => Code::FailedPrecondition,
-            Self::DestinationBusy { .. } => Code::AlreadyExists,
+            Self::DestinationBusy { .. } | Self::InputInUse { .. } => Code::AlreadyExists,
             Self::DestinationReserved { .. } => Code::Unavailable,
             Self::ShuttingDown => Code::Unavailable,
             Self::Store { .. }

@@ -18,6 +18,7 @@ mod error;
 mod event_loop;
 mod ids;
 mod manifest;
+mod places;
 mod plan;
 mod prometheus;
 mod records;

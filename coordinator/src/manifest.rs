@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use atelier_catalog::StoreLocation;
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use serde::Serialize;
 
-use atelier_proto::TaskWork;
+use atelier_proto::{staged_part, TaskWork, STAGING_DIR};
 
 use crate::records::TaskRecord;
 use crate::state::Finalize;
@@ -39,9 +39,17 @@ struct Part<'a> {
     attempts: u32,
 }
 
-/// Checks that every part is there, then writes the manifest and, last,
-/// `_SUCCESS`, but only if `seal` still allows it (the job was not cancelled
-/// meanwhile; from then on it cannot be).
+/// Commits a finished tag job's output: checks that every shard's
+/// completing attempt wrote its staging object, asks `seal` whether the job
+/// may still end well (it was not cancelled meanwhile; from then on it
+/// cannot be), renames each of those objects to its part's final name,
+/// writes the manifest and, last, `_SUCCESS`, then clears the job's staging
+/// prefix. Nothing under a final name is written before the seal, so a job
+/// cancelled while finalizing leaves none, and only this writer, for a job
+/// that can no longer be cancelled, ever writes one.
+///
+/// Run again after a coordinator restart, it picks up where it stopped: a
+/// part already renamed is not renamed again.
 pub async fn write_manifest(
     finalize: Arc<Finalize>,
     seal: impl std::future::Future<Output = bool>,
@@ -50,16 +58,133 @@ pub async fn write_manifest(
         return Ok(());
     };
     let output = StoreLocation::parse(&spec.output).map_err(|e| e.to_string())?;
-    check_parts_exist(&output, &finalize).await?;
+    let commits = off_runtime(&finalize, {
+        let output_url = output.url();
+        move |f| commits(&output_url, f)
+    })
+    .await??;
+    let pending = uncommitted(&output, &commits).await?;
     let finished = crate::state::Now::read().unix_ms;
     // Tens of thousands of parts take milliseconds to serialise: too long
     // for a runtime thread that also answers workers.
     let body = off_runtime(&finalize, move |f| manifest_json(f, finished)).await??;
-    put(&output, "manifest.json", Bytes::from(body)).await?;
     if !seal.await {
-        return Err("the job was cancelled while its manifest was written; no _SUCCESS".into());
+        return Err("the job was cancelled while its output was committed; nothing was".into());
     }
-    put(&output, "_SUCCESS", Bytes::new()).await
+    rename_all(&output, pending).await?;
+    put(&output, "manifest.json", Bytes::from(body)).await?;
+    put(&output, "_SUCCESS", Bytes::new()).await?;
+    let staging = output.child(&format!("{STAGING_DIR}/{}", finalize.job.id));
+    if let Err(e) = delete_all(&staging).await {
+        // The output is whole; what is left under `_attempts/` is never read.
+        tracing::warn!(job = %finalize.job.id, error = %e, "staging objects left behind");
+    }
+    Ok(())
+}
+
+/// A part to commit: the completing attempt's staging object and the
+/// part's own name, both relative to the output prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Commit {
+    staged: String,
+    part: String,
+}
+
+fn commits(output_url: &str, finalize: &Finalize) -> Result<Vec<Commit>, String> {
+    let prefix = format!("{}/", output_url.trim_end_matches('/'));
+    finalize
+        .parts
+        .iter()
+        .map(|task| {
+            let part_url = shard_output(task);
+            let staged_url = staged_part(part_url, &task.job_id, task.attempt);
+            let relative = |url: &str| {
+                url.strip_prefix(&prefix)
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("part {url} lies outside the output {output_url}"))
+            };
+            Ok(Commit {
+                staged: relative(&staged_url)?,
+                part: relative(part_url)?,
+            })
+        })
+        .collect()
+}
+
+/// The commits still to do, after one listing of the output prefix: a
+/// staging object that is there is renamed; a part whose staging object is
+/// gone but whose final object is there was committed by an earlier run.
+/// Anything the listing lacks is asked for directly before the job is
+/// failed for it: a job of thousands of shards would otherwise spend a round
+/// trip per part (tens of seconds on S3).
+async fn uncommitted(output: &StoreLocation, commits: &[Commit]) -> Result<Vec<Commit>, String> {
+    let listed: HashSet<String> = output
+        .store
+        .list(Some(&output.path))
+        .map_ok(|object| output.url_of(&object.location))
+        .try_collect()
+        .await
+        .map_err(|e| format!("listing {}: {e}", output.url()))?;
+    let mut pending = Vec::new();
+    for commit in commits {
+        let staged = output.child(&commit.staged);
+        if listed.contains(&staged.url()) {
+            pending.push(commit.clone());
+            continue;
+        }
+        let part = output.child(&commit.part);
+        if listed.contains(&part.url()) {
+            continue;
+        }
+        match staged.store.head(&staged.path).await {
+            Ok(_) => pending.push(commit.clone()),
+            Err(e) => {
+                if part.store.head(&part.path).await.is_err() {
+                    return Err(format!(
+                        "part {} reported written but not found at {}: {e}",
+                        part.url(),
+                        staged.url()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(pending)
+}
+
+/// Renames each staging object to its part's name, a few at a time.
+async fn rename_all(output: &StoreLocation, commits: Vec<Commit>) -> Result<(), String> {
+    futures::stream::iter(commits)
+        .map(|commit| async move {
+            let (staged, part) = (output.child(&commit.staged), output.child(&commit.part));
+            output
+                .store
+                .rename(&staged.path, &part.path)
+                .await
+                .map_err(|e| format!("committing {} as {}: {e}", staged.url(), part.url()))
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<()>>()
+        .await
+        .map(drop)
+}
+
+async fn delete_all(prefix: &StoreLocation) -> Result<(), String> {
+    let objects: Vec<object_store::path::Path> = prefix
+        .store
+        .list(Some(&prefix.path))
+        .map_ok(|object| object.location)
+        .try_collect()
+        .await
+        .map_err(|e| format!("listing {}: {e}", prefix.url()))?;
+    for path in objects {
+        prefix
+            .store
+            .delete(&path)
+            .await
+            .map_err(|e| format!("deleting {}: {e}", prefix.url_of(&path)))?;
+    }
+    Ok(())
 }
 
 async fn put(output: &StoreLocation, name: &str, bytes: Bytes) -> Result<(), String> {
@@ -104,45 +229,6 @@ fn manifest_json(finalize: &Finalize, finished: i64) -> Result<Vec<u8>, String> 
         parts,
     };
     serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())
-}
-
-/// Lists the output prefix once rather than asking for each part: a job of
-/// thousands of shards would otherwise spend a round trip per part (tens of
-/// seconds on S3) before its `_SUCCESS`. A part the listing lacks is asked
-/// for directly before the job is failed for it.
-async fn check_parts_exist(output: &StoreLocation, finalize: &Arc<Finalize>) -> Result<(), String> {
-    for url in unlisted_parts(output, finalize).await? {
-        let location = StoreLocation::parse(&url).map_err(|e| e.to_string())?;
-        location
-            .store
-            .head(&location.path)
-            .await
-            .map_err(|e| format!("part {url} reported written but not found: {e}"))?;
-    }
-    Ok(())
-}
-
-/// The parts that one listing of the output prefix does not show.
-async fn unlisted_parts(
-    output: &StoreLocation,
-    finalize: &Arc<Finalize>,
-) -> Result<Vec<String>, String> {
-    let listed: HashSet<String> = output
-        .store
-        .list(Some(&output.path))
-        .map_ok(|object| output.url_of(&object.location))
-        .try_collect()
-        .await
-        .map_err(|e| format!("listing {}: {e}", output.url()))?;
-    off_runtime(finalize, move |f| {
-        f.parts
-            .iter()
-            .map(shard_output)
-            .filter(|url| !listed.contains(*url))
-            .map(str::to_string)
-            .collect()
-    })
-    .await
 }
 
 /// The object the shard was told to write (not whatever the worker reported).
@@ -222,16 +308,21 @@ mod tests {
         Finalize { job, parts }
     }
 
+    /// Where attempt 0 of part `index` stages its output under `dir`.
+    fn staged(dir: &std::path::Path, index: usize) -> std::path::PathBuf {
+        dir.join(format!("_attempts/job-1/part-{index:05}.attempt-0.parquet"))
+    }
+
     #[test]
-    fn the_manifest_waits_for_every_part_and_names_a_missing_one() {
+    fn the_output_is_committed_only_when_every_part_is_staged_and_the_job_sealed() {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let output = dir.path().to_str().unwrap();
-        let finalize = finalize(output, 3);
+        let finalize = Arc::new(finalize(output, 3));
+        std::fs::create_dir_all(dir.path().join("_attempts/job-1")).unwrap();
         for index in [0, 2] {
-            std::fs::write(dir.path().join(format!("part-{index:05}.parquet")), b"x").unwrap();
+            std::fs::write(staged(dir.path(), index), format!("part {index}")).unwrap();
         }
-        let finalize = Arc::new(finalize);
         let error = runtime
             .block_on(write_manifest(Arc::clone(&finalize), async { true }))
             .unwrap_err();
@@ -240,24 +331,46 @@ mod tests {
             "{error}"
         );
         assert!(!dir.path().join("_SUCCESS").exists());
+        assert!(!dir.path().join("part-00000.parquet").exists());
 
-        std::fs::write(dir.path().join("part-00001.parquet"), b"x").unwrap();
-        // One listing finds them all: no part needs a request of its own.
-        let location = StoreLocation::parse(output).unwrap();
-        let unlisted = runtime.block_on(unlisted_parts(&location, &finalize));
-        assert_eq!(unlisted.unwrap(), Vec::<String>::new());
-        // Cancelled while the manifest was written: no _SUCCESS.
+        std::fs::write(staged(dir.path(), 1), "part 1").unwrap();
+        // A late write of another attempt, or of another job, is never committed.
+        std::fs::write(
+            dir.path()
+                .join("_attempts/job-1/part-00001.attempt-7.parquet"),
+            "stale",
+        )
+        .unwrap();
+        // Cancelled before the seal: no part gets its final name.
         let refused = runtime.block_on(write_manifest(Arc::clone(&finalize), async { false }));
         assert!(refused.unwrap_err().contains("cancelled"));
         assert!(!dir.path().join("_SUCCESS").exists());
+        assert!(!dir.path().join("part-00000.parquet").exists());
         runtime
-            .block_on(write_manifest(finalize, async { true }))
+            .block_on(write_manifest(Arc::clone(&finalize), async { true }))
             .unwrap();
         assert!(dir.path().join("_SUCCESS").exists());
+        for index in 0..3 {
+            let part = std::fs::read_to_string(dir.path().join(format!("part-{index:05}.parquet")));
+            assert_eq!(part.unwrap(), format!("part {index}"));
+        }
+        assert!(
+            !dir.path().join("_attempts/job-1").exists()
+                || std::fs::read_dir(dir.path().join("_attempts/job-1"))
+                    .unwrap()
+                    .next()
+                    .is_none(),
+            "staging objects are cleared"
+        );
         let manifest: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap())
                 .unwrap();
         assert_eq!(manifest["rows"], 30);
         assert_eq!(manifest["parts"].as_array().unwrap().len(), 3);
+        // Run again, as after a coordinator restart: the committed parts stand.
+        runtime
+            .block_on(write_manifest(finalize, async { true }))
+            .unwrap();
+        assert!(dir.path().join("part-00002.parquet").exists());
     }
 }

@@ -82,6 +82,9 @@ impl Restored {
                 .map_err(|e| CoordinatorError::Internal(format!("starting the event loop: {e}")))?;
 
         let auth = BearerAuth::new(config.token.as_deref());
+        // Workers may have a credential of their own, which users lack.
+        let worker_auth =
+            BearerAuth::new(config.worker_token.as_deref().or(config.token.as_deref()));
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<JobServiceServer<JobApi>>().await;
         health.set_serving::<WorkerServiceServer<WorkerApi>>().await;
@@ -102,7 +105,7 @@ impl Restored {
                 handle: handle.clone(),
                 config: config.clone(),
             },
-            auth,
+            worker_auth,
         );
         let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
         if let Some(metrics) = metrics {

@@ -480,3 +480,114 @@ fn a_second_writer_into_a_running_jobs_output_is_refused_and_the_same_job_again_
         running.shutdown().await;
     });
 }
+
+#[test]
+fn a_train_job_submitted_during_a_tag_job_starts_as_its_shards_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let (catalog, checkpoint) = catalogue(dir.path());
+    runtime().block_on(async {
+        let running = start(dir.path(), CoordinatorConfig::default()).await;
+        let mut jobs = job_client_lazy(&running.address, &Connect::default()).unwrap();
+        // 300 items in shards of 10: far more shards than lanes.
+        jobs.submit_tag_job(v1::SubmitTagJobRequest {
+            catalog: catalog.clone(),
+            checkpoints: vec![checkpoint],
+            output: dir.path().join("out").to_str().unwrap().into(),
+            target_shard_rows: Some(10),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut lanes = Vec::new();
+        for _ in 0..2 {
+            let mut client = worker_client(&running.address, &Connect::default()).unwrap();
+            let id = register(&mut client).await;
+            let task = lease(&mut client, &id).await.expect("a shard");
+            lanes.push((client, id, task));
+        }
+        jobs.submit_train_job(v1::SubmitTrainJobRequest {
+            catalog,
+            checkpoint: dir.path().join("trained").to_str().unwrap().into(),
+            model_type: Some("color".into()),
+            world_size: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        // Each lane finishes its shard and polls for more: the gang gets
+        // them, though tag shards are still queued.
+        let mut got = Vec::new();
+        for (client, id, task) in &mut lanes {
+            let answer = client
+                .complete_task(v1::CompleteTaskRequest {
+                    worker_id: id.clone(),
+                    lease: task.lease.clone(),
+                    rows_written: 10,
+                    lease_next: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(
+                answer.next.is_none(),
+                "a lane held for the gang took a shard"
+            );
+        }
+        let polls = lanes.iter_mut().map(|(client, id, _)| {
+            let mut client = client.clone();
+            let id = id.clone();
+            async move { lease(&mut client, &id).await }
+        });
+        for task in futures::future::join_all(polls).await {
+            got.push(task.expect("work for a held lane"));
+        }
+        let ranks = got
+            .iter()
+            .filter(|t| matches!(t.work, Some(v1::task::Work::Train(_))))
+            .count();
+        assert_eq!(ranks, 2, "{got:?}");
+        running.shutdown().await;
+    });
+}
+
+#[test]
+fn workers_have_a_credential_of_their_own_that_users_lack() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let config = CoordinatorConfig {
+            token: Some("for-users".into()),
+            worker_token: Some("for-workers".into()),
+            ..CoordinatorConfig::default()
+        };
+        let running = start(dir.path(), config).await;
+        let register_with = |token: &'static str| {
+            let address = running.address.clone();
+            async move {
+                let mut client = worker_client(&address, &Connect::token(Some(token))).unwrap();
+                client
+                    .register(v1::RegisterRequest {
+                        protocol_version: PROTOCOL_VERSION,
+                        hostname: "test".into(),
+                        ..Default::default()
+                    })
+                    .await
+            }
+        };
+        let refused = register_with("for-users").await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+        assert!(register_with("for-workers").await.is_ok());
+        // Nor may a worker's credential submit, list or cancel jobs.
+        let list = |token: &'static str| {
+            let address = running.address.clone();
+            async move {
+                let mut jobs = job_client_lazy(&address, &Connect::token(Some(token))).unwrap();
+                jobs.list_jobs(v1::ListJobsRequest::default()).await
+            }
+        };
+        let refused = list("for-workers").await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+        assert!(list("for-users").await.is_ok());
+        running.shutdown().await;
+    });
+}

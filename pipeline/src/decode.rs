@@ -25,11 +25,15 @@ pub struct RgbImage {
     pub pixels: Vec<u8>,
 }
 
-/// Guards against decompression bombs: a header is checked before any allocation.
+/// Guards against decompression bombs and oversized objects: a header is
+/// checked before any allocation, an object's size before its body is read.
 #[derive(Debug, Clone, Copy)]
 pub struct DecodeLimits {
     pub max_side: u64,
     pub max_pixels: u64,
+    /// The most bytes one encoded image (inline or fetched) may have; a
+    /// fetched object past it is never read whole into memory.
+    pub max_bytes: u64,
 }
 
 impl Default for DecodeLimits {
@@ -37,11 +41,23 @@ impl Default for DecodeLimits {
         Self {
             max_side: 16_384,
             max_pixels: 64 * 1024 * 1024,
+            // A product photo is rarely over a few MiB; 16384² JPEGs fit.
+            max_bytes: 64 * 1024 * 1024,
         }
     }
 }
 
 impl DecodeLimits {
+    pub(crate) fn check_bytes(&self, bytes: u64) -> Result<(), ItemError> {
+        if bytes > self.max_bytes {
+            return Err(ItemError::TooManyBytes {
+                bytes,
+                limit: self.max_bytes,
+            });
+        }
+        Ok(())
+    }
+
     pub(crate) fn check(&self, width: u64, height: u64) -> Result<(), ItemError> {
         if width == 0 || height == 0 {
             return Err(ItemError::Corrupt {

@@ -22,6 +22,10 @@ pub enum ItemError {
         format: &'static str,
         reason: String,
     },
+    #[error("image object is {bytes} bytes, over the limit of {limit}")]
+    TooManyBytes { bytes: u64, limit: u64 },
+    /// The object itself is missing, forbidden or unaddressable. A store that
+    /// is down or throttling fails the batch instead, so the task is retried.
     #[error("cannot fetch {uri}: {reason}")]
     Fetch { uri: String, reason: String },
 }
@@ -34,6 +38,7 @@ impl ItemError {
             ItemError::NoImage => "no_image",
             ItemError::UnsupportedFormat(_) => "unsupported_format",
             ItemError::TooLarge { .. } => "too_large",
+            ItemError::TooManyBytes { .. } => "too_many_bytes",
             ItemError::Corrupt { .. } => "corrupt",
             ItemError::Fetch { .. } => "fetch",
         }

@@ -11,8 +11,8 @@ use atelier_catalog::StoreCache;
 use atelier_catalog::{stable_hash, Catalog, CatalogError, Labels, ReadRange};
 use atelier_catalog::{IMAGE, IMAGE_URI, ITEM_ID, LABEL_COLUMNS};
 use bytes::Bytes;
-use futures::stream::{self, BoxStream, StreamExt};
-use object_store::ObjectStoreExt;
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use object_store::{GetResultPayload, ObjectStoreExt};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::runtime::{Handle, RuntimeFlavor};
@@ -380,7 +380,11 @@ impl RawBatches {
             }
             let source = match (&images, &uris) {
                 (Some(images), _) if images.is_valid(row) => {
-                    Source::Bytes(Bytes::copy_from_slice(images.value(row)))
+                    let image = images.value(row);
+                    match self.options.limits.check_bytes(image.len() as u64) {
+                        Ok(()) => Source::Bytes(Bytes::copy_from_slice(image)),
+                        Err(e) => Source::Failed(e),
+                    }
                 }
                 (_, Some(uris)) if uris.is_valid(row) => {
                     fetches.push((items.len(), uris.value(row).to_string()));
@@ -406,7 +410,8 @@ impl RawBatches {
                 fetches,
                 Arc::clone(&self.stores),
                 self.options.fetch_concurrency,
-            ));
+                self.options.limits.max_bytes,
+            ))?;
             self.stats.add_time(Stage::Fetch, started.elapsed());
             for (index, source) in fetched {
                 items[index].source = source;
@@ -420,31 +425,84 @@ async fn fetch_all(
     uris: Vec<(usize, String)>,
     stores: Arc<StoreCache>,
     concurrency: usize,
-) -> Vec<(usize, Source)> {
+    max_bytes: u64,
+) -> Result<Vec<(usize, Source)>> {
     stream::iter(uris)
         .map(|(index, uri)| {
             let stores = Arc::clone(&stores);
-            async move { (index, fetch(&stores, uri).await) }
+            async move { Ok((index, fetch(&stores, uri, max_bytes).await?)) }
         })
         .buffer_unordered(concurrency.max(1))
-        .collect()
+        .try_collect()
         .await
 }
 
-async fn fetch(stores: &StoreCache, uri: String) -> Source {
-    let failed = |reason: String, uri: String| Source::Failed(ItemError::Fetch { uri, reason });
+/// One `image_uri` object, read at most `max_bytes` into memory. What the
+/// object itself explains (missing, forbidden, unaddressable, too large) is
+/// the item's error. A store fault that outlasted the store's own retries
+/// (down, throttling, a connection cut mid-body) fails the batch, so that
+/// the task fails retryably and runs again, rather than leaving a permanent
+/// per-item error in a job that succeeds.
+async fn fetch(stores: &StoreCache, uri: String, max_bytes: u64) -> Result<Source> {
     let location = match stores.resolve(&uri) {
         Ok(location) => location,
-        Err(e) => return failed(e.to_string(), uri),
+        Err(e) => return Ok(fetch_failed(uri, e.to_string())),
     };
-    match location.store.get(&location.path).await {
-        Ok(result) => match result.bytes().await {
-            Ok(bytes) => Source::Bytes(bytes),
-            Err(e) => failed(e.to_string(), uri),
-        },
-        Err(object_store::Error::NotFound { .. }) => failed("not found".into(), uri),
-        Err(e) => failed(e.to_string(), uri),
+    let result = match location.store.get(&location.path).await {
+        Ok(result) => result,
+        Err(e) => return item_or_batch_error(uri, e),
+    };
+    let too_many = |bytes: u64| {
+        Source::Failed(ItemError::TooManyBytes {
+            bytes,
+            limit: max_bytes,
+        })
+    };
+    if result.meta.size > max_bytes {
+        return Ok(too_many(result.meta.size));
     }
+    if matches!(result.payload, GetResultPayload::File(..)) {
+        // A local file's size is known and within the limit: one read.
+        return match result.bytes().await {
+            Ok(bytes) => Ok(Source::Bytes(bytes)),
+            Err(e) => item_or_batch_error(uri, e),
+        };
+    }
+    // A remote body is counted as it arrives: a server may send more than
+    // it announced.
+    let mut body = Vec::with_capacity(result.meta.size as usize);
+    let mut chunks = result.into_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => return item_or_batch_error(uri, e),
+        };
+        let bytes = (body.len() + chunk.len()) as u64;
+        if bytes > max_bytes {
+            return Ok(too_many(bytes));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Source::Bytes(body.into()))
+}
+
+fn fetch_failed(uri: String, reason: String) -> Source {
+    Source::Failed(ItemError::Fetch { uri, reason })
+}
+
+/// A store error on one object: the item's own fault, or a store fault that
+/// must fail the batch (see [`fetch`]).
+fn item_or_batch_error(uri: String, error: object_store::Error) -> Result<Source> {
+    let error = CatalogError::store(uri.clone(), error);
+    if error.is_retryable() {
+        return Err(error.into());
+    }
+    let reason = match error {
+        CatalogError::NotFound { .. } => "not found".to_string(),
+        CatalogError::Store { source, .. } => source.to_string(),
+        other => other.to_string(),
+    };
+    Ok(fetch_failed(uri, reason))
 }
 
 fn utf8(batch: &RecordBatch, name: &str) -> Result<Option<StringArray>> {
@@ -461,4 +519,45 @@ fn binary(batch: &RecordBatch, name: &str) -> Result<Option<BinaryArray>> {
     };
     let column = cast(column, &DataType::Binary).map_err(CatalogError::from)?;
     Ok(column.as_any().downcast_ref::<BinaryArray>().cloned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_error(kind: &str) -> object_store::Error {
+        let source: Box<dyn std::error::Error + Send + Sync> = kind.to_string().into();
+        match kind {
+            "not found" => object_store::Error::NotFound {
+                path: "img/a.jpg".into(),
+                source,
+            },
+            "forbidden" => object_store::Error::PermissionDenied {
+                path: "img/a.jpg".into(),
+                source,
+            },
+            _ => object_store::Error::Generic {
+                store: "S3",
+                source,
+            },
+        }
+    }
+
+    #[test]
+    fn a_missing_or_forbidden_object_is_the_items_error_and_a_store_fault_fails_the_batch() {
+        let uri = "s3://shop/img/a.jpg".to_string();
+        for kind in ["not found", "forbidden"] {
+            match item_or_batch_error(uri.clone(), store_error(kind)) {
+                Ok(Source::Failed(ItemError::Fetch { uri: at, reason })) => {
+                    assert_eq!(at, uri);
+                    assert!(reason.contains(kind), "{reason}");
+                }
+                other => panic!("{kind}: {other:?}"),
+            }
+        }
+        // A store that is down or throttling, after its own retries.
+        let error = item_or_batch_error(uri.clone(), store_error("503 Slow Down")).unwrap_err();
+        assert!(error.is_retryable(), "{error}");
+        assert!(error.to_string().contains(&uri), "{error}");
+    }
 }

@@ -14,6 +14,7 @@ mod error;
 mod error_text;
 mod ids;
 mod options;
+mod staging;
 
 pub use client::{
     connect_jobs, install_crypto_provider, job_client_lazy, worker_client, Authed, BearerToken,
@@ -36,13 +37,16 @@ pub use options::{
     Arch, GangOptions, InferenceOptions, OptimizerKind, ScheduleKind, Task, TrainOptions,
     UnknownName,
 };
+pub use staging::{staged_part, staging_prefix, STAGING_DIR};
 
 /// Bumped on every incompatible change; workers send it when they register.
 /// 2: a shard may be part of a row group (`FileRowGroups.rows`), which a
 /// version-1 worker would read whole.
 /// 3: workers lease and complete shards on the `Work` stream, which a
 /// version-2 coordinator lacks.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: a shard's attempt writes its own staging object, which the
+/// coordinator commits; a version-3 worker would write the final part.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 #[allow(clippy::all, missing_debug_implementations, unreachable_pub)]
 pub mod v1 {

@@ -241,11 +241,17 @@ impl Cluster {
 
     /// `add_worker` with environment variables set for the worker alone.
     pub fn add_worker_with_env(&mut self, extra: &[&str], env: &[(&str, &str)]) -> usize {
+        let address = self.address.clone();
+        self.add_worker_via(&address, extra, env)
+    }
+
+    /// A worker that reaches the coordinator at `address` (a proxy, say).
+    pub fn add_worker_via(&mut self, address: &str, extra: &[&str], env: &[(&str, &str)]) -> usize {
         let index = self.workers.len();
         let mut args = vec![
             "worker".to_string(),
             "--coordinator".into(),
-            self.address.clone(),
+            address.to_string(),
             "--threads".into(),
             "1".into(),
         ];

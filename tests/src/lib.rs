@@ -1,6 +1,7 @@
 //! Shared helpers for the end-to-end tests.
 
 pub mod cluster;
+pub mod partition;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -269,6 +269,92 @@ fn every_bad_image_gets_its_error_and_good_ones_pass() {
     assert_eq!(compared, tensors.len());
 }
 
+/// An item's id, and its error's kind and message if it has one.
+type Outcome = (String, Result<(), (&'static str, String)>);
+
+/// Outcomes of loading `items` with `limits`, in input order.
+fn load_outcomes(items: Vec<CatalogItem>, limits: DecodeLimits) -> Vec<Outcome> {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let out = StoreLocation::parse(dir.path().join("catalog").to_str().unwrap()).unwrap();
+    let mut writer = CatalogWriter::new(
+        out,
+        WriterOptions {
+            image: true,
+            image_uri: true,
+            ..WriterOptions::default()
+        },
+    )
+    .unwrap();
+    rt.block_on(writer.write(items)).unwrap();
+    rt.block_on(writer.finish()).unwrap();
+    let catalog = rt
+        .block_on(Catalog::open(dir.path().join("catalog").to_str().unwrap()))
+        .unwrap();
+    let options = LoaderOptions {
+        image_size: 32,
+        batch_size: 4,
+        threads: 2,
+        prefetch: 2,
+        limits,
+        ..LoaderOptions::default()
+    };
+    let mut outcomes = Vec::new();
+    for batch in ImageLoader::all(&catalog, options, rt.handle().clone()).unwrap() {
+        for item in batch.unwrap().items {
+            let outcome = item.slot.map(|_| ()).map_err(|e| (e.kind(), e.to_string()));
+            outcomes.push((item.item_id, outcome));
+        }
+    }
+    outcomes
+}
+
+#[test]
+fn objects_over_the_byte_limit_or_missing_are_item_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = encode_jpeg(&gradient(16, 16), 16, 16, 90).unwrap();
+    let large = jpeg();
+    assert!(small.len() < 2_000 && large.len() > 2_000);
+    let small_file = dir.path().join("small.jpg");
+    let large_file = dir.path().join("large.jpg");
+    std::fs::write(&small_file, &small).unwrap();
+    std::fs::write(&large_file, &large).unwrap();
+    let uri = |path: &std::path::Path| Some(format!("file://{}", path.display()));
+    let limits = DecodeLimits {
+        max_bytes: 2_000,
+        ..DecodeLimits::default()
+    };
+    let outcomes = load_outcomes(
+        vec![
+            item("small-uri", None, uri(&small_file)),
+            item("large-uri", None, uri(&large_file)),
+            item("large-inline", Some(large.clone()), None),
+            item("missing-uri", None, uri(&dir.path().join("gone.jpg"))),
+            item("small-inline", Some(small), None),
+        ],
+        limits,
+    );
+    let kinds: Vec<(&str, Option<&str>)> = outcomes
+        .iter()
+        .map(|(id, outcome)| (id.as_str(), outcome.as_ref().err().map(|(kind, _)| *kind)))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("small-uri", None),
+            ("large-uri", Some("too_many_bytes")),
+            ("large-inline", Some("too_many_bytes")),
+            ("missing-uri", Some("fetch")),
+            ("small-inline", None),
+        ]
+    );
+    let message = &outcomes[1].1.as_ref().unwrap_err().1;
+    assert!(
+        message.contains(&large.len().to_string()) && message.contains("2000"),
+        "{message}"
+    );
+}
+
 #[test]
 fn error_messages_say_what_is_wrong() {
     let limits = DecodeLimits::default();

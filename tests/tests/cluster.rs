@@ -14,6 +14,7 @@ use atelier_catalog::{render_item, GenerateOptions};
 use atelier_catalog::{CatalogWriter, StoreLocation, WriterOptions};
 use atelier_proto::JobState;
 use atelier_tests::cluster::Cluster;
+use atelier_tests::partition::Partition;
 use atelier_tests::{atelier_ok, runtime};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -806,4 +807,126 @@ fn a_wrong_or_missing_token_is_refused() {
     assert!(cluster.workers[worker]
         .log_text()
         .contains("wrong bearer token"));
+}
+
+/// Files under `dir`, at any depth, last modified at or after `since`.
+fn written_since(dir: &Path, since: std::time::SystemTime) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| modified >= since)
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+fn signal(cluster: &Cluster, index: usize, signal: libc::c_int) {
+    let pid = cluster.workers[index].pid().expect("the worker runs") as libc::pid_t;
+    // SAFETY: kill(2) on a child process this test started and still holds.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+}
+
+/// A worker cut off from the coordinator (not from the store) mid-shard,
+/// and stalled while job A finished without it and job B replaced A's
+/// output using another model, comes back still cut off and writes its
+/// shard. Its write lands where nothing reads it: every part of B's output
+/// carries B's model.
+#[test]
+fn a_worker_cut_off_mid_shard_cannot_write_into_a_later_jobs_output() {
+    let fixture = fixture();
+    let _one = one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = quick_lease_cluster(dir.path());
+    let upstream = cluster.address.trim_start_matches("http://").to_string();
+    let line = Partition::start(&upstream);
+    let cut_off = cluster.add_worker_via(&format!("http://{}", line.address), &[], &[]);
+    let out = dir.path().join("tags");
+    let out_url = out.to_str().unwrap();
+    let job_a = cluster.submit_tag(&fixture.catalog, &fixture.checkpoint, out_url, "1000");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.workers[cut_off].count("task leased") == 0 {
+        assert!(Instant::now() < deadline, "the worker never leased a task");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    line.cut();
+    signal(&cluster, cut_off, libc::SIGSTOP);
+
+    cluster.add_worker(&[]);
+    let rt = runtime();
+    let a = rt.block_on(cluster.wait_done(&job_a, SLOW));
+    assert_eq!(a.state, JobState::Succeeded, "{a:?}");
+    let model_b = dir.path().join("model-b");
+    copy_dir(Path::new(&fixture.checkpoint), &model_b);
+    let job_b = cluster.submit_tag_with(
+        &fixture.catalog,
+        model_b.to_str().unwrap(),
+        out_url,
+        "1000",
+        &["--overwrite"],
+    );
+    let b = rt.block_on(cluster.wait_done(&job_b, SLOW));
+    assert_eq!(b.state, JobState::Succeeded, "{b:?}");
+
+    let resumed = std::time::SystemTime::now();
+    signal(&cluster, cut_off, libc::SIGCONT);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let late = loop {
+        let late = written_since(&out, resumed);
+        if !late.is_empty() {
+            break late;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cut-off worker never wrote its shard:\n{}",
+            cluster.workers[cut_off].log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Let a write in progress finish before the output is read.
+    std::thread::sleep(Duration::from_millis(500));
+    let late = written_since(&out, resumed).into_iter().chain(late);
+    for path in late {
+        let relative = path
+            .strip_prefix(&out)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            relative.starts_with(&format!("_attempts/{job_a}/")),
+            "a late write landed at {relative}"
+        );
+    }
+    let versions = read_column(&out, "model_version");
+    assert_eq!(versions.len(), 5000);
+    assert!(
+        versions
+            .iter()
+            .all(|v| v.as_deref().is_some_and(|v| v.contains("model-b"))),
+        "a part of B's output carries another model"
+    );
+    assert_exactly_once(&fixture.catalog, &out);
+    assert!(out.join("_SUCCESS").exists());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }

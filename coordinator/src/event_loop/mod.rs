@@ -274,12 +274,10 @@ impl EventLoop {
                 reply,
             } => {
                 let completed = state.complete(&worker_id, &lease, outcome, now);
-                // Workers idle in a long poll are the ones gangs start on;
-                // while a gang waits, the worker goes back to polling.
+                // A lane held for a waiting gang gets no next shard, and
+                // goes back to polling: gangs start on polling lanes.
                 let next = match completed {
-                    Ok(()) if lease_next && !state.has_waiting_gangs() => {
-                        state.lease(&worker_id, now)
-                    }
+                    Ok(()) if lease_next => state.lease(&worker_id, now),
                     Ok(()) => Ok(None),
                     Err(e) => Err(e),
                 };

@@ -100,24 +100,28 @@ impl EventLoop {
         }
     }
 
-    /// Hands queued tasks to waiting workers.
+    /// Hands queued tasks to waiting workers. A lane held for a gang keeps
+    /// waiting without holding up the lanes behind it.
     pub(super) fn serve_waiters(&mut self, now: Now, deferred: &mut Vec<Deferred>) {
         self.serve_gangs(now, deferred);
-        while self.state.has_queued_work() {
-            let Some(waiter) = self.waiters.pop_front() else {
-                break;
-            };
+        if !self.state.has_queued_work() {
+            return;
+        }
+        let mut kept = VecDeque::with_capacity(self.waiters.len());
+        while let Some(waiter) = self.waiters.pop_front() {
             if waiter.reply.is_closed() {
                 continue;
             }
+            if !self.state.has_queued_work() {
+                kept.push_back(waiter);
+                continue;
+            }
             match self.state.lease(&waiter.worker_id, now) {
-                Ok(None) => {
-                    self.waiters.push_front(waiter);
-                    break;
-                }
+                Ok(None) => kept.push_back(waiter),
                 other => deferred.push(defer(waiter.reply, other)),
             }
         }
+        self.waiters = kept;
     }
 
     /// Answers "no work" to waiters whose wait is over, and drops those gone.

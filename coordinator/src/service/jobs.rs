@@ -12,6 +12,7 @@ use crate::config::CoordinatorConfig;
 use crate::error::{CoordinatorError, Result};
 use crate::event_loop::LoopHandle;
 use crate::ids::new_job_id;
+use crate::places;
 use crate::plan::{check_checkpoints, plan_tag_job, prepare_output};
 use crate::state::{Now, ReservationId, Reserved};
 
@@ -45,15 +46,15 @@ impl Drop for HeldReservation<'_> {
 }
 
 impl JobApi {
-    /// A submit as a flow through the event loop: reserve the place the job
-    /// writes, plan and prepare it here (footers, checkpoints, `--overwrite`
+    /// A submit as a flow through the event loop: resolve the places the
+    /// job names and check where it may write, reserve the place it writes,
+    /// plan and prepare it here (footers, checkpoints, `--overwrite`
     /// deleting the old output: I/O that must not stall the loop), then
     /// commit. While the place is reserved no other submit can prepare it.
-    async fn submit<F>(&self, spec: JobSpec, plan: F) -> Result<JobId>
-    where
-        F: std::future::Future<Output = Result<Planned>>,
-    {
-        let reservation = match self.handle.reserve(spec).await? {
+    async fn submit(&self, spec: JobSpec) -> Result<JobId> {
+        let spec = places::resolve(spec)?;
+        self.config.write_policy.check(&spec)?;
+        let reservation = match self.handle.reserve(spec.clone()).await? {
             Reserved::Existing(job_id) => return Ok(job_id),
             Reserved::Granted(reservation) => reservation,
         };
@@ -61,7 +62,11 @@ impl JobApi {
             handle: &self.handle,
             reservation: Some(reservation),
         };
-        let planned = plan.await?;
+        let planned = match spec {
+            JobSpec::Tag(spec) => self.plan_tag(spec).await,
+            JobSpec::Train(spec) => self.plan_train(spec).await,
+            JobSpec::Eval(spec) => self.plan_eval(spec).await,
+        }?;
         held.reservation = None;
         let id = new_job_id(Now::read().unix_ms);
         let status = self
@@ -135,9 +140,7 @@ impl JobService for JobApi {
         request: Request<v1::SubmitTagJobRequest>,
     ) -> Result<Response<v1::SubmitJobResponse>, Status> {
         let spec = TagJobSpec::try_from(request.into_inner())?;
-        let job_id = self
-            .submit(JobSpec::Tag(spec.clone()), self.plan_tag(spec))
-            .await?;
+        let job_id = self.submit(JobSpec::Tag(spec)).await?;
         Ok(Response::new(v1::SubmitJobResponse {
             job_id: job_id.into(),
         }))
@@ -148,9 +151,7 @@ impl JobService for JobApi {
         request: Request<v1::SubmitTrainJobRequest>,
     ) -> Result<Response<v1::SubmitJobResponse>, Status> {
         let spec = TrainJobSpec::try_from(request.into_inner())?;
-        let job_id = self
-            .submit(JobSpec::Train(spec.clone()), self.plan_train(spec))
-            .await?;
+        let job_id = self.submit(JobSpec::Train(spec)).await?;
         Ok(Response::new(v1::SubmitJobResponse {
             job_id: job_id.into(),
         }))
@@ -161,9 +162,7 @@ impl JobService for JobApi {
         request: Request<v1::SubmitEvalJobRequest>,
     ) -> Result<Response<v1::SubmitJobResponse>, Status> {
         let spec = EvalJobSpec::try_from(request.into_inner())?;
-        let job_id = self
-            .submit(JobSpec::Eval(spec.clone()), self.plan_eval(spec))
-            .await?;
+        let job_id = self.submit(JobSpec::Eval(spec)).await?;
         Ok(Response::new(v1::SubmitJobResponse {
             job_id: job_id.into(),
         }))

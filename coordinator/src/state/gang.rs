@@ -51,11 +51,7 @@ impl State {
         });
         let processes = self.idle_by_process(idle);
         for (position, job_id) in self.gangs.iter().enumerate() {
-            let ranks = self.job_tasks.get(job_id).map_or(0, Vec::len);
-            let per_process = match self.jobs.get(job_id).map(|j| &j.spec) {
-                Some(JobSpec::Train(spec)) => spec.gang.ranks_per_worker.map(|n| n as usize),
-                _ => None,
-            };
+            let (ranks, per_process) = self.gang_shape(job_id);
             if let Some(lanes) = pick_lanes(&processes, ranks, per_process) {
                 chosen = Some((position, lanes));
                 break;
@@ -75,6 +71,65 @@ impl State {
         }
         tracing::info!(job = %job_id, ranks = placed.len(), "gang started");
         Some(placed)
+    }
+
+    /// The ranks of `job_id`'s gang, and how many go on each worker process
+    /// when that is fixed.
+    fn gang_shape(&self, job_id: &JobId) -> (usize, Option<usize>) {
+        let ranks = self.job_tasks.get(job_id).map_or(0, Vec::len);
+        let per_process = match self.jobs.get(job_id).map(|j| &j.spec) {
+            Some(JobSpec::Train(spec)) => spec.gang.ranks_per_worker.map(|n| n as usize),
+            _ => None,
+        };
+        (ranks, per_process)
+    }
+
+    /// Whether `lane` is held for a waiting gang and so takes no shard.
+    ///
+    /// Lanes free up one by one as shards finish, and a free lane that took
+    /// the next shard would leave a gang waiting until the tag queue is
+    /// empty. So the first waiting gang that the live lanes running no
+    /// other gang's rank could hold is given lanes as they come free: those
+    /// its placement would pick. A gang larger than the cluster holds none,
+    /// and lanes it would not pick go on taking shards.
+    pub(super) fn reserved_for_gang(&self, lane: &WorkerId, now: Now) -> bool {
+        if self.gangs.is_empty() {
+            return false;
+        }
+        let in_gangs: Vec<&WorkerId> = self
+            .leases
+            .iter()
+            .filter(|(task_id, _)| {
+                self.tasks
+                    .get(*task_id)
+                    .is_some_and(|t| matches!(t.work, TaskWork::Train { .. }))
+            })
+            .filter_map(|(_, lease)| lease.worker_id.as_ref())
+            .collect();
+        let mut candidates: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(id, worker)| {
+                now.at.saturating_duration_since(worker.last_seen) < self.lease_timeout
+                    && !in_gangs.contains(id)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        // One answer for every caller: the map's order is not one.
+        candidates.sort();
+        let processes = self.idle_by_process(&candidates);
+        let waiting = self.gangs.iter().filter(|job_id| {
+            self.jobs
+                .get(*job_id)
+                .is_some_and(|j| !j.state.is_terminal())
+        });
+        for job_id in waiting {
+            let (ranks, per_process) = self.gang_shape(job_id);
+            if let Some(lanes) = pick_lanes(&processes, ranks, per_process) {
+                return lanes.contains(lane);
+            }
+        }
+        false
     }
 
     /// The idle lanes grouped by worker process, processes in the order

@@ -19,6 +19,20 @@ fn destination(spec: &JobSpec) -> Option<&str> {
     }
 }
 
+/// Where a job reads: its catalogue and checkpoints (and a train job's
+/// backbone weights).
+fn sources(spec: &JobSpec) -> Vec<&str> {
+    match spec {
+        JobSpec::Tag(tag) => std::iter::once(tag.catalog.as_str())
+            .chain(tag.checkpoints.iter().map(String::as_str))
+            .collect(),
+        JobSpec::Train(train) => std::iter::once(train.catalog.as_str())
+            .chain(train.options.backbone_weights.as_deref())
+            .collect(),
+        JobSpec::Eval(eval) => vec![eval.catalog.as_str(), eval.checkpoint.as_str()],
+    }
+}
+
 /// Whether two prefixes share objects: the same one however it ends, or
 /// one inside the other (`--overwrite` on `tags/` empties `tags/2026/`).
 pub(crate) fn places_overlap(a: &str, b: &str) -> bool {
@@ -54,6 +68,12 @@ impl State {
     /// check; what a reservation grants, [`State::commit`] takes as given.
     pub fn reserve(&mut self, spec: &JobSpec) -> Result<Reserved> {
         if let Some(url) = destination(spec) {
+            // `--overwrite` would delete the job's own input.
+            if let Some(source) = sources(spec).into_iter().find(|s| places_overlap(s, url)) {
+                return Err(CoordinatorError::InvalidArgument(format!(
+                    "the job would write {url}, which holds {source} that it reads; write elsewhere"
+                )));
+            }
             if let Some(writer) = self.unfinished_writer_of(url) {
                 let writer = writer.clone();
                 if self.jobs[&writer].spec == *spec {
@@ -62,6 +82,12 @@ impl State {
                 return Err(CoordinatorError::DestinationBusy {
                     job: writer,
                     url: url.to_string(),
+                });
+            }
+            if let Some((reader, source)) = self.unfinished_reader_of(url) {
+                return Err(CoordinatorError::InputInUse {
+                    job: reader.clone(),
+                    url: source.to_string(),
                 });
             }
             if let Some((_, held)) = self
@@ -158,6 +184,20 @@ impl State {
                 self.commit(reservation, id, works, max_attempts, now)
             }
         }
+    }
+
+    /// The unfinished job, if any, that reads from a place around or inside
+    /// `url`, and that place.
+    fn unfinished_reader_of(&self, url: &str) -> Option<(&JobId, &str)> {
+        self.jobs
+            .values()
+            .filter(|job| !job.state.is_terminal())
+            .find_map(|job| {
+                let source = sources(&job.spec)
+                    .into_iter()
+                    .find(|source| places_overlap(source, url))?;
+                Some((&job.id, source))
+            })
     }
 
     /// The unfinished job, if any, that writes to `url` or a prefix around

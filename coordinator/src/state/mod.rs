@@ -232,6 +232,7 @@ impl State {
 
 pub mod gang;
 mod jobs;
+pub(crate) use jobs::places_overlap;
 pub use jobs::{ReservationId, Reserved};
 mod tally;
 mod tasks;

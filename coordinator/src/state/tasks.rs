@@ -111,9 +111,13 @@ impl State {
         Ok(revoked)
     }
 
-    /// The next queued task, leased to `worker_id`.
+    /// The next queued task, leased to `worker_id`, unless the lane is held
+    /// for a waiting gang.
     pub fn lease(&mut self, worker_id: &WorkerId, now: Now) -> Result<Option<Assignment>> {
         self.see_worker(worker_id, now)?;
+        if self.reserved_for_gang(worker_id, now) {
+            return Ok(None);
+        }
         while let Some(task_id) = self.queue.pop_front() {
             let Some(task) = self.tasks.get_mut(&task_id) else {
                 continue;

@@ -67,8 +67,9 @@ fn tag_spec() -> JobSpec {
 
 fn tag_spec_into(output: &str) -> JobSpec {
     JobSpec::Tag(TagJobSpec {
-        catalog: "file:///c".into(),
-        checkpoints: vec!["file:///ck".into()],
+        // Inputs elsewhere than the outputs the tests choose.
+        catalog: "s3://shop/catalog".into(),
+        checkpoints: vec!["s3://shop/model".into()],
         output: output.into(),
         target_shard_rows: Some(100),
         max_attempts: None,
@@ -952,4 +953,105 @@ fn a_cancel_after_the_success_marker_was_allowed_leaves_the_job_to_succeed() {
     assert_ne!(state.cancel(&job, now).unwrap().state, JobState::Cancelled);
     state.finalized(&job, Ok(()), now);
     assert_eq!(state.status(&job, now).unwrap().state, JobState::Succeeded);
+}
+
+fn tag_reading(catalog: &str, output: &str) -> JobSpec {
+    let JobSpec::Tag(spec) = tag_spec_into(output) else {
+        unreachable!()
+    };
+    JobSpec::Tag(TagJobSpec {
+        catalog: catalog.into(),
+        overwrite: true,
+        ..spec
+    })
+}
+
+#[test]
+fn a_job_may_not_write_where_an_unfinished_job_reads_or_writes() {
+    let now = start();
+    let mut state = State::new(TIMEOUT);
+    // A train job writes file:///k1 and reads file:///c.
+    let training = gang_job(&mut state, 1, 0);
+    // --overwrite around its checkpoint would delete it.
+    let refused = state
+        .reserve(&tag_reading("s3://shop/other", "file:///"))
+        .unwrap_err();
+    assert!(refused.to_string().contains(training.as_str()), "{refused}");
+    // Nor may a job write over the catalogue another one reads.
+    let refused = state
+        .reserve(&tag_reading("s3://shop/elsewhere", "file:///c/old-tags"))
+        .unwrap_err();
+    assert!(
+        matches!(&refused, CoordinatorError::InputInUse { job, .. } if *job == training),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("reads file:///c"), "{refused}");
+    // Reading what another job reads is fine.
+    assert!(matches!(
+        state.reserve(&tag_reading("file:///c", "file:///tags")),
+        Ok(Reserved::Granted(_))
+    ));
+    let _ = now;
+}
+
+#[test]
+fn a_job_may_not_write_over_its_own_inputs() {
+    let mut state = State::new(TIMEOUT);
+    // --overwrite into a prefix holding its own catalogue would delete it.
+    let refused = state
+        .reserve(&tag_reading("file:///shop/catalog", "file:///shop"))
+        .unwrap_err();
+    assert!(
+        matches!(refused, CoordinatorError::InvalidArgument(_)),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("file:///shop/catalog"),
+        "{refused}"
+    );
+}
+
+#[test]
+fn lanes_freed_by_shards_are_held_for_a_waiting_gang() {
+    let now = start();
+    let mut state = State::new(TIMEOUT);
+    job_with(&mut state, 50, 1);
+    let lanes = workers(&mut state, 3, now);
+    let mut running: Vec<Assignment> = lanes
+        .iter()
+        .map(|lane| state.lease(lane, now).unwrap().unwrap())
+        .collect();
+    gang_job(&mut state, 2, 0);
+    // Each lane finishes its shard and asks for more: two are held for the
+    // gang, the third goes on tagging.
+    let mut held = Vec::new();
+    for (lane, assignment) in lanes.iter().zip(running.drain(..)) {
+        state
+            .complete(lane, &assignment.lease, outcome(), now)
+            .unwrap();
+        match state.lease(lane, now).unwrap() {
+            None => held.push(lane.clone()),
+            Some(next) => assert!(matches!(next.work, TaskWork::Tag(_))),
+        }
+    }
+    assert_eq!(held.len(), 2, "lanes held: {held:?}");
+    let placed = state.place_gang(&held, now).unwrap();
+    assert_eq!(placed.len(), 2);
+    assert!(!state.has_waiting_gangs());
+}
+
+#[test]
+fn a_gang_larger_than_the_cluster_holds_no_lanes() {
+    let now = start();
+    let mut state = State::new(TIMEOUT);
+    job_with(&mut state, 10, 1);
+    let lanes = workers(&mut state, 2, now);
+    gang_job(&mut state, 3, 0);
+    for lane in &lanes {
+        assert!(state.lease(lane, now).unwrap().is_some());
+    }
+    // Nor does a lane that was last seen a lease timeout ago count.
+    let later = now.after(TIMEOUT * 2);
+    let third = workers(&mut state, 1, later);
+    assert!(state.lease(&third[0], later).unwrap().is_some());
 }

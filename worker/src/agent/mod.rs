@@ -17,8 +17,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use atelier_proto::{staged_part, Assignment, TaskFailure, TaskProgressReport, TaskWork};
 use atelier_proto::{worker_client, Connect};
-use atelier_proto::{Assignment, TaskFailure, TaskProgressReport};
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
@@ -279,9 +279,15 @@ async fn run_task(
         let handle = tokio::runtime::Handle::current();
         Box::new(move |offer| handle.block_on(session.rendezvous(&lease, offer, RENDEZVOUS_WAIT)))
     };
+    let mut task = assignment.work;
+    if let TaskWork::Tag(shard) = &mut task {
+        // The attempt writes an object of its own, which the coordinator
+        // commits as the part only if this lease is the one that completes.
+        shard.output = staged_part(&shard.output, &assignment.job_id, lease.attempt);
+    }
     let submitted = compute.submit(Work {
         span: tracing::Span::current(),
-        task: assignment.work,
+        task,
         cancelled: Arc::clone(&cancelled),
         progress,
         done,
