@@ -7,6 +7,7 @@
 //! comes to be: `synthetic`, `import` and, for checking one, `inspect`. The
 //! modules are private; what other crates use is re-exported here.
 
+mod checkpoint_commit;
 mod error;
 mod import;
 mod inspect;
@@ -21,6 +22,7 @@ mod store;
 mod synthetic;
 mod writer;
 
+pub use checkpoint_commit::{commit_checkpoint, CHECKPOINT_MANIFEST, CHECKPOINT_METRICS};
 pub use error::{CatalogError, Result};
 pub use import::{import, BadRow, ColumnMapping, ImportOptions, ImportSummary};
 pub use inspect::{inspect, FileReport, InspectReport, LabelDistribution, SampleRow};

@@ -48,6 +48,10 @@ pub enum CoordinatorError {
     /// job in moments, and then the same spec again follows it.
     #[error("another submit is preparing {url}; submit again in a moment")]
     DestinationReserved { url: String },
+    /// A rank's checkpoint commit into the place is in flight; it ends in
+    /// moments.
+    #[error("a checkpoint is being committed to {url}; submit again in a moment")]
+    CheckpointCommitting { url: String },
     /// Not `#[source]`: the message carries the cause, and a cause chain
     /// would print it twice.
     #[error("{what}: {error}")]
@@ -68,7 +72,8 @@ impl CoordinatorError {
             Self::ShuttingDown
             | Self::Output { .. }
             | Self::Store { .. }
-            | Self::DestinationReserved { .. } => true,
+            | Self::DestinationReserved { .. }
+            | Self::CheckpointCommitting { .. } => true,
             _ => false,
         }
     }
@@ -81,7 +86,9 @@ impl CoordinatorError {
             Self::ProtocolMismatch { .. } | Self::StaleLease { .. } => Code::FailedPrecondition,
             Self::Output { .. } => Code::FailedPrecondition,
             Self::DestinationBusy { .. } | Self::InputInUse { .. } => Code::AlreadyExists,
-            Self::DestinationReserved { .. } => Code::Unavailable,
+            Self::DestinationReserved { .. } | Self::CheckpointCommitting { .. } => {
+                Code::Unavailable
+            }
             Self::ShuttingDown => Code::Unavailable,
             Self::Store { .. }
             | Self::StateInUse { .. }

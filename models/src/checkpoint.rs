@@ -1,15 +1,17 @@
 //! Checkpoints under an object-store prefix.
 //!
 //! ```text
-//! <prefix>/manifest.json              what the run is and where it stands (written last)
-//! <prefix>/weights-<step>.safetensors model variables, batch-norm buffers included
-//! <prefix>/optimizer-<step>.safetensors
-//! <prefix>/metrics.jsonl              one JSON object per logged step or epoch
+//! <prefix>/manifest.json                       what the run is and where it stands (written last)
+//! <prefix>/weights-<step>-<writer>.safetensors  model variables, batch-norm buffers included
+//! <prefix>/optimizer-<step>-<writer>.safetensors
+//! <prefix>/metrics-<step>-<writer>.jsonl        one JSON object per logged step or epoch
 //! ```
 //!
-//! The manifest names the weight files of its step, and it is written only after
-//! they are complete, so a reader never sees a half-written checkpoint; files of
-//! earlier steps are removed afterwards.
+//! The manifest names the files of its step, and it is committed only after
+//! they are complete, so a reader never sees a half-written checkpoint; files
+//! of earlier steps are removed afterwards. Each writer (a process training
+//! alone, or one attempt of a gang's rank 0) names its files apart, so a
+//! writer that lost its lease never replaces a file another one committed.
 
 use std::collections::BTreeMap;
 
@@ -50,6 +52,16 @@ pub struct Manifest {
     /// The training options the run started with, for resuming with the same ones.
     #[serde(default)]
     pub train: serde_json::Value,
+    /// The metrics log of this step ([`METRICS`] when absent).
+    #[serde(default)]
+    pub metrics_log: Option<String>,
+}
+
+impl Manifest {
+    /// The file that holds the metrics logged up to this step.
+    pub fn metrics_file(&self) -> &str {
+        self.metrics_log.as_deref().unwrap_or(METRICS)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -106,13 +118,6 @@ impl CheckpointDir {
         Ok(())
     }
 
-    async fn delete(&self, name: &str) {
-        let location = self.location.child(name);
-        if let Err(e) = location.store.delete(&location.path).await {
-            tracing::warn!(checkpoint = %self.url(), file = name, error = %e, "could not remove an old checkpoint file");
-        }
-    }
-
     /// The manifest, or `None` when the prefix holds no checkpoint yet.
     pub async fn manifest(&self) -> Result<Option<Manifest>> {
         let Some(bytes) = self.get(MANIFEST).await? else {
@@ -156,41 +161,53 @@ impl CheckpointDir {
         tensors_from_bytes(&bytes).map_err(|e| self.error(format!("{name}: {e}")))
     }
 
-    /// Writes weights and optimizer state, then the manifest naming them, then
-    /// removes the previous step's files.
-    pub async fn save(
+    /// Writes a step's weights, optimizer state and metrics log under names
+    /// that carry `writer` (so that no other writer's files are ever
+    /// replaced), points `manifest` at them, and returns the manifest to
+    /// commit. Nothing a reader follows changes until it is committed.
+    pub async fn stage(
         &self,
         manifest: &mut Manifest,
         weights: &[(String, Tensor)],
         optimizer: Option<&[(String, Tensor)]>,
-    ) -> Result<()> {
-        let previous = self.manifest().await.ok().flatten();
-        let weights_name = format!("weights-{:08}.safetensors", manifest.step);
+        metrics: Bytes,
+        writer: &str,
+    ) -> Result<Bytes> {
+        let writer: String = writer
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let step = manifest.step;
+        let weights_name = format!("weights-{step:08}-{writer}.safetensors");
         self.put(&weights_name, tensors_to_bytes(weights)?).await?;
         manifest.weights = weights_name;
         manifest.optimizer_state = match optimizer {
             Some(state) => {
-                let name = format!("optimizer-{:08}.safetensors", manifest.step);
+                let name = format!("optimizer-{step:08}-{writer}.safetensors");
                 self.put(&name, tensors_to_bytes(state)?).await?;
                 Some(name)
             }
             None => None,
         };
+        let metrics_name = format!("metrics-{step:08}-{writer}.jsonl");
+        self.put(&metrics_name, metrics).await?;
+        manifest.metrics_log = Some(metrics_name);
         let json = serde_json::to_vec_pretty(manifest).map_err(|e| self.error(e.to_string()))?;
-        self.put(MANIFEST, Bytes::from(json)).await?;
-        if let Some(previous) = previous {
-            for old in [Some(previous.weights), previous.optimizer_state]
-                .into_iter()
-                .flatten()
-            {
-                if Some(&old) != Some(&manifest.weights)
-                    && Some(&old) != manifest.optimizer_state.as_ref()
-                {
-                    self.delete(&old).await;
-                }
-            }
-        }
-        Ok(())
+        Ok(Bytes::from(json))
+    }
+
+    /// Makes a staged manifest the checkpoint, here: for a process that
+    /// trains alone. A gang's steps are committed by the coordinator.
+    pub async fn commit(&self, manifest: Bytes) -> Result<()> {
+        atelier_catalog::commit_checkpoint(&self.location, manifest)
+            .await
+            .map_err(|e| self.error(e.to_string()))
     }
 }
 

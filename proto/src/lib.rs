@@ -21,8 +21,8 @@ pub use client::{
     Connect, JobClient, WorkerClient,
 };
 pub use convert::{
-    complete_request, fail_request, gang, job_id, job_state, lease, progress_request,
-    rendezvous_request, rendezvous_response, work_error, work_status, worker_id,
+    commit_checkpoint_request, complete_request, fail_request, gang, job_id, job_state, lease,
+    progress_request, rendezvous_request, rendezvous_response, work_error, work_status, worker_id,
 };
 pub use domain::{
     Assignment, DeviceInfo, EvalJobSpec, FileRowGroups, Gang, JobKind, JobSpec, JobState,
@@ -45,7 +45,8 @@ pub use staging::{staged_part, staging_prefix, STAGING_DIR};
 /// 3: workers lease and complete shards on the `Work` stream, which a
 /// version-2 coordinator lacks.
 /// 4: a shard's attempt writes its own staging object, which the
-/// coordinator commits; a version-3 worker would write the final part.
+/// coordinator commits, and rank 0 hands checkpoint manifests to the
+/// coordinator; a version-3 worker would write final names itself.
 pub const PROTOCOL_VERSION: u32 = 4;
 
 #[allow(clippy::all, missing_debug_implementations, unreachable_pub)]

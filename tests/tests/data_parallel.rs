@@ -11,7 +11,7 @@ use atelier_catalog::{StoreLocation, WriterOptions};
 use atelier_collective::{RingCollective, RingOptions};
 use atelier_proto::{Arch, OptimizerKind, ScheduleKind, Task, TrainOptions};
 use atelier_tests::{checkpoint_weights, runtime};
-use atelier_worker::{train, train_ranked, TrainEvent, TrainSetup};
+use atelier_worker::{train, train_ranked, CheckpointCommit, TrainEvent, TrainSetup};
 
 fn catalogue(dir: &std::path::Path) -> String {
     let rt = runtime();
@@ -108,11 +108,18 @@ fn train_on_ring(options: &TrainSetup, world: usize) -> Vec<Vec<f64>> {
                 scope.spawn(move || {
                     let rt = runtime();
                     let mut losses = Vec::new();
-                    train_ranked(options, rt.handle(), &mut ring, &|| false, &mut |e| {
-                        if let TrainEvent::Step { loss, .. } = e {
-                            losses.push(*loss);
-                        }
-                    })
+                    train_ranked(
+                        options,
+                        rt.handle(),
+                        &mut ring,
+                        &CheckpointCommit::Here,
+                        &|| false,
+                        &mut |e| {
+                            if let TrainEvent::Step { loss, .. } = e {
+                                losses.push(*loss);
+                            }
+                        },
+                    )
                     .unwrap();
                     losses
                 })

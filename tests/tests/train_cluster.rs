@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use atelier_proto::{JobState, JobStatus};
 use atelier_tests::cluster::Cluster;
+use atelier_tests::partition::Partition;
 use atelier_tests::{atelier_ok, checkpoint_weights, runtime};
 
 static ONE_CLUSTER: Mutex<()> = Mutex::new(());
@@ -313,4 +314,126 @@ fn a_gang_never_starts_on_too_few_workers() {
         stderr.contains("--world-size 3 is not a multiple of --ranks-per-worker 2"),
         "{stderr}"
     );
+}
+
+fn signal(cluster: &Cluster, index: usize, signal: libc::c_int) {
+    let pid = cluster.workers[index].pid().expect("the worker runs") as libc::pid_t;
+    // SAFETY: kill(2) on a child process this test started and still holds.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+}
+
+/// Files directly in `dir` last modified at or after `since`.
+fn written_since(dir: &Path, since: std::time::SystemTime) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| modified >= since)
+        })
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Rank 0 cut off from the coordinator (not from the store) mid-training,
+/// and paused while the gang restarted elsewhere and finished the job,
+/// comes back still cut off and saves a checkpoint step: the checkpoint
+/// stays the one the job finished with, every file it names still there.
+#[test]
+fn a_rank_cut_off_mid_training_cannot_change_the_checkpoint() {
+    let _one = one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalogue(dir.path());
+    let checkpoint = dir.path().join("model");
+    let mut cluster = Cluster::start(
+        dir.path(),
+        None,
+        &[
+            "--lease-timeout-ms",
+            "1500",
+            "--heartbeat-interval-ms",
+            "300",
+        ],
+    );
+    let upstream = cluster.address.trim_start_matches("http://").to_string();
+    let line = Partition::start(&upstream);
+    let cut_off = cluster.add_worker_via(&format!("http://{}", line.address), &[], &[]);
+    let job = cluster.submit(&[
+        "submit",
+        "train",
+        "--world-size",
+        "1",
+        "--max-restarts",
+        "2",
+        "--model-type",
+        "color",
+        "--arch",
+        "resnet18",
+        "--image-size",
+        "32",
+        "--n-epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--checkpoint-every",
+        "4",
+        "--val-fraction",
+        "0.2",
+        "--log-every",
+        "1",
+        "--catalog",
+        &catalog,
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+    ]);
+    let rt = runtime();
+    rt.block_on(cluster.wait_for(&job, SLOW, "step 2", |j| {
+        j.train.as_ref().is_some_and(|t| t.step >= 2) || j.state.is_terminal()
+    }));
+    line.cut();
+    signal(&cluster, cut_off, libc::SIGSTOP);
+
+    cluster.add_worker(&[]);
+    let done = rt.block_on(cluster.wait_done(&job, SLOW));
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let total_steps = done.train.as_ref().unwrap().total_steps;
+    let finished = std::fs::read(checkpoint.join("manifest.json")).unwrap();
+
+    let resumed = std::time::SystemTime::now();
+    signal(&cluster, cut_off, libc::SIGCONT);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let late = loop {
+        let late = written_since(&checkpoint, resumed);
+        if !late.is_empty() {
+            break late;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cut-off rank never saved:\n{}",
+            cluster.workers[cut_off].log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Give a manifest write and the deletes after it time to land.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        late.iter().all(|name| name.contains(&format!("{job}-a1"))),
+        "the late rank wrote {late:?}"
+    );
+    assert_eq!(
+        std::fs::read(checkpoint.join("manifest.json")).unwrap(),
+        finished,
+        "the late rank changed the manifest"
+    );
+    let (weights, step) = checkpoint_weights(checkpoint.to_str().unwrap());
+    assert_eq!(step, total_steps);
+    assert!(!weights.is_empty());
+    let manifest: serde_json::Value = serde_json::from_slice(&finished).unwrap();
+    for field in ["weights", "optimizer_state", "metrics_log"] {
+        let name = manifest[field].as_str().unwrap();
+        assert!(checkpoint.join(name).exists(), "{name} is gone");
+    }
 }

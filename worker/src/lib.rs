@@ -30,5 +30,6 @@ pub use nvjpeg::{NvJpegDecoder, NvJpegLibrary};
 pub use scores::{ClassMetrics, ClassificationReport};
 pub use tag::{tag, TagOptions, TagSummary};
 pub use train::{
-    train, train_ranked, train_until, MetricsLine, TrainEvent, TrainSetup, TrainSummary,
+    train, train_ranked, train_until, CheckpointCommit, MetricsLine, TrainEvent, TrainSetup,
+    TrainSummary,
 };

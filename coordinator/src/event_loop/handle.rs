@@ -13,7 +13,7 @@ use atelier_proto::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::error::{CoordinatorError, Result};
-use crate::state::{ReservationId, Reserved};
+use crate::state::{CheckpointCommit, ReservationId, Reserved};
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -84,6 +84,16 @@ pub(super) enum Command {
         offer: RendezvousOffer,
         wait: Duration,
         reply: Reply<Option<Gang>>,
+    },
+    /// May this rank commit a checkpoint step now (see
+    /// `State::begin_checkpoint_commit`)? Answers the checkpoint's URL.
+    BeginCheckpointCommit {
+        worker_id: WorkerId,
+        lease: LeaseRef,
+        reply: Reply<CheckpointCommit>,
+    },
+    EndCheckpointCommit {
+        commit: CheckpointCommit,
     },
 }
 
@@ -170,6 +180,26 @@ impl LoopHandle {
     /// send it from its guard.
     pub fn release(&self, reservation: ReservationId) {
         let _ = self.commands.send(Command::Release { reservation });
+    }
+
+    /// Holds the job's checkpoint for one commit by the rank holding
+    /// `lease`; refused unless that lease is current.
+    pub async fn begin_checkpoint_commit(
+        &self,
+        worker_id: WorkerId,
+        lease: LeaseRef,
+    ) -> Result<CheckpointCommit> {
+        self.ask(|reply| Command::BeginCheckpointCommit {
+            worker_id,
+            lease,
+            reply,
+        })
+        .await
+    }
+
+    /// The commit is over (written or not); needs no answer.
+    pub fn end_checkpoint_commit(&self, commit: CheckpointCommit) {
+        let _ = self.commands.send(Command::EndCheckpointCommit { commit });
     }
 
     pub async fn cancel(&self, job_id: JobId) -> Result<JobStatus> {

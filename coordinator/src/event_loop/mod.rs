@@ -222,6 +222,15 @@ impl EventLoop {
                 deferred.push(defer(reply, status));
             }
             Command::Release { reservation } => state.release(reservation),
+            Command::BeginCheckpointCommit {
+                worker_id,
+                lease,
+                reply,
+            } => deferred.push(defer(
+                reply,
+                state.begin_checkpoint_commit(&worker_id, &lease, now),
+            )),
+            Command::EndCheckpointCommit { commit } => state.end_checkpoint_commit(&commit),
             Command::Cancel { job_id, reply } => {
                 let status = state.cancel(&job_id, now);
                 if status.is_ok() {

@@ -168,4 +168,47 @@ impl WorkerService for WorkerApi {
         let gang = self.handle.rendezvous(lease, offer, wait).await?;
         Ok(Response::new(atelier_proto::rendezvous_response(gang)))
     }
+
+    async fn commit_checkpoint(
+        &self,
+        request: Request<v1::CommitCheckpointRequest>,
+    ) -> Result<Response<v1::CommitCheckpointResponse>, Status> {
+        let mut request = request.into_inner();
+        let lease = atelier_proto::lease(request.lease.take())?;
+        let worker_id = atelier_proto::worker_id(std::mem::take(&mut request.worker_id))?;
+        let commit = self
+            .handle
+            .begin_checkpoint_commit(worker_id, lease)
+            .await?;
+        let manifest = bytes::Bytes::from(request.manifest);
+        let handle = self.handle.clone();
+        // On a task of its own, so that a caller that goes away neither cuts
+        // the write short nor leaves the place held.
+        let written = tokio::spawn(async move {
+            let written = write_checkpoint_manifest(&commit.checkpoint, manifest).await;
+            handle.end_checkpoint_commit(commit);
+            written
+        })
+        .await
+        .map_err(|e| Status::internal(format!("committing the checkpoint: {e}")))?;
+        written.map(|()| Response::new(v1::CommitCheckpointResponse {}))
+    }
+}
+
+/// Writes a rank's manifest as the checkpoint at `url`. A store fault that
+/// may pass is `UNAVAILABLE`, another `INTERNAL`: either way the rank's
+/// task fails and the gang goes on from the checkpoint as it stands.
+async fn write_checkpoint_manifest(url: &str, manifest: bytes::Bytes) -> Result<(), Status> {
+    let failed = |e: atelier_catalog::CatalogError| {
+        let message = format!("committing the checkpoint {url}: {e}");
+        if e.is_retryable() {
+            Status::unavailable(message)
+        } else {
+            Status::internal(message)
+        }
+    };
+    let dir = atelier_catalog::StoreLocation::parse(url).map_err(failed)?;
+    atelier_catalog::commit_checkpoint(&dir, manifest)
+        .await
+        .map_err(failed)
 }

@@ -99,6 +99,12 @@ impl State {
                     url: destination(held).unwrap_or(url).to_string(),
                 });
             }
+            // A cancelled rank's commit may still be writing there.
+            if let Some(commit) = self.commit_in_flight(url) {
+                return Err(CoordinatorError::CheckpointCommitting {
+                    url: commit.checkpoint.clone(),
+                });
+            }
         }
         let id = ReservationId(self.next_reservation);
         self.next_reservation += 1;

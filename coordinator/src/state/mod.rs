@@ -75,6 +75,8 @@ pub struct State {
     /// Submits between their reservation and their commit.
     reservations: BTreeMap<ReservationId, JobSpec>,
     next_reservation: u64,
+    checkpoint_commits: BTreeMap<u64, CheckpointCommit>,
+    next_checkpoint_commit: u64,
 }
 
 /// When a transition happens: the monotonic instant that lease deadlines
@@ -128,6 +130,8 @@ impl State {
             sealed: HashSet::default(),
             reservations: BTreeMap::new(),
             next_reservation: 0,
+            checkpoint_commits: BTreeMap::new(),
+            next_checkpoint_commit: 0,
         }
     }
 
@@ -230,8 +234,10 @@ impl State {
     }
 }
 
+mod checkpoints;
 pub mod gang;
 mod jobs;
+pub use checkpoints::CheckpointCommit;
 pub(crate) use jobs::places_overlap;
 pub use jobs::{ReservationId, Reserved};
 mod tally;

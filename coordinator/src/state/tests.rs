@@ -1055,3 +1055,51 @@ fn a_gang_larger_than_the_cluster_holds_no_lanes() {
     let third = workers(&mut state, 1, later);
     assert!(state.lease(&third[0], later).unwrap().is_some());
 }
+
+#[test]
+fn only_rank_0_holding_its_lease_commits_a_checkpoint_and_the_place_is_held_meanwhile() {
+    let now = start();
+    let mut state = State::new(TIMEOUT);
+    let job = gang_job(&mut state, 2, 1);
+    let lanes = workers(&mut state, 2, now);
+    let placed = state.place_gang(&lanes, now).unwrap();
+    let rank = |r: u32| {
+        placed
+            .iter()
+            .find(|(_, a)| matches!(a.work, TaskWork::Train { rank, .. } if rank == r))
+            .unwrap()
+            .clone()
+    };
+    let (lane_0, rank_0) = rank(0);
+    let (lane_1, rank_1) = rank(1);
+    let refused = state
+        .begin_checkpoint_commit(&lane_1, &rank_1.lease, now)
+        .unwrap_err();
+    assert!(refused.to_string().contains("rank 0"), "{refused}");
+    let commit = state
+        .begin_checkpoint_commit(&lane_0, &rank_0.lease, now)
+        .unwrap();
+    assert_eq!(commit.job_id, job);
+    // Cancelled mid-commit: the place stays held until the write is over.
+    state.cancel(&job, now).unwrap();
+    let JobSpec::Train(spec) = state.jobs[&job].spec.clone() else {
+        unreachable!()
+    };
+    let mut again = spec.clone();
+    again.options.seed += 1;
+    let refused = state.reserve(&JobSpec::Train(again.clone())).unwrap_err();
+    assert!(
+        matches!(refused, CoordinatorError::CheckpointCommitting { .. }),
+        "{refused}"
+    );
+    state.end_checkpoint_commit(&commit);
+    assert!(state.reserve(&JobSpec::Train(again)).is_ok());
+    // And the cancelled rank may commit no more.
+    let refused = state
+        .begin_checkpoint_commit(&lane_0, &rank_0.lease, now)
+        .unwrap_err();
+    assert!(
+        matches!(refused, CoordinatorError::StaleLease { .. }),
+        "{refused}"
+    );
+}

@@ -7,8 +7,8 @@ mod worker;
 
 pub use jobs::job_state;
 pub use worker::{
-    complete_request, fail_request, gang, lease, progress_request, rendezvous_request,
-    rendezvous_response, work_error, work_status,
+    commit_checkpoint_request, complete_request, fail_request, gang, lease, progress_request,
+    rendezvous_request, rendezvous_response, work_error, work_status,
 };
 
 use crate::error::{ProtoError, Result};

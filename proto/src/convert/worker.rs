@@ -288,6 +288,19 @@ pub fn rendezvous_request(
     }
 }
 
+/// Rank 0's request to make `manifest` its job's checkpoint.
+pub fn commit_checkpoint_request(
+    worker_id: &WorkerId,
+    lease: &LeaseRef,
+    manifest: &[u8],
+) -> v1::CommitCheckpointRequest {
+    v1::CommitCheckpointRequest {
+        worker_id: worker_id.to_string(),
+        lease: Some(lease.clone().into()),
+        manifest: manifest.to_vec(),
+    }
+}
+
 impl From<v1::RendezvousRequest> for RendezvousOffer {
     fn from(r: v1::RendezvousRequest) -> Self {
         Self {

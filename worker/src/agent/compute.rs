@@ -16,7 +16,7 @@ use crate::error::{Result, WorkerError};
 use crate::evaluate::{evaluate, EvaluateOptions, Layout};
 use crate::tag::{Taggers, Tagging};
 
-use super::gang::Rendezvous;
+use super::gang::{CommitCheckpoint, Rendezvous};
 use super::train_task::{run_train, RankPlan};
 
 /// One task for the compute thread.
@@ -27,6 +27,10 @@ pub struct Work {
     pub done: oneshot::Sender<Result<TaskOutcome>>,
     /// How a train rank meets the rest of its gang.
     pub rendezvous: Box<Rendezvous>,
+    /// How a train rank 0 commits a checkpoint step, and the name its
+    /// files carry (its job and attempt).
+    pub commit_checkpoint: Box<CommitCheckpoint>,
+    pub writer: String,
     /// The task's span, entered on the compute thread too.
     pub span: tracing::Span,
 }
@@ -82,24 +86,17 @@ impl ComputeThread {
             .spawn(move || {
                 for work in inbox {
                     let _entered = work.span.clone().entered();
-                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        context.run(
-                            &work.task,
-                            &work.cancelled,
-                            &work.progress,
-                            &*work.rendezvous,
-                        )
-                    }))
-                    .unwrap_or_else(|panic| {
-                        let what = panic
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| panic.downcast_ref::<&str>().map(ToString::to_string))
-                            .unwrap_or_default();
-                        // The models may be half-moved; load them afresh next time.
-                        context.loaded = None;
-                        Err(WorkerError::Panicked(what))
-                    });
+                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| context.run(&work)))
+                        .unwrap_or_else(|panic| {
+                            let what = panic
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| panic.downcast_ref::<&str>().map(ToString::to_string))
+                                .unwrap_or_default();
+                            // The models may be half-moved; load them afresh next time.
+                            context.loaded = None;
+                            Err(WorkerError::Panicked(what))
+                        });
                     let _ = work.done.send(result);
                 }
             })?;
@@ -114,21 +111,18 @@ impl ComputeThread {
 }
 
 impl Context {
-    fn run(
-        &mut self,
-        task: &TaskWork,
-        cancelled: &AtomicBool,
-        progress: &watch::Sender<TaskProgressReport>,
-        rendezvous: &Rendezvous,
-    ) -> Result<TaskOutcome> {
-        match task {
+    fn run(&mut self, work: &Work) -> Result<TaskOutcome> {
+        let (cancelled, progress) = (&*work.cancelled, &work.progress);
+        match &work.task {
             TaskWork::Tag(shard) => self.tag(shard, cancelled, progress),
             TaskWork::Eval(spec) => self.eval(spec),
             TaskWork::Train { spec, rank } => run_train(
                 spec,
                 &RankPlan {
                     rank: *rank,
-                    rendezvous,
+                    rendezvous: &*work.rendezvous,
+                    commit_checkpoint: &*work.commit_checkpoint,
+                    writer: &work.writer,
                     advertise_host: &self.advertise_host,
                 },
                 &self.device_name,

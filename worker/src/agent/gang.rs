@@ -16,6 +16,10 @@ use crate::error::{Result, WorkerError};
 /// Offers this rank to the gang; `Ok(None)` while some rank has not offered yet.
 pub type Rendezvous = dyn Fn(RendezvousOffer) -> Result<Option<Gang>> + Send + Sync;
 
+/// Has the coordinator make a checkpoint manifest that rank 0 staged the
+/// checkpoint; refused once the rank's lease is lost.
+pub type CommitCheckpoint = dyn Fn(bytes::Bytes) -> Result<()> + Send + Sync;
+
 /// How long the ranks of a gang may take to all reach the rendezvous.
 const GATHER_TIMEOUT: Duration = Duration::from_secs(300);
 

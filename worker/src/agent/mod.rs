@@ -279,6 +279,12 @@ async fn run_task(
         let handle = tokio::runtime::Handle::current();
         Box::new(move |offer| handle.block_on(session.rendezvous(&lease, offer, RENDEZVOUS_WAIT)))
     };
+    let commit_checkpoint = {
+        let (session, lease) = (Arc::clone(session), lease.clone());
+        let handle = tokio::runtime::Handle::current();
+        Box::new(move |manifest| handle.block_on(session.commit_checkpoint(&lease, manifest)))
+    };
+    let writer = format!("{}-a{}", assignment.job_id, lease.attempt);
     let mut task = assignment.work;
     if let TaskWork::Tag(shard) = &mut task {
         // The attempt writes an object of its own, which the coordinator
@@ -292,6 +298,8 @@ async fn run_task(
         progress,
         done,
         rendezvous,
+        commit_checkpoint,
+        writer,
     });
     let result = match submitted {
         Err(e) => Err(e),

@@ -350,6 +350,20 @@ impl Session {
         Ok(atelier_proto::gang(response))
     }
 
+    /// Has the coordinator make `manifest` the checkpoint; refused
+    /// (`FAILED_PRECONDITION`) once this lease is lost.
+    pub async fn commit_checkpoint(&self, lease: &LeaseRef, manifest: bytes::Bytes) -> Result<()> {
+        self.as_registered(|worker_id| {
+            let request = atelier_proto::commit_checkpoint_request(&worker_id, lease, &manifest);
+            let mut client = self.client.clone();
+            async move {
+                call_with_timeout("commit checkpoint", client.commit_checkpoint(request)).await
+            }
+        })
+        .await
+        .map(drop)
+    }
+
     pub async fn fail(&self, lease: &LeaseRef, failure: TaskFailure) -> Result<()> {
         self.as_registered(|worker_id| {
             let request = atelier_proto::fail_request(&worker_id, lease, failure.clone());

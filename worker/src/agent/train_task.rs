@@ -8,9 +8,9 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
-use super::gang::{join_gang, Rendezvous};
+use super::gang::{join_gang, CommitCheckpoint, Rendezvous};
 use crate::error::Result;
-use crate::train::{train_ranked, TrainEvent, TrainSetup};
+use crate::train::{train_ranked, CheckpointCommit, TrainEvent, TrainSetup};
 
 /// How this worker runs a train job's rank: the job's options as they
 /// are, on this lane's device and decode threads.
@@ -28,6 +28,10 @@ pub fn train_setup(spec: &TrainJobSpec, device: &str, threads: usize) -> TrainSe
 pub struct RankPlan<'a> {
     pub rank: u32,
     pub rendezvous: &'a Rendezvous,
+    /// How rank 0 has the coordinator commit its checkpoint steps.
+    pub commit_checkpoint: &'a CommitCheckpoint,
+    /// The name this attempt's checkpoint files carry.
+    pub writer: &'a str,
     /// The host other ranks reach this one's ring listener at.
     pub advertise_host: &'a str,
 }
@@ -63,39 +67,50 @@ pub fn run_train(
         ..Default::default()
     };
     let mut images = 0u64;
-    let summary = train_ranked(&setup, handle, collective.as_mut(), &stop, &mut |event| {
-        match event {
-            TrainEvent::Started { total_steps, .. } => current.total_steps = *total_steps,
-            TrainEvent::Step {
-                epoch,
-                step,
-                loss,
-                images_per_s,
-                allreduce_seconds,
-                allreduce_bytes,
-                ..
-            } => {
-                current.epoch = *epoch as u32;
-                current.step = *step;
-                current.loss = *loss;
-                images = (*step as u64) * setup.options.batch_size as u64;
-                if let Some(own) = current.ranks.first_mut() {
-                    own.images_per_second = *images_per_s;
-                    own.allreduce_seconds = *allreduce_seconds;
-                    own.allreduce_bytes = *allreduce_bytes;
+    let commit = CheckpointCommit::Fenced {
+        writer: plan.writer.to_string(),
+        commit: plan.commit_checkpoint,
+    };
+    let summary = train_ranked(
+        &setup,
+        handle,
+        collective.as_mut(),
+        &commit,
+        &stop,
+        &mut |event| {
+            match event {
+                TrainEvent::Started { total_steps, .. } => current.total_steps = *total_steps,
+                TrainEvent::Step {
+                    epoch,
+                    step,
+                    loss,
+                    images_per_s,
+                    allreduce_seconds,
+                    allreduce_bytes,
+                    ..
+                } => {
+                    current.epoch = *epoch as u32;
+                    current.step = *step;
+                    current.loss = *loss;
+                    images = (*step as u64) * setup.options.batch_size as u64;
+                    if let Some(own) = current.ranks.first_mut() {
+                        own.images_per_second = *images_per_s;
+                        own.allreduce_seconds = *allreduce_seconds;
+                        own.allreduce_bytes = *allreduce_bytes;
+                    }
+                }
+                TrainEvent::Epoch { epoch, metrics } => {
+                    current.epoch = *epoch as u32;
+                    current.validation = metrics.clone();
                 }
             }
-            TrainEvent::Epoch { epoch, metrics } => {
-                current.epoch = *epoch as u32;
-                current.validation = metrics.clone();
-            }
-        }
-        progress.send_replace(TaskProgressReport {
-            items_done: images,
-            train: Some(current.clone()),
-            ..Default::default()
-        });
-    })?;
+            progress.send_replace(TaskProgressReport {
+                items_done: images,
+                train: Some(current.clone()),
+                ..Default::default()
+            });
+        },
+    )?;
     Ok(TaskOutcome {
         rows_written: summary.steps as u64,
         output: summary.checkpoint,

@@ -49,6 +49,38 @@ pub struct TrainSetup {
     pub options: TrainOptions,
 }
 
+/// Who makes a step that rank 0 saved the checkpoint.
+pub enum CheckpointCommit<'a> {
+    /// This process, which trains alone (`atelier train`, `local`).
+    Here,
+    /// The coordinator, for a rank of a gang: it commits only while the
+    /// rank holds its lease, so a rank that lost it (cut off, paused,
+    /// revoked, its job cancelled) cannot change the checkpoint, nor delete
+    /// files a new gang reads. `writer` names this attempt's files apart.
+    Fenced {
+        writer: String,
+        commit: &'a (dyn Fn(bytes::Bytes) -> Result<()> + Sync),
+    },
+}
+
+impl CheckpointCommit<'_> {
+    fn writer(&self) -> &str {
+        match self {
+            CheckpointCommit::Here => "local",
+            CheckpointCommit::Fenced { writer, .. } => writer,
+        }
+    }
+}
+
+impl std::fmt::Debug for CheckpointCommit<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckpointCommit::Here => f.write_str("Here"),
+            CheckpointCommit::Fenced { writer, .. } => write!(f, "Fenced({writer})"),
+        }
+    }
+}
+
 /// What the loop reports while it runs.
 #[derive(Debug, Clone)]
 pub enum TrainEvent {
@@ -110,16 +142,25 @@ pub fn train_until(
     stop: &dyn Fn() -> bool,
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<TrainSummary> {
-    train_ranked(setup, handle, &mut SingleRank, stop, on_event)
+    train_ranked(
+        setup,
+        handle,
+        &mut SingleRank,
+        &CheckpointCommit::Here,
+        stop,
+        on_event,
+    )
 }
 
 /// One rank of a data-parallel run (or the only one, with [`SingleRank`]).
 /// Every rank calls this with the same options; gradients are averaged over
-/// the global batch through `collective`, and only rank 0 writes checkpoints.
+/// the global batch through `collective`, and only rank 0 writes checkpoints,
+/// which `commit` makes the checkpoint.
 pub fn train_ranked(
     setup: &TrainSetup,
     handle: &Handle,
     collective: &mut dyn Collective,
+    commit: &CheckpointCommit<'_>,
     stop: &dyn Fn() -> bool,
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<TrainSummary> {
@@ -237,7 +278,7 @@ pub fn train_ranked(
             }
             if stop() {
                 if rank == 0 {
-                    save(&mut run, &checkpoint, handle)?;
+                    save(&mut run, &checkpoint, handle, commit)?;
                 }
                 return Err(WorkerError::Cancelled);
             }
@@ -326,7 +367,7 @@ pub fn train_ranked(
                 window_start = Instant::now();
             }
             if save_now {
-                save(&mut run, &checkpoint, handle)?;
+                save(&mut run, &checkpoint, handle, commit)?;
             }
             if at_limit {
                 return Ok(summary(&run, &checkpoint, images_seen, started));
@@ -356,7 +397,7 @@ pub fn train_ranked(
             detail: metrics.clone(),
         });
         if rank == 0 {
-            save(&mut run, &checkpoint, handle)?;
+            save(&mut run, &checkpoint, handle, commit)?;
         }
         on_event(&TrainEvent::Epoch {
             epoch: epoch + 1,

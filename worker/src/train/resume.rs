@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use atelier_models::{CheckpointDir, Manifest, SavedNormalization, FORMAT_VERSION, METRICS};
+use atelier_models::{CheckpointDir, Manifest, SavedNormalization, FORMAT_VERSION};
 use atelier_models::{Model, ModelSpec};
 use atelier_models::{Optimizer, OptimizerConfig, Schedule};
 use atelier_pipeline::Normalization;
@@ -16,7 +16,7 @@ use crate::error::{Result, WorkerError};
 
 use atelier_proto::TrainOptions;
 
-use super::{MetricsLine, Run};
+use super::{CheckpointCommit, MetricsLine, Run};
 
 pub(super) fn start_or_resume(
     options: &TrainOptions,
@@ -72,7 +72,7 @@ pub(super) fn start_or_resume(
             })?;
         }
         optimizer.steps = manifest.step;
-        let metrics = read_metrics(checkpoint, handle, manifest.step)?;
+        let metrics = read_metrics(checkpoint, handle, &manifest)?;
         tracing::info!(checkpoint = %checkpoint.url(), step = manifest.step, epoch = manifest.epoch, "resuming");
         let schedule = Schedule {
             total_steps,
@@ -131,6 +131,7 @@ pub(super) fn start_or_resume(
         schedule: Some(schedule),
         metrics: BTreeMap::new(),
         train: serde_json::to_value(options).unwrap_or_default(),
+        metrics_log: None,
     };
     tracing::info!(checkpoint = %checkpoint.url(), device = %device_name(device), finetune, "starting a new run");
     Ok(Run {
@@ -145,30 +146,45 @@ pub(super) fn start_or_resume(
 fn read_metrics(
     checkpoint: &CheckpointDir,
     handle: &Handle,
-    up_to_step: i64,
+    manifest: &Manifest,
 ) -> Result<Vec<MetricsLine>> {
-    let Some(bytes) = handle.block_on(checkpoint.get(METRICS))? else {
+    let Some(bytes) = handle.block_on(checkpoint.get(manifest.metrics_file()))? else {
         return Ok(Vec::new());
     };
     // Lines past the checkpoint's step were logged by a run that died before saving.
     Ok(String::from_utf8_lossy(&bytes)
         .lines()
         .filter_map(|l| serde_json::from_str::<MetricsLine>(l).ok())
-        .filter(|m| m.step <= up_to_step)
+        .filter(|m| m.step <= manifest.step)
         .collect())
 }
 
-pub(super) fn save(run: &mut Run, checkpoint: &CheckpointDir, handle: &Handle) -> Result<()> {
+/// Stages this step's files and has `commit` make them the checkpoint.
+pub(super) fn save(
+    run: &mut Run,
+    checkpoint: &CheckpointDir,
+    handle: &Handle,
+    commit: &CheckpointCommit<'_>,
+) -> Result<()> {
     let lines: String = run
         .metrics
         .iter()
         .filter_map(|m| serde_json::to_string(m).ok())
         .map(|l| l + "\n")
         .collect();
-    handle.block_on(checkpoint.put(METRICS, Bytes::from(lines)))?;
     let weights = run.model.state();
     let optimizer = run.optimizer.state();
     run.manifest.schedule = Some(run.schedule);
-    handle.block_on(checkpoint.save(&mut run.manifest, &weights, Some(&optimizer)))?;
+    let manifest = handle.block_on(checkpoint.stage(
+        &mut run.manifest,
+        &weights,
+        Some(&optimizer),
+        Bytes::from(lines),
+        commit.writer(),
+    ))?;
+    match commit {
+        CheckpointCommit::Here => handle.block_on(checkpoint.commit(manifest))?,
+        CheckpointCommit::Fenced { commit, .. } => commit(manifest)?,
+    }
     Ok(())
 }

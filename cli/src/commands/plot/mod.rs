@@ -8,7 +8,7 @@ mod fonts;
 use std::io::Cursor;
 
 use anyhow::Context;
-use atelier_models::{CheckpointDir, METRICS};
+use atelier_models::CheckpointDir;
 use atelier_worker::MetricsLine;
 use atelier_worker::REPORT;
 use bytes::Bytes;
@@ -26,9 +26,13 @@ pub struct PlotArgs {
 pub fn run(args: &PlotArgs, handle: &Handle) -> anyhow::Result<()> {
     fonts::register()?;
     let checkpoint = CheckpointDir::parse(&args.checkpoint)?;
+    let manifest = handle
+        .block_on(checkpoint.manifest())?
+        .with_context(|| format!("{} holds no checkpoint: train first", checkpoint.url()))?;
+    let metrics_file = manifest.metrics_file();
     let metrics = handle
-        .block_on(checkpoint.get(METRICS))?
-        .with_context(|| format!("{} has no {METRICS}: train first", checkpoint.url()))?;
+        .block_on(checkpoint.get(metrics_file))?
+        .with_context(|| format!("{} has no {metrics_file}: train first", checkpoint.url()))?;
     let lines: Vec<MetricsLine> = String::from_utf8_lossy(&metrics)
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
