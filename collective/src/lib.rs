@@ -12,7 +12,7 @@ use tch::Tensor;
 pub use buckets::{GradientBuckets, SyncedStep, DEFAULT_BUCKET_BYTES};
 pub use error::{CollectiveError, Result};
 pub use nccl::{NcclCollective, NcclLibrary, NcclUniqueId};
-pub use ring::{RingCollective, RingOptions};
+pub use ring::{RingCollective, RingOptions, RingSecret, SECRET_LEN};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

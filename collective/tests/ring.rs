@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use atelier_collective::{
     broadcast_tensors, Collective, CollectiveError, GradientBuckets, RingCollective, RingOptions,
+    RingSecret,
 };
 use tch::{Kind, Tensor};
 
@@ -42,6 +43,7 @@ fn small_chunks() -> RingOptions {
         // 16 floats per chunk, so long inputs span many chunks.
         chunk_bytes: 64,
         session: 7,
+        secret: RingSecret([5; 32]),
         overlap_backward: false,
     }
 }
@@ -310,4 +312,63 @@ fn joining_fails_in_time_when_a_rank_never_comes() {
         "{error}"
     );
     drop(ghost);
+}
+
+/// A hello as a rank sends it, carrying `secret`.
+fn hello_bytes(session: u64, rank: u32, world: u32, secret: [u8; 32]) -> Vec<u8> {
+    let mut bytes = 0x4154_5247u32.to_le_bytes().to_vec();
+    bytes.extend(session.to_le_bytes());
+    bytes.extend(rank.to_le_bytes());
+    bytes.extend(world.to_le_bytes());
+    bytes.extend(secret);
+    bytes
+}
+
+#[test]
+fn a_peer_without_the_gangs_secret_is_dropped_and_the_ring_forms() {
+    use std::io::{Read, Write};
+    let listeners = [
+        RingCollective::bind("127.0.0.1").unwrap(),
+        RingCollective::bind("127.0.0.1").unwrap(),
+    ];
+    let peers: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let options = RingOptions {
+        timeout: Duration::from_secs(10),
+        session: 42,
+        secret: RingSecret([9; 32]),
+        ..RingOptions::default()
+    };
+    // Knows the session, rank and world (all guessable), not the secret;
+    // it gets to rank 0's listener before rank 1 does.
+    let mut intruder = std::net::TcpStream::connect(&peers[0]).unwrap();
+    intruder.write_all(&hello_bytes(42, 1, 2, [0; 32])).unwrap();
+    let sums = std::thread::scope(|scope| {
+        let handles: Vec<_> = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(rank, listener)| {
+                let peers = &peers;
+                scope.spawn(move || {
+                    let mut ring = RingCollective::connect(rank, listener, peers, options).unwrap();
+                    let mut values = vec![rank as f32 + 1.0; 4];
+                    ring.all_reduce(&mut values).unwrap();
+                    values
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(sums, vec![vec![3.0; 4], vec![3.0; 4]]);
+    // The intruder's connection was closed without a word.
+    intruder
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buffer = [0u8; 8];
+    assert!(matches!(intruder.read(&mut buffer), Ok(0) | Err(_)));
 }

@@ -256,6 +256,19 @@ pub struct Gang {
     pub peer_addresses: Vec<String>,
     pub nccl_unique_id: Vec<u8>,
     pub session: u64,
+    /// Drawn by the coordinator for each generation of the gang; the ring
+    /// all-reduce admits only connections that carry it.
+    pub ring_secret: GangSecret,
+}
+
+/// A gang's 32-byte shared secret. Never printed.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GangSecret(pub [u8; 32]);
+
+impl std::fmt::Debug for GangSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GangSecret(..)")
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -25,10 +25,10 @@ pub use convert::{
     progress_request, rendezvous_request, rendezvous_response, work_error, work_status, worker_id,
 };
 pub use domain::{
-    Assignment, DeviceInfo, EvalJobSpec, FileRowGroups, Gang, JobKind, JobSpec, JobState,
-    JobStatus, LeaseRef, RankStatus, Registration, RendezvousOffer, Restart, ShardWork, StageTimes,
-    TagJobSpec, TagProgress, TaskFailure, TaskOutcome, TaskProgressReport, TaskWork, TrainJobSpec,
-    TrainProgress, WorkerTimings,
+    Assignment, DeviceInfo, EvalJobSpec, FileRowGroups, Gang, GangSecret, JobKind, JobSpec,
+    JobState, JobStatus, LeaseRef, RankStatus, Registration, RendezvousOffer, Restart, ShardWork,
+    StageTimes, TagJobSpec, TagProgress, TaskFailure, TaskOutcome, TaskProgressReport, TaskWork,
+    TrainJobSpec, TrainProgress, WorkerTimings,
 };
 pub use error::{ProtoError, Result};
 pub use error_text::one_line;

@@ -52,8 +52,9 @@ pub fn connect_next(
     }
 }
 
-/// Accepts connections until one says hello as rank `peer` of this session;
-/// strays (port scanners, an earlier generation of the gang) are dropped.
+/// Accepts connections until one says hello as rank `peer` of this session,
+/// with the gang's secret; strays (port scanners, an earlier generation of
+/// the gang, anyone without the secret) are dropped.
 pub fn accept_prev(
     listener: &TcpListener,
     peer: usize,
@@ -71,7 +72,7 @@ pub fn accept_prev(
                     .max(RETRY);
                 stream.set_read_timeout(Some(left)).map_err(setup)?;
                 match Hello::read(&mut stream) {
-                    Ok(Some(hello)) if hello == expected => return Ok(stream),
+                    Ok(Some(hello)) if expected.admits(&hello) => return Ok(stream),
                     Ok(other) => {
                         tracing::warn!(%from, ?other, ?expected, "unexpected ring connection dropped")
                     }

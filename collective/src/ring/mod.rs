@@ -16,6 +16,7 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{CollectiveError, Result};
 use crate::{Backend, Collective};
 use wire::{as_bytes, as_bytes_mut, Element, Header, Hello, Op};
+pub use wire::{RingSecret, SECRET_LEN};
 
 #[derive(Debug, Clone, Copy)]
 pub struct RingOptions {
@@ -24,6 +25,8 @@ pub struct RingOptions {
     pub chunk_bytes: usize,
     /// Names this gang, so that a rank of another one cannot join the ring.
     pub session: u64,
+    /// The gang's secret, which every ring connection must carry.
+    pub secret: RingSecret,
     /// All-reduce each gradient bucket while backward still runs. The ring
     /// copies and adds on the host, so this pays where it waits on a network
     /// (1.21x on a 1 Gbit/s link), not among ranks of one machine whose
@@ -37,6 +40,7 @@ impl Default for RingOptions {
             timeout: Duration::from_secs(60),
             chunk_bytes: 256 << 10,
             session: 0,
+            secret: RingSecret::default(),
             overlap_backward: false,
         }
     }
@@ -93,6 +97,7 @@ impl RingCollective {
             session: options.session,
             rank: rank as u32,
             world: world as u32,
+            secret: options.secret,
         };
         let (next, prev) = std::thread::scope(|scope| {
             let accepting = scope

@@ -6,23 +6,56 @@ use std::io::{Read, Write};
 
 const HELLO_MAGIC: u32 = 0x4154_5247; // "ATRG"
 const OP_MAGIC: u32 = 0x4154_4f50; // "ATOP"
-pub const HELLO_LEN: usize = 20;
+pub const HELLO_LEN: usize = 20 + SECRET_LEN;
+pub const SECRET_LEN: usize = 32;
 pub const HEADER_LEN: usize = 21;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The gang's shared secret, handed to its ranks at rendezvous: a ring
+/// connection that does not carry it is dropped, so no other TCP peer can
+/// join a ring or feed it data. Never printed.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct RingSecret(pub [u8; SECRET_LEN]);
+
+impl std::fmt::Debug for RingSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RingSecret(..)")
+    }
+}
+
+impl RingSecret {
+    /// Compares without stopping at the first difference, so timing does
+    /// not reveal how much of a guess was right.
+    fn matches(&self, other: &RingSecret) -> bool {
+        self.0
+            .iter()
+            .zip(&other.0)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
 pub struct Hello {
     pub session: u64,
     pub rank: u32,
     pub world: u32,
+    pub secret: RingSecret,
 }
 
 impl Hello {
+    /// The hello a rank must send: same session, rank, world and secret.
+    pub fn admits(&self, other: &Hello) -> bool {
+        (self.session, self.rank, self.world) == (other.session, other.rank, other.world)
+            && self.secret.matches(&other.secret)
+    }
+
     pub fn encode(&self) -> [u8; HELLO_LEN] {
         let mut out = [0u8; HELLO_LEN];
         out[..4].copy_from_slice(&HELLO_MAGIC.to_le_bytes());
         out[4..12].copy_from_slice(&self.session.to_le_bytes());
         out[12..16].copy_from_slice(&self.rank.to_le_bytes());
         out[16..20].copy_from_slice(&self.world.to_le_bytes());
+        out[20..].copy_from_slice(&self.secret.0);
         out
     }
 
@@ -36,6 +69,7 @@ impl Hello {
             session: u64::from_le_bytes(buf[4..12].try_into().unwrap_or_default()),
             rank: u32::from_le_bytes(word(&buf[12..16])),
             world: u32::from_le_bytes(word(&buf[16..20])),
+            secret: RingSecret(buf[20..].try_into().unwrap_or_default()),
         }))
     }
 }
@@ -156,12 +190,21 @@ mod tests {
             session: 99,
             rank: 2,
             world: 3,
+            secret: RingSecret([7; SECRET_LEN]),
         };
-        assert_eq!(
-            Hello::read(&mut hello.encode().as_slice()).unwrap(),
-            Some(hello)
-        );
-        assert_eq!(Hello::read(&mut [0u8; HELLO_LEN].as_slice()).unwrap(), None);
+        let read = Hello::read(&mut hello.encode().as_slice())
+            .unwrap()
+            .unwrap();
+        assert!(hello.admits(&read));
+        let guessed = Hello {
+            secret: RingSecret([8; SECRET_LEN]),
+            ..hello
+        };
+        assert!(!hello.admits(&guessed));
+        assert!(!format!("{hello:?}").contains("7, 7"));
+        assert!(Hello::read(&mut [0u8; HELLO_LEN].as_slice())
+            .unwrap()
+            .is_none());
     }
 
     #[test]

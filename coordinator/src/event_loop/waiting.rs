@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use atelier_proto::{Assignment, Gang, LeaseRef, RendezvousOffer, WorkerId};
+use atelier_proto::{Assignment, Gang, GangSecret, LeaseRef, RendezvousOffer, WorkerId};
 
 use crate::state::gang::gather;
 use crate::state::Now;
@@ -50,7 +50,9 @@ impl EventLoop {
             return;
         }
         let offers: Vec<_> = gathering.offers.values().cloned().collect();
-        let gang = gather(&offers);
+        // Each generation of the gang gets a secret of its own, which its
+        // ranks' ring connections carry.
+        let gang = gather(&offers, GangSecret(rand::random()));
         tracing::info!(job = %member.job_id, ranks = offers.len(), session = gang.session, "gang assembled");
         for (_, reply) in std::mem::take(&mut gathering.waiting) {
             deferred.push(defer(reply, Ok(Some(gang.clone()))));

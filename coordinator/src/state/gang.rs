@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use atelier_proto::{
-    Assignment, Gang, JobId, JobSpec, JobState, LeaseRef, RankStatus, RendezvousOffer, Restart,
-    TaskWork, TrainProgress, WorkerId,
+    Assignment, Gang, GangSecret, JobId, JobSpec, JobState, LeaseRef, RankStatus, RendezvousOffer,
+    Restart, TaskWork, TrainProgress, WorkerId,
 };
 
 use super::{Now, State};
@@ -339,8 +339,8 @@ fn pick_lanes(
 }
 
 /// The gang once every rank's current lease has offered; `offers[r]` is
-/// rank r's lease and offer.
-pub fn gather(offers: &[(LeaseRef, RendezvousOffer)]) -> Gang {
+/// rank r's lease and offer; `ring_secret` is freshly drawn by the caller.
+pub fn gather(offers: &[(LeaseRef, RendezvousOffer)], ring_secret: GangSecret) -> Gang {
     // FNV-1a over the leases: a new attempt of any rank is a new session.
     let mut session: u64 = 0xcbf2_9ce4_8422_2325;
     for (lease, _) in offers {
@@ -356,5 +356,6 @@ pub fn gather(offers: &[(LeaseRef, RendezvousOffer)]) -> Gang {
             .map(|(_, o)| o.nccl_unique_id.clone())
             .unwrap_or_default(),
         session,
+        ring_secret,
     }
 }

@@ -319,16 +319,30 @@ pub fn rendezvous_response(gang: Option<Gang>) -> v1::RendezvousResponse {
             peer_addresses: gang.peer_addresses,
             nccl_unique_id: gang.nccl_unique_id,
             session: gang.session,
+            ring_secret: gang.ring_secret.0.to_vec(),
         },
     }
 }
 
-pub fn gang(response: v1::RendezvousResponse) -> Option<Gang> {
-    response.ready.then_some(Gang {
+pub fn gang(response: v1::RendezvousResponse) -> Result<Option<Gang>> {
+    if !response.ready {
+        return Ok(None);
+    }
+    let ring_secret = response
+        .ring_secret
+        .as_slice()
+        .try_into()
+        .map(GangSecret)
+        .map_err(|_| ProtoError::Invalid {
+            field: "ring_secret",
+            reason: format!("{} bytes, not 32", response.ring_secret.len()),
+        })?;
+    Ok(Some(Gang {
         peer_addresses: response.peer_addresses,
         nccl_unique_id: response.nccl_unique_id,
         session: response.session,
-    })
+        ring_secret,
+    }))
 }
 
 /// A refused call on the `Work` stream, answered with the status the

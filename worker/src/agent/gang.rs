@@ -6,7 +6,8 @@
 use std::time::{Duration, Instant};
 
 use atelier_collective::{
-    Collective, NcclCollective, NcclLibrary, NcclUniqueId, RingCollective, RingOptions, SingleRank,
+    Collective, NcclCollective, NcclLibrary, NcclUniqueId, RingCollective, RingOptions, RingSecret,
+    SingleRank,
 };
 use atelier_proto::{Gang, RendezvousOffer};
 use tch::Device;
@@ -134,6 +135,7 @@ pub fn join_gang(
         let options = RingOptions {
             timeout,
             session: gang.session,
+            secret: RingSecret(gang.ring_secret.0),
             overlap_backward: ring_overlap(
                 std::env::var("ATELIER_RING_OVERLAP").ok().as_deref(),
                 &gang.peer_addresses,

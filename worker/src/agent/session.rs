@@ -347,7 +347,7 @@ impl Session {
                 }
             })
             .await?;
-        Ok(atelier_proto::gang(response))
+        Ok(atelier_proto::gang(response)?)
     }
 
     /// Has the coordinator make `manifest` the checkpoint; refused
