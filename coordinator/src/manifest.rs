@@ -79,7 +79,26 @@ pub async fn write_manifest(
         // The output is whole; what is left under `_attempts/` is never read.
         tracing::warn!(job = %finalize.job.id, error = %e, "staging objects left behind");
     }
+    remove_empty_folders(&staging);
     Ok(())
+}
+
+/// On local files, the folders the staging objects left: object stores have
+/// no folders, but a directory listing would show them. Folders that still
+/// hold something (a late attempt's object) stay.
+fn remove_empty_folders(staging: &StoreLocation) {
+    let Ok(url) = url::Url::parse(&staging.url()) else {
+        return;
+    };
+    if url.scheme() != "file" {
+        return;
+    }
+    if let Ok(job_folder) = url.to_file_path() {
+        let _ = std::fs::remove_dir(&job_folder);
+        if let Some(parent) = job_folder.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
 }
 
 /// A part to commit: the completing attempt's staging object and the
@@ -355,12 +374,8 @@ mod tests {
             assert_eq!(part.unwrap(), format!("part {index}"));
         }
         assert!(
-            !dir.path().join("_attempts/job-1").exists()
-                || std::fs::read_dir(dir.path().join("_attempts/job-1"))
-                    .unwrap()
-                    .next()
-                    .is_none(),
-            "staging objects are cleared"
+            !dir.path().join("_attempts").exists(),
+            "staging objects and their folders are cleared"
         );
         let manifest: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap())

@@ -55,8 +55,13 @@ impl WorkerError {
             ),
             WorkerError::Protocol(e) => e.is_retryable(),
             WorkerError::Collective(e) => e.is_retryable(),
-            // Another worker's GPU, or this one after a restart, may do it.
-            WorkerError::Device(_) | WorkerError::Internal(_) | WorkerError::Panicked(_) => true,
+            // Another worker's GPU, or this one after a restart, may do it:
+            // a libtorch failure (out of memory, a sticky CUDA error) is the
+            // machine's, and a lane that keeps failing is quarantined.
+            WorkerError::Torch(_)
+            | WorkerError::Device(_)
+            | WorkerError::Internal(_)
+            | WorkerError::Panicked(_) => true,
             _ => false,
         }
     }
@@ -73,6 +78,9 @@ mod tests {
         assert!(WorkerError::Internal("the compute thread stopped".into()).is_retryable());
         let panic = WorkerError::Panicked("index out of bounds".into());
         assert!(panic.is_retryable());
+        let out_of_memory =
+            tch::TchError::Torch("CUDA out of memory. Tried to allocate 2.00 GiB".into());
+        assert!(WorkerError::Torch(out_of_memory).is_retryable());
         assert_eq!(panic.to_string(), "the task panicked: index out of bounds");
     }
 }

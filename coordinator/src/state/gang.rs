@@ -49,7 +49,12 @@ impl State {
                 .get(job_id)
                 .is_some_and(|j| !j.state.is_terminal())
         });
-        let processes = self.idle_by_process(idle);
+        let idle: Vec<WorkerId> = idle
+            .iter()
+            .filter(|lane| !self.is_quarantined(lane, now))
+            .cloned()
+            .collect();
+        let processes = self.idle_by_process(&idle);
         for (position, job_id) in self.gangs.iter().enumerate() {
             let (ranks, per_process) = self.gang_shape(job_id);
             if let Some(lanes) = pick_lanes(&processes, ranks, per_process) {
@@ -112,6 +117,7 @@ impl State {
             .filter(|(id, worker)| {
                 now.at.saturating_duration_since(worker.last_seen) < self.lease_timeout
                     && !in_gangs.contains(id)
+                    && !self.is_quarantined(id, now)
             })
             .map(|(id, _)| id.clone())
             .collect();

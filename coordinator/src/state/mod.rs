@@ -32,6 +32,10 @@ struct Worker {
     last_seen: Instant,
     /// The worker process this lane belongs to.
     process: String,
+    /// Retryable task failures since the lane last completed one.
+    failures_in_a_row: u32,
+    /// No work for the lane before then (see `lanes`).
+    quarantined_until: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -237,6 +241,7 @@ impl State {
 mod checkpoints;
 pub mod gang;
 mod jobs;
+mod lanes;
 pub use checkpoints::CheckpointCommit;
 pub(crate) use jobs::places_overlap;
 pub use jobs::{ReservationId, Reserved};

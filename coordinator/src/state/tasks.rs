@@ -64,6 +64,8 @@ impl State {
             Worker {
                 last_seen: now.at,
                 process,
+                failures_in_a_row: 0,
+                quarantined_until: None,
             },
         );
         Ok(id)
@@ -115,7 +117,7 @@ impl State {
     /// for a waiting gang.
     pub fn lease(&mut self, worker_id: &WorkerId, now: Now) -> Result<Option<Assignment>> {
         self.see_worker(worker_id, now)?;
-        if self.reserved_for_gang(worker_id, now) {
+        if self.is_quarantined(worker_id, now) || self.reserved_for_gang(worker_id, now) {
             return Ok(None);
         }
         while let Some(task_id) = self.queue.pop_front() {
@@ -236,6 +238,7 @@ impl State {
         }
         self.check_lease(lease)?;
         self.leases.remove(&lease.task_id);
+        self.lane_succeeded(worker_id);
         let task = self
             .tasks
             .get_mut(&lease.task_id)
@@ -274,6 +277,9 @@ impl State {
         let _ = self.see_worker(worker_id, now);
         self.check_lease(lease)?;
         self.leases.remove(&lease.task_id);
+        if failure.retryable {
+            self.lane_failed(worker_id, now);
+        }
         self.retry_or_fail(&lease.task_id, failure.reason, failure.retryable, now);
         Ok(())
     }

@@ -1103,3 +1103,58 @@ fn only_rank_0_holding_its_lease_commits_a_checkpoint_and_the_place_is_held_mean
         "{refused}"
     );
 }
+
+#[test]
+fn a_lane_that_keeps_failing_is_quarantined_and_its_shards_go_elsewhere() {
+    let now = start();
+    let mut state = State::new(TIMEOUT);
+    job_with(&mut state, 10, 10);
+    let lanes = workers(&mut state, 2, now);
+    let (broken, healthy) = (&lanes[0], &lanes[1]);
+    let machine_fault = TaskFailure {
+        reason: "CUDA out of memory".into(),
+        retryable: true,
+    };
+    for _ in 0..super::lanes::QUARANTINE_AFTER {
+        let task = state.lease(broken, now).unwrap().unwrap();
+        state
+            .fail(broken, &task.lease, machine_fault.clone(), now)
+            .unwrap();
+    }
+    assert!(state.is_quarantined(broken, now));
+    assert!(state.lease(broken, now).unwrap().is_none());
+    // The shards it failed are queued again for the healthy lane.
+    let task = state.lease(healthy, now).unwrap().unwrap();
+    state
+        .complete(healthy, &task.lease, outcome(), now)
+        .unwrap();
+    // After the quarantine, one task on probation; success clears the record.
+    let later = now.after(super::lanes::QUARANTINE_FOR + Duration::from_secs(1));
+    let task = state.lease(broken, later).unwrap().unwrap();
+    state
+        .complete(broken, &task.lease, outcome(), later)
+        .unwrap();
+    assert!(!state.is_quarantined(broken, later));
+
+    // A failure the input causes never counts against the lane.
+    let bad_input = TaskFailure {
+        reason: "no colour labels".into(),
+        retryable: false,
+    };
+    let mut state = State::new(TIMEOUT);
+    for n in 0..4 {
+        let works = vec![shard(n)];
+        let spec = tag_spec_into(&format!("file:///o{n}"));
+        state
+            .submit(format!("job-{n}").into(), spec, works, 1, now)
+            .unwrap();
+    }
+    let lane = workers(&mut state, 1, now).remove(0);
+    for _ in 0..4 {
+        let task = state.lease(&lane, now).unwrap().unwrap();
+        state
+            .fail(&lane, &task.lease, bad_input.clone(), now)
+            .unwrap();
+    }
+    assert!(!state.is_quarantined(&lane, now));
+}
