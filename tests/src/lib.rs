@@ -164,3 +164,24 @@ pub fn checkpoint_weights(url: &str) -> (std::collections::HashMap<String, tch::
         .collect();
     (tensors, manifest.step)
 }
+
+/// Files under `dir`, at any depth, last modified at or after `since`.
+pub fn written_since(dir: &std::path::Path, since: std::time::SystemTime) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| modified >= since)
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}

@@ -15,7 +15,7 @@ use atelier_catalog::{CatalogWriter, StoreLocation, WriterOptions};
 use atelier_proto::JobState;
 use atelier_tests::cluster::Cluster;
 use atelier_tests::partition::Partition;
-use atelier_tests::{atelier_ok, runtime};
+use atelier_tests::{atelier_ok, runtime, written_since};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// Clusters share two cores; one at a time keeps their timing honest.
@@ -504,27 +504,20 @@ fn a_frozen_coordinator_costs_a_worker_a_timeout_not_a_hang() {
     let mut cluster = Cluster::start(dir.path(), None, &[]);
     cluster.add_worker(&[]);
     wait_registered(&cluster);
-    let pid = cluster.coordinator.as_ref().unwrap().pid().unwrap();
-    let signal = |name: &str| {
-        let status = std::process::Command::new("kill")
-            .args([name, &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {name} {pid}");
-    };
+    let coordinator = cluster.coordinator.as_ref().unwrap();
     // Stopped, the coordinator still takes the bytes (the kernel does) but
     // answers nothing: the idle worker's long poll on its Work stream must
     // end in an error after its wait and allowance, not hang.
-    signal("-STOP");
+    coordinator.pause();
     let deadline = Instant::now() + Duration::from_secs(60);
     while cluster.workers[0].count("lease: no answer within") == 0 {
         if Instant::now() > deadline {
-            signal("-CONT");
+            coordinator.resume();
             panic!("the worker never gave up on the stopped coordinator");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    signal("-CONT");
+    coordinator.resume();
     // And it carries on: a job submitted now is tagged by it.
     let out = dir.path().join("tags");
     let job = cluster.submit_tag(
@@ -809,33 +802,6 @@ fn a_wrong_or_missing_token_is_refused() {
         .contains("wrong bearer token"));
 }
 
-/// Files under `dir`, at any depth, last modified at or after `since`.
-fn written_since(dir: &Path, since: std::time::SystemTime) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut folders = vec![dir.to_path_buf()];
-    while let Some(folder) = folders.pop() {
-        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                folders.push(path);
-            } else if entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|modified| modified >= since)
-            {
-                found.push(path);
-            }
-        }
-    }
-    found
-}
-
-fn signal(cluster: &Cluster, index: usize, signal: libc::c_int) {
-    let pid = cluster.workers[index].pid().expect("the worker runs") as libc::pid_t;
-    // SAFETY: kill(2) on a child process this test started and still holds.
-    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-}
-
 /// A worker cut off from the coordinator (not from the store) mid-shard,
 /// and stalled while job A finished without it and job B replaced A's
 /// output using another model, comes back still cut off and writes its
@@ -859,7 +825,7 @@ fn a_worker_cut_off_mid_shard_cannot_write_into_a_later_jobs_output() {
         std::thread::sleep(Duration::from_millis(5));
     }
     line.cut();
-    signal(&cluster, cut_off, libc::SIGSTOP);
+    cluster.workers[cut_off].pause();
 
     cluster.add_worker(&[]);
     let rt = runtime();
@@ -878,7 +844,7 @@ fn a_worker_cut_off_mid_shard_cannot_write_into_a_later_jobs_output() {
     assert_eq!(b.state, JobState::Succeeded, "{b:?}");
 
     let resumed = std::time::SystemTime::now();
-    signal(&cluster, cut_off, libc::SIGCONT);
+    cluster.workers[cut_off].resume();
     let deadline = Instant::now() + Duration::from_secs(90);
     let late = loop {
         let late = written_since(&out, resumed);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use atelier_proto::{JobState, JobStatus};
 use atelier_tests::cluster::Cluster;
 use atelier_tests::partition::Partition;
-use atelier_tests::{atelier_ok, checkpoint_weights, runtime};
+use atelier_tests::{atelier_ok, checkpoint_weights, runtime, written_since};
 
 static ONE_CLUSTER: Mutex<()> = Mutex::new(());
 
@@ -316,28 +316,6 @@ fn a_gang_never_starts_on_too_few_workers() {
     );
 }
 
-fn signal(cluster: &Cluster, index: usize, signal: libc::c_int) {
-    let pid = cluster.workers[index].pid().expect("the worker runs") as libc::pid_t;
-    // SAFETY: kill(2) on a child process this test started and still holds.
-    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-}
-
-/// Files directly in `dir` last modified at or after `since`.
-fn written_since(dir: &Path, since: std::time::SystemTime) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|entry| {
-            entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|modified| modified >= since)
-        })
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
 /// Rank 0 cut off from the coordinator (not from the store) mid-training,
 /// and paused while the gang restarted elsewhere and finished the job,
 /// comes back still cut off and saves a checkpoint step: the checkpoint
@@ -394,7 +372,7 @@ fn a_rank_cut_off_mid_training_cannot_change_the_checkpoint() {
         j.train.as_ref().is_some_and(|t| t.step >= 2) || j.state.is_terminal()
     }));
     line.cut();
-    signal(&cluster, cut_off, libc::SIGSTOP);
+    cluster.workers[cut_off].pause();
 
     cluster.add_worker(&[]);
     let done = rt.block_on(cluster.wait_done(&job, SLOW));
@@ -403,10 +381,13 @@ fn a_rank_cut_off_mid_training_cannot_change_the_checkpoint() {
     let finished = std::fs::read(checkpoint.join("manifest.json")).unwrap();
 
     let resumed = std::time::SystemTime::now();
-    signal(&cluster, cut_off, libc::SIGCONT);
+    cluster.workers[cut_off].resume();
     let deadline = Instant::now() + Duration::from_secs(90);
     let late = loop {
-        let late = written_since(&checkpoint, resumed);
+        let late: Vec<String> = written_since(&checkpoint, resumed)
+            .iter()
+            .filter_map(|path| Some(path.file_name()?.to_string_lossy().into_owned()))
+            .collect();
         if !late.is_empty() {
             break late;
         }

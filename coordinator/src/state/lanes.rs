@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use atelier_proto::WorkerId;
 
-use super::{Now, State};
+use super::{Now, State, Worker};
 
 /// Retryable failures in a row that quarantine a lane.
 pub const QUARANTINE_AFTER: u32 = 3;
@@ -46,7 +46,12 @@ impl State {
     pub fn is_quarantined(&self, lane: &WorkerId, now: Now) -> bool {
         self.workers
             .get(lane)
-            .and_then(|worker| worker.quarantined_until)
-            .is_some_and(|until| now.at < until)
+            .is_some_and(|worker| worker.is_quarantined(now))
+    }
+}
+
+impl Worker {
+    pub(super) fn is_quarantined(&self, now: Now) -> bool {
+        self.quarantined_until.is_some_and(|until| now.at < until)
     }
 }

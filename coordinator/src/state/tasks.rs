@@ -81,11 +81,11 @@ impl State {
         }
     }
 
-    pub(super) fn see_worker(&mut self, worker_id: &WorkerId, now: Now) -> Result<()> {
+    pub(super) fn see_worker(&mut self, worker_id: &WorkerId, now: Now) -> Result<&mut Worker> {
         match self.workers.get_mut(worker_id) {
             Some(worker) => {
                 worker.last_seen = now.at;
-                Ok(())
+                Ok(worker)
             }
             None => Err(CoordinatorError::UnknownWorker(worker_id.clone())),
         }
@@ -116,8 +116,8 @@ impl State {
     /// The next queued task, leased to `worker_id`, unless the lane is held
     /// for a waiting gang.
     pub fn lease(&mut self, worker_id: &WorkerId, now: Now) -> Result<Option<Assignment>> {
-        self.see_worker(worker_id, now)?;
-        if self.is_quarantined(worker_id, now) || self.reserved_for_gang(worker_id, now) {
+        let quarantined = self.see_worker(worker_id, now)?.is_quarantined(now);
+        if quarantined || self.reserved_for_gang(worker_id, now) {
             return Ok(None);
         }
         while let Some(task_id) = self.queue.pop_front() {
