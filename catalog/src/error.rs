@@ -15,6 +15,15 @@ pub enum CatalogError {
     #[error("not found: {url}")]
     NotFound { url: String },
 
+    /// An HTTP server or the network failed (throttling, 5xx, a reset, a
+    /// stalled body) on every try; a later attempt may succeed.
+    #[error("fetching {url}: {reason} (gave up after {tries} tries)")]
+    Http {
+        url: String,
+        reason: String,
+        tries: u32,
+    },
+
     #[error("{url} holds no Parquet files")]
     Empty { url: String },
 
@@ -61,6 +70,7 @@ impl CatalogError {
     pub fn is_retryable(&self) -> bool {
         match self {
             CatalogError::Store { source, .. } => store_error_is_transient(source),
+            CatalogError::Http { .. } => true,
             // The async reader and writer wrap store errors as External.
             CatalogError::Parquet {
                 source: parquet::errors::ParquetError::External(inner),

@@ -1,7 +1,8 @@
 //! The atelier catalogue: Parquet files under one object-store prefix.
 //!
 //! Everything that knows what a catalogue looks like lives here: the column
-//! contract (`schema`), addressing by URL (`store`), reading from footers and
+//! contract (`schema`), addressing by URL (`store`), fetching
+//! image URLs from a shop's CDN (`http`), reading from footers and
 //! streaming row groups (`reader`), writing with bounded row groups
 //! (`writer`), output prefixes (`output`), and the three ways a catalogue
 //! comes to be: `synthetic`, `import` and, for checking one, `inspect`. The
@@ -9,6 +10,7 @@
 
 mod checkpoint_commit;
 mod error;
+mod http;
 mod import;
 mod inspect;
 mod item;
@@ -24,6 +26,7 @@ mod writer;
 
 pub use checkpoint_commit::{commit_checkpoint, CHECKPOINT_MANIFEST, CHECKPOINT_METRICS};
 pub use error::{CatalogError, Result};
+pub use http::{Fetched, HttpFetcher, HttpLimits};
 pub use import::{import, BadRow, ColumnMapping, ImportOptions, ImportSummary};
 pub use inspect::{inspect, FileReport, InspectReport, LabelDistribution, SampleRow};
 pub use item::{stable_hash, CatalogItem, Labels};

@@ -151,7 +151,7 @@ fn resolve(input: &str) -> Result<(Arc<dyn ObjectStore>, String, Path)> {
 /// Picks rustls's crypto provider (ring) for the process before the first
 /// cloud client is built: reqwest is built without one of its own, so that
 /// the build needs neither cmake nor nasm for aws-lc.
-fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // An error means another part of the process chose first; fine.

@@ -50,6 +50,12 @@ impl CollectiveError {
         )
     }
 
+    /// A peer went away or went silent: its worker is the one that failed
+    /// (preempted, killed, cut off), not this rank.
+    pub fn is_peer_lost(&self) -> bool {
+        matches!(self, Self::Peer { .. } | Self::Timeout { .. })
+    }
+
     pub(crate) fn io(op: &'static str, peer: usize, timeout: Duration, e: std::io::Error) -> Self {
         match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Self::Timeout {

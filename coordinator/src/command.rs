@@ -50,6 +50,11 @@ pub struct CoordinatorArgs {
     /// Attempts per task when a job does not say.
     #[arg(long, default_value_t = 3)]
     pub max_attempts: u32,
+    /// Times a task or a train gang may lose its worker (the lease expired:
+    /// preempted, killed, cut off) before its job fails. Lost workers do not
+    /// count against a job's max attempts or max restarts.
+    #[arg(long, default_value_t = crate::state::DEFAULT_MAX_LOST_WORKERS)]
+    pub max_lost_workers: u32,
     /// The most shards a tag job may be cut into; a job that would need more
     /// is refused at submit (each shard is a task record in memory).
     #[arg(long, default_value_t = CoordinatorConfig::default().max_shards_per_job)]
@@ -104,6 +109,7 @@ impl CoordinatorArgs {
                 per_worker: self.shards_per_worker,
             },
             default_max_attempts: self.max_attempts,
+            max_lost_workers: self.max_lost_workers,
             max_shards_per_job: self.max_shards_per_job,
             write_policy: WritePolicy {
                 roots: self

@@ -14,6 +14,8 @@ pub struct CoordinatorConfig {
     pub shard_sizing: ShardSizing,
     /// Attempts per task when a job does not say.
     pub default_max_attempts: u32,
+    /// Lost workers (expired leases) a task or a gang may suffer.
+    pub max_lost_workers: u32,
     /// Longest a LeaseTask call waits for work.
     pub max_lease_wait: Duration,
     /// Where jobs may write (`--output-root`) and where never (the state file).
@@ -52,6 +54,7 @@ impl Default for CoordinatorConfig {
                 per_worker: 4,
             },
             default_max_attempts: 3,
+            max_lost_workers: crate::state::DEFAULT_MAX_LOST_WORKERS,
             max_lease_wait: Duration::from_secs(20),
             max_shards_per_job: 200_000,
             write_policy: WritePolicy::default(),

@@ -37,6 +37,15 @@ pub enum CoordinatorError {
     },
     #[error("output {url}: {reason}")]
     Output { url: String, reason: String },
+    /// Committing a finished job's output met the store; whether trying
+    /// again later may succeed is the store error's to say (an outage may
+    /// end, a missing permission will not).
+    #[error("{what} {source}")]
+    Commit {
+        what: String,
+        #[source]
+        source: CatalogError,
+    },
     /// Two jobs writing one place would interleave their parts or
     /// checkpoints; a retried submit (a CronJob's) meets the first one here.
     #[error("job {job} is still writing {url}; follow it with `atelier status {job} --watch`, or cancel it first")]
@@ -68,7 +77,7 @@ impl CoordinatorError {
     /// Whether the same request can succeed later without being changed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::BadCatalog(e) => e.is_retryable(),
+            Self::BadCatalog(e) | Self::Commit { source: e, .. } => e.is_retryable(),
             Self::ShuttingDown
             | Self::Output { .. }
             | Self::Store { .. }
@@ -78,6 +87,12 @@ impl CoordinatorError {
         }
     }
 
+    /// The object store failed transiently (unreachable, throttling): the
+    /// same work can be done again once it is back.
+    pub fn is_store_outage(&self) -> bool {
+        matches!(self, Self::Commit { source, .. } if source.is_retryable())
+    }
+
     pub fn grpc_code(&self) -> tonic::Code {
         use tonic::Code;
         match self {
@@ -85,6 +100,7 @@ impl CoordinatorError {
             Self::JobNotFound(_) | Self::UnknownWorker(_) => Code::NotFound,
             Self::ProtocolMismatch { .. } | Self::StaleLease { .. } => Code::FailedPrecondition,
             Self::Output { .. } => Code::FailedPrecondition,
+            Self::Commit { .. } => Code::Unavailable,
             Self::DestinationBusy { .. } | Self::InputInUse { .. } => Code::AlreadyExists,
             Self::DestinationReserved { .. } | Self::CheckpointCommitting { .. } => {
                 Code::Unavailable

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use atelier_catalog::StoreLocation;
+use atelier_catalog::{CatalogError, StoreLocation};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use atelier_proto::{staged_part, TaskWork, STAGING_DIR};
 
+use crate::error::{CoordinatorError, Result};
 use crate::records::TaskRecord;
 use crate::state::Finalize;
 
@@ -53,11 +54,14 @@ struct Part<'a> {
 pub async fn write_manifest(
     finalize: Arc<Finalize>,
     seal: impl std::future::Future<Output = bool>,
-) -> Result<(), String> {
+) -> Result<()> {
     let atelier_proto::JobSpec::Tag(spec) = &finalize.job.spec else {
         return Ok(());
     };
-    let output = StoreLocation::parse(&spec.output).map_err(|e| e.to_string())?;
+    let output = StoreLocation::parse(&spec.output).map_err(|source| CoordinatorError::Commit {
+        what: "the output".into(),
+        source,
+    })?;
     let commits = off_runtime(&finalize, {
         let output_url = output.url();
         move |f| commits(&output_url, f)
@@ -69,7 +73,10 @@ pub async fn write_manifest(
     // for a runtime thread that also answers workers.
     let body = off_runtime(&finalize, move |f| manifest_json(f, finished)).await??;
     if !seal.await {
-        return Err("the job was cancelled while its output was committed; nothing was".into());
+        return Err(CoordinatorError::Output {
+            url: output.url(),
+            reason: "the job was cancelled while its output was committed; nothing was".into(),
+        });
     }
     rename_all(&output, pending).await?;
     put(&output, "manifest.json", Bytes::from(body)).await?;
@@ -109,7 +116,7 @@ struct Commit {
     part: String,
 }
 
-fn commits(output_url: &str, finalize: &Finalize) -> Result<Vec<Commit>, String> {
+fn commits(output_url: &str, finalize: &Finalize) -> Result<Vec<Commit>> {
     let prefix = format!("{}/", output_url.trim_end_matches('/'));
     finalize
         .parts
@@ -120,7 +127,10 @@ fn commits(output_url: &str, finalize: &Finalize) -> Result<Vec<Commit>, String>
             let relative = |url: &str| {
                 url.strip_prefix(&prefix)
                     .map(str::to_string)
-                    .ok_or_else(|| format!("part {url} lies outside the output {output_url}"))
+                    .ok_or_else(|| CoordinatorError::Output {
+                        url: output_url.to_string(),
+                        reason: format!("part {url} lies outside it"),
+                    })
             };
             Ok(Commit {
                 staged: relative(&staged_url)?,
@@ -136,14 +146,14 @@ fn commits(output_url: &str, finalize: &Finalize) -> Result<Vec<Commit>, String>
 /// Anything the listing lacks is asked for directly before the job is
 /// failed for it: a job of thousands of shards would otherwise spend a round
 /// trip per part (tens of seconds on S3).
-async fn uncommitted(output: &StoreLocation, commits: &[Commit]) -> Result<Vec<Commit>, String> {
+async fn uncommitted(output: &StoreLocation, commits: &[Commit]) -> Result<Vec<Commit>> {
     let listed: HashSet<String> = output
         .store
         .list(Some(&output.path))
         .map_ok(|object| output.url_of(&object.location))
         .try_collect()
         .await
-        .map_err(|e| format!("listing {}: {e}", output.url()))?;
+        .map_err(|e| store_failure("listing", output.url(), e))?;
     let mut pending = Vec::new();
     for commit in commits {
         let staged = output.child(&commit.staged);
@@ -157,22 +167,35 @@ async fn uncommitted(output: &StoreLocation, commits: &[Commit]) -> Result<Vec<C
         }
         match staged.store.head(&staged.path).await {
             Ok(_) => pending.push(commit.clone()),
-            Err(e) => {
-                if part.store.head(&part.path).await.is_err() {
-                    return Err(format!(
-                        "part {} reported written but not found at {}: {e}",
-                        part.url(),
-                        staged.url()
-                    ));
+            Err(object_store::Error::NotFound { .. }) => match part.store.head(&part.path).await {
+                Ok(_) => {}
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(CoordinatorError::Output {
+                        url: part.url(),
+                        reason: format!(
+                            "reported written, but neither it nor {} exists",
+                            staged.url()
+                        ),
+                    })
                 }
-            }
+                Err(e) => return Err(store_failure("reading", part.url(), e)),
+            },
+            // An outage is not a missing part: the commit is tried again.
+            Err(e) => return Err(store_failure("reading", staged.url(), e)),
         }
     }
     Ok(pending)
 }
 
+fn store_failure(doing: &str, url: String, error: object_store::Error) -> CoordinatorError {
+    CoordinatorError::Commit {
+        what: doing.to_string(),
+        source: CatalogError::store(url, error),
+    }
+}
+
 /// Renames each staging object to its part's name, a few at a time.
-async fn rename_all(output: &StoreLocation, commits: Vec<Commit>) -> Result<(), String> {
+async fn rename_all(output: &StoreLocation, commits: Vec<Commit>) -> Result<()> {
     futures::stream::iter(commits)
         .map(|commit| async move {
             let (staged, part) = (output.child(&commit.staged), output.child(&commit.part));
@@ -180,7 +203,9 @@ async fn rename_all(output: &StoreLocation, commits: Vec<Commit>) -> Result<(), 
                 .store
                 .rename(&staged.path, &part.path)
                 .await
-                .map_err(|e| format!("committing {} as {}: {e}", staged.url(), part.url()))
+                .map_err(|e| {
+                    store_failure(&format!("renaming it to {}", part.url()), staged.url(), e)
+                })
         })
         .buffer_unordered(32)
         .try_collect::<Vec<()>>()
@@ -188,48 +213,51 @@ async fn rename_all(output: &StoreLocation, commits: Vec<Commit>) -> Result<(), 
         .map(drop)
 }
 
-async fn delete_all(prefix: &StoreLocation) -> Result<(), String> {
+async fn delete_all(prefix: &StoreLocation) -> Result<()> {
     let objects: Vec<object_store::path::Path> = prefix
         .store
         .list(Some(&prefix.path))
         .map_ok(|object| object.location)
         .try_collect()
         .await
-        .map_err(|e| format!("listing {}: {e}", prefix.url()))?;
+        .map_err(|e| store_failure("listing", prefix.url(), e))?;
     for path in objects {
         prefix
             .store
             .delete(&path)
             .await
-            .map_err(|e| format!("deleting {}: {e}", prefix.url_of(&path)))?;
+            .map_err(|e| store_failure("deleting", prefix.url_of(&path), e))?;
     }
     Ok(())
 }
 
-async fn put(output: &StoreLocation, name: &str, bytes: Bytes) -> Result<(), String> {
+async fn put(output: &StoreLocation, name: &str, bytes: Bytes) -> Result<()> {
     let target = output.child(name);
     target
         .store
         .put(&target.path, bytes.into())
         .await
         .map(drop)
-        .map_err(|e| format!("{}: {e}", target.url()))
+        .map_err(|e| store_failure("writing", target.url(), e))
 }
 
 async fn off_runtime<T: Send + 'static>(
     finalize: &Arc<Finalize>,
     work: impl FnOnce(&Finalize) -> T + Send + 'static,
-) -> Result<T, String> {
+) -> Result<T> {
     let finalize = Arc::clone(finalize);
     tokio::task::spawn_blocking(move || work(&finalize))
         .await
-        .map_err(|e| format!("building the manifest: {e}"))
+        .map_err(|e| CoordinatorError::Internal(format!("building the manifest: {e}")))
 }
 
-fn manifest_json(finalize: &Finalize, finished: i64) -> Result<Vec<u8>, String> {
+fn manifest_json(finalize: &Finalize, finished: i64) -> Result<Vec<u8>> {
     let job = &finalize.job;
     let atelier_proto::JobSpec::Tag(spec) = &job.spec else {
-        return Err(format!("job {} is not a tag job", job.id));
+        return Err(CoordinatorError::Internal(format!(
+            "job {} is not a tag job",
+            job.id
+        )));
     };
     let parts: Vec<Part<'_>> = finalize.parts.iter().map(part).collect();
     let manifest = Manifest {
@@ -247,7 +275,8 @@ fn manifest_json(finalize: &Finalize, finished: i64) -> Result<Vec<u8>, String> 
         seconds: (finished - job.started_unix_ms.unwrap_or(job.created_unix_ms)) as f64 / 1000.0,
         parts,
     };
-    serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())
+    serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| CoordinatorError::Internal(format!("serialising the manifest: {e}")))
 }
 
 /// The object the shard was told to write (not whatever the worker reported).
@@ -345,8 +374,10 @@ mod tests {
         let error = runtime
             .block_on(write_manifest(Arc::clone(&finalize), async { true }))
             .unwrap_err();
+        assert!(!error.is_store_outage(), "{error}");
+        let error = error.to_string();
         assert!(
-            error.contains("part-00001.parquet") && error.contains("not found"),
+            error.contains("part-00001.parquet") && error.contains("neither it nor"),
             "{error}"
         );
         assert!(!dir.path().join("_SUCCESS").exists());
@@ -362,7 +393,7 @@ mod tests {
         .unwrap();
         // Cancelled before the seal: no part gets its final name.
         let refused = runtime.block_on(write_manifest(Arc::clone(&finalize), async { false }));
-        assert!(refused.unwrap_err().contains("cancelled"));
+        assert!(refused.unwrap_err().to_string().contains("cancelled"));
         assert!(!dir.path().join("_SUCCESS").exists());
         assert!(!dir.path().join("part-00000.parquet").exists());
         runtime

@@ -55,6 +55,11 @@ pub struct TaskRecord {
     pub attempt: u32,
     /// Attempts that were given up (failed, or their lease expired) and retried.
     pub retries: u32,
+    /// Attempts whose worker went silent until the lease expired (preempted,
+    /// killed, cut off). They count against the coordinator's
+    /// `--max-lost-workers`, not the job's `max_attempts`.
+    #[serde(default)]
+    pub lost_workers: u32,
     pub items_done: u64,
     pub items_failed: u64,
     pub rows_written: u64,
@@ -92,6 +97,7 @@ impl TaskRecord {
             state: TaskState::Pending,
             attempt: 0,
             retries: 0,
+            lost_workers: 0,
             items_done: 0,
             items_failed: 0,
             rows_written: 0,

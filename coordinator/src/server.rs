@@ -64,7 +64,8 @@ impl Restored {
             state = %state_path.display(),
             "coordinator state loaded"
         );
-        let state = State::restore(config.lease_timeout, loaded, Now::read());
+        let state = State::restore(config.lease_timeout, loaded, Now::read())
+            .with_max_lost_workers(config.max_lost_workers);
         Ok(Self { store, state })
     }
 

@@ -7,8 +7,8 @@ use arrow::compute::cast;
 use arrow_array::{Array, BinaryArray, RecordBatch, StringArray};
 use arrow_schema::DataType;
 use atelier_catalog::OrderedPool;
-use atelier_catalog::StoreCache;
 use atelier_catalog::{stable_hash, Catalog, CatalogError, Labels, ReadRange};
+use atelier_catalog::{Fetched, HttpFetcher, HttpLimits, StoreCache};
 use atelier_catalog::{IMAGE, IMAGE_URI, ITEM_ID, LABEL_COLUMNS};
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
@@ -40,6 +40,8 @@ pub struct LoaderOptions {
     pub limits: DecodeLimits,
     /// `image_uri` objects fetched at once.
     pub fetch_concurrency: usize,
+    /// How `http(s)://` image URIs are fetched.
+    pub http: HttpLimits,
     /// Columns outside the contract to carry into [`BatchItem::extra`].
     pub extra_columns: Vec<String>,
     /// Rows whose item id this rejects are left out (train/validation splits).
@@ -87,6 +89,7 @@ impl Default for LoaderOptions {
             seed: 0,
             limits: DecodeLimits::default(),
             fetch_concurrency: 32,
+            http: HttpLimits::default(),
             extra_columns: Vec::new(),
             keep: None,
             shuffle_window: 0,
@@ -410,6 +413,7 @@ impl RawBatches {
                 fetches,
                 Arc::clone(&self.stores),
                 self.options.fetch_concurrency,
+                self.options.http,
                 self.options.limits.max_bytes,
             ))?;
             self.stats.add_time(Stage::Fetch, started.elapsed());
@@ -425,12 +429,13 @@ async fn fetch_all(
     uris: Vec<(usize, String)>,
     stores: Arc<StoreCache>,
     concurrency: usize,
+    http: HttpLimits,
     max_bytes: u64,
 ) -> Result<Vec<(usize, Source)>> {
     stream::iter(uris)
         .map(|(index, uri)| {
             let stores = Arc::clone(&stores);
-            async move { Ok((index, fetch(&stores, uri, max_bytes).await?)) }
+            async move { Ok((index, fetch(&stores, http, uri, max_bytes).await?)) }
         })
         .buffer_unordered(concurrency.max(1))
         .try_collect()
@@ -443,7 +448,22 @@ async fn fetch_all(
 /// (down, throttling, a connection cut mid-body) fails the batch, so that
 /// the task fails retryably and runs again, rather than leaving a permanent
 /// per-item error in a job that succeeds.
-async fn fetch(stores: &StoreCache, uri: String, max_bytes: u64) -> Result<Source> {
+async fn fetch(
+    stores: &StoreCache,
+    http: HttpLimits,
+    uri: String,
+    max_bytes: u64,
+) -> Result<Source> {
+    if uri.starts_with("https://") || uri.starts_with("http://") {
+        let fetcher = HttpFetcher::shared(http)?;
+        return Ok(match fetcher.fetch(&uri, max_bytes).await? {
+            Fetched::Bytes(bytes) => Source::Bytes(bytes),
+            Fetched::Refused(reason) => fetch_failed(uri, reason),
+            Fetched::TooLarge { bytes, limit } => {
+                Source::Failed(ItemError::TooManyBytes { bytes, limit })
+            }
+        });
+    }
     let location = match stores.resolve(&uri) {
         Ok(location) => location,
         Err(e) => return Ok(fetch_failed(uri, e.to_string())),

@@ -241,6 +241,21 @@ pub struct Restart {
     pub at_step: i64,
     pub cause: String,
     pub unix_ms: i64,
+    /// Records from before the kinds were told apart were failures.
+    #[serde(default)]
+    pub kind: RestartKind,
+}
+
+/// Why a gang started again, which decides the budget it counts against.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartKind {
+    /// A rank failed; counts against the job's `max_restarts`.
+    #[default]
+    Failure,
+    /// A rank's worker went silent and its lease expired (preempted, killed,
+    /// cut off); counts against the coordinator's lost-worker budget.
+    LostWorker,
 }
 
 /// What a rank offers to the rendezvous.
@@ -398,5 +413,27 @@ pub struct TaskOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskFailure {
     pub reason: String,
-    pub retryable: bool,
+    pub kind: FailureKind,
+}
+
+/// Whose fault a failed attempt was, which decides what the coordinator
+/// does with the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Another attempt would fail the same way (a bad input or option):
+    /// the job fails.
+    Permanent,
+    /// Another attempt, here or elsewhere, may succeed (a store outage, a
+    /// device error); it counts against the job's attempts and the lane.
+    Retryable,
+    /// A train rank lost a peer of its gang: the peer's worker vanished or
+    /// went silent. Neither this rank's input nor its lane is at fault, so
+    /// the coordinator counts it as a lost worker.
+    PeerLost,
+}
+
+impl FailureKind {
+    pub fn is_retryable(self) -> bool {
+        !matches!(self, Self::Permanent)
+    }
 }

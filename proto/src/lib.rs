@@ -25,17 +25,17 @@ pub use convert::{
     progress_request, rendezvous_request, rendezvous_response, work_error, work_status, worker_id,
 };
 pub use domain::{
-    Assignment, DeviceInfo, EvalJobSpec, FileRowGroups, Gang, GangSecret, JobKind, JobSpec,
-    JobState, JobStatus, LeaseRef, RankStatus, Registration, RendezvousOffer, Restart, ShardWork,
-    StageTimes, TagJobSpec, TagProgress, TaskFailure, TaskOutcome, TaskProgressReport, TaskWork,
-    TrainJobSpec, TrainProgress, WorkerTimings,
+    Assignment, DeviceInfo, EvalJobSpec, FailureKind, FileRowGroups, Gang, GangSecret, JobKind,
+    JobSpec, JobState, JobStatus, LeaseRef, RankStatus, Registration, RendezvousOffer, Restart,
+    RestartKind, ShardWork, StageTimes, TagJobSpec, TagProgress, TaskFailure, TaskOutcome,
+    TaskProgressReport, TaskWork, TrainJobSpec, TrainProgress, WorkerTimings,
 };
 pub use error::{ProtoError, Result};
 pub use error_text::one_line;
 pub use ids::{JobId, TaskId, WorkerId};
 pub use options::{
-    Arch, GangOptions, InferenceOptions, OptimizerKind, ScheduleKind, Task, TrainOptions,
-    UnknownName,
+    Arch, FetchOptions, GangOptions, InferenceOptions, OptimizerKind, ScheduleKind, Task,
+    TrainOptions, UnknownName,
 };
 pub use staging::{staged_part, staging_prefix, STAGING_DIR};
 

@@ -1,7 +1,9 @@
 //! Shared helpers for the end-to-end tests.
 
 pub mod cluster;
+pub mod output;
 pub mod partition;
+pub mod s3;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -5,18 +5,18 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use arrow_array::{Array, StringArray};
+use arrow_array::StringArray;
 use atelier_catalog::{render_item, GenerateOptions};
 use atelier_catalog::{CatalogWriter, StoreLocation, WriterOptions};
 use atelier_proto::JobState;
 use atelier_tests::cluster::Cluster;
+use atelier_tests::output::{assert_exactly_once, read_column};
 use atelier_tests::partition::Partition;
 use atelier_tests::{atelier_ok, runtime, written_since};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// Clusters share two cores; one at a time keeps their timing honest.
 static ONE_CLUSTER: Mutex<()> = Mutex::new(());
@@ -87,53 +87,6 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-fn read_column(dir: &Path, column: &str) -> Vec<Option<String>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .collect();
-    files.sort();
-    let mut values = Vec::new();
-    for file in files {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&file).unwrap())
-            .unwrap()
-            .build()
-            .unwrap();
-        for batch in reader {
-            let batch = batch.unwrap();
-            let array = batch
-                .column_by_name(column)
-                .unwrap_or_else(|| panic!("{} has no {column}", file.display()));
-            let strings = array.as_any().downcast_ref::<StringArray>().unwrap();
-            values.extend(
-                (0..strings.len())
-                    .map(|i| strings.is_valid(i).then(|| strings.value(i).to_string())),
-            );
-        }
-    }
-    values
-}
-
-/// Every input item_id exactly once in the output, and nothing else.
-fn assert_exactly_once(catalog: &str, out: &Path) {
-    let mut input: Vec<String> = read_column(Path::new(catalog), "item_id")
-        .into_iter()
-        .flatten()
-        .collect();
-    let mut output: Vec<String> = read_column(out, "item_id").into_iter().flatten().collect();
-    assert_eq!(output.len(), input.len(), "output rows != input rows");
-    input.sort();
-    output.sort();
-    let duplicates = output.windows(2).filter(|w| w[0] == w[1]).count();
-    assert_eq!(duplicates, 0, "duplicated item_ids in the output");
-    assert!(
-        input == output,
-        "the output item_ids differ from the input's"
-    );
-    assert!(out.join("_SUCCESS").exists(), "no _SUCCESS");
-}
-
 fn manifest(out: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap()
 }
@@ -168,7 +121,7 @@ fn three_workers_tag_five_thousand_items_exactly_once() {
         (5000, 5000, 0)
     );
     assert_eq!((tag.shards_total, tag.shards_done), (10, 10));
-    assert_exactly_once(&fixture.catalog, &out);
+    assert_exactly_once(Path::new(&fixture.catalog), &out);
     let manifest = manifest(&out);
     assert_eq!(manifest["rows"], 5000);
     assert_eq!(manifest["parts"].as_array().unwrap().len(), 10);
@@ -280,7 +233,7 @@ fn one_large_row_group_is_sliced_so_every_worker_has_work() {
     let tag = done.tag.unwrap();
     assert_eq!((tag.items_done, tag.items_failed), (2400, 0));
     assert_eq!((tag.shards_total, tag.shards_done), (5, 5));
-    assert_exactly_once(&catalog, &out);
+    assert_exactly_once(Path::new(&catalog), &out);
     assert_eq!(part_rows(&out), vec![480; 5]);
     for worker in &cluster.workers {
         assert!(
@@ -335,7 +288,7 @@ fn a_worker_killed_mid_slice_costs_a_retry_not_a_row() {
     let tag = done.tag.unwrap();
     assert!(tag.shards_retried >= 1, "{tag:?}");
     assert_eq!((tag.items_done, tag.shards_total), (2400, 5));
-    assert_exactly_once(&catalog, &out);
+    assert_exactly_once(Path::new(&catalog), &out);
     assert_eq!(part_rows(&out), vec![480; 5]);
 }
 
@@ -360,7 +313,7 @@ fn a_worker_killed_mid_shard_costs_a_retry_not_a_row() {
     let done = rt.block_on(cluster.wait_done(&job, SLOW));
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
     assert!(done.tag.as_ref().unwrap().shards_retried >= 1, "{done:?}");
-    assert_exactly_once(&fixture.catalog, &out);
+    assert_exactly_once(Path::new(&fixture.catalog), &out);
     let coordinator = cluster.coordinator.as_ref().unwrap();
     assert!(coordinator.count("lease expired") >= 1 || coordinator.count("retrying task") >= 1);
 }
@@ -420,7 +373,7 @@ fn a_coordinator_killed_mid_job_resumes_it_after_a_restart() {
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
     let tag = done.tag.unwrap();
     assert_eq!((tag.items_done, tag.shards_done), (5000, 10));
-    assert_exactly_once(&fixture.catalog, &out);
+    assert_exactly_once(Path::new(&fixture.catalog), &out);
     let restarted = cluster.coordinator.as_ref().unwrap();
     assert!(restarted.count("coordinator state loaded") == 1);
     let (status, stdout, stderr) = watcher.finish(Duration::from_secs(30));
@@ -528,7 +481,7 @@ fn a_frozen_coordinator_costs_a_worker_a_timeout_not_a_hang() {
     );
     let done = runtime().block_on(cluster.wait_done(&job, SLOW));
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
-    assert_exactly_once(&fixture.catalog, &out);
+    assert_exactly_once(Path::new(&fixture.catalog), &out);
     assert!(cluster.workers[0].count("task complete") > 0);
 }
 
@@ -880,7 +833,7 @@ fn a_worker_cut_off_mid_shard_cannot_write_into_a_later_jobs_output() {
             .all(|v| v.as_deref().is_some_and(|v| v.contains("model-b"))),
         "a part of B's output carries another model"
     );
-    assert_exactly_once(&fixture.catalog, &out);
+    assert_exactly_once(Path::new(&fixture.catalog), &out);
     assert!(out.join("_SUCCESS").exists());
 }
 
@@ -895,4 +848,84 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), target).unwrap();
         }
     }
+}
+
+/// A catalogue of 40 photos behind `file://` URIs; one of them is a named
+/// pipe that no one writes, so reading it hangs as a dead NFS mount would.
+fn catalogue_with_a_hanging_read(dir: &Path) -> String {
+    let photos = dir.join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    let stuck = photos.join("stuck.jpg");
+    let path = std::ffi::CString::new(stuck.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o644) }, 0);
+    let options = GenerateOptions {
+        width: 48,
+        height: 64,
+        ..Default::default()
+    };
+    let items: Vec<_> = (0..40u64)
+        .map(|i| {
+            let mut item = render_item(&options, i).unwrap();
+            let file = if i == 17 {
+                stuck.clone()
+            } else {
+                let file = photos.join(format!("{i}.jpg"));
+                std::fs::write(&file, item.image.take().unwrap()).unwrap();
+                file
+            };
+            item.image = None;
+            item.image_uri = Some(format!("file://{}", file.display()));
+            item
+        })
+        .collect();
+    let url = dir.join("catalog").to_str().unwrap().to_string();
+    runtime().block_on(async {
+        let writer_options = WriterOptions {
+            image: false,
+            image_uri: true,
+            ..Default::default()
+        };
+        let mut writer =
+            CatalogWriter::new(StoreLocation::parse(&url).unwrap(), writer_options).unwrap();
+        writer.write(items).await.unwrap();
+        writer.finish().await.unwrap();
+    });
+    url
+}
+
+#[test]
+fn a_compute_thread_stuck_in_a_read_gives_its_lease_up_instead_of_hanging_the_job() {
+    // Heartbeats come from another thread and would keep the stuck task's
+    // lease alive for ever; the watchdog sees no batch for 3 s and gives up.
+    let fixture = fixture();
+    let _one = one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalogue_with_a_hanging_read(dir.path());
+    let mut cluster = Cluster::start(dir.path(), None, &[]);
+    let worker = cluster.add_worker(&["--stall-timeout-s", "100000"]);
+    let out = dir.path().join("tags");
+    let job = cluster.submit_tag_with(
+        &catalog,
+        &fixture.checkpoint,
+        out.to_str().unwrap(),
+        "1000",
+        &["--max-attempts", "1"],
+    );
+    let done = runtime().block_on(cluster.wait_done(&job, Duration::from_secs(90)));
+    assert_eq!(done.state, JobState::Failed, "{done:?}");
+    let error = done.error.unwrap_or_default();
+    assert!(error.contains("no sign of life for"), "{error}");
+    // The worker cannot run anything on a stuck thread: it stops, failing,
+    // for its supervisor to start a fresh one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = cluster.workers[worker].exited() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the stuck worker did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    assert!(cluster.workers[worker].count("stuck in a read or a device call") > 0);
 }

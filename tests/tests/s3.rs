@@ -5,90 +5,18 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use atelier_proto::JobState;
 use atelier_tests::cluster::Cluster;
-use atelier_tests::{atelier, atelier_ok, built_bin, python, runtime, train_quick_color_model};
-
-const ACCESS_KEY: &str = "atelier-test";
-const SECRET_KEY: &str = "atelier-test-secret";
+use atelier_tests::s3::S3Server;
+use atelier_tests::{atelier, atelier_ok, python, runtime, train_quick_color_model};
 
 /// The AWS_* variables are process-wide: one S3 test at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-struct S3Server {
-    root: PathBuf,
-    address: String,
-    child: Option<Child>,
-}
-
-impl S3Server {
-    fn start(root: &Path) -> Self {
-        let mut server = Self {
-            root: root.to_path_buf(),
-            address: "127.0.0.1:0".into(),
-            child: None,
-        };
-        server.spawn();
-        // Every atelier process of the test (CLI, coordinator, workers) inherits these.
-        std::env::set_var("AWS_ENDPOINT", format!("http://{}", server.address));
-        std::env::set_var("AWS_ALLOW_HTTP", "true");
-        std::env::set_var("AWS_ACCESS_KEY_ID", ACCESS_KEY);
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
-        std::env::set_var("AWS_REGION", "us-east-1");
-        for bucket in ["catalogs", "models", "tags"] {
-            std::fs::create_dir_all(root.join(bucket)).unwrap();
-        }
-        server
-    }
-
-    fn spawn(&mut self) {
-        let mut child = Command::new(built_bin("s3-test-server"))
-            .args([
-                self.root.to_str().unwrap(),
-                &self.address,
-                ACCESS_KEY,
-                SECRET_KEY,
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("s3-test-server (cargo build --bins)");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        self.address = line
-            .trim()
-            .strip_prefix("s3 listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again on the same port, over the same data.
-    fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn cluster_dir(root: &Path) -> PathBuf {
     let dir = root.join("cluster");

@@ -1,6 +1,7 @@
 use atelier_catalog::CatalogError;
 use atelier_models::ModelError;
 use atelier_pipeline::PipelineError;
+use atelier_proto::FailureKind;
 use tonic::Code;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,15 @@ pub enum WorkerError {
     Protocol(#[from] atelier_proto::ProtoError),
     #[error("collective: {0}")]
     Collective(#[from] atelier_collective::CollectiveError),
+    /// The compute thread showed no sign of life for the stall timeout: it
+    /// is stuck in a read or a device call that no cancel reaches. The lane
+    /// gives its lease up and the worker stops, for its supervisor to start
+    /// it afresh.
+    #[error(
+        "the compute thread showed no sign of life for {silent:?} (--stall-timeout-s): stuck in \
+         a read or a device call; this worker stops so that a fresh one takes its place"
+    )]
+    Stalled { silent: std::time::Duration },
     /// The GPU failed work already queued on it (a CUDA error).
     #[error("device: {0}")]
     Device(String),
@@ -59,10 +69,20 @@ impl WorkerError {
             // a libtorch failure (out of memory, a sticky CUDA error) is the
             // machine's, and a lane that keeps failing is quarantined.
             WorkerError::Torch(_)
+            | WorkerError::Stalled { .. }
             | WorkerError::Device(_)
             | WorkerError::Internal(_)
             | WorkerError::Panicked(_) => true,
             _ => false,
+        }
+    }
+
+    /// How the coordinator should count this failure.
+    pub fn failure_kind(&self) -> FailureKind {
+        match self {
+            WorkerError::Collective(e) if e.is_peer_lost() => FailureKind::PeerLost,
+            e if e.is_retryable() => FailureKind::Retryable,
+            _ => FailureKind::Permanent,
         }
     }
 }
@@ -82,5 +102,31 @@ mod tests {
             tch::TchError::Torch("CUDA out of memory. Tried to allocate 2.00 GiB".into());
         assert!(WorkerError::Torch(out_of_memory).is_retryable());
         assert_eq!(panic.to_string(), "the task panicked: index out of bounds");
+    }
+
+    #[test]
+    fn a_rank_that_lost_its_peer_says_so_and_a_bad_input_stays_permanent() {
+        let peer = atelier_collective::CollectiveError::Peer {
+            op: "all-reduce",
+            peer: 1,
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+        };
+        assert_eq!(
+            WorkerError::Collective(peer).failure_kind(),
+            FailureKind::PeerLost
+        );
+        let mismatch = atelier_collective::CollectiveError::Mismatch {
+            op: "all-reduce",
+            peer: 1,
+            detail: "step 3 against 4".into(),
+        };
+        assert_eq!(
+            WorkerError::Collective(mismatch).failure_kind(),
+            FailureKind::Retryable
+        );
+        assert_eq!(
+            WorkerError::BadInput("no colour labels".into()).failure_kind(),
+            FailureKind::Permanent
+        );
     }
 }

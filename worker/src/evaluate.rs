@@ -2,19 +2,21 @@
 
 use std::collections::BTreeMap;
 
+use atelier_catalog::HttpLimits;
 use atelier_catalog::{Catalog, ReadRange};
 use atelier_models::tokenize;
 use atelier_models::Model;
 use atelier_models::{CheckpointDir, Manifest};
+use atelier_pipeline::DecodeLimits;
 use atelier_pipeline::{Augment, ImageLoader, ItemFilter, LoaderOptions, Normalization};
-use atelier_proto::InferenceOptions;
+use atelier_proto::{FetchOptions, InferenceOptions};
 use bytes::Bytes;
 use serde::Serialize;
 use tch::{Device, Kind};
 use tokio::runtime::Handle;
 
 use crate::dataset::in_validation;
-use crate::error::Result;
+use crate::error::{Result, WorkerError};
 use crate::scores::{bleu, classification, ClassificationReport};
 
 pub const REPORT: &str = "test-report.json";
@@ -103,8 +105,17 @@ pub fn inference_loader_options(
     threads: usize,
     device: tch::Device,
     gpu_decode: bool,
+    fetch: FetchOptions,
 ) -> LoaderOptions {
     LoaderOptions {
+        limits: DecodeLimits {
+            max_bytes: fetch.max_image_bytes,
+            ..DecodeLimits::default()
+        },
+        http: HttpLimits {
+            per_host: fetch.fetch_per_host as usize,
+            ..HttpLimits::default()
+        },
         image_size: manifest.image_size,
         batch_size,
         threads: threads.max(1),
@@ -123,7 +134,13 @@ pub fn inference_loader_options(
 /// Per attribute: predicted class, target class, and whether the target was in the top five.
 type Predictions = (Vec<i64>, Vec<i64>, Vec<bool>);
 
-pub fn evaluate(options: &EvaluateOptions, handle: &Handle) -> Result<EvalReport> {
+/// Evaluates a checkpoint on a catalogue. `stop` is asked between batches;
+/// once it says so the evaluation ends with [`WorkerError::Cancelled`].
+pub fn evaluate(
+    options: &EvaluateOptions,
+    handle: &Handle,
+    stop: &dyn Fn() -> bool,
+) -> Result<EvalReport> {
     let device = crate::device::parse_device(&options.device)?;
     let layout = Layout::from(&options.inference);
     crate::device::check_gpu_decode(layout.gpu_decode, device)?;
@@ -141,6 +158,7 @@ pub fn evaluate(options: &EvaluateOptions, handle: &Handle) -> Result<EvalReport
         options.threads,
         device,
         layout.gpu_decode,
+        options.inference.fetch,
     );
     if options.validation_only {
         loader_options.keep = Some(ItemFilter::new(move |id| in_validation(id, val_fraction)));
@@ -156,6 +174,9 @@ pub fn evaluate(options: &EvaluateOptions, handle: &Handle) -> Result<EvalReport
     let mut image_errors = 0;
     let _guard = tch::no_grad_guard();
     for batch in loader {
+        if stop() {
+            return Err(WorkerError::Cancelled);
+        }
         let mut batch = batch?;
         let images =
             (batch.ok_count() > 0).then(|| crate::device::device_images(&mut batch, device));

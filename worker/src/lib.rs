@@ -20,7 +20,10 @@ mod tag;
 mod targets;
 mod train;
 
-pub use agent::{run_agent, serve_health, train_setup, AgentOptions, AgentSummary, WorkerMetrics};
+pub use agent::{
+    run_agent, serve_health, train_setup, AgentOptions, AgentSummary, WorkerMetrics,
+    DEFAULT_STALL_TIMEOUT,
+};
 pub use atelier_proto::PROTOCOL_VERSION;
 pub use completion::CompletionEvent;
 pub use device::parse_device;

@@ -58,6 +58,11 @@ pub struct WorkerArgs {
     /// workers on one machine, give each its share of the cores.
     #[arg(long)]
     pub compute_threads: Option<usize>,
+    /// Give a task up, and stop this worker, when its compute thread shows
+    /// no sign of life (no batch, step or poll) for this many seconds: it is
+    /// stuck in a hung read or device call that no cancel reaches.
+    #[arg(long, default_value_t = atelier_worker::DEFAULT_STALL_TIMEOUT.as_secs())]
+    pub stall_timeout_s: u64,
     /// Serve Prometheus metrics on this address (GET /metrics).
     #[arg(long)]
     pub metrics_addr: Option<String>,
@@ -89,6 +94,7 @@ pub fn run_worker(args: &WorkerArgs, handle: &Handle) -> anyhow::Result<()> {
         threads: args.threads.unwrap_or_else(super::all_cores),
         advertise_host: args.advertise_host.clone(),
         metrics: Some(WorkerMetrics::new(&args.device)),
+        stall_timeout: std::time::Duration::from_secs(args.stall_timeout_s.max(1)),
         ..AgentOptions::new(&args.client.coordinator)
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);

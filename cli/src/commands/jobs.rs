@@ -281,8 +281,12 @@ pub fn print_job(job: &JobStatus) {
             );
         }
         for (n, restart) in train.restarts.iter().enumerate() {
+            let kind = match restart.kind {
+                atelier_proto::RestartKind::Failure => "a rank failed",
+                atelier_proto::RestartKind::LostWorker => "a worker was lost",
+            };
             println!(
-                "  restart {} at step {}: {}",
+                "  restart {} at step {} ({kind}): {}",
                 n + 1,
                 restart.at_step,
                 restart.cause

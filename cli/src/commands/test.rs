@@ -33,6 +33,7 @@ pub fn run(args: &TestArgs, handle: &Handle) -> anyhow::Result<()> {
             inference: args.inference.options.clone(),
         },
         handle,
+        &|| false,
     )?;
     println!(
         "evaluated {} items ({} split) of {}; {} image errors",

@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, mpsc};
 use crate::error::{CoordinatorError, Result};
 use crate::ids::new_worker_id;
 use crate::manifest::write_manifest;
-use crate::state::{Now, Reserved, State};
+use crate::state::{Finalize, Now, Reserved, State};
 use crate::store::StateStore;
 
 mod handle;
@@ -148,28 +148,7 @@ impl EventLoop {
             }
             self.serve_waiters(now, &mut deferred);
             for job in self.state.take_finalize() {
-                let Some(done) = self.myself.upgrade() else {
-                    break;
-                };
-                let job = std::sync::Arc::new(job);
-                let seal = {
-                    let (done, job_id) = (done.clone(), job.job.id.clone());
-                    async move {
-                        let (reply, answer) = tokio::sync::oneshot::channel();
-                        let asked = done.send(Command::Seal { job_id, reply });
-                        asked.is_ok() && answer.await.unwrap_or(false)
-                    }
-                };
-                tokio::spawn(async move {
-                    let result = write_manifest(std::sync::Arc::clone(&job), seal).await;
-                    if let Err(e) = &result {
-                        tracing::error!(job = %job.job.id, error = %e, "manifest not written");
-                    }
-                    let _ = done.send(Command::Finalized {
-                        job_id: job.job.id.clone(),
-                        result,
-                    });
-                });
+                tokio::spawn(commit_output(Arc::new(job), self.myself.clone()));
             }
             batches += 1;
             commands += deferred.len() as u64;
@@ -382,5 +361,48 @@ impl EventLoop {
                 snapshot.order.push(id);
             }
         }
+    }
+}
+
+/// How long a job's commit waits out a store outage before the job fails.
+const COMMIT_PATIENCE: Duration = Duration::from_secs(30 * 60);
+
+/// Commits a finished tag job's output and tells the loop how it went. A
+/// store outage does not fail the job (its parts are all staged): the
+/// commit is tried again, backing off, for [`COMMIT_PATIENCE`]. It holds
+/// the loop only weakly: a coordinator shutting down does not wait for it
+/// (the next start commits the job again).
+async fn commit_output(job: Arc<Finalize>, event_loop: mpsc::WeakUnboundedSender<Command>) {
+    let job_id = job.job.id.clone();
+    let started = Instant::now();
+    let mut pause = Duration::from_secs(1);
+    let result = loop {
+        let seal = {
+            let (event_loop, job_id) = (event_loop.clone(), job_id.clone());
+            async move {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let asked = event_loop
+                    .upgrade()
+                    .is_some_and(|l| l.send(Command::Seal { job_id, reply }).is_ok());
+                asked && answer.await.unwrap_or(false)
+            }
+        };
+        match write_manifest(Arc::clone(&job), seal).await {
+            Err(e) if e.is_store_outage() && started.elapsed() < COMMIT_PATIENCE => {
+                tracing::warn!(job = %job_id, error = %e, retry_in = ?pause, "output not committed yet: the store failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+            result => break result,
+        }
+    };
+    if let Err(e) = &result {
+        tracing::error!(job = %job_id, error = %e, "manifest not written");
+    }
+    if let Some(event_loop) = event_loop.upgrade() {
+        let _ = event_loop.send(Command::Finalized {
+            job_id,
+            result: result.map_err(|e| e.to_string()),
+        });
     }
 }

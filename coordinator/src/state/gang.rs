@@ -1,14 +1,16 @@
 //! Train jobs run as gangs: all `world_size` ranks start together on
 //! distinct workers or none does, and when one rank fails the whole gang
-//! stops and starts again from the last checkpoint, up to `max_restarts`.
+//! stops and starts again from the last checkpoint, up to `max_restarts`
+//! failures (and the coordinator's `max_lost_workers` silent workers).
 
 use std::time::Duration;
 
 use atelier_proto::{
     Assignment, Gang, GangSecret, JobId, JobSpec, JobState, LeaseRef, RankStatus, RendezvousOffer,
-    Restart, TaskWork, TrainProgress, WorkerId,
+    Restart, RestartKind, TaskWork, TrainProgress, WorkerId,
 };
 
+use super::tasks::Setback;
 use super::{Now, State};
 use crate::error::{CoordinatorError, Result};
 use crate::records::{JobRecord, TaskState};
@@ -154,38 +156,49 @@ impl State {
 
     /// Stops every rank of the job and queues the gang again, or fails the
     /// job when the cause cannot be retried or the restarts are used up.
-    pub(super) fn restart_gang(
-        &mut self,
-        job_id: &JobId,
-        cause: String,
-        retryable: bool,
-        now: Now,
-    ) {
+    /// Starts the gang of `job_id` again after rank `rank`'s `setback`, or
+    /// fails the job once the setback's budget is spent: failures count
+    /// against the job's `max_restarts`, lost workers against the
+    /// coordinator's `max_lost_workers`.
+    pub(super) fn restart_gang(&mut self, job_id: &JobId, rank: u32, setback: Setback, now: Now) {
         let Some(job) = self.jobs.get(job_id) else {
             return;
         };
         if job.state.is_terminal() {
             return;
         }
-        let max_restarts = match &job.spec {
-            JobSpec::Train(spec) => spec.gang.max_restarts as usize,
-            _ => 0,
+        let cause = format!("rank {rank}: {}", setback.reason());
+        let (kind, budget, what) = match &setback {
+            Setback::Failed {
+                retryable: false, ..
+            } => {
+                self.end_job(job_id, JobState::Failed, Some(cause), now);
+                return;
+            }
+            Setback::Failed { .. } => {
+                let max_restarts = match &job.spec {
+                    JobSpec::Train(spec) => spec.gang.max_restarts,
+                    _ => 0,
+                };
+                (RestartKind::Failure, max_restarts, "restart")
+            }
+            Setback::LostWorker { .. } => (
+                RestartKind::LostWorker,
+                self.max_lost_workers,
+                "lost worker",
+            ),
         };
-        let restarts = job.restarts.len();
-        if !retryable {
-            self.end_job(job_id, JobState::Failed, Some(cause), now);
-            return;
-        }
-        if restarts >= max_restarts {
+        let restarts = job.restarts.iter().filter(|r| r.kind == kind).count();
+        if restarts >= budget as usize {
             let message = format!(
-                "gave up after {restarts} restart{} (max {max_restarts}); last cause: {cause}",
+                "gave up after {restarts} {what}{} (max {budget}); last cause: {cause}",
                 if restarts == 1 { "" } else { "s" }
             );
             self.end_job(job_id, JobState::Failed, Some(message), now);
             return;
         }
         let at_step = self.job_step(job_id);
-        tracing::warn!(job = %job_id, %cause, at_step, restart = restarts + 1, "restarting the gang");
+        tracing::warn!(job = %job_id, %cause, at_step, ?kind, count = restarts + 1, "restarting the gang");
         for task_id in self.job_tasks.get(job_id).cloned().unwrap_or_default() {
             let Some(task) = self.tasks.get_mut(&task_id) else {
                 continue;
@@ -206,6 +219,7 @@ impl State {
                 at_step,
                 cause,
                 unix_ms: now.unix_ms,
+                kind,
             });
         }
         self.wait_for_gang(job_id, now);

@@ -12,6 +12,10 @@ use crate::records::{JobRecord, TaskRecord, TaskState};
 use crate::store::Loaded;
 use tally::Tallies;
 
+/// Lost workers a task or a gang may suffer when the coordinator is not told
+/// otherwise (`--max-lost-workers`).
+pub const DEFAULT_MAX_LOST_WORKERS: u32 = 10;
+
 // The keys are ids the coordinator made itself, so SipHash's defence
 // against chosen keys buys nothing here.
 type HashMap<K, V> = rustc_hash::FxHashMap<K, V>;
@@ -56,6 +60,9 @@ pub struct Finalize {
 #[derive(Debug)]
 pub struct State {
     lease_timeout: Duration,
+    /// Lost workers (expired leases) a task or a gang may suffer before its
+    /// job fails; they never count against `max_attempts`.
+    max_lost_workers: u32,
     jobs: HashMap<JobId, JobRecord>,
     job_order: Vec<JobId>,
     tasks: HashMap<TaskId, TaskRecord>,
@@ -117,6 +124,7 @@ impl State {
     pub fn new(lease_timeout: Duration) -> Self {
         Self {
             lease_timeout,
+            max_lost_workers: DEFAULT_MAX_LOST_WORKERS,
             jobs: HashMap::default(),
             job_order: Vec::new(),
             tasks: HashMap::default(),
@@ -137,6 +145,12 @@ impl State {
             checkpoint_commits: BTreeMap::new(),
             next_checkpoint_commit: 0,
         }
+    }
+
+    /// Sets how many lost workers a task or a gang may suffer.
+    pub fn with_max_lost_workers(mut self, max_lost_workers: u32) -> Self {
+        self.max_lost_workers = max_lost_workers.max(1);
+        self
     }
 
     /// Rebuilds the state after a restart. Tasks that were running keep their

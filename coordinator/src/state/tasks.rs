@@ -3,7 +3,7 @@
 
 use atelier_proto::PROTOCOL_VERSION;
 use atelier_proto::{
-    Assignment, JobState, LeaseRef, Registration, TaskFailure, TaskId, TaskOutcome,
+    Assignment, FailureKind, JobState, LeaseRef, Registration, TaskFailure, TaskId, TaskOutcome,
     TaskProgressReport, TaskWork, WorkerId,
 };
 
@@ -277,52 +277,84 @@ impl State {
         let _ = self.see_worker(worker_id, now);
         self.check_lease(lease)?;
         self.leases.remove(&lease.task_id);
-        if failure.retryable {
-            self.lane_failed(worker_id, now);
-        }
-        self.retry_or_fail(&lease.task_id, failure.reason, failure.retryable, now);
+        let reason = failure.reason;
+        let setback = match failure.kind {
+            FailureKind::Permanent => Setback::Failed {
+                reason,
+                retryable: false,
+            },
+            FailureKind::Retryable => {
+                self.lane_failed(worker_id, now);
+                Setback::Failed {
+                    reason,
+                    retryable: true,
+                }
+            }
+            // The rank's peer is the one that went away.
+            FailureKind::PeerLost => Setback::LostWorker { reason },
+        };
+        self.retry_or_fail(&lease.task_id, setback, now);
         Ok(())
     }
 
-    pub(super) fn retry_or_fail(
-        &mut self,
-        task_id: &TaskId,
-        reason: String,
-        retryable: bool,
-        now: Now,
-    ) {
+    /// Queues the task again, or fails its job once `setback` has used up
+    /// its budget: a failure the job's `max_attempts`, a lost worker the
+    /// coordinator's `max_lost_workers`. A train rank's setback restarts its
+    /// gang under the same two budgets.
+    pub(super) fn retry_or_fail(&mut self, task_id: &TaskId, setback: Setback, now: Now) {
+        let max_lost_workers = self.max_lost_workers;
         let Some(task) = self.tasks.get_mut(task_id) else {
             return;
         };
         let job_id = task.job_id.clone();
+        if matches!(setback, Setback::LostWorker { .. }) {
+            task.lost_workers += 1;
+        }
+        task.last_error = Some(setback.reason().to_string());
+        self.dirty_tasks.insert(task_id.clone());
         if matches!(task.work, TaskWork::Train { .. }) {
-            let cause = format!("rank {}: {reason}", task.index);
-            task.last_error = Some(reason);
-            self.dirty_tasks.insert(task_id.clone());
-            self.restart_gang(&job_id, cause, retryable, now);
+            let index = task.index;
+            self.restart_gang(&job_id, index, setback, now);
             return;
         }
         let max_attempts = self.jobs.get(&job_id).map_or(1, |j| j.max_attempts);
-        task.last_error = Some(reason.clone());
-        self.dirty_tasks.insert(task_id.clone());
-        if retryable && task.attempt < max_attempts {
-            tracing::info!(task = %task_id, attempt = task.attempt, %reason, "retrying task");
-            task.state = TaskState::Pending;
-            task.retries += 1;
-            task.items_done = 0;
-            task.items_failed = 0;
-            self.queue.push_back(task_id.clone());
-            self.mark_job(&job_id, now);
-        } else {
-            task.state = TaskState::Failed;
-            task.finished_unix_ms = Some(now.unix_ms);
-            let message = format!(
-                "task {task_id} failed after {} attempt{}: {reason}",
-                task.attempt,
-                if task.attempt == 1 { "" } else { "s" }
-            );
-            tracing::warn!(task = %task_id, %reason, "task failed for good");
-            self.end_job(&job_id, JobState::Failed, Some(message), now);
+        // Every attempt handed out either ended in a failure, lost its
+        // worker, or is this one.
+        let failures = task.attempt - task.lost_workers;
+        let give_up = match &setback {
+            Setback::Failed { retryable, .. } => {
+                (!retryable || failures >= max_attempts).then(|| {
+                    format!(
+                        "failed after {failures} attempt{}",
+                        if failures == 1 { "" } else { "s" }
+                    )
+                })
+            }
+            Setback::LostWorker { .. } => (task.lost_workers >= max_lost_workers).then(|| {
+                format!(
+                    "lost its worker {} times (max {max_lost_workers}: a task that keeps \
+                     losing workers may be crashing them)",
+                    task.lost_workers
+                )
+            }),
+        };
+        match give_up {
+            None => {
+                tracing::info!(task = %task_id, attempt = task.attempt, reason = setback.reason(), "retrying task");
+                task.state = TaskState::Pending;
+                task.retries += 1;
+                task.items_done = 0;
+                task.items_failed = 0;
+                self.queue.push_back(task_id.clone());
+                self.mark_job(&job_id, now);
+            }
+            Some(why) => {
+                task.state = TaskState::Failed;
+                task.finished_unix_ms = Some(now.unix_ms);
+                let message = format!("task {task_id} {why}: {}", setback.reason());
+                tracing::warn!(task = %task_id, reason = setback.reason(), "task failed for good");
+                self.end_job(&job_id, JobState::Failed, Some(message), now);
+            }
         }
     }
 
@@ -347,8 +379,9 @@ impl State {
             };
             self.retry_or_fail(
                 task_id,
-                format!("lease expired: {who} stopped heartbeating"),
-                true,
+                Setback::LostWorker {
+                    reason: format!("lease expired: {who} stopped heartbeating"),
+                },
                 now,
             );
         }
@@ -356,5 +389,26 @@ impl State {
         self.workers
             .retain(|_, worker| now.at.duration_since(worker.last_seen) < silent);
         expired.len()
+    }
+}
+
+/// How an attempt ended short of completion, which decides the budget it
+/// counts against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Setback {
+    /// The worker reported a failure; only a retryable one is tried again.
+    Failed { reason: String, retryable: bool },
+    /// The worker went silent until its lease expired: preempted, killed
+    /// or cut off. Says nothing about the task, so it does not use up
+    /// `max_attempts`; `max_lost_workers` still ends a task that keeps
+    /// taking its workers down.
+    LostWorker { reason: String },
+}
+
+impl Setback {
+    pub(super) fn reason(&self) -> &str {
+        match self {
+            Self::Failed { reason, .. } | Self::LostWorker { reason } => reason,
+        }
     }
 }

@@ -185,7 +185,7 @@ fn a_task_is_retried_up_to_its_attempts_then_fails_the_job_with_its_reason() {
         .unwrap();
     let failure = || TaskFailure {
         reason: "store unreachable".into(),
-        retryable: true,
+        kind: FailureKind::Retryable,
     };
     let first = state.lease(&worker, now).unwrap().unwrap();
     state.fail(&worker, &first.lease, failure(), now).unwrap();
@@ -217,7 +217,7 @@ fn a_non_retryable_failure_ends_the_job_at_once() {
     let task = state.lease(&worker, now).unwrap().unwrap();
     let failure = TaskFailure {
         reason: "checkpoint has no colour head".into(),
-        retryable: false,
+        kind: FailureKind::Permanent,
     };
     state.fail(&worker, &task.lease, failure, now).unwrap();
     assert_eq!(state.status(&job, now).unwrap().state, JobState::Failed);
@@ -474,7 +474,7 @@ fn a_failed_rank_restarts_the_whole_gang_until_the_restarts_run_out() {
     let placed = state.place_gang(&idle, now).unwrap();
     let failure = TaskFailure {
         reason: "all-reduce with rank 0: connection reset".into(),
-        retryable: true,
+        kind: FailureKind::Retryable,
     };
     state
         .fail(&placed[1].0, &placed[1].1.lease, failure.clone(), now)
@@ -513,7 +513,7 @@ fn a_non_retryable_rank_failure_fails_the_job_at_once() {
     let placed = state.place_gang(&idle, now).unwrap();
     let failure = TaskFailure {
         reason: "invalid options: --lr must be positive".into(),
-        retryable: false,
+        kind: FailureKind::Permanent,
     };
     state
         .fail(&placed[0].0, &placed[0].1.lease, failure, now)
@@ -681,7 +681,11 @@ fn job_figures_kept_as_tasks_change_equal_a_recount_after_every_step() {
                     let (worker, lease) = held.swap_remove(pick(&mut rng, held.len()));
                     let failure = TaskFailure {
                         reason: "broken".into(),
-                        retryable: rng.random_bool(0.8),
+                        kind: if rng.random_bool(0.8) {
+                            FailureKind::Retryable
+                        } else {
+                            FailureKind::Permanent
+                        },
                     };
                     let _ = state.fail(&worker, &lease, failure, now);
                 }
@@ -1113,7 +1117,7 @@ fn a_lane_that_keeps_failing_is_quarantined_and_its_shards_go_elsewhere() {
     let (broken, healthy) = (&lanes[0], &lanes[1]);
     let machine_fault = TaskFailure {
         reason: "CUDA out of memory".into(),
-        retryable: true,
+        kind: FailureKind::Retryable,
     };
     for _ in 0..super::lanes::QUARANTINE_AFTER {
         let task = state.lease(broken, now).unwrap().unwrap();
@@ -1139,7 +1143,7 @@ fn a_lane_that_keeps_failing_is_quarantined_and_its_shards_go_elsewhere() {
     // A failure the input causes never counts against the lane.
     let bad_input = TaskFailure {
         reason: "no colour labels".into(),
-        retryable: false,
+        kind: FailureKind::Permanent,
     };
     let mut state = State::new(TIMEOUT);
     for n in 0..4 {
@@ -1157,4 +1161,116 @@ fn a_lane_that_keeps_failing_is_quarantined_and_its_shards_go_elsewhere() {
             .unwrap();
     }
     assert!(!state.is_quarantined(&lane, now));
+}
+
+#[test]
+fn lost_workers_do_not_use_up_a_tasks_attempts_but_have_a_budget_of_their_own() {
+    // Preempted workers: each lease expires. With max_attempts 2 the task
+    // still runs a third, fourth... time, until the lost-worker budget ends
+    // a task that keeps taking its workers down.
+    let mut now = start();
+    let mut state = State::new(TIMEOUT).with_max_lost_workers(4);
+    let job = job_with(&mut state, 1, 2);
+    for lost in 1..=3 {
+        let worker = state
+            .register(next_worker_id(), registration(), now)
+            .unwrap();
+        let task = state.lease(&worker, now).unwrap().unwrap();
+        assert_eq!(task.lease.attempt, lost);
+        now = now.after(TIMEOUT);
+        assert_eq!(state.expire(now), 1);
+        let status = state.status(&job, now).unwrap();
+        assert_eq!(status.state, JobState::Running, "{:?}", status.error);
+    }
+    // A reported failure still counts against max_attempts: one of two.
+    let worker = state
+        .register(next_worker_id(), registration(), now)
+        .unwrap();
+    let task = state.lease(&worker, now).unwrap().unwrap();
+    let failure = TaskFailure {
+        reason: "store unreachable".into(),
+        kind: FailureKind::Retryable,
+    };
+    state.fail(&worker, &task.lease, failure, now).unwrap();
+    assert_eq!(state.status(&job, now).unwrap().state, JobState::Running);
+    // The fourth lost worker ends it, saying why.
+    let task = state.lease(&worker, now).unwrap().unwrap();
+    assert_eq!(task.lease.attempt, 5);
+    let later = now.after(TIMEOUT * 2);
+    assert_eq!(state.expire(later), 1);
+    let status = state.status(&job, later).unwrap();
+    assert_eq!(status.state, JobState::Failed);
+    let error = status.error.unwrap();
+    assert!(
+        error.contains("lost its worker 4 times (max 4") && error.contains("stopped heartbeating"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_gang_counts_lost_workers_apart_from_rank_failures() {
+    let mut now = start();
+    let mut state = State::new(TIMEOUT).with_max_lost_workers(2);
+    // max_restarts 1: one rank failure may be retried.
+    let job = gang_job(&mut state, 2, 1);
+    let failure = TaskFailure {
+        reason: "all-reduce with rank 0: connection reset".into(),
+        kind: FailureKind::Retryable,
+    };
+    // A preemption, then a failure, then a lost peer: the job runs on.
+    let idle = workers(&mut state, 2, now);
+    state.place_gang(&idle, now).unwrap();
+    now = now.after(TIMEOUT);
+    state.expire(now);
+    let idle = workers(&mut state, 2, now);
+    let placed = state.place_gang(&idle, now).unwrap();
+    state
+        .fail(&placed[1].0, &placed[1].1.lease, failure.clone(), now)
+        .unwrap();
+    // Rank 0's peer vanishes: rank 0 reports its lost peer before the
+    // peer's lease expires, and that counts as a lost worker too.
+    let placed = state.place_gang(&idle, now).unwrap();
+    let peer_lost = TaskFailure {
+        reason: "all-reduce with rank 1: connection reset".into(),
+        kind: FailureKind::PeerLost,
+    };
+    state
+        .fail(&placed[0].0, &placed[0].1.lease, peer_lost, now)
+        .unwrap();
+    let status = state.status(&job, now).unwrap();
+    assert_eq!(status.state, JobState::Running, "{:?}", status.error);
+    let kinds: Vec<RestartKind> = status
+        .train
+        .unwrap()
+        .restarts
+        .iter()
+        .map(|r| r.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            RestartKind::LostWorker,
+            RestartKind::Failure,
+            RestartKind::LostWorker
+        ]
+    );
+    // A third lost worker is past the budget of two.
+    let idle = workers(&mut state, 2, now);
+    state.place_gang(&idle, now).unwrap();
+    now = now.after(TIMEOUT);
+    state.expire(now);
+    let status = state.status(&job, now).unwrap();
+    assert_eq!(status.state, JobState::Failed);
+    let error = status.error.unwrap();
+    assert!(
+        error.contains("gave up after 2 lost workers (max 2)"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_restart_from_before_kinds_were_recorded_reads_as_a_failure() {
+    let old = serde_json::json!({"at_step": 7, "cause": "rank 1: boom", "unix_ms": 5});
+    let restart: Restart = serde_json::from_value(old).unwrap();
+    assert_eq!(restart.kind, RestartKind::Failure);
 }

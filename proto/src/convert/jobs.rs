@@ -4,7 +4,7 @@ use super::{job_id, non_empty};
 use crate::domain::*;
 use crate::error::{ProtoError, Result};
 use crate::ids::WorkerId;
-use crate::options::{GangOptions, InferenceOptions, TrainOptions, UnknownName};
+use crate::options::{FetchOptions, GangOptions, InferenceOptions, TrainOptions, UnknownName};
 use crate::v1;
 
 impl From<JobState> for v1::JobState {
@@ -106,8 +106,14 @@ impl TryFrom<v1::SubmitTagJobRequest> for TagJobSpec {
         if r.checkpoints.is_empty() {
             return Err(ProtoError::Missing("checkpoints"));
         }
-        let inference =
-            inference_options(r.batch_size, r.beams, r.bf16, r.channels_last, r.gpu_decode)?;
+        let inference = inference_options(
+            r.batch_size,
+            r.beams,
+            r.bf16,
+            r.channels_last,
+            r.gpu_decode,
+            r.fetch,
+        )?;
         Ok(Self {
             catalog: non_empty(r.catalog, "catalog")?,
             checkpoints: r.checkpoints,
@@ -135,6 +141,7 @@ impl From<TagJobSpec> for v1::SubmitTagJobRequest {
             channels_last: Some(i.channels_last),
             overwrite: s.overwrite,
             gpu_decode: Some(i.gpu_decode),
+            fetch: Some(i.fetch.into()),
         }
     }
 }
@@ -317,20 +324,35 @@ pub(super) fn inference_options(
     bf16: Option<bool>,
     channels_last: Option<bool>,
     gpu_decode: Option<bool>,
+    fetch: Option<v1::FetchLimits>,
 ) -> Result<InferenceOptions> {
     let d = InferenceOptions::DEFAULT;
+    let fetch = fetch.unwrap_or_default();
     let options = InferenceOptions {
         batch_size: count_or(batch_size, d.batch_size),
         beams: count_or(beams, d.beams),
         bf16: bf16.unwrap_or(d.bf16),
         channels_last: channels_last.unwrap_or(d.channels_last),
         gpu_decode: gpu_decode.unwrap_or(d.gpu_decode),
+        fetch: FetchOptions {
+            max_image_bytes: fetch.max_image_bytes.unwrap_or(d.fetch.max_image_bytes),
+            fetch_per_host: fetch.fetch_per_host.unwrap_or(d.fetch.fetch_per_host),
+        },
     };
     options.check().map_err(|reason| ProtoError::Invalid {
         field: "inference options",
         reason,
     })?;
     Ok(options)
+}
+
+impl From<FetchOptions> for v1::FetchLimits {
+    fn from(f: FetchOptions) -> Self {
+        Self {
+            max_image_bytes: Some(f.max_image_bytes),
+            fetch_per_host: Some(f.fetch_per_host),
+        }
+    }
 }
 
 pub(super) fn inference_wire(i: &InferenceOptions) -> (Option<u32>, Option<u32>) {
@@ -411,6 +433,7 @@ impl From<TrainProgress> for v1::TrainProgress {
                     at_step: r.at_step,
                     cause: r.cause,
                     unix_ms: r.unix_ms,
+                    kind: v1::RestartKind::from(r.kind).into(),
                 })
                 .collect(),
         }
@@ -430,6 +453,7 @@ impl From<v1::TrainProgress> for TrainProgress {
                 .restarts
                 .into_iter()
                 .map(|r| Restart {
+                    kind: r.kind().into(),
                     at_step: r.at_step,
                     cause: r.cause,
                     unix_ms: r.unix_ms,
@@ -473,5 +497,25 @@ impl TryFrom<v1::Job> for JobStatus {
             stages: j.stages.map(Into::into).unwrap_or_default(),
             metrics: j.metrics.into_iter().collect(),
         })
+    }
+}
+
+impl From<RestartKind> for v1::RestartKind {
+    fn from(kind: RestartKind) -> Self {
+        match kind {
+            RestartKind::Failure => Self::Failure,
+            RestartKind::LostWorker => Self::LostWorker,
+        }
+    }
+}
+
+/// An unspecified kind comes from a coordinator that did not tell them
+/// apart, when every restart counted as a failure.
+impl From<v1::RestartKind> for RestartKind {
+    fn from(kind: v1::RestartKind) -> Self {
+        match kind {
+            v1::RestartKind::Unspecified | v1::RestartKind::Failure => Self::Failure,
+            v1::RestartKind::LostWorker => Self::LostWorker,
+        }
     }
 }

@@ -1,6 +1,8 @@
 use super::*;
 use crate::domain::*;
-use crate::options::{Arch, GangOptions, InferenceOptions, ScheduleKind, Task, TrainOptions};
+use crate::options::{
+    Arch, FetchOptions, GangOptions, InferenceOptions, ScheduleKind, Task, TrainOptions,
+};
 use crate::v1;
 
 #[test]
@@ -72,6 +74,10 @@ fn an_assignment_survives_the_round_trip() {
                 bf16: true,
                 channels_last: false,
                 gpu_decode: true,
+                fetch: FetchOptions {
+                    max_image_bytes: 1 << 20,
+                    fetch_per_host: 3,
+                },
             },
             rows: 100,
         }),

@@ -38,6 +38,7 @@ fn inference_into(i: &InferenceOptions, shard: &mut v1::TagShard) {
     shard.bf16 = Some(i.bf16);
     shard.channels_last = Some(i.channels_last);
     shard.gpu_decode = Some(i.gpu_decode);
+    shard.fetch = Some(i.fetch.into());
 }
 
 impl From<Assignment> for v1::Task {
@@ -123,6 +124,7 @@ impl TryFrom<v1::Task> for Assignment {
                     s.bf16,
                     s.channels_last,
                     s.gpu_decode,
+                    s.fetch,
                 )?,
                 rows: s.rows,
             }),
@@ -260,15 +262,21 @@ pub fn fail_request(
         worker_id: worker_id.to_string(),
         lease: Some(lease.clone().into()),
         reason: failure.reason,
-        retryable: failure.retryable,
+        retryable: failure.kind.is_retryable(),
+        peer_lost: failure.kind == FailureKind::PeerLost,
     }
 }
 
 impl From<v1::FailTaskRequest> for TaskFailure {
     fn from(r: v1::FailTaskRequest) -> Self {
+        let kind = match (r.retryable, r.peer_lost) {
+            (false, _) => FailureKind::Permanent,
+            (true, false) => FailureKind::Retryable,
+            (true, true) => FailureKind::PeerLost,
+        };
         Self {
             reason: r.reason,
-            retryable: r.retryable,
+            kind,
         }
     }
 }

@@ -24,6 +24,50 @@ pub struct InferenceOptions {
     /// devices that have one.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = InferenceOptions::DEFAULT.gpu_decode, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set))]
     pub gpu_decode: bool,
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub fetch: FetchOptions,
+}
+
+/// How images are read: the size cap, and how hard one image host (a
+/// shop's CDN behind `http(s)://` image URIs) is pressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[serde(default)]
+pub struct FetchOptions {
+    /// The largest encoded image read, inline or fetched, in bytes; a bigger
+    /// one becomes the item's error (`too_many_bytes`) and is never read
+    /// whole into memory.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = FetchOptions::DEFAULT.max_image_bytes))]
+    pub max_image_bytes: u64,
+    /// Requests in flight to one image host, per worker process.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = FetchOptions::DEFAULT.fetch_per_host))]
+    pub fetch_per_host: u32,
+}
+
+impl FetchOptions {
+    /// A product photo is rarely over a few MiB, and 64 MiB holds a 16384²
+    /// JPEG; 16 requests per host keep a CDN's per-client limits unmet while
+    /// a worker's decode threads stay fed.
+    pub const DEFAULT: Self = Self {
+        max_image_bytes: 64 * 1024 * 1024,
+        fetch_per_host: 16,
+    };
+
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_image_bytes == 0 {
+            return Err("--max-image-bytes must be positive".into());
+        }
+        if self.fetch_per_host == 0 {
+            return Err("--fetch-per-host must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 impl InferenceOptions {
@@ -38,6 +82,7 @@ impl InferenceOptions {
         bf16: false,
         channels_last: true,
         gpu_decode: false,
+        fetch: FetchOptions::DEFAULT,
     };
 
     pub fn check(&self) -> Result<(), String> {
@@ -47,7 +92,7 @@ impl InferenceOptions {
         if self.beams == 0 {
             return Err("--beams must be positive (1: greedy decoding)".into());
         }
-        Ok(())
+        self.fetch.check()
     }
 }
 

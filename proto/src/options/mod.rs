@@ -10,6 +10,6 @@ mod names;
 pub(crate) mod serde_compat;
 mod train;
 
-pub use inference::InferenceOptions;
+pub use inference::{FetchOptions, InferenceOptions};
 pub use names::{Arch, OptimizerKind, ScheduleKind, Task, UnknownName};
 pub use train::{GangOptions, TrainOptions};

@@ -18,11 +18,15 @@ use crate::tag::{Taggers, Tagging};
 
 use super::gang::{CommitCheckpoint, Rendezvous};
 use super::train_task::{run_train, RankPlan};
+use super::watchdog::Pulse;
 
 /// One task for the compute thread.
 pub struct Work {
     pub task: TaskWork,
     pub cancelled: Arc<AtomicBool>,
+    /// Beaten at every check of `cancelled`, which the task makes between
+    /// batches and steps; the lane's watchdog reads it.
+    pub pulse: Arc<Pulse>,
     pub progress: watch::Sender<TaskProgressReport>,
     pub done: oneshot::Sender<Result<TaskOutcome>>,
     /// How a train rank meets the rest of its gang.
@@ -112,10 +116,15 @@ impl ComputeThread {
 
 impl Context {
     fn run(&mut self, work: &Work) -> Result<TaskOutcome> {
-        let (cancelled, progress) = (&*work.cancelled, &work.progress);
+        let progress = &work.progress;
+        // Each check whether to stop is also a sign of life.
+        let stop = || {
+            work.pulse.beat();
+            work.cancelled.load(Ordering::Relaxed)
+        };
         match &work.task {
-            TaskWork::Tag(shard) => self.tag(shard, cancelled, progress),
-            TaskWork::Eval(spec) => self.eval(spec),
+            TaskWork::Tag(shard) => self.tag(shard, &stop, progress),
+            TaskWork::Eval(spec) => self.eval(spec, &stop),
             TaskWork::Train { spec, rank } => run_train(
                 spec,
                 &RankPlan {
@@ -128,7 +137,7 @@ impl Context {
                 &self.device_name,
                 self.threads,
                 &self.handle,
-                cancelled,
+                &stop,
                 progress,
             ),
         }
@@ -168,7 +177,7 @@ impl Context {
     fn tag(
         &mut self,
         shard: &ShardWork,
-        cancelled: &AtomicBool,
+        stop: &dyn Fn() -> bool,
         progress: &watch::Sender<TaskProgressReport>,
     ) -> Result<TaskOutcome> {
         let [range] = shard.ranges.as_slice() else {
@@ -183,6 +192,7 @@ impl Context {
             beams: shard.inference.beams,
             batch_size: shard.inference.batch_size,
             threads: self.threads,
+            fetch: shard.inference.fetch,
         };
         let target = StoreLocation::parse(&shard.output)?;
         let catalog = match range.rows {
@@ -205,7 +215,7 @@ impl Context {
             ranges,
             &target,
             &handle,
-            &|| cancelled.load(Ordering::Relaxed),
+            stop,
             &mut |w| {
                 progress.send_replace(TaskProgressReport {
                     items_done: w.rows as u64,
@@ -231,7 +241,7 @@ impl Context {
         })
     }
 
-    fn eval(&mut self, spec: &EvalJobSpec) -> Result<TaskOutcome> {
+    fn eval(&mut self, spec: &EvalJobSpec, stop: &dyn Fn() -> bool) -> Result<TaskOutcome> {
         let report = evaluate(
             &EvaluateOptions {
                 checkpoint: spec.checkpoint.clone(),
@@ -245,6 +255,7 @@ impl Context {
                 },
             },
             &self.handle,
+            stop,
         )?;
         let mut metrics: std::collections::BTreeMap<String, f64> = report
             .attributes

@@ -11,6 +11,7 @@ mod gang;
 mod session;
 mod telemetry;
 mod train_task;
+mod watchdog;
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -25,6 +26,7 @@ use tracing::Instrument;
 use crate::error::{Result, WorkerError};
 use compute::{ComputeThread, Work};
 use session::{describe_machine, is_fatal, Session};
+use watchdog::Pulse;
 
 pub use telemetry::{serve_health, WorkerMetrics};
 pub use train_task::train_setup;
@@ -43,6 +45,9 @@ pub struct AgentOptions {
     pub poll_wait: Duration,
     /// How often progress goes to the coordinator.
     pub progress_every: Duration,
+    /// A task whose compute thread shows no sign of life for this long (no
+    /// batch, step or poll) is given up and the worker stops.
+    pub stall_timeout: Duration,
     /// The host other ranks of a train gang reach this worker at (default:
     /// the address of the interface that routes to the coordinator).
     pub advertise_host: Option<String>,
@@ -59,11 +64,16 @@ impl AgentOptions {
             threads: std::thread::available_parallelism().map_or(2, usize::from),
             poll_wait: Duration::from_secs(10),
             progress_every: Duration::from_millis(500),
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
             advertise_host: None,
             metrics: None,
         }
     }
 }
+
+/// Long enough for the slowest legitimate gap between two signs of life
+/// (loading a model from a store, one validation batch on a slow CPU).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AgentSummary {
@@ -207,7 +217,7 @@ async fn run_lane(lane: Lane, stopped: watch::Receiver<bool>) -> Result<AgentSum
                     job = %assignment.job_id,
                     task = %assignment.lease.task_id
                 );
-                next = run_task(
+                let ran = run_task(
                     &session,
                     &compute,
                     assignment,
@@ -217,6 +227,11 @@ async fn run_lane(lane: Lane, stopped: watch::Receiver<bool>) -> Result<AgentSum
                 )
                 .instrument(span)
                 .await;
+                match ran {
+                    Ok(leased) => next = leased,
+                    // The compute thread is stuck: this lane can run nothing more.
+                    Err(e) => break Err(e),
+                }
             }
             Ok(None) => backoff.reset(),
             Err(e) if is_fatal(&e) => break Err(e),
@@ -256,7 +271,8 @@ async fn heartbeat_loop(session: Arc<Session>) {
 }
 
 /// Runs one task to its report; returns the next task when the completion
-/// leased one (never once the worker is `stopped`: it drains).
+/// leased one (never once the worker is `stopped`: it drains), or
+/// [`WorkerError::Stalled`] when the watchdog gave the task up.
 async fn run_task(
     session: &Arc<Session>,
     compute: &ComputeThread,
@@ -264,13 +280,14 @@ async fn run_task(
     options: &AgentOptions,
     stopped: &watch::Receiver<bool>,
     summary: &mut AgentSummary,
-) -> Option<Assignment> {
+) -> Result<Option<Assignment>> {
     let lease = assignment.lease.clone();
     tracing::info!(task = %lease.task_id, attempt = lease.attempt, "task leased");
     if let Some(metrics) = &options.metrics {
         metrics.started();
     }
     let cancelled = session.hold(&lease);
+    let pulse = Arc::new(Pulse::new());
     let (progress, mut progress_rx) = watch::channel(TaskProgressReport::default());
     let mut last_sent = TaskProgressReport::default();
     let (done, mut done_rx) = oneshot::channel();
@@ -295,6 +312,7 @@ async fn run_task(
         span: tracing::Span::current(),
         task,
         cancelled: Arc::clone(&cancelled),
+        pulse: Arc::clone(&pulse),
         progress,
         done,
         rendezvous,
@@ -311,6 +329,13 @@ async fn run_task(
                         break result.unwrap_or_else(|_| Err(WorkerError::Internal("the compute thread stopped".into())));
                     }
                     _ = ticker.tick() => {
+                        let silent = pulse.silent_for();
+                        if silent >= options.stall_timeout {
+                            // No cancel reaches a thread stuck in a call, so
+                            // nothing is waited for: the lease is given up.
+                            cancelled.store(true, Ordering::Relaxed);
+                            break Err(WorkerError::Stalled { silent });
+                        }
                         if !progress_rx.has_changed().unwrap_or(false) {
                             continue;
                         }
@@ -340,6 +365,7 @@ async fn run_task(
         metrics.finished(result.as_ref().ok(), failed, &latest);
     }
     let mut next = None;
+    let mut stalled = None;
     match result {
         Ok(outcome) => {
             let rows = outcome.rows_written;
@@ -370,16 +396,19 @@ async fn run_task(
             tracing::warn!(task = %lease.task_id, error = %error, "task failed");
             let failure = TaskFailure {
                 reason: error.to_string(),
-                retryable: error.is_retryable(),
+                kind: error.failure_kind(),
             };
             if let Err(e) = report_with_retries(|_| session.fail(&lease, failure.clone())).await {
                 tracing::warn!(task = %lease.task_id, error = %e, "failure report refused");
             }
             summary.tasks_failed += 1;
+            if matches!(error, WorkerError::Stalled { .. }) {
+                stalled = Some(error);
+            }
         }
     }
     session.release(&lease);
-    next
+    stalled.map_or(Ok(next), Err)
 }
 
 /// One rendezvous call waits this long for the rest of the gang.

@@ -1,7 +1,5 @@
 //! A single-rank train job, as the coordinator hands it out.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use atelier_proto::{RankStatus, TaskOutcome, TaskProgressReport, TrainJobSpec, TrainProgress};
 use std::time::Duration;
 
@@ -43,11 +41,10 @@ pub fn run_train(
     device: &str,
     threads: usize,
     handle: &Handle,
-    cancelled: &AtomicBool,
+    stop: &dyn Fn() -> bool,
     progress: &watch::Sender<TaskProgressReport>,
 ) -> Result<TaskOutcome> {
     let setup = train_setup(spec, device, threads);
-    let stop = || cancelled.load(Ordering::Relaxed);
     let timeout = Duration::from_secs(u64::from(spec.gang.collective_timeout_s));
     let mut collective = join_gang(
         plan.rank as usize,
@@ -56,7 +53,7 @@ pub fn run_train(
         plan.advertise_host,
         plan.rendezvous,
         timeout,
-        &stop,
+        stop,
     )?;
     let mut current = TrainProgress {
         ranks: vec![RankStatus {
@@ -76,7 +73,7 @@ pub fn run_train(
         handle,
         collective.as_mut(),
         &commit,
-        &stop,
+        stop,
         &mut |event| {
             match event {
                 TrainEvent::Started { total_steps, .. } => current.total_steps = *total_steps,

@@ -187,6 +187,7 @@ pub fn tag(
         beams: options.inference.beams,
         batch_size: options.inference.batch_size,
         threads: options.threads,
+        fetch: options.inference.fetch,
     };
     for (index, file) in catalog.files.iter().enumerate() {
         let range = ReadRange::groups(

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use atelier_catalog::{Catalog, ReadRange, StoreLocation};
 use atelier_pipeline::{ImageLoader, Pixels};
+use atelier_proto::FetchOptions;
 use object_store::buffered::BufWriter;
 use parquet::arrow::AsyncArrowWriter;
 use parquet::errors::ParquetError;
@@ -24,6 +25,7 @@ pub struct Tagging {
     pub beams: usize,
     pub batch_size: usize,
     pub threads: usize,
+    pub fetch: FetchOptions,
 }
 
 impl Taggers {
@@ -49,6 +51,7 @@ impl Taggers {
             tagging.threads,
             tagging.device,
             self.gpu_decode,
+            tagging.fetch,
         );
         let loader = ImageLoader::new(catalog, ranges, loader_options, handle.clone())?;
         let stats = loader.stats();

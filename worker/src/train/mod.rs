@@ -373,11 +373,8 @@ pub fn train_ranked(
                 return Ok(summary(&run, &checkpoint, images_seen, started));
             }
         }
-        let metrics = autocast.run(|| {
-            validate_epoch(
-                setup, &catalog, handle, &run.model, epoch, device, collective,
-            )
-        })?;
+        let metrics = autocast
+            .run(|| validate_epoch(setup, &catalog, handle, &run.model, epoch, collective, stop))?;
         run.manifest.epoch = epoch + 1;
         run.manifest.batch_in_epoch = 0;
         // JSON cannot hold NaN or infinity (a diverged validation loss); leave those out.

@@ -40,9 +40,10 @@ pub(super) fn validate_epoch(
     handle: &Handle,
     model: &Model,
     epoch: usize,
-    device: Device,
     collective: &mut dyn Collective,
+    stop: &dyn Fn() -> bool,
 ) -> Result<BTreeMap<String, f64>> {
+    let device = model.device();
     let mut metrics = BTreeMap::new();
     let options = &setup.options;
     if options.val_fraction == 0.0 {
@@ -59,6 +60,9 @@ pub(super) fn validate_epoch(
     {
         let _guard = tch::no_grad_guard();
         for batch in loader {
+            if stop() {
+                return Err(WorkerError::Cancelled);
+            }
             let mut batch = batch?;
             let inputs = inputs(&model.spec, &mut batch, device);
             if inputs.count == 0 {
