@@ -114,6 +114,19 @@ impl CatalogFile {
     }
 }
 
+/// Whether `object` is hidden below `prefix`: its name, or a folder on the
+/// way to it, starts with `_` or `.` (`_SUCCESS`, a job's `_attempts/`
+/// staging, `.tmp` files), as Spark and Hive readers skip them.
+pub fn is_hidden(prefix: &object_store::path::Path, object: &object_store::path::Path) -> bool {
+    let below: Vec<_> = match object.prefix_match(prefix) {
+        Some(parts) => parts.collect(),
+        None => object.parts().collect(),
+    };
+    below
+        .iter()
+        .any(|part| part.as_ref().starts_with(['_', '.']))
+}
+
 fn footer_error(file: &str, error: ParquetError) -> CatalogError {
     match error {
         ParquetError::External(inner) => match inner.downcast::<object_store::Error>() {
@@ -191,10 +204,10 @@ impl Catalog {
         let mut parquet = Vec::new();
         let mut ignored = Vec::new();
         for object in listed {
-            let name = object.location.filename().unwrap_or_default();
-            if name.starts_with('_') || name.starts_with('.') {
+            if is_hidden(&location.path, &object.location) {
                 continue;
             }
+            let name = object.location.filename().unwrap_or_default();
             if name.ends_with(".parquet") {
                 parquet.push((object.location, object.size));
             } else {
@@ -372,4 +385,27 @@ fn slice_selection(
         RowSelector::select(rows.end - rows.start),
         RowSelector::skip(available - rows.end),
     ])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::path::Path;
+
+    #[test]
+    fn objects_under_underscore_or_dot_folders_are_hidden() {
+        let prefix = Path::from("tags/nightly");
+        let hidden = |object: &str| is_hidden(&prefix, &Path::from(object));
+        assert!(!hidden("tags/nightly/part-00000.parquet"));
+        assert!(hidden("tags/nightly/_SUCCESS"));
+        assert!(hidden(
+            "tags/nightly/_attempts/job-1/part-00000.attempt-2.parquet"
+        ));
+        assert!(hidden("tags/nightly/.spark/part-1.parquet"));
+        // The prefix's own folders do not count.
+        assert!(!is_hidden(
+            &Path::from("_data/shop"),
+            &Path::from("_data/shop/part-00000.parquet")
+        ));
+    }
 }

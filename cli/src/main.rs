@@ -32,6 +32,8 @@ enum Command {
     Test(commands::test::TestArgs),
     /// Tag every item of a catalogue with a trained model, into Parquet.
     Tag(commands::tag::TagArgs),
+    /// The products most similar to one, from a tag output with embeddings.
+    Similar(commands::similar::SimilarArgs),
     /// Draw training curves and confusion heatmaps (PNG and SVG) under the checkpoint.
     Plot(commands::plot::PlotArgs),
     /// The whole job on this machine with local files: the README's first command.
@@ -89,6 +91,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Test(args) => commands::test::run(&args, &handle),
         Command::Tag(args) => commands::tag::run(&args, &handle),
         Command::Plot(args) => commands::plot::run(&args, &handle),
+        Command::Similar(args) => commands::similar::run(&args, &handle),
         Command::Coordinator(args) => commands::cluster::run_coordinator(&args, &handle),
         Command::Worker(args) => commands::cluster::run_worker(&args, &handle),
         Command::Submit(command) => commands::jobs::submit(command, &handle),

@@ -31,7 +31,7 @@ pub use error::{Result, WorkerError};
 pub use evaluate::{evaluate, load_model, EvalReport, EvaluateOptions, Layout, REPORT};
 pub use nvjpeg::{NvJpegDecoder, NvJpegLibrary};
 pub use scores::{ClassMetrics, ClassificationReport};
-pub use tag::{tag, TagOptions, TagSummary};
+pub use tag::{similar, tag, Neighbour, TagOptions, TagSummary, EMBEDDING};
 pub use train::{
     train, train_ranked, train_until, CheckpointCommit, MetricsLine, TrainEvent, TrainSetup,
     TrainSummary,

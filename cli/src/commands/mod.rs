@@ -7,6 +7,7 @@ pub mod local_cluster;
 pub mod pipeline;
 pub mod plot;
 pub mod score_line;
+pub mod similar;
 pub mod stages;
 pub mod tag;
 pub mod tag_accuracy;

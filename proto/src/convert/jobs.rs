@@ -4,7 +4,9 @@ use super::{job_id, non_empty};
 use crate::domain::*;
 use crate::error::{ProtoError, Result};
 use crate::ids::WorkerId;
-use crate::options::{FetchOptions, GangOptions, InferenceOptions, TrainOptions, UnknownName};
+use crate::options::{
+    EmbeddingPrecision, FetchOptions, GangOptions, InferenceOptions, TrainOptions, UnknownName,
+};
 use crate::v1;
 
 impl From<JobState> for v1::JobState {
@@ -112,6 +114,7 @@ impl TryFrom<v1::SubmitTagJobRequest> for TagJobSpec {
             r.bf16,
             r.channels_last,
             r.gpu_decode,
+            r.embeddings,
             r.fetch,
         )?;
         Ok(Self {
@@ -142,6 +145,7 @@ impl From<TagJobSpec> for v1::SubmitTagJobRequest {
             overwrite: s.overwrite,
             gpu_decode: Some(i.gpu_decode),
             fetch: Some(i.fetch.into()),
+            embeddings: i.embeddings.map(|e| e.name().to_string()),
         }
     }
 }
@@ -324,6 +328,7 @@ pub(super) fn inference_options(
     bf16: Option<bool>,
     channels_last: Option<bool>,
     gpu_decode: Option<bool>,
+    embeddings: Option<String>,
     fetch: Option<v1::FetchLimits>,
 ) -> Result<InferenceOptions> {
     let d = InferenceOptions::DEFAULT;
@@ -334,6 +339,10 @@ pub(super) fn inference_options(
         bf16: bf16.unwrap_or(d.bf16),
         channels_last: channels_last.unwrap_or(d.channels_last),
         gpu_decode: gpu_decode.unwrap_or(d.gpu_decode),
+        embeddings: embeddings
+            .filter(|name| !name.is_empty())
+            .map(|name| name_or(Some(name), "embeddings", EmbeddingPrecision::Float32))
+            .transpose()?,
         fetch: FetchOptions {
             max_image_bytes: fetch.max_image_bytes.unwrap_or(d.fetch.max_image_bytes),
             fetch_per_host: fetch.fetch_per_host.unwrap_or(d.fetch.fetch_per_host),

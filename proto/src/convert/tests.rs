@@ -1,7 +1,8 @@
 use super::*;
 use crate::domain::*;
 use crate::options::{
-    Arch, FetchOptions, GangOptions, InferenceOptions, ScheduleKind, Task, TrainOptions,
+    Arch, EmbeddingPrecision, FetchOptions, GangOptions, InferenceOptions, ScheduleKind, Task,
+    TrainOptions,
 };
 use crate::v1;
 
@@ -74,6 +75,7 @@ fn an_assignment_survives_the_round_trip() {
                 bf16: true,
                 channels_last: false,
                 gpu_decode: true,
+                embeddings: Some(EmbeddingPrecision::Float16),
                 fetch: FetchOptions {
                     max_image_bytes: 1 << 20,
                     fetch_per_host: 3,

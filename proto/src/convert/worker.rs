@@ -39,6 +39,7 @@ fn inference_into(i: &InferenceOptions, shard: &mut v1::TagShard) {
     shard.channels_last = Some(i.channels_last);
     shard.gpu_decode = Some(i.gpu_decode);
     shard.fetch = Some(i.fetch.into());
+    shard.embeddings = i.embeddings.map(|e| e.name().to_string());
 }
 
 impl From<Assignment> for v1::Task {
@@ -124,6 +125,7 @@ impl TryFrom<v1::Task> for Assignment {
                     s.bf16,
                     s.channels_last,
                     s.gpu_decode,
+                    s.embeddings,
                     s.fetch,
                 )?,
                 rows: s.rows,

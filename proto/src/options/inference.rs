@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::names::EmbeddingPrecision;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
 #[serde(default)]
@@ -24,6 +26,11 @@ pub struct InferenceOptions {
     /// devices that have one.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = InferenceOptions::DEFAULT.gpu_decode, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set))]
     pub gpu_decode: bool,
+    /// Also write each item's image embedding (the pooled backbone
+    /// features, L2-normalised) in an `embedding` column, for finding
+    /// similar products; `float16` halves its size.
+    #[cfg_attr(feature = "cli", arg(long, num_args = 0..=1, default_missing_value = "float32"))]
+    pub embeddings: Option<EmbeddingPrecision>,
     #[cfg_attr(feature = "cli", command(flatten))]
     pub fetch: FetchOptions,
 }
@@ -82,6 +89,7 @@ impl InferenceOptions {
         bf16: false,
         channels_last: true,
         gpu_decode: false,
+        embeddings: None,
         fetch: FetchOptions::DEFAULT,
     };
 

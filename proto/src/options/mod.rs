@@ -11,5 +11,5 @@ pub(crate) mod serde_compat;
 mod train;
 
 pub use inference::{FetchOptions, InferenceOptions};
-pub use names::{Arch, OptimizerKind, ScheduleKind, Task, UnknownName};
+pub use names::{Arch, EmbeddingPrecision, OptimizerKind, ScheduleKind, Task, UnknownName};
 pub use train::{GangOptions, TrainOptions};

@@ -141,6 +141,15 @@ named_choices! {
     }
 }
 
+named_choices! {
+    /// How a tag output stores each item's embedding.
+    EmbeddingPrecision ("an embedding precision") {
+        Float32 = "float32",
+        /// Half the bytes; cosine similarities agree to about 1e-3.
+        Float16 = "float16",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

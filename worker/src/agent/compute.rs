@@ -193,6 +193,7 @@ impl Context {
             batch_size: shard.inference.batch_size,
             threads: self.threads,
             fetch: shard.inference.fetch,
+            embeddings: shard.inference.embeddings,
         };
         let target = StoreLocation::parse(&shard.output)?;
         let catalog = match range.rows {

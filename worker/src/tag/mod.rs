@@ -2,10 +2,13 @@
 //!
 //! Output: one Parquet file per input file, with the same name, under the output
 //! prefix. Columns: `item_id`; per attribute `<attr>` (label), `<attr>_prob`,
-//! `<attr>_top3` and `<attr>_top3_prob`; `caption`; `model_version`; and
-//! `error`, set (and the tags null) for items whose image could not be used.
+//! `<attr>_top3` and `<attr>_top3_prob`; `caption`; with `--embeddings`,
+//! `embedding` (L2-normalised pooled backbone features, see `similar`);
+//! `model_version`; and `error`, set (and the tags null) for items whose
+//! image could not be used.
 
 mod predictions;
+mod similar;
 mod write;
 
 use std::sync::Arc;
@@ -15,12 +18,24 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use atelier_catalog::{Catalog, ReadRange, StoreLocation};
 use atelier_models::Model;
 use atelier_models::{CheckpointDir, Manifest};
-use atelier_proto::InferenceOptions;
+use atelier_proto::{EmbeddingPrecision, InferenceOptions};
 use serde::Serialize;
 use tch::Device;
 use tokio::runtime::Handle;
 
+pub use similar::{similar, Neighbour, EMBEDDING};
 pub use write::Tagging;
+
+/// An `embedding` column's type: a fixed-size list of floats, which pyarrow,
+/// DuckDB (`array_cosine_similarity` after a cast to `FLOAT[n]`) and LanceDB
+/// read as vectors.
+fn embedding_type(precision: EmbeddingPrecision, dim: i32) -> DataType {
+    let element = match precision {
+        EmbeddingPrecision::Float32 => DataType::Float32,
+        EmbeddingPrecision::Float16 => DataType::Float16,
+    };
+    DataType::FixedSizeList(Arc::new(Field::new("item", element, true)), dim)
+}
 
 use crate::error::{Result, WorkerError};
 use crate::evaluate::{load_model, Layout};
@@ -78,6 +93,13 @@ pub struct Written {
 impl Taggers {
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// The length of an embedding: the first model's pooled features.
+    fn embedding_dim(&self) -> i32 {
+        self.models
+            .first()
+            .map_or(0, |(_, model)| model.spec.arch.feature_dim() as i32)
     }
 
     pub fn load(
@@ -138,7 +160,9 @@ impl Taggers {
         })
     }
 
-    pub fn schema(&self) -> SchemaRef {
+    /// The output's columns; an `embedding` one when `embeddings` says how
+    /// to store it.
+    pub fn schema(&self, embeddings: Option<EmbeddingPrecision>) -> SchemaRef {
         let mut fields = vec![Field::new("item_id", DataType::Utf8, false)];
         for (attribute, _) in &self.attributes {
             fields.push(Field::new(attribute, DataType::Utf8, true));
@@ -159,6 +183,13 @@ impl Taggers {
             ));
         }
         fields.push(Field::new("caption", DataType::Utf8, true));
+        if let Some(precision) = embeddings {
+            fields.push(Field::new(
+                similar::EMBEDDING,
+                embedding_type(precision, self.embedding_dim()),
+                true,
+            ));
+        }
         fields.push(Field::new("model_version", DataType::Utf8, false));
         fields.push(Field::new("error", DataType::Utf8, true));
         Arc::new(Schema::new(fields))
@@ -188,6 +219,7 @@ pub fn tag(
         batch_size: options.inference.batch_size,
         threads: options.threads,
         fetch: options.inference.fetch,
+        embeddings: options.inference.embeddings,
     };
     for (index, file) in catalog.files.iter().enumerate() {
         let range = ReadRange::groups(

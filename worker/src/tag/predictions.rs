@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::{Float32Builder, ListBuilder, StringBuilder};
+use arrow_array::builder::{FixedSizeListBuilder, Float32Builder, ListBuilder, StringBuilder};
 use arrow_array::{ArrayRef, RecordBatch};
-use arrow_schema::SchemaRef;
+use arrow_schema::{DataType, SchemaRef};
 use atelier_pipeline::BatchItem;
 use tch::{Device, Kind, Tensor};
 
@@ -27,6 +27,8 @@ pub(super) struct Queued {
     items: Vec<BatchItem>,
     top: Option<Top>,
     captions: Option<Vec<String>>,
+    /// `[decoded items, dim]`, L2-normalised, still on the device.
+    embeddings: Option<Tensor>,
 }
 
 struct Top {
@@ -48,15 +50,25 @@ pub(super) struct Predicted {
     items: Vec<BatchItem>,
     top: Option<HostTop>,
     captions: Option<Vec<String>>,
+    /// Decoded items' embeddings laid end to end.
+    embeddings: Option<Vec<f32>>,
 }
 
 impl Queued {
     /// Waits for the batch's predictions to reach the host.
     pub(super) fn read_back(self) -> Result<Predicted> {
+        // After the top classes' wait, the device has done this batch; the
+        // embeddings' copy does not wait on the next one.
+        let top = self.top.map(Top::read).transpose()?;
+        let embeddings = self
+            .embeddings
+            .map(|e| Vec::<f32>::try_from(e.to_device(Device::Cpu).contiguous().view(-1)))
+            .transpose()?;
         Ok(Predicted {
-            top: self.top.map(Top::read).transpose()?,
+            top,
             items: self.items,
             captions: self.captions,
+            embeddings,
         })
     }
 }
@@ -84,6 +96,7 @@ impl Taggers {
         items: Vec<BatchItem>,
         images: Option<&Tensor>,
         beams: usize,
+        embeddings: bool,
     ) -> Result<Queued> {
         let _guard = tch::no_grad_guard();
         let Some(images) = images else {
@@ -91,6 +104,7 @@ impl Taggers {
                 items,
                 top: None,
                 captions: None,
+                embeddings: None,
             });
         };
         let features: Vec<Tensor> = self
@@ -124,10 +138,20 @@ impl Taggers {
         let top =
             (!probs.is_empty()).then(|| to_host(Tensor::cat(&probs, 1), Tensor::cat(&classes, 1)));
         let captions = self.captions(&features, beams)?;
+        // The first model's pooled features, as unit vectors: cosine
+        // similarity is then a dot product.
+        let embeddings = embeddings.then(|| {
+            let pooled = features[0].to_kind(Kind::Float);
+            let norms = pooled
+                .norm_scalaropt_dim(2, [1].as_slice(), true)
+                .clamp_min(1e-12);
+            pooled / norms
+        });
         Ok(Queued {
             items,
             top,
             captions,
+            embeddings,
         })
     }
 
@@ -163,6 +187,7 @@ impl Taggers {
             items,
             top,
             captions,
+            embeddings,
         } = predicted;
         let mut ids = StringBuilder::new();
         let mut versions = StringBuilder::new();
@@ -225,11 +250,53 @@ impl Taggers {
             }
         }
         columns.push(Arc::new(caption.finish()));
+        if let Ok(field) = schema.field_with_name(super::EMBEDDING) {
+            columns.push(embedding_column(
+                &items,
+                embeddings.as_deref(),
+                field.data_type(),
+            )?);
+        }
         columns.push(Arc::new(versions.finish()));
         columns.push(Arc::new(errors.finish()));
         Ok(RecordBatch::try_new(Arc::clone(schema), columns)
             .map_err(atelier_catalog::CatalogError::from)?)
     }
+}
+
+/// The `embedding` column of `items` in the output's type: each decoded
+/// item's vector, null for the others.
+fn embedding_column(
+    items: &[BatchItem],
+    embeddings: Option<&[f32]>,
+    output_type: &DataType,
+) -> Result<ArrayRef> {
+    let DataType::FixedSizeList(_, dim) = output_type else {
+        return Err(WorkerError::Internal(format!(
+            "the embedding column is {output_type}, not a fixed-size list"
+        )));
+    };
+    let dim = *dim as usize;
+    let mut column = FixedSizeListBuilder::new(Float32Builder::new(), dim as i32);
+    for item in items {
+        let vector = match (&item.slot, embeddings) {
+            (Ok(slot), Some(all)) => all.get(slot * dim..(slot + 1) * dim),
+            _ => None,
+        };
+        match vector {
+            Some(vector) => {
+                column.values().append_slice(vector);
+                column.append(true);
+            }
+            None => {
+                column.values().append_nulls(dim);
+                column.append(false);
+            }
+        }
+    }
+    let float32 = column.finish();
+    // float16 is a cast of the float32 vectors.
+    Ok(arrow::compute::cast(&float32, output_type).map_err(atelier_catalog::CatalogError::from)?)
 }
 
 /// Starts the copies of `probs` and `classes` to the host. From a GPU they go

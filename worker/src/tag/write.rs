@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use atelier_catalog::{Catalog, ReadRange, StoreLocation};
 use atelier_pipeline::{ImageLoader, Pixels};
-use atelier_proto::FetchOptions;
+use atelier_proto::{EmbeddingPrecision, FetchOptions};
 use object_store::buffered::BufWriter;
 use parquet::arrow::AsyncArrowWriter;
 use parquet::errors::ParquetError;
@@ -26,6 +26,8 @@ pub struct Tagging {
     pub batch_size: usize,
     pub threads: usize,
     pub fetch: FetchOptions,
+    /// Write an `embedding` column, in this precision.
+    pub embeddings: Option<EmbeddingPrecision>,
 }
 
 impl Taggers {
@@ -44,7 +46,7 @@ impl Taggers {
         cancelled: &dyn Fn() -> bool,
         progress: &mut dyn FnMut(Written),
     ) -> Result<Written> {
-        let schema = self.schema();
+        let schema = self.schema(tagging.embeddings);
         let loader_options = inference_loader_options(
             &self.models[0].0,
             tagging.batch_size,
@@ -98,7 +100,12 @@ impl Taggers {
             let forward = Instant::now();
             // The pixels are on the device now; only the items wait for their rows.
             let items = std::mem::take(&mut batch.items);
-            let queued = self.queue(items, images.as_ref(), tagging.beams)?;
+            let queued = self.queue(
+                items,
+                images.as_ref(),
+                tagging.beams,
+                tagging.embeddings.is_some(),
+            )?;
             written.stages.forward += forward.elapsed().as_secs_f64();
             if let Some(previous) = in_flight.replace(queued) {
                 write_rows(previous, &mut written)?;
