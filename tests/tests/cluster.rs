@@ -903,7 +903,7 @@ fn a_compute_thread_stuck_in_a_read_gives_its_lease_up_instead_of_hanging_the_jo
     let dir = tempfile::tempdir().unwrap();
     let catalog = catalogue_with_a_hanging_read(dir.path());
     let mut cluster = Cluster::start(dir.path(), None, &[]);
-    let worker = cluster.add_worker(&["--stall-timeout-s", "100000"]);
+    let worker = cluster.add_worker(&["--stall-timeout-s", "3"]);
     let out = dir.path().join("tags");
     let job = cluster.submit_tag_with(
         &catalog,

@@ -4,9 +4,9 @@
 //! The embeddings are L2-normalised when written, so cosine similarity is a
 //! dot product. The scan is exact: every vector is read once, in Parquet
 //! batches, and scored with an eight-lane dot product that the compiler
-//! turns into SIMD; the cores share the batches. At 10^6 × 512 floats that
-//! is 2 GB of arithmetic, a fraction of a second, and needs no index to
-//! build or keep fresh each night (BENCHMARKS.md, "Similar products").
+//! turns into SIMD, keeping the best `k` in a heap. It needs no index to
+//! build or keep fresh each night; reading the Parquet dominates its time
+//! (BENCHMARKS.md, "Similar products").
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -49,21 +49,20 @@ pub fn similar(tags: &str, item: &str, k: usize, handle: &Handle) -> Result<Vec<
             }
             best.offer(dot(&query, vector), || id.to_string());
         }
-        Ok(())
+        Ok(Scan::Go)
     })?;
     Ok(best.into_sorted())
 }
 
-/// The embedding of `item`, which must have one.
+/// The embedding of `item`, which must have one; the scan stops there.
 fn find_embedding(output: &TagOutput, item: &str, handle: &Handle) -> Result<Vec<f32>> {
     let mut found = None;
     output.scan(handle, |ids, vectors, dim| {
-        if found.is_none() {
-            if let Some(row) = ids.iter().position(|id| *id == Some(item)) {
-                found = Some(vectors[row * dim..(row + 1) * dim].to_vec());
-            }
+        if let Some(row) = ids.iter().position(|id| *id == Some(item)) {
+            found = Some(vectors[row * dim..(row + 1) * dim].to_vec());
+            return Ok(Scan::Stop);
         }
-        Ok(())
+        Ok(Scan::Go)
     })?;
     found.ok_or_else(|| {
         WorkerError::InvalidOptions(format!(
@@ -71,6 +70,13 @@ fn find_embedding(output: &TagOutput, item: &str, handle: &Handle) -> Result<Vec
             output.location.url()
         ))
     })
+}
+
+/// Whether a scan goes on after a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    Go,
+    Stop,
 }
 
 /// The Parquet parts of a tag output: every `*.parquet` object under its
@@ -111,11 +117,11 @@ impl TagOutput {
 
     /// Calls `visit` with each batch's ids (`None` for rows without an
     /// embedding) and its embeddings laid end to end as `f32`, zeros for
-    /// rows without one.
+    /// rows without one, until it says stop.
     fn scan(
         &self,
         handle: &Handle,
-        mut visit: impl FnMut(&[Option<&str>], &[f32], usize) -> Result<()>,
+        mut visit: impl FnMut(&[Option<&str>], &[f32], usize) -> Result<Scan>,
     ) -> Result<()> {
         for (path, size) in &self.parts {
             let url = self.location.url_of(path);
@@ -150,7 +156,9 @@ impl TagOutput {
                     .map(|row| (!vectors.is_null(row)).then(|| ids.value(row)))
                     .collect();
                 let flat = floats(vectors)?;
-                visit(&ids, &flat, dim)?;
+                if visit(&ids, &flat, dim)? == Scan::Stop {
+                    return Ok(());
+                }
             }
         }
         Ok(())
