@@ -35,10 +35,11 @@ if [ ! -f "$stamp" ]; then
     pyarrow pillow numpy safetensors >&2
   touch "$stamp"
 fi
-# Test tools added since the venv was first made (manifest validation, DuckDB).
-if ! "$ATELIER_VENV/bin/python" -c 'import kubernetes_validate, duckdb' 2>/dev/null; then
-  echo "setup: installing kubernetes-validate and duckdb into $ATELIER_VENV" >&2
-  "$ATELIER_VENV/bin/pip" install -q --disable-pip-version-check kubernetes-validate duckdb >&2
+# Test tools added since the venv was first made (manifest validation, the
+# readers a downstream team uses on tag outputs).
+if ! "$ATELIER_VENV/bin/python" -c 'import kubernetes_validate, duckdb, pandas' 2>/dev/null; then
+  echo "setup: installing kubernetes-validate, duckdb and pandas into $ATELIER_VENV" >&2
+  "$ATELIER_VENV/bin/pip" install -q --disable-pip-version-check kubernetes-validate duckdb pandas >&2
 fi
 
 export LIBTORCH_USE_PYTORCH=1

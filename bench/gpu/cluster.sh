@@ -55,4 +55,4 @@ start=$EPOCHREALTIME
 python3 -c "print('wall seconds: %.1f' % ($EPOCHREALTIME - $start))"
 kill -TERM "$worker"; wait "$worker"
 tail -n 2 "$work/worker.log"
-head -c 400 "$work/tags/manifest.json"; echo
+head -c 400 "$work/tags/_manifest.json"; echo

@@ -9,7 +9,9 @@
 # (ATELIER_EPOCHS, 9 against 8 on a 2-core machine; the script prints both
 # wall times so the budget can be checked).
 #
-#   [SEED=0] [CROP_SCALE=0.6] bench/training/real_sample.sh [PEER_EPOCHS] [ATELIER_EPOCHS]
+# FRAMING (center-crop or squash, atelier's --framing) applies to both.
+#
+#   [SEED=0] [CROP_SCALE=0.6] [FRAMING=squash] bench/training/real_sample.sh [PEER_EPOCHS] [ATELIER_EPOCHS]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 . scripts/setup.sh
@@ -18,6 +20,7 @@ peer_epochs="${1:-8}"
 atelier_epochs="${2:-9}"
 seed="${SEED:-0}"
 crop="${CROP_SCALE:-0.6}"
+framing="${FRAMING:-squash}"
 data="${ATELIER_FASHION_DATA:-../shared/data/fashion-products}"
 work="$ATELIER_CACHE/bench/real-sample"
 atelier_build -q
@@ -32,11 +35,11 @@ echo "== atelier"
 start=$(date +%s)
 RUST_LOG=warn "$atelier" train --model-type pool --arch resnet18 --image-size 64 --batch-size 64 \
   --catalog "$work/catalog" --checkpoint "$work/ckpt" --n-epochs "$atelier_epochs" --lr 0.1 \
-  --schedule onecycle --weight-decay 5e-4 --optimizer sgd --seed "$seed" --crop-scale "$crop"
+  --schedule onecycle --weight-decay 5e-4 --optimizer sgd --seed "$seed" --crop-scale "$crop" --framing "$framing"
 echo "atelier wall seconds: $(( $(date +%s) - start ))"
 "$atelier" test --checkpoint "$work/ckpt" --catalog "$work/catalog" --top-classes 0 | grep -E "accuracy|evaluated"
 echo "== PyTorch peer"
 start=$(date +%s)
 python bench/training/train_peer.py --catalog "$work/catalog" --epochs "$peer_epochs" --image-size 64 --batch-size 64 --lr 0.1 \
-  --seed "$seed" --crop-scale "$crop"
+  --seed "$seed" --crop-scale "$crop" --framing "$framing"
 echo "peer wall seconds: $(( $(date +%s) - start ))"

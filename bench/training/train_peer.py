@@ -86,6 +86,8 @@ def main():
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--crop-scale", type=float, default=0.6,
                         help="smallest area share of RandomResizedCrop (atelier's --crop-scale)")
+    parser.add_argument("--framing", choices=["center-crop", "squash"], default="center-crop",
+                        help="atelier's --framing: squash resizes the whole photo to the square first")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
     parser.add_argument("--bf16", action="store_true", help="torch.autocast bf16 on --device")
     parser.add_argument("--channels-last", action="store_true")
@@ -120,18 +122,19 @@ def run(rank, args, port):
         ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         maps[a] = {label: i + 1 for i, (label, _) in enumerate(ordered)}  # 0 = unknown
     normalize = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    train_tf = transforms.Compose([
+    # Squash: the whole photo resized to a square, crops drawn from that.
+    square = args.image_size * 2
+    squash = [transforms.Resize((square, square))] if args.framing == "squash" else []
+    train_tf = transforms.Compose(squash + [
         transforms.RandomResizedCrop(args.image_size, scale=(args.crop_scale, 1.0)),
         transforms.RandomHorizontalFlip(),
         transforms.ToTensor(),
         normalize,
     ])
-    val_tf = transforms.Compose([
-        transforms.Resize(args.image_size),
-        transforms.CenterCrop(args.image_size),
-        transforms.ToTensor(),
-        normalize,
-    ])
+    val_tf = transforms.Compose(
+        ([transforms.Resize((args.image_size, args.image_size))] if args.framing == "squash"
+         else [transforms.Resize(args.image_size), transforms.CenterCrop(args.image_size)])
+        + [transforms.ToTensor(), normalize])
     pin = args.device.startswith("cuda")
     train_items = Items(train_rows, maps, train_tf)
     sampler = (torch.utils.data.distributed.DistributedSampler(train_items, world, rank, seed=args.seed)

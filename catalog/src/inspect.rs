@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use crate::error::{CatalogError, Result};
 use crate::reader::{Catalog, ReadRange};
-use crate::schema::{IMAGE, IMAGE_URI, ITEM_ID, LABEL_COLUMNS};
 use crate::sniff::ImageFormat;
+use atelier_proto::{CatalogColumns, Label};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct InspectReport {
@@ -22,7 +22,14 @@ pub struct InspectReport {
     pub rows: usize,
     pub row_groups: usize,
     pub columns: Vec<(String, String)>,
+    /// The names the catalogue was read under.
+    pub names: CatalogColumns,
+    /// Rows whose id an earlier row already had.
     pub duplicate_item_ids: usize,
+    /// The first few ids that occur more than once, in catalogue order.
+    pub duplicate_examples: Vec<String>,
+    /// Rows with no id at all.
+    pub null_item_ids: usize,
     pub labels: BTreeMap<String, LabelDistribution>,
     pub samples: Vec<SampleRow>,
 }
@@ -56,10 +63,12 @@ pub struct SampleRow {
 
 const TOP_VALUES: usize = 12;
 const SAMPLES: usize = 5;
+const DUPLICATE_EXAMPLES: usize = 5;
 
-/// Opens the catalogue, checks every footer, and reads the label columns once.
-pub async fn inspect(url: &str) -> Result<InspectReport> {
-    let catalog = Catalog::open(url).await?;
+/// Opens the catalogue under `names`, checks every footer, and reads the id
+/// and label columns once.
+pub async fn inspect(url: &str, names: &CatalogColumns) -> Result<InspectReport> {
+    let catalog = Catalog::open_mapped(url, names).await?;
     let files = catalog
         .files
         .iter()
@@ -82,24 +91,30 @@ pub async fn inspect(url: &str) -> Result<InspectReport> {
         .map(|f| (f.name().clone(), f.data_type().to_string()))
         .collect();
 
-    let mut counts: HashMap<&str, HashMap<String, usize>> = HashMap::new();
-    let mut missing: HashMap<&str, usize> = HashMap::new();
+    let mut counts: HashMap<Label, HashMap<String, usize>> = HashMap::new();
+    let mut missing: HashMap<Label, usize> = HashMap::new();
     let mut ids = HashSet::with_capacity(catalog.num_rows());
-    let mut duplicates = 0;
-    let mut wanted = vec![ITEM_ID];
-    wanted.extend(LABEL_COLUMNS);
+    let (mut duplicates, mut duplicate_examples, mut null_ids) = (0, Vec::new(), 0);
+    let mut wanted = vec![names.id.as_str()];
+    wanted.extend(Label::ALL.iter().map(|&label| names.label(label)));
     let mut stream = catalog.stream(catalog.full_ranges(), &wanted, 8192);
     while let Some(batch) = stream.next().await {
         let batch = batch?;
-        if let Some(item_ids) = utf8_column(&batch, ITEM_ID)? {
+        if let Some(item_ids) = utf8_column(&batch, &names.id)? {
+            null_ids += item_ids.null_count();
             for id in item_ids.iter().flatten() {
                 if !ids.insert(id.to_string()) {
                     duplicates += 1;
+                    if duplicate_examples.len() < DUPLICATE_EXAMPLES
+                        && !duplicate_examples.iter().any(|d| d == id)
+                    {
+                        duplicate_examples.push(id.to_string());
+                    }
                 }
             }
         }
-        for label in LABEL_COLUMNS {
-            let Some(values) = utf8_column(&batch, label)? else {
+        for &label in Label::ALL {
+            let Some(values) = utf8_column(&batch, names.label(label))? else {
                 continue;
             };
             let counter = counts.entry(label).or_default();
@@ -120,7 +135,7 @@ pub async fn inspect(url: &str) -> Result<InspectReport> {
             top.truncate(TOP_VALUES);
             let distribution = LabelDistribution {
                 distinct,
-                missing: missing.get(label).copied().unwrap_or(0),
+                missing: missing.get(&label).copied().unwrap_or(0),
                 top,
             };
             (label.to_string(), distribution)
@@ -135,34 +150,38 @@ pub async fn inspect(url: &str) -> Result<InspectReport> {
         files,
         ignored: catalog.ignored.clone(),
         columns,
+        names: names.clone(),
         duplicate_item_ids: duplicates,
+        duplicate_examples,
+        null_item_ids: null_ids,
         labels,
     })
 }
 
 async fn samples(catalog: &Catalog) -> Result<Vec<SampleRow>> {
-    let mut wanted = vec![ITEM_ID, IMAGE, IMAGE_URI];
-    wanted.extend(LABEL_COLUMNS);
+    let names = &catalog.names;
+    let mut wanted = vec![names.id.as_str(), &names.image, &names.image_uri];
+    wanted.extend(Label::ALL.iter().map(|&label| names.label(label)));
     let first = ReadRange::groups(0, vec![0]);
     let mut stream = catalog.stream(vec![first], &wanted, SAMPLES);
     let Some(batch) = stream.next().await.transpose()? else {
         return Ok(Vec::new());
     };
-    let ids =
-        utf8_column(&batch, ITEM_ID)?.ok_or_else(|| CatalogError::Internal("no item_id".into()))?;
-    let images = match batch.column_by_name(IMAGE) {
+    let ids = utf8_column(&batch, &names.id)?
+        .ok_or_else(|| CatalogError::Internal(format!("no {:?} column read", names.id)))?;
+    let images = match batch.column_by_name(&names.image) {
         Some(column) => Some(cast(column, &DataType::Binary)?),
         None => None,
     };
     let images = images
         .as_ref()
         .and_then(|c| c.as_any().downcast_ref::<BinaryArray>());
-    let uris = utf8_column(&batch, IMAGE_URI)?;
+    let uris = utf8_column(&batch, &names.image_uri)?;
     let mut rows = Vec::new();
     for row in 0..batch.num_rows().min(SAMPLES) {
         let mut labels = BTreeMap::new();
-        for label in LABEL_COLUMNS {
-            if let Some(values) = utf8_column(&batch, label)? {
+        for &label in Label::ALL {
+            if let Some(values) = utf8_column(&batch, names.label(label))? {
                 if values.is_valid(row) {
                     labels.insert(label.to_string(), values.value(row).to_string());
                 }
@@ -174,7 +193,11 @@ async fn samples(catalog: &Catalog) -> Result<Vec<SampleRow>> {
             _ => "no image".to_string(),
         };
         rows.push(SampleRow {
-            item_id: ids.value(row).to_string(),
+            item_id: if ids.is_valid(row) {
+                ids.value(row).to_string()
+            } else {
+                "(no id)".to_string()
+            },
             labels,
             image,
         });
@@ -243,19 +266,38 @@ impl fmt::Display for InspectReport {
         for (name, data_type) in &self.columns {
             writeln!(f, "  {name:<20} {data_type}")?;
         }
+        let id = &self.names.id;
         if self.duplicate_item_ids > 0 {
             writeln!(
                 f,
-                "  WARNING: {} duplicate item_id values",
-                self.duplicate_item_ids
+                "  WARNING: {} rows repeat an earlier row's {id} (for example {}); \
+                 each row is tagged, so its id appears as often in the output",
+                self.duplicate_item_ids,
+                self.duplicate_examples.join(", ")
             )?;
         } else {
-            writeln!(f, "  item_id: unique")?;
+            writeln!(f, "  {id}: unique")?;
         }
-        for (label, distribution) in &self.labels {
+        if self.null_item_ids > 0 {
             writeln!(
                 f,
-                "\n{label}: {} distinct, {} missing",
+                "  WARNING: {} rows have no {id}; tagging refuses them",
+                self.null_item_ids
+            )?;
+        }
+        for (label, distribution) in &self.labels {
+            let column = label
+                .parse::<Label>()
+                .map(|l| self.names.label(l).to_string())
+                .unwrap_or_default();
+            let from = if column.is_empty() || &column == label {
+                String::new()
+            } else {
+                format!(" (column {column})")
+            };
+            writeln!(
+                f,
+                "\n{label}{from}: {} distinct, {} missing",
                 distribution.distinct, distribution.missing
             )?;
             for (value, count) in &distribution.top {

@@ -22,6 +22,7 @@ mod schema;
 mod sniff;
 mod store;
 mod synthetic;
+mod tag_output;
 mod writer;
 
 pub use checkpoint_commit::{commit_checkpoint, CHECKPOINT_MANIFEST, CHECKPOINT_METRICS};
@@ -34,10 +35,13 @@ pub use object_reader::ObjectFileReader;
 pub use ordered_pool::{OrderedPool, WorkerPanic};
 pub use output::prepare_output;
 pub use reader::{is_hidden, Catalog, CatalogFile, ReadRange};
-pub use schema::{CAPTION, IMAGE, IMAGE_URI, ITEM_ID, LABEL_COLUMNS};
+pub use schema::{is_id_type, FileColumns, CAPTION, IMAGE, IMAGE_URI, ITEM_ID, LABEL_COLUMNS};
 pub use sniff::ImageFormat;
 pub use store::{StoreCache, StoreLocation};
 pub use synthetic::{encode_jpeg, generate, render_item, GenerateOptions, GenerateSummary};
+pub use tag_output::{
+    part_name, seal_tag_output, ManifestPart, TagManifest, SUCCESS, TAG_MANIFEST,
+};
 pub use writer::{
     CatalogWriter, WriterOptions, WrittenFile, DEFAULT_GROUPS_PER_FILE, DEFAULT_ROWS_PER_GROUP,
 };

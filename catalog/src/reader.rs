@@ -16,7 +16,10 @@ use parquet::file::metadata::PageIndexPolicy;
 
 use crate::error::{CatalogError, Result};
 use crate::object_reader::ObjectFileReader;
-use crate::schema::{self, CatalogColumns};
+use arrow_schema::DataType;
+use atelier_proto::CatalogColumns;
+
+use crate::schema::{self, FileColumns};
 use crate::store::StoreLocation;
 
 /// Footers are small; reading a few at once hides object-store latency.
@@ -28,7 +31,9 @@ pub struct CatalogFile {
     pub location: StoreLocation,
     pub size: u64,
     pub metadata: ArrowReaderMetadata,
-    pub columns: CatalogColumns,
+    /// The names its columns were read under.
+    pub names: CatalogColumns,
+    pub columns: FileColumns,
 }
 
 impl CatalogFile {
@@ -60,23 +65,20 @@ impl CatalogFile {
         group
             .columns()
             .iter()
-            .filter(|column| column.column_path().parts() == [schema::IMAGE])
+            .filter(|column| column.column_path().parts() == [self.names.image.as_str()])
             .all(|column| column.offset_index_offset().is_some())
     }
 
-    /// Opens the footer of one object and checks it against the column contract.
-    pub async fn open(location: StoreLocation, size: Option<u64>) -> Result<Self> {
-        Self::open_with(location, size, false).await
-    }
-
-    /// As [`CatalogFile::open`], and also reads the offset index (where each
-    /// page lies), so that reading part of a row group fetches only its pages
-    /// rather than the whole column chunk of image bytes.
-    pub async fn open_indexed(location: StoreLocation, size: Option<u64>) -> Result<Self> {
-        Self::open_with(location, size, true).await
-    }
-
-    async fn open_with(location: StoreLocation, size: Option<u64>, indexed: bool) -> Result<Self> {
+    /// Opens the footer of one object and checks it against the column
+    /// contract under `names`. With `indexed` it also reads the offset index
+    /// (where each page lies), so that reading part of a row group fetches
+    /// only its pages rather than the whole column chunk of image bytes.
+    pub async fn open(
+        location: StoreLocation,
+        size: Option<u64>,
+        names: &CatalogColumns,
+        indexed: bool,
+    ) -> Result<Self> {
         let size = match size {
             Some(size) => size,
             None => {
@@ -104,11 +106,12 @@ impl CatalogFile {
         let metadata = ArrowReaderMetadata::load_async(&mut reader, options)
             .await
             .map_err(|e| footer_error(&file, e))?;
-        let columns = schema::validate(metadata.schema(), &file)?;
+        let columns = schema::validate(metadata.schema(), &file, names)?;
         Ok(Self {
             location,
             size,
             metadata,
+            names: names.clone(),
             columns,
         })
     }
@@ -168,29 +171,41 @@ impl ReadRange {
 #[derive(Debug, Clone)]
 pub struct Catalog {
     pub location: StoreLocation,
+    /// The names its columns are read under.
+    pub names: CatalogColumns,
     pub files: Vec<CatalogFile>,
     /// Objects under the prefix that are not `*.parquet` and were left out.
     pub ignored: Vec<String>,
 }
 
 impl Catalog {
-    /// Lists the prefix and reads every footer; never reads image bytes.
+    /// Lists the prefix and reads every footer, under atelier's own column
+    /// names (a catalogue atelier wrote); never reads image bytes.
     pub async fn open(url: &str) -> Result<Self> {
-        let location = StoreLocation::parse(url)?;
-        Self::open_location(location).await
+        Self::open_mapped(url, &CatalogColumns::default()).await
     }
 
-    /// As [`Catalog::open`], with each file's offset index too (see
-    /// [`CatalogFile::open_indexed`]): for readers of parts of row groups.
-    pub async fn open_indexed(url: &str) -> Result<Self> {
-        Self::open_listed(StoreLocation::parse(url)?, true).await
+    /// As [`Catalog::open`], reading the columns `names` names: a shop's
+    /// own catalogue.
+    pub async fn open_mapped(url: &str, names: &CatalogColumns) -> Result<Self> {
+        Self::open_listed(StoreLocation::parse(url)?, names, false).await
+    }
+
+    /// As [`Catalog::open_mapped`], with each file's offset index too (see
+    /// [`CatalogFile::open`]): for readers of parts of row groups.
+    pub async fn open_indexed(url: &str, names: &CatalogColumns) -> Result<Self> {
+        Self::open_listed(StoreLocation::parse(url)?, names, true).await
     }
 
     pub async fn open_location(location: StoreLocation) -> Result<Self> {
-        Self::open_listed(location, false).await
+        Self::open_listed(location, &CatalogColumns::default(), false).await
     }
 
-    async fn open_listed(location: StoreLocation, indexed: bool) -> Result<Self> {
+    async fn open_listed(
+        location: StoreLocation,
+        names: &CatalogColumns,
+        indexed: bool,
+    ) -> Result<Self> {
         let listed: Vec<_> = match location
             .store
             .list(Some(&location.path))
@@ -221,10 +236,11 @@ impl Catalog {
             // The URL may name a single file rather than a prefix.
             return match location.store.head(&location.path).await {
                 Ok(meta) => {
-                    let file =
-                        CatalogFile::open_with(location.clone(), Some(meta.size), indexed).await?;
+                    let file = CatalogFile::open(location.clone(), Some(meta.size), names, indexed)
+                        .await?;
                     Ok(Self {
                         location,
+                        names: names.clone(),
                         files: vec![file],
                         ignored,
                     })
@@ -243,16 +259,18 @@ impl Catalog {
 
         let files: Vec<CatalogFile> = stream::iter(parquet)
             .map(|(path, size)| {
-                CatalogFile::open_with(location.with_path(path), Some(size), indexed)
+                CatalogFile::open(location.with_path(path), Some(size), names, indexed)
             })
             .buffered(FOOTER_CONCURRENCY)
             .try_collect()
             .await?;
         let catalog = Self {
             location,
+            names: names.clone(),
             files,
             ignored,
         };
+        catalog.id_type()?;
         if catalog.num_rows() == 0 {
             return Err(CatalogError::Empty {
                 url: catalog.location.url(),
@@ -263,6 +281,31 @@ impl Catalog {
 
     pub fn num_rows(&self) -> usize {
         self.files.iter().map(CatalogFile::num_rows).sum()
+    }
+
+    /// The type of the id column, the same in every file (tag outputs keep
+    /// it, and one output must have one schema); files that disagree are
+    /// refused, naming both.
+    pub fn id_type(&self) -> Result<DataType> {
+        let Some(first) = self.files.first() else {
+            return Err(CatalogError::Empty {
+                url: self.location.url(),
+            });
+        };
+        let id_type = &first.columns.id_type;
+        if let Some(other) = self.files.iter().find(|f| &f.columns.id_type != id_type) {
+            return Err(CatalogError::Schema {
+                file: other.location.url(),
+                problem: format!(
+                    "its id column {:?} has type {}, but {} has {id_type}; \
+                     one catalogue's ids have one type",
+                    self.names.id,
+                    other.columns.id_type,
+                    first.location.url()
+                ),
+            });
+        }
+        Ok(id_type.clone())
     }
 
     pub fn num_row_groups(&self) -> usize {

@@ -55,6 +55,10 @@ pub struct CoordinatorArgs {
     /// count against a job's max attempts or max restarts.
     #[arg(long, default_value_t = crate::state::DEFAULT_MAX_LOST_WORKERS)]
     pub max_lost_workers: u32,
+    /// A tag or eval job fails after this many seconds with no worker
+    /// registered (train gangs have their own --gang-timeout-s).
+    #[arg(long, default_value_t = crate::state::DEFAULT_NO_WORKER_TIMEOUT.as_secs())]
+    pub no_worker_timeout_s: u64,
     /// The most shards a tag job may be cut into; a job that would need more
     /// is refused at submit (each shard is a task record in memory).
     #[arg(long, default_value_t = CoordinatorConfig::default().max_shards_per_job)]
@@ -110,6 +114,7 @@ impl CoordinatorArgs {
             },
             default_max_attempts: self.max_attempts,
             max_lost_workers: self.max_lost_workers,
+            no_worker_timeout: Duration::from_secs(self.no_worker_timeout_s),
             max_shards_per_job: self.max_shards_per_job,
             write_policy: WritePolicy {
                 roots: self

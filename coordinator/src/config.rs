@@ -16,6 +16,8 @@ pub struct CoordinatorConfig {
     pub default_max_attempts: u32,
     /// Lost workers (expired leases) a task or a gang may suffer.
     pub max_lost_workers: u32,
+    /// Tag and eval jobs fail after this long with no worker registered.
+    pub no_worker_timeout: Duration,
     /// Longest a LeaseTask call waits for work.
     pub max_lease_wait: Duration,
     /// Where jobs may write (`--output-root`) and where never (the state file).
@@ -55,6 +57,7 @@ impl Default for CoordinatorConfig {
             },
             default_max_attempts: 3,
             max_lost_workers: crate::state::DEFAULT_MAX_LOST_WORKERS,
+            no_worker_timeout: crate::state::DEFAULT_NO_WORKER_TIMEOUT,
             max_lease_wait: Duration::from_secs(20),
             max_shards_per_job: 200_000,
             write_policy: WritePolicy::default(),

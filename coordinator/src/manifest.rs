@@ -1,44 +1,19 @@
-//! `manifest.json` and `_SUCCESS` under a finished tag job's output prefix.
+//! Committing a finished tag job's output: its parts, `_manifest.json` and
+//! `_SUCCESS` (the layout is `atelier_catalog::TagManifest`'s).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use atelier_catalog::{CatalogError, StoreLocation};
+use atelier_catalog::{seal_tag_output, CatalogError, ManifestPart, StoreLocation, TagManifest};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
-use serde::Serialize;
 
 use atelier_proto::{staged_part, TaskWork, STAGING_DIR};
 
 use crate::error::{CoordinatorError, Result};
 use crate::records::TaskRecord;
 use crate::state::Finalize;
-
-#[derive(Debug, Serialize)]
-struct Manifest<'a> {
-    job_id: &'a str,
-    catalog: &'a str,
-    checkpoints: &'a [String],
-    model_version: &'a str,
-    rows: u64,
-    items_with_errors: u64,
-    shards: usize,
-    shards_retried: u32,
-    created_unix_ms: i64,
-    started_unix_ms: Option<i64>,
-    finished_unix_ms: i64,
-    seconds: f64,
-    parts: Vec<Part<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-struct Part<'a> {
-    file: &'a str,
-    rows: u64,
-    items_with_errors: u64,
-    attempts: u32,
-}
 
 /// Commits a finished tag job's output: checks that every shard's
 /// completing attempt wrote its staging object, asks `seal` whether the job
@@ -79,8 +54,12 @@ pub async fn write_manifest(
         });
     }
     rename_all(&output, pending).await?;
-    put(&output, "manifest.json", Bytes::from(body)).await?;
-    put(&output, "_SUCCESS", Bytes::new()).await?;
+    seal_tag_output(&output, Bytes::from(body))
+        .await
+        .map_err(|source| CoordinatorError::Commit {
+            what: "writing the manifest".into(),
+            source,
+        })?;
     let staging = output.child(&format!("{STAGING_DIR}/{}", finalize.job.id));
     if let Err(e) = delete_all(&staging).await {
         // The output is whole; what is left under `_attempts/` is never read.
@@ -231,16 +210,6 @@ async fn delete_all(prefix: &StoreLocation) -> Result<()> {
     Ok(())
 }
 
-async fn put(output: &StoreLocation, name: &str, bytes: Bytes) -> Result<()> {
-    let target = output.child(name);
-    target
-        .store
-        .put(&target.path, bytes.into())
-        .await
-        .map(drop)
-        .map_err(|e| store_failure("writing", target.url(), e))
-}
-
 async fn off_runtime<T: Send + 'static>(
     finalize: &Arc<Finalize>,
     work: impl FnOnce(&Finalize) -> T + Send + 'static,
@@ -259,12 +228,13 @@ fn manifest_json(finalize: &Finalize, finished: i64) -> Result<Vec<u8>> {
             job.id
         )));
     };
-    let parts: Vec<Part<'_>> = finalize.parts.iter().map(part).collect();
-    let manifest = Manifest {
-        job_id: job.id.as_str(),
-        catalog: &spec.catalog,
-        checkpoints: &spec.checkpoints,
-        model_version: &job.model_version,
+    let parts: Vec<ManifestPart> = finalize.parts.iter().map(part).collect();
+    let manifest = TagManifest {
+        job_id: Some(job.id.to_string()),
+        catalog: spec.catalog.clone(),
+        columns: spec.columns.clone(),
+        checkpoints: spec.checkpoints.clone(),
+        model_version: job.model_version.clone(),
         rows: finalize.parts.iter().map(|t| t.rows_written).sum(),
         items_with_errors: finalize.parts.iter().map(|t| t.items_failed).sum(),
         shards: finalize.parts.len(),
@@ -275,8 +245,7 @@ fn manifest_json(finalize: &Finalize, finished: i64) -> Result<Vec<u8>> {
         seconds: (finished - job.started_unix_ms.unwrap_or(job.created_unix_ms)) as f64 / 1000.0,
         parts,
     };
-    serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| CoordinatorError::Internal(format!("serialising the manifest: {e}")))
+    Ok(manifest.to_json())
 }
 
 /// The object the shard was told to write (not whatever the worker reported).
@@ -287,10 +256,10 @@ fn shard_output(task: &TaskRecord) -> &str {
     }
 }
 
-fn part(task: &TaskRecord) -> Part<'_> {
+fn part(task: &TaskRecord) -> ManifestPart {
     let url = shard_output(task);
-    Part {
-        file: url.rsplit('/').next().unwrap_or(url),
+    ManifestPart {
+        file: url.rsplit('/').next().unwrap_or(url).to_string(),
         rows: task.rows_written,
         items_with_errors: task.items_failed,
         attempts: task.attempt,
@@ -313,6 +282,7 @@ mod tests {
             .map(|index| {
                 let work = TaskWork::Tag(ShardWork {
                     catalog: "file:///catalog".into(),
+                    columns: Default::default(),
                     ranges: vec![FileRowGroups {
                         file: "file:///catalog/part-0.parquet".into(),
                         row_groups: vec![index as u32],
@@ -332,6 +302,7 @@ mod tests {
             id: "job-1".into(),
             spec: JobSpec::Tag(TagJobSpec {
                 catalog: "file:///catalog".into(),
+                columns: Default::default(),
                 checkpoints: vec![],
                 output: output.into(),
                 target_shard_rows: None,
@@ -408,9 +379,10 @@ mod tests {
             !dir.path().join("_attempts").exists(),
             "staging objects and their folders are cleared"
         );
-        let manifest: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap())
-                .unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join(atelier_catalog::TAG_MANIFEST)).unwrap(),
+        )
+        .unwrap();
         assert_eq!(manifest["rows"], 30);
         assert_eq!(manifest["parts"].as_array().unwrap().len(), 3);
         // Run again, as after a coordinator restart: the committed parts stand.

@@ -94,6 +94,7 @@ mod tests {
     fn tag(output: &str) -> JobSpec {
         JobSpec::Tag(TagJobSpec {
             catalog: "/shop/catalog".into(),
+            columns: Default::default(),
             checkpoints: vec!["file:///shop/model/".into()],
             output: output.into(),
             target_shard_rows: None,
@@ -138,6 +139,7 @@ mod tests {
         assert!(error.contains("coordinator.db"), "{error}");
         let train = JobSpec::Train(TrainJobSpec {
             catalog: "s3://bucket/catalog".into(),
+            columns: Default::default(),
             checkpoint: "s3://bucket/models/pool".into(),
             ..Default::default()
         });

@@ -52,7 +52,7 @@ impl ShardSizing {
 
 /// The object shard `index` writes; fixed, so a retried shard replaces it.
 pub fn shard_output(output: &StoreLocation, index: usize) -> String {
-    output.child(&format!("part-{index:05}.parquet")).url()
+    output.child(&atelier_catalog::part_name(index)).url()
 }
 
 /// Opens every footer (never image bytes), checks the schema and cuts shards
@@ -67,7 +67,7 @@ pub async fn plan_tag_job(
     workers: usize,
     max_shards: usize,
 ) -> Result<TagPlan> {
-    let catalog = Catalog::open(&spec.catalog)
+    let catalog = Catalog::open_mapped(&spec.catalog, &spec.columns)
         .await
         .map_err(CoordinatorError::BadCatalog)?;
     let output = StoreLocation::parse(&spec.output)
@@ -168,6 +168,7 @@ fn shard(
 ) -> ShardWork {
     ShardWork {
         catalog: spec.catalog.clone(),
+        columns: spec.columns.clone(),
         ranges: vec![FileRowGroups {
             file: file.to_string(),
             row_groups,
@@ -256,6 +257,7 @@ mod tests {
         generate(&options, out, runtime.handle(), |_| {}).unwrap();
         TagJobSpec {
             catalog: url,
+            columns: Default::default(),
             checkpoints: vec![],
             output: dir.join("out").to_str().unwrap().into(),
             target_shard_rows,

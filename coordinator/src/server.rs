@@ -65,7 +65,8 @@ impl Restored {
             "coordinator state loaded"
         );
         let state = State::restore(config.lease_timeout, loaded, Now::read())
-            .with_max_lost_workers(config.max_lost_workers);
+            .with_max_lost_workers(config.max_lost_workers)
+            .with_no_worker_timeout(config.no_worker_timeout);
         Ok(Self { store, state })
     }
 

@@ -35,6 +35,10 @@ pub struct Manifest {
     pub atelier_version: String,
     pub model: ModelSpec,
     pub image_size: usize,
+    /// How photos were fitted to the square; `test` and `tag` fit them the
+    /// same way. Checkpoints from before it was recorded were centre-cropped.
+    #[serde(default = "centre_crop")]
+    pub framing: atelier_proto::Framing,
     pub normalization: Normalization,
     /// Epochs fully done.
     pub epoch: usize,
@@ -52,9 +56,16 @@ pub struct Manifest {
     /// The training options the run started with, for resuming with the same ones.
     #[serde(default)]
     pub train: serde_json::Value,
+    /// The catalogue column names the run read its ids and labels under.
+    #[serde(default)]
+    pub columns: atelier_proto::CatalogColumns,
     /// The metrics log of this step ([`METRICS`] when absent).
     #[serde(default)]
     pub metrics_log: Option<String>,
+}
+
+fn centre_crop() -> atelier_proto::Framing {
+    atelier_proto::Framing::CenterCrop
 }
 
 impl Manifest {

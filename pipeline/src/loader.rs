@@ -9,7 +9,7 @@ use arrow_schema::DataType;
 use atelier_catalog::OrderedPool;
 use atelier_catalog::{stable_hash, Catalog, CatalogError, Labels, ReadRange};
 use atelier_catalog::{Fetched, HttpFetcher, HttpLimits, StoreCache};
-use atelier_catalog::{IMAGE, IMAGE_URI, ITEM_ID, LABEL_COLUMNS};
+use atelier_proto::{CatalogColumns, Framing, Label};
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use object_store::{GetResultPayload, ObjectStoreExt};
@@ -34,6 +34,8 @@ pub struct LoaderOptions {
     /// Batches allowed between the reader and the consumer; bounds memory.
     pub prefetch: usize,
     pub augment: Augment,
+    /// How each photo is fitted to the square before `augment`'s crops.
+    pub framing: Framing,
     pub normalization: Normalization,
     /// Seeds augmentation; item `id` always draws from `(seed, id)`.
     pub seed: u64,
@@ -85,6 +87,7 @@ impl Default for LoaderOptions {
             threads,
             prefetch: threads * 2,
             augment: Augment::CenterCrop,
+            framing: Framing::CenterCrop,
             normalization: Normalization::IMAGENET,
             seed: 0,
             limits: DecodeLimits::default(),
@@ -141,14 +144,17 @@ impl ImageLoader {
         handle: Handle,
     ) -> Result<Self> {
         validate(&options, &handle)?;
-        let mut columns: Vec<&str> = vec![ITEM_ID, IMAGE, IMAGE_URI];
-        columns.extend(LABEL_COLUMNS);
+        let names = catalog.names.clone();
+        let mut columns: Vec<&str> = vec![&names.id, &names.image, &names.image_uri];
+        columns.extend(Label::ALL.iter().map(|&label| names.label(label)));
         columns.extend(options.extra_columns.iter().map(String::as_str));
         let read_rows = options.batch_size.clamp(64, 1024);
         let stream = catalog.stream(ranges, &columns, read_rows);
         let stats = Arc::new(PipelineStats::default());
         let reader = RawBatches {
             stream,
+            catalog: catalog.location.url(),
+            names,
             handle,
             pending: Vec::new(),
             done: false,
@@ -224,7 +230,8 @@ fn validate(options: &LoaderOptions, handle: &Handle) -> Result<()> {
 fn process(items: Vec<RawItem>, options: &LoaderOptions, stats: &PipelineStats) -> Batch {
     let size = options.image_size;
     let plane = 3 * size * size;
-    let mut transformer = Transformer::new(size, options.augment, options.normalization);
+    let mut transformer = Transformer::new(size, options.augment, options.normalization)
+        .with_framing(options.framing);
     let mut pixels = Pixels::zeroed(options, items.len(), plane);
     let mut ok = 0;
     let mut out = Vec::with_capacity(items.len());
@@ -293,6 +300,9 @@ fn for_device(bytes: &[u8]) -> Option<JpegHeader> {
 /// fetching `image_uri` objects on the way. Runs on the pool's feeder thread.
 struct RawBatches {
     stream: BoxStream<'static, atelier_catalog::Result<RecordBatch>>,
+    /// The catalogue's URL, for errors.
+    catalog: String,
+    names: CatalogColumns,
     handle: Handle,
     pending: Vec<RawItem>,
     done: bool,
@@ -347,13 +357,29 @@ impl Iterator for RawBatches {
 
 impl RawBatches {
     fn rows(&self, batch: &RecordBatch) -> Result<Vec<RawItem>> {
-        let ids = utf8(batch, ITEM_ID)?
-            .ok_or_else(|| CatalogError::Internal("record batch without item_id".into()))?;
-        let images = binary(batch, IMAGE)?;
-        let uris = utf8(batch, IMAGE_URI)?;
-        let labels: Vec<Option<StringArray>> = LABEL_COLUMNS
+        let names = &self.names;
+        // Integer ids become their decimal text here and get their own type
+        // back when written (see `atelier_worker::tag`).
+        let ids = utf8(batch, &names.id)?.ok_or_else(|| {
+            CatalogError::Internal(format!("record batch without its id column {:?}", names.id))
+        })?;
+        if ids.null_count() > 0 {
+            return Err(CatalogError::Schema {
+                file: self.catalog.clone(),
+                problem: format!(
+                    "{} rows have no {:?} (null); every item needs an id to be tagged \
+                     (`atelier catalog inspect` counts them)",
+                    ids.null_count(),
+                    names.id
+                ),
+            }
+            .into());
+        }
+        let images = binary(batch, &names.image)?;
+        let uris = utf8(batch, &names.image_uri)?;
+        let labels: Vec<Option<StringArray>> = Label::ALL
             .iter()
-            .map(|c| utf8(batch, c))
+            .map(|&label| utf8(batch, names.label(label)))
             .collect::<Result<_>>()?;
         let extras: Vec<Option<StringArray>> = self
             .options
@@ -371,11 +397,7 @@ impl RawBatches {
         let mut items = Vec::with_capacity(batch.num_rows());
         let mut fetches = Vec::new();
         for row in 0..batch.num_rows() {
-            let item_id = if ids.is_valid(row) {
-                ids.value(row).to_string()
-            } else {
-                format!("<null item_id at row {row}>")
-            };
+            let item_id = ids.value(row).to_string();
             if let Some(keep) = &self.options.keep {
                 if !(keep.0)(&item_id) {
                     continue;

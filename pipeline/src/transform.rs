@@ -1,5 +1,6 @@
 //! Resize, crop, flip and normalise: RGB bytes in, a CHW float slice out.
 
+use atelier_proto::Framing;
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use rand::Rng;
@@ -72,6 +73,7 @@ impl Augment {
 pub struct Transformer {
     size: usize,
     augment: Augment,
+    framing: Framing,
     tables: [[f32; 256]; 3],
     resizer: Resizer,
     resized: Image<'static>,
@@ -119,6 +121,7 @@ impl Transformer {
         Self {
             size,
             augment,
+            framing: Framing::CenterCrop,
             tables: normalization.tables(),
             resizer: Resizer::new(),
             resized: Image::new(size as u32, size as u32, PixelType::U8x3),
@@ -126,9 +129,35 @@ impl Transformer {
         }
     }
 
+    /// Fits photos to the square as `framing` says (centre crop unless set).
+    pub fn with_framing(self, framing: Framing) -> Self {
+        Self { framing, ..self }
+    }
+
     /// The crop window for an image of `width`×`height`, drawn from `rng` when training.
     pub fn crop(&self, width: usize, height: usize, rng: &mut impl Rng) -> Crop {
         let (w, h) = (width as f64, height as f64);
+        match self.framing {
+            Framing::CenterCrop => self.crop_within(w, h, rng),
+            // The window is drawn on the photo squashed to a square, then
+            // mapped back onto the photo: the whole photo when not training.
+            Framing::Squash => {
+                let side = w.max(h);
+                let square = self.crop_within(side, side, rng);
+                let (x, y) = (w / side, h / side);
+                Crop {
+                    left: square.left * x,
+                    top: square.top * y,
+                    width: square.width * x,
+                    height: square.height * y,
+                    ..square
+                }
+            }
+        }
+    }
+
+    /// The window within a `w`×`h` frame.
+    fn crop_within(&self, w: f64, h: f64, rng: &mut impl Rng) -> Crop {
         match self.augment {
             Augment::CenterCrop => Crop::center(w, h, false, None),
             Augment::RandomResizedCrop {
@@ -382,5 +411,44 @@ mod tests {
         };
         assert_eq!(run(&mut transformer, 1), run(&mut transformer, 1));
         assert_ne!(run(&mut transformer, 1), run(&mut transformer, 2));
+    }
+
+    #[test]
+    fn squash_keeps_the_whole_portrait_photo_and_centre_crop_cuts_its_ends() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let plain = Transformer::new(16, Augment::CenterCrop, Normalization::IMAGENET);
+        let cut = plain.crop(60, 80, &mut rng);
+        assert_eq!(
+            (cut.left, cut.top, cut.width, cut.height),
+            (0.0, 10.0, 60.0, 60.0)
+        );
+        let whole = Transformer::new(16, Augment::CenterCrop, Normalization::IMAGENET)
+            .with_framing(Framing::Squash);
+        let all = whole.crop(60, 80, &mut rng);
+        assert_eq!(
+            (all.left, all.top, all.width, all.height),
+            (0.0, 0.0, 60.0, 80.0)
+        );
+        // Training crops are drawn on the squashed frame: within the photo,
+        // and at full scale the whole of it.
+        let training = Transformer::new(16, Augment::train(1.0, None), Normalization::IMAGENET)
+            .with_framing(Framing::Squash);
+        for seed in 0..50 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let crop = training.crop(60, 80, &mut rng);
+            assert!(
+                crop.left >= 0.0 && crop.left + crop.width <= 60.0 + 1e-9,
+                "{crop:?}"
+            );
+            assert!(
+                crop.top >= 0.0 && crop.top + crop.height <= 80.0 + 1e-9,
+                "{crop:?}"
+            );
+            // The area share is of the photo, whatever its shape.
+            assert!(
+                crop.width * crop.height >= 0.999 * 60.0 * 80.0 * 0.56,
+                "{crop:?}"
+            );
+        }
     }
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{JobId, TaskId, WorkerId};
 use crate::options::serde_compat::{empty_as_none, zero_as_none};
-use crate::options::{GangOptions, InferenceOptions, TrainOptions};
+use crate::options::{CatalogColumns, GangOptions, InferenceOptions, TrainOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -66,6 +66,10 @@ impl JobKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TagJobSpec {
     pub catalog: String,
+    /// The catalogue's column names; specs stored before the mapping existed
+    /// read atelier's own.
+    #[serde(default)]
+    pub columns: CatalogColumns,
     pub checkpoints: Vec<String>,
     pub output: String,
     /// Rows per shard; `None`: the coordinator sizes shards from its own
@@ -83,6 +87,8 @@ pub struct TagJobSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EvalJobSpec {
     pub catalog: String,
+    #[serde(default)]
+    pub columns: CatalogColumns,
     pub checkpoint: String,
     pub all_items: bool,
     /// Caption beam width (1: greedy).
@@ -94,6 +100,8 @@ pub struct EvalJobSpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainJobSpec {
     pub catalog: String,
+    #[serde(default)]
+    pub columns: CatalogColumns,
     pub checkpoint: String,
     // Flattened: state files keep the options beside the places, as the
     // wire message does.
@@ -338,6 +346,8 @@ pub struct FileRowGroups {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardWork {
     pub catalog: String,
+    #[serde(default)]
+    pub columns: CatalogColumns,
     pub ranges: Vec<FileRowGroups>,
     pub checkpoints: Vec<String>,
     pub output: String,

@@ -34,8 +34,8 @@ pub use error::{ProtoError, Result};
 pub use error_text::one_line;
 pub use ids::{JobId, TaskId, WorkerId};
 pub use options::{
-    Arch, EmbeddingPrecision, FetchOptions, GangOptions, InferenceOptions, OptimizerKind,
-    ScheduleKind, Task, TrainOptions, UnknownName,
+    Arch, CatalogColumns, EmbeddingPrecision, FetchOptions, Framing, GangOptions, InferenceOptions,
+    Label, LabelColumn, OptimizerKind, ScheduleKind, Task, TrainOptions, UnknownName,
 };
 pub use staging::{staged_part, staging_prefix, STAGING_DIR};
 

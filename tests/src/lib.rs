@@ -3,6 +3,7 @@
 pub mod cluster;
 pub mod output;
 pub mod partition;
+pub mod photo_server;
 pub mod s3;
 
 use std::path::PathBuf;

@@ -4,10 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use arrow_array::{Array, StringArray};
+use arrow_array::{Array, Int64Array, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-/// A string column of every Parquet file directly under `dir`, in file order.
+/// A string (or `int64`, as text) column of every Parquet file directly
+/// under `dir`, in file order.
 pub fn read_column(dir: &Path, column: &str) -> Vec<Option<String>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
@@ -26,6 +27,13 @@ pub fn read_column(dir: &Path, column: &str) -> Vec<Option<String>> {
             let array = batch
                 .column_by_name(column)
                 .unwrap_or_else(|| panic!("{} has no {column}", file.display()));
+            if let Some(integers) = array.as_any().downcast_ref::<Int64Array>() {
+                values.extend(
+                    (0..integers.len())
+                        .map(|i| integers.is_valid(i).then(|| integers.value(i).to_string())),
+                );
+                continue;
+            }
             let strings = array.as_any().downcast_ref::<StringArray>().unwrap();
             values.extend(
                 (0..strings.len())
@@ -53,4 +61,25 @@ pub fn assert_exactly_once(catalog: &Path, out: &Path) {
         "the output item_ids differ from the input's"
     );
     assert!(out.join("_SUCCESS").exists(), "no _SUCCESS");
+}
+
+/// The type of `column` in the first Parquet file directly under `dir`.
+pub fn column_type(dir: &Path, column: &str) -> arrow_schema::DataType {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    files.sort();
+    let file = files
+        .first()
+        .unwrap_or_else(|| panic!("no Parquet under {}", dir.display()));
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(file).unwrap()).unwrap();
+    builder
+        .schema()
+        .field_with_name(column)
+        .unwrap_or_else(|_| panic!("{} has no {column}", file.display()))
+        .data_type()
+        .clone()
 }

@@ -45,7 +45,9 @@ fn generated_catalogue_inspects_and_reads_back_with_its_labels() {
     let options = small_catalog(dir.path(), 333, 7);
     let rt = runtime();
 
-    let report = rt.block_on(inspect(dir.path().to_str().unwrap())).unwrap();
+    let report = rt
+        .block_on(inspect(dir.path().to_str().unwrap(), &Default::default()))
+        .unwrap();
     assert_eq!(report.rows, 333);
     // 150 rows per file in row groups of 50: 3 files, 7 row groups.
     assert_eq!(report.files.len(), 3);
@@ -215,7 +217,9 @@ fn a_slice_of_row_groups_reads_exactly_its_rows() {
     let rt = runtime();
     let url = dir.path().to_str().unwrap();
     let plain = rt.block_on(Catalog::open(url)).unwrap();
-    let indexed = rt.block_on(Catalog::open_indexed(url)).unwrap();
+    let indexed = rt
+        .block_on(Catalog::open_indexed(url, &Default::default()))
+        .unwrap();
     // The writer leaves an offset index, so a slice can fetch only its pages.
     let offsets = |catalog: &Catalog| {
         catalog.files[0]

@@ -231,7 +231,7 @@ fn assert_no_leftover_staging(out: &Path) {
     for entry in std::fs::read_dir(out).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
         let expected = name.starts_with("part-")
-            || name == "manifest.json"
+            || name == "_manifest.json"
             || name == "_SUCCESS"
             || name == "_attempts";
         assert!(expected, "unexpected {name} in the output");

@@ -77,7 +77,7 @@ fn a_missing_column_is_named_with_its_file() {
     write_parquet(&dir.path().join("part-0.parquet"), &batch);
     let err = inspect_error(dir.path());
     assert!(
-        err.contains("part-0.parquet") && err.contains("missing required column \"item_id\""),
+        err.contains("part-0.parquet") && err.contains("missing the item id column \"item_id\""),
         "{err}"
     );
     assert!(err.contains("found: sku"), "{err}");

@@ -88,7 +88,7 @@ fn fixture() -> &'static Fixture {
 }
 
 fn manifest(out: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap()
+    serde_json::from_slice(&std::fs::read(out.join("_manifest.json")).unwrap()).unwrap()
 }
 
 const SLOW: Duration = Duration::from_secs(240);

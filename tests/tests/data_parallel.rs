@@ -43,6 +43,7 @@ fn catalogue(dir: &std::path::Path) -> String {
 fn options(catalog: &str, checkpoint: &str, batch_size: usize, max_steps: i64) -> TrainSetup {
     TrainSetup {
         catalog: catalog.to_string(),
+        columns: Default::default(),
         checkpoint: checkpoint.to_string(),
         device: "cpu".into(),
         threads: 1,

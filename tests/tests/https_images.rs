@@ -7,61 +7,13 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use atelier_catalog::{render_item, CatalogWriter, GenerateOptions, StoreLocation, WriterOptions};
 use atelier_tests::output::read_column;
-use atelier_tests::{atelier_ok, runtime, train_quick_color_model};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use atelier_tests::photo_server::serve;
+use atelier_tests::{atelier_ok, python, runtime, train_quick_color_model};
 use tokio::net::TcpListener;
-
-/// Serves `photos` by path; `/missing.jpg` is a 404 and the first request
-/// for `/throttled.jpg` a 429 with `Retry-After: 1`.
-async fn serve(listener: TcpListener, photos: Arc<HashMap<String, Vec<u8>>>) {
-    let throttled = Arc::new(AtomicUsize::new(0));
-    while let Ok((mut socket, _)) = listener.accept().await {
-        let (photos, throttled) = (Arc::clone(&photos), Arc::clone(&throttled));
-        tokio::spawn(async move {
-            let mut request = Vec::new();
-            let mut buffer = [0u8; 1024];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                match socket.read(&mut buffer).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => request.extend_from_slice(&buffer[..n]),
-                }
-            }
-            let text = String::from_utf8_lossy(&request);
-            let path = text.split(' ').nth(1).unwrap_or_default().to_string();
-            let empty = |status: &str, extra: &str| {
-                format!(
-                    "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n{extra}\r\n"
-                )
-                .into_bytes()
-            };
-            let response = match photos.get(&path) {
-                Some(_)
-                    if path == "/throttled.jpg"
-                        && throttled.fetch_add(1, Ordering::SeqCst) == 0 =>
-                {
-                    empty("429 Too Many Requests", "retry-after: 1\r\n")
-                }
-                Some(photo) => {
-                    let mut response = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                        photo.len()
-                    )
-                    .into_bytes();
-                    response.extend_from_slice(photo);
-                    response
-                }
-                None => empty("404 Not Found", ""),
-            };
-            let _ = socket.write_all(&response).await;
-            let _ = socket.shutdown().await;
-        });
-    }
-}
 
 #[test]
 fn photos_behind_http_urls_are_fetched_and_a_missing_one_is_its_items_error() {
@@ -128,6 +80,10 @@ fn photos_behind_http_urls_are_fetched_and_a_missing_one_is_its_items_error() {
         &path("tags"),
     ]);
     let out = Path::new(dir.path()).join("tags");
+    // The single-process output has a cluster job's layout, and the prefix
+    // opens as a Parquet dataset.
+    let read = python(&["tests/python/read_tags.py", out.to_str().unwrap(), "60"]);
+    assert!(read.contains("\"parts\": 1"), "{read}");
     let ids = read_column(&out, "item_id");
     let errors = read_column(&out, "error");
     let colours = read_column(&out, "color");

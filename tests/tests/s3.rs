@@ -60,6 +60,9 @@ fn a_tag_job_reads_and_writes_s3() {
     let out = s3.root.join("tags/run-1");
     let read = python(&["tests/python/read_tags.py", out.to_str().unwrap(), "1200"]);
     assert!(read.contains("\"parts\": 6"), "{read}");
+    // And through S3 itself, as a reader elsewhere would.
+    let read = python(&["tests/python/read_tags.py", "s3://tags/run-1", "1200"]);
+    assert!(read.contains("\"parts\": 6"), "{read}");
 
     // The same output again with --overwrite: the old objects go in one bulk
     // delete at submit and the run writes a fresh set, never a mix.

@@ -52,6 +52,7 @@ fn catalogue(dir: &std::path::Path, items: usize) -> String {
 fn options(catalog: &str, checkpoint: &str, task: Task, epochs: usize) -> TrainSetup {
     TrainSetup {
         catalog: catalog.to_string(),
+        columns: Default::default(),
         checkpoint: checkpoint.to_string(),
         device: "cpu".into(),
         threads: 2,

@@ -6,9 +6,8 @@ use arrow::compute::cast;
 use arrow_array::{Array, StringArray};
 use arrow_schema::DataType;
 use atelier_catalog::{stable_hash, Catalog, CatalogError};
-use atelier_catalog::{CAPTION, ITEM_ID, LABEL_COLUMNS};
 use atelier_models::{LabelMap, Vocab};
-use atelier_proto::Task;
+use atelier_proto::{Label, Task};
 use futures::StreamExt;
 
 use crate::error::Result;
@@ -36,8 +35,9 @@ pub async fn scan_labels(
     min_label_count: usize,
     min_word_count: usize,
 ) -> Result<LabelScan> {
-    let mut columns = vec![ITEM_ID];
-    columns.extend(LABEL_COLUMNS);
+    let names = &catalog.names;
+    let mut columns = vec![names.id.as_str()];
+    columns.extend(Label::ALL.iter().map(|&label| names.label(label)));
     let mut stream = catalog.stream(catalog.full_ranges(), &columns, 8192);
     let mut values: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let (mut train_items, mut validation_items) = (0, 0);
@@ -53,14 +53,21 @@ pub async fn scan_labels(
                     .cloned()),
             }
         };
-        let Some(ids) = column(ITEM_ID)? else {
+        let Some(ids) = column(&names.id)? else {
             continue;
         };
-        let labels: Vec<(&str, Option<StringArray>)> = LABEL_COLUMNS
+        let labels: Vec<(&str, Option<StringArray>)> = Label::ALL
             .iter()
-            .map(|c| column(c).map(|a| (*c, a)))
+            .map(|&label| column(names.label(label)).map(|a| (label.name(), a)))
             .collect::<Result<_>>()?;
         for row in 0..batch.num_rows() {
+            if !ids.is_valid(row) {
+                return Err(crate::WorkerError::BadInput(format!(
+                    "{}: a row has no {:?} (null); every item needs an id \
+                     (`atelier catalog inspect` counts them)",
+                    catalog.location, names.id
+                )));
+            }
             if in_validation(ids.value(row), val_fraction) {
                 validation_items += 1;
                 continue;
@@ -80,8 +87,12 @@ pub async fn scan_labels(
     for attribute in task.attributes() {
         let seen = values.get(attribute).map(Vec::as_slice).unwrap_or_default();
         if seen.is_empty() {
+            let column = attribute
+                .parse::<Label>()
+                .map_or(*attribute, |label| names.label(label));
             return Err(crate::WorkerError::BadInput(format!(
-                "{}: no training item has a {attribute:?} label",
+                "{}: no training item has a {attribute:?} label (read from column {column:?}; \
+                 map another with --label-column {attribute}=COLUMN)",
                 catalog.location
             )));
         }
@@ -90,7 +101,10 @@ pub async fn scan_labels(
             LabelMap::build(seen.iter().map(String::as_str), min_label_count),
         );
     }
-    let captions = values.get(CAPTION).map(Vec::as_slice).unwrap_or_default();
+    let captions = values
+        .get(Label::Caption.name())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let vocab = if task == Task::Caption {
         if captions.is_empty() {
             return Err(crate::WorkerError::BadInput(format!(

@@ -9,7 +9,7 @@ use atelier_models::Model;
 use atelier_models::{CheckpointDir, Manifest};
 use atelier_pipeline::DecodeLimits;
 use atelier_pipeline::{Augment, ImageLoader, ItemFilter, LoaderOptions, Normalization};
-use atelier_proto::{FetchOptions, InferenceOptions};
+use atelier_proto::{CatalogColumns, FetchOptions, InferenceOptions};
 use bytes::Bytes;
 use serde::Serialize;
 use tch::{Device, Kind};
@@ -25,6 +25,8 @@ pub const REPORT: &str = "test-report.json";
 pub struct EvaluateOptions {
     pub checkpoint: String,
     pub catalog: String,
+    /// The catalogue's column names.
+    pub columns: CatalogColumns,
     /// Evaluate only the validation split (by the run's own split), or every item.
     pub validation_only: bool,
     pub threads: usize,
@@ -97,7 +99,7 @@ pub fn load_model(
     Ok((manifest, model))
 }
 
-/// The loader options a checkpoint was trained for, with centre crops. For a
+/// The loader options a checkpoint was trained for, framed as it was. For a
 /// GPU the pixels come as bytes and are normalised on the device.
 pub fn inference_loader_options(
     manifest: &Manifest,
@@ -121,6 +123,7 @@ pub fn inference_loader_options(
         threads: threads.max(1),
         prefetch: threads.max(1) * 2,
         augment: Augment::CenterCrop,
+        framing: manifest.framing,
         normalization: Normalization {
             mean: manifest.normalization.mean,
             std: manifest.normalization.std,
@@ -146,7 +149,7 @@ pub fn evaluate(
     crate::device::check_gpu_decode(layout.gpu_decode, device)?;
     let checkpoint = CheckpointDir::parse(&options.checkpoint)?;
     let (manifest, model) = load_model(&checkpoint, handle, device, layout)?;
-    let catalog = handle.block_on(Catalog::open(&options.catalog))?;
+    let catalog = handle.block_on(Catalog::open_mapped(&options.catalog, &options.columns))?;
     let val_fraction = manifest
         .train
         .get("val_fraction")

@@ -12,7 +12,6 @@ use std::collections::HashSet;
 use arrow::compute::cast;
 use arrow_array::{Array, StringArray};
 use arrow_schema::DataType;
-use atelier_catalog::ITEM_ID;
 use atelier_catalog::{stable_hash, Catalog, CatalogError, ReadRange};
 use futures::StreamExt;
 
@@ -43,11 +42,12 @@ impl TrainingIds {
     /// Reads the item id column once.
     pub async fn scan(catalog: &Catalog, val_fraction: f64) -> Result<Self> {
         let mut ids = Vec::with_capacity(catalog.num_rows());
-        let mut stream = catalog.stream(catalog.full_ranges(), &[ITEM_ID], 8192);
+        let id = catalog.names.id.as_str();
+        let mut stream = catalog.stream(catalog.full_ranges(), &[id], 8192);
         while let Some(batch) = stream.next().await {
             let batch = batch?;
-            let column = batch.column_by_name(ITEM_ID).ok_or_else(|| {
-                WorkerError::BadInput(format!("{}: no item_id column", catalog.location))
+            let column = batch.column_by_name(id).ok_or_else(|| {
+                WorkerError::BadInput(format!("{}: no {id:?} column", catalog.location))
             })?;
             let column = cast(column, &DataType::Utf8).map_err(CatalogError::from)?;
             let Some(strings) = column.as_any().downcast_ref::<StringArray>() else {

@@ -87,6 +87,8 @@ pub struct InspectArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub columns: atelier_proto::CatalogColumns,
 }
 
 fn parse_size(value: &str) -> Result<(usize, usize), String> {
@@ -106,7 +108,8 @@ pub fn run(command: CatalogCommand, handle: &Handle) -> anyhow::Result<()> {
         CatalogCommand::Generate(args) => run_generate(&args, handle),
         CatalogCommand::Import(args) => run_import(args, handle),
         CatalogCommand::Inspect(args) => {
-            let report = handle.block_on(inspect(&args.url))?;
+            args.columns.check().map_err(anyhow::Error::msg)?;
+            let report = handle.block_on(inspect(&args.url, &args.columns))?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

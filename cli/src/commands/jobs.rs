@@ -4,8 +4,8 @@ use anyhow::{bail, Context};
 use atelier_catalog::StoreLocation;
 use atelier_proto::v1;
 use atelier_proto::{connect_jobs, JobClient};
+use atelier_proto::{CatalogColumns, GangOptions, InferenceOptions, TrainOptions};
 use atelier_proto::{EvalJobSpec, JobKind, JobState, JobStatus, TagJobSpec, TrainJobSpec};
-use atelier_proto::{GangOptions, InferenceOptions, TrainOptions};
 use clap::{Args, Subcommand};
 use tokio::runtime::Handle;
 
@@ -48,10 +48,12 @@ pub struct SubmitTagArgs {
     pub client: ClientArgs,
     #[arg(long)]
     pub catalog: String,
+    #[command(flatten)]
+    pub columns: CatalogColumns,
     /// Checkpoint prefix; give it twice to combine a classifier and a captioner.
     #[arg(long, required = true)]
     pub checkpoint: Vec<String>,
-    /// Output prefix: one `part-NNNNN.parquet` per shard, then `manifest.json` and `_SUCCESS`.
+    /// Output prefix: one `part-NNNNN.parquet` per shard, then `_manifest.json` and `_SUCCESS`.
     #[arg(long)]
     pub out: String,
     /// Replace whatever is under --out.
@@ -95,6 +97,8 @@ pub struct SubmitTestArgs {
     pub checkpoint: String,
     #[arg(long)]
     pub catalog: String,
+    #[command(flatten)]
+    pub columns: CatalogColumns,
     /// Every item rather than the run's validation split.
     #[arg(long)]
     pub all: bool,
@@ -158,6 +162,7 @@ pub fn submit(command: SubmitCommand, handle: &Handle) -> anyhow::Result<()> {
             SubmitCommand::Tag(args) => {
                 let spec = TagJobSpec {
                     catalog: absolute(&args.catalog)?,
+                    columns: args.columns.clone(),
                     checkpoints: args
                         .checkpoint
                         .iter()
@@ -190,6 +195,7 @@ pub fn submit(command: SubmitCommand, handle: &Handle) -> anyhow::Result<()> {
             SubmitCommand::Test(args) => {
                 let spec = EvalJobSpec {
                     catalog: absolute(&args.catalog)?,
+                    columns: args.columns.clone(),
                     checkpoint: absolute(&args.checkpoint)?,
                     all_items: args.all,
                     beams: args.beams,
@@ -223,6 +229,7 @@ fn train_spec(args: &SubmitTrainArgs) -> anyhow::Result<TrainJobSpec> {
         .transpose()?;
     Ok(TrainJobSpec {
         catalog: absolute(&args.places.catalog)?,
+        columns: args.places.columns.clone(),
         checkpoint: absolute(&args.places.checkpoint)?,
         options,
         gang: args.gang,

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use atelier_catalog::Catalog;
 use atelier_proto::v1;
-use atelier_proto::TagJobSpec;
 use atelier_proto::{Arch, InferenceOptions, Task, TrainOptions};
+use atelier_proto::{CatalogColumns, TagJobSpec};
 use clap::Args;
 use tokio::runtime::Handle;
 
@@ -88,6 +88,7 @@ pub fn run(args: &LocalArgs, handle: &Handle) -> anyhow::Result<()> {
             places: TrainPlaces {
                 catalog: catalog.clone(),
                 checkpoint: checkpoint.clone(),
+                columns: CatalogColumns::default(),
             },
             device: "cpu".into(),
             threads: None,
@@ -109,6 +110,7 @@ pub fn run(args: &LocalArgs, handle: &Handle) -> anyhow::Result<()> {
         &TestArgs {
             checkpoint: checkpoint.clone(),
             catalog: catalog.clone(),
+            columns: CatalogColumns::default(),
             all: false,
             top_classes: 0,
             inference: InferenceArgs::default(),
@@ -127,6 +129,7 @@ pub fn run(args: &LocalArgs, handle: &Handle) -> anyhow::Result<()> {
         |p: &str| -> anyhow::Result<String> { Ok(std::path::absolute(p)?.display().to_string()) };
     let spec = TagJobSpec {
         catalog: absolute(&catalog)?,
+        columns: CatalogColumns::default(),
         checkpoints: vec![absolute(&checkpoint)?],
         output: absolute(&tags)?,
         target_shard_rows: None,
@@ -170,7 +173,7 @@ pub fn run(args: &LocalArgs, handle: &Handle) -> anyhow::Result<()> {
     }
     println!("catalogue   {catalog}");
     println!("checkpoint  {checkpoint} (test report: {checkpoint}/test-report.json)");
-    println!("tags        {tags} (manifest.json, _SUCCESS, part-NNNNN.parquet)");
+    println!("tags        {tags} (part-NNNNN.parquet, _manifest.json, _SUCCESS)");
     println!("plots       {checkpoint}/plots");
     println!(
         "coordinator state {}",

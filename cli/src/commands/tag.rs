@@ -14,6 +14,8 @@ pub struct TagArgs {
     pub checkpoint: Vec<String>,
     #[arg(long)]
     pub catalog: String,
+    #[command(flatten)]
+    pub columns: atelier_proto::CatalogColumns,
     /// Output prefix for the tag Parquet files.
     #[arg(long)]
     pub out: String,
@@ -54,12 +56,17 @@ impl InferenceArgs {
 }
 
 pub fn run(args: &TagArgs, handle: &Handle) -> anyhow::Result<()> {
-    let catalog = handle.block_on(atelier_catalog::Catalog::open(&args.catalog))?;
+    args.columns.check().map_err(anyhow::Error::msg)?;
+    let catalog = handle.block_on(atelier_catalog::Catalog::open_mapped(
+        &args.catalog,
+        &args.columns,
+    ))?;
     let bar = progress::bar(catalog.num_rows() as u64, "tag");
     let summary = tag(
         &TagOptions {
             checkpoints: args.checkpoint.clone(),
             catalog: args.catalog.clone(),
+            columns: args.columns.clone(),
             out: args.out.clone(),
             threads: args.inference.threads(),
             device: args.inference.device.clone(),

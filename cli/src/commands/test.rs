@@ -12,6 +12,8 @@ pub struct TestArgs {
     /// Catalogue to evaluate on.
     #[arg(long)]
     pub catalog: String,
+    #[command(flatten)]
+    pub columns: atelier_proto::CatalogColumns,
     /// Evaluate every item rather than only the run's validation split.
     #[arg(long)]
     pub all: bool,
@@ -27,6 +29,7 @@ pub fn run(args: &TestArgs, handle: &Handle) -> anyhow::Result<()> {
         &EvaluateOptions {
             checkpoint: args.checkpoint.clone(),
             catalog: args.catalog.clone(),
+            columns: args.columns.clone(),
             validation_only: !args.all,
             threads: args.inference.threads(),
             device: args.inference.device.clone(),

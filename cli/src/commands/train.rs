@@ -1,6 +1,6 @@
 //! `atelier train`: the research code's train mode, on one machine.
 
-use atelier_proto::TrainOptions;
+use atelier_proto::{CatalogColumns, TrainOptions};
 use atelier_worker::{train, TrainEvent, TrainSetup};
 use clap::Args;
 use tokio::runtime::Handle;
@@ -16,6 +16,8 @@ pub struct TrainPlaces {
     /// Checkpoint prefix (path or object-store URL); rerunning resumes from it.
     #[arg(long)]
     pub checkpoint: String,
+    #[command(flatten)]
+    pub columns: CatalogColumns,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -36,6 +38,7 @@ impl TrainArgs {
     pub fn setup(&self) -> TrainSetup {
         TrainSetup {
             catalog: self.places.catalog.clone(),
+            columns: self.places.columns.clone(),
             checkpoint: self.places.checkpoint.clone(),
             device: self.device.clone(),
             threads: self.threads.unwrap_or_else(super::all_cores),

@@ -143,6 +143,7 @@ impl EventLoop {
                     .lease_expiries
                     .fetch_add(expired as u64, Ordering::Relaxed);
                 self.state.expire_gangs(now);
+                self.state.expire_unserved_jobs(now);
                 self.expire_waiters(now, &mut deferred);
                 self.expire_gatherings(now, &mut deferred);
             }

@@ -105,7 +105,7 @@ impl JobApi {
 
     async fn plan_eval(&self, spec: EvalJobSpec) -> Result<Planned> {
         check_checkpoints(std::slice::from_ref(&spec.checkpoint)).await?;
-        Catalog::open(&spec.catalog)
+        Catalog::open_mapped(&spec.catalog, &spec.columns)
             .await
             .map_err(CoordinatorError::BadCatalog)?;
         Ok(Planned {
@@ -115,7 +115,7 @@ impl JobApi {
     }
 
     async fn plan_train(&self, spec: TrainJobSpec) -> Result<Planned> {
-        Catalog::open(&spec.catalog)
+        Catalog::open_mapped(&spec.catalog, &spec.columns)
             .await
             .map_err(CoordinatorError::BadCatalog)?;
         Ok(Planned {

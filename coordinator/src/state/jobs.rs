@@ -216,7 +216,7 @@ impl State {
             .map(|job| &job.id)
     }
 
-    /// The manifest writer asks this between `manifest.json` and `_SUCCESS`:
+    /// The committer asks this before it puts the parts under their names:
     /// true while the job is still finalizing, and from then on a cancel no
     /// longer stops it; false when it was cancelled meanwhile, and then no
     /// `_SUCCESS` may be written.

@@ -15,6 +15,11 @@ use tally::Tallies;
 /// Lost workers a task or a gang may suffer when the coordinator is not told
 /// otherwise (`--max-lost-workers`).
 pub const DEFAULT_MAX_LOST_WORKERS: u32 = 10;
+/// How long a tag or eval job waits while no worker at all is registered
+/// before it fails: long enough for a cluster's workers to be rescheduled,
+/// short enough that an unattended nightly run reports a dead cluster the
+/// same night.
+pub const DEFAULT_NO_WORKER_TIMEOUT: Duration = Duration::from_secs(1800);
 
 // The keys are ids the coordinator made itself, so SipHash's defence
 // against chosen keys buys nothing here.
@@ -63,6 +68,11 @@ pub struct State {
     /// Lost workers (expired leases) a task or a gang may suffer before its
     /// job fails; they never count against `max_attempts`.
     max_lost_workers: u32,
+    /// Tag and eval jobs fail after this long with no worker registered.
+    no_worker_timeout: Duration,
+    /// Since when no worker has been registered (wall clock); `None` while
+    /// one is.
+    no_workers_since_unix_ms: Option<i64>,
     jobs: HashMap<JobId, JobRecord>,
     job_order: Vec<JobId>,
     tasks: HashMap<TaskId, TaskRecord>,
@@ -125,6 +135,8 @@ impl State {
         Self {
             lease_timeout,
             max_lost_workers: DEFAULT_MAX_LOST_WORKERS,
+            no_worker_timeout: DEFAULT_NO_WORKER_TIMEOUT,
+            no_workers_since_unix_ms: None,
             jobs: HashMap::default(),
             job_order: Vec::new(),
             tasks: HashMap::default(),
@@ -150,6 +162,12 @@ impl State {
     /// Sets how many lost workers a task or a gang may suffer.
     pub fn with_max_lost_workers(mut self, max_lost_workers: u32) -> Self {
         self.max_lost_workers = max_lost_workers.max(1);
+        self
+    }
+
+    /// Sets how long a tag or eval job waits with no worker registered.
+    pub fn with_no_worker_timeout(mut self, timeout: Duration) -> Self {
+        self.no_worker_timeout = timeout;
         self
     }
 

@@ -3,8 +3,8 @@
 
 use atelier_proto::PROTOCOL_VERSION;
 use atelier_proto::{
-    Assignment, FailureKind, JobState, LeaseRef, Registration, TaskFailure, TaskId, TaskOutcome,
-    TaskProgressReport, TaskWork, WorkerId,
+    Assignment, FailureKind, JobId, JobSpec, JobState, LeaseRef, Registration, TaskFailure, TaskId,
+    TaskOutcome, TaskProgressReport, TaskWork, WorkerId,
 };
 
 use crate::error::{CoordinatorError, Result};
@@ -389,6 +389,40 @@ impl State {
         self.workers
             .retain(|_, worker| now.at.duration_since(worker.last_seen) < silent);
         expired.len()
+    }
+
+    /// Fails the tag and eval jobs that have waited `no_worker_timeout`
+    /// with no worker registered at all, counted from their submit or from
+    /// when the last worker went, whichever is later. (Train gangs have
+    /// their own `gang_timeout_s`.) An unattended run then ends, saying
+    /// why, rather than waiting for ever.
+    pub fn expire_unserved_jobs(&mut self, now: Now) {
+        if !self.workers.is_empty() {
+            self.no_workers_since_unix_ms = None;
+            return;
+        }
+        let since = *self.no_workers_since_unix_ms.get_or_insert(now.unix_ms);
+        let timeout = self.no_worker_timeout;
+        let unserved: Vec<JobId> = self
+            .jobs
+            .values()
+            .filter(|job| !job.state.is_terminal() && !self.sealed.contains(&job.id))
+            .filter(|job| matches!(job.spec, JobSpec::Tag(_) | JobSpec::Eval(_)))
+            .filter(|job| {
+                let waited = now.unix_ms - since.max(job.created_unix_ms);
+                waited >= 0 && waited as u128 >= timeout.as_millis()
+            })
+            .map(|job| job.id.clone())
+            .collect();
+        for job_id in unserved {
+            let message = format!(
+                "no worker has been registered with the coordinator for {}s \
+                 (--no-worker-timeout-s); start workers, then resubmit the job",
+                timeout.as_secs()
+            );
+            tracing::warn!(job = %job_id, %message, "job had no worker");
+            self.end_job(&job_id, JobState::Failed, Some(message), now);
+        }
     }
 }
 

@@ -49,6 +49,7 @@ fn registration() -> Registration {
 fn shard(index: usize) -> TaskWork {
     TaskWork::Tag(ShardWork {
         catalog: "file:///c".into(),
+        columns: Default::default(),
         ranges: vec![FileRowGroups {
             file: "file:///c/part-00000.parquet".into(),
             row_groups: vec![index as u32],
@@ -69,6 +70,7 @@ fn tag_spec_into(output: &str) -> JobSpec {
     JobSpec::Tag(TagJobSpec {
         // Inputs elsewhere than the outputs the tests choose.
         catalog: "s3://shop/catalog".into(),
+        columns: Default::default(),
         checkpoints: vec!["s3://shop/model".into()],
         output: output.into(),
         target_shard_rows: Some(100),
@@ -332,6 +334,7 @@ fn gang_job_per_worker(
     let n = state.jobs.len() + 1;
     let spec = TrainJobSpec {
         catalog: "file:///c".into(),
+        columns: Default::default(),
         checkpoint: format!("file:///k{n}"),
         options: TrainOptions {
             task: Task::Color,
@@ -546,6 +549,53 @@ fn a_gang_that_waits_too_long_fails_with_the_reason() {
         error.contains("needs 4 ranks") && error.contains("2 registered"),
         "{error}"
     );
+}
+
+#[test]
+fn a_tag_job_with_no_worker_for_the_timeout_fails_saying_so() {
+    let now = start();
+    let mut state = State::new(TIMEOUT).with_no_worker_timeout(Duration::from_secs(600));
+    let job = job_with(&mut state, 2, 3);
+    let at = |seconds: u64| now.after(Duration::from_secs(seconds));
+    // A worker comes and goes: the wait counts from when it went.
+    workers(&mut state, 1, at(0));
+    state.expire_unserved_jobs(at(0));
+    state.expire(at(100));
+    state.expire_unserved_jobs(at(100));
+    state.expire_unserved_jobs(at(699));
+    assert_eq!(state.status(&job, now).unwrap().state, JobState::Pending);
+    state.expire_unserved_jobs(at(701));
+    let status = state.status(&job, now).unwrap();
+    assert_eq!(status.state, JobState::Failed);
+    let error = status.error.unwrap();
+    assert!(
+        error.contains("no worker") && error.contains("600s"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_job_submitted_to_a_coordinator_long_without_workers_still_gets_its_wait() {
+    let now = start();
+    let mut state = State::new(TIMEOUT).with_no_worker_timeout(Duration::from_secs(600));
+    state.expire_unserved_jobs(now);
+    let later = now.after(Duration::from_secs(5000));
+    let job = state
+        .submit(
+            "job-late".into(),
+            tag_spec(),
+            (0..2).map(shard).collect(),
+            3,
+            later,
+        )
+        .unwrap()
+        .id;
+    state.expire_unserved_jobs(later.after(Duration::from_secs(10)));
+    assert_eq!(state.status(&job, later).unwrap().state, JobState::Pending);
+    // With a worker registered, waiting in the queue is no reason to fail.
+    workers(&mut state, 1, later);
+    state.expire_unserved_jobs(later.after(Duration::from_secs(700)));
+    assert_eq!(state.status(&job, later).unwrap().state, JobState::Pending);
 }
 
 #[test]
@@ -965,6 +1015,7 @@ fn tag_reading(catalog: &str, output: &str) -> JobSpec {
     };
     JobSpec::Tag(TagJobSpec {
         catalog: catalog.into(),
+        columns: Default::default(),
         overwrite: true,
         ..spec
     })

@@ -5,7 +5,8 @@ use crate::domain::*;
 use crate::error::{ProtoError, Result};
 use crate::ids::WorkerId;
 use crate::options::{
-    EmbeddingPrecision, FetchOptions, GangOptions, InferenceOptions, TrainOptions, UnknownName,
+    CatalogColumns, EmbeddingPrecision, FetchOptions, GangOptions, InferenceOptions, Label,
+    LabelColumn, TrainOptions, UnknownName,
 };
 use crate::v1;
 
@@ -119,6 +120,7 @@ impl TryFrom<v1::SubmitTagJobRequest> for TagJobSpec {
         )?;
         Ok(Self {
             catalog: non_empty(r.catalog, "catalog")?,
+            columns: catalog_columns(r.columns)?,
             checkpoints: r.checkpoints,
             output: non_empty(r.output, "output")?,
             target_shard_rows: positive(r.target_shard_rows, "target_shard_rows")?,
@@ -146,6 +148,7 @@ impl From<TagJobSpec> for v1::SubmitTagJobRequest {
             gpu_decode: Some(i.gpu_decode),
             fetch: Some(i.fetch.into()),
             embeddings: i.embeddings.map(|e| e.name().to_string()),
+            columns: Some(s.columns.into()),
         }
     }
 }
@@ -155,6 +158,7 @@ impl TryFrom<v1::SubmitEvalJobRequest> for EvalJobSpec {
     fn try_from(r: v1::SubmitEvalJobRequest) -> Result<Self> {
         Ok(Self {
             catalog: non_empty(r.catalog, "catalog")?,
+            columns: catalog_columns(r.columns)?,
             checkpoint: non_empty(r.checkpoint, "checkpoint")?,
             all_items: r.all_items,
             beams: positive(r.beams, "beams")?.unwrap_or(1),
@@ -169,6 +173,7 @@ impl From<EvalJobSpec> for v1::SubmitEvalJobRequest {
             checkpoint: s.checkpoint,
             all_items: s.all_items,
             beams: Some(s.beams),
+            columns: Some(s.columns.into()),
         }
     }
 }
@@ -195,6 +200,7 @@ impl TryFrom<v1::SubmitTrainJobRequest> for TrainJobSpec {
             gamma: r.gamma.unwrap_or(d.gamma),
             augment: r.augment.unwrap_or(d.augment),
             crop_scale: r.crop_scale.unwrap_or(d.crop_scale),
+            framing: name_or(r.framing, "framing", d.framing)?,
             affine_degrees: r.affine_degrees.unwrap_or(d.affine_degrees),
             affine_translate: r.affine_translate.unwrap_or(d.affine_translate),
             affine_scale: r.affine_scale.unwrap_or(d.affine_scale),
@@ -228,6 +234,7 @@ impl TryFrom<v1::SubmitTrainJobRequest> for TrainJobSpec {
         gang.check().map_err(invalid)?;
         Ok(Self {
             catalog: non_empty(r.catalog, "catalog")?,
+            columns: catalog_columns(r.columns)?,
             checkpoint: non_empty(r.checkpoint, "checkpoint")?,
             options,
             gang,
@@ -267,6 +274,7 @@ impl From<TrainJobSpec> for v1::SubmitTrainJobRequest {
             affine_translate: Some(o.affine_translate),
             affine_scale: Some(o.affine_scale),
             crop_scale: Some(o.crop_scale),
+            framing: Some(o.framing.to_string()),
             min_label_count: Some(wire_count(o.min_label_count)),
             min_word_count: Some(wire_count(o.min_word_count)),
             max_caption_len: Some(wire_count(o.max_caption_len)),
@@ -279,8 +287,53 @@ impl From<TrainJobSpec> for v1::SubmitTrainJobRequest {
             gpu_decode: Some(o.gpu_decode),
             gang_timeout_s: Some(g.gang_timeout_s),
             collective_timeout_s: Some(g.collective_timeout_s),
+            columns: Some(s.columns.into()),
         }
     }
+}
+
+impl From<CatalogColumns> for v1::CatalogColumns {
+    fn from(c: CatalogColumns) -> Self {
+        Self {
+            id: Some(c.id),
+            image: Some(c.image),
+            image_uri: Some(c.image_uri),
+            labels: c
+                .labels
+                .into_iter()
+                .map(|mapped| (mapped.label.to_string(), mapped.column))
+                .collect(),
+        }
+    }
+}
+
+/// The column names of a request; absent ones are atelier's own, and a
+/// mapping that names an unknown label or one column twice is refused.
+pub(super) fn catalog_columns(wire: Option<v1::CatalogColumns>) -> Result<CatalogColumns> {
+    let d = CatalogColumns::default();
+    let Some(c) = wire else {
+        return Ok(d);
+    };
+    let invalid = |reason| ProtoError::Invalid {
+        field: "columns",
+        reason,
+    };
+    let mut labels = Vec::with_capacity(c.labels.len());
+    for (label, column) in c.labels {
+        let label = label
+            .parse::<Label>()
+            .map_err(|e: UnknownName| invalid(e.to_string()))?;
+        labels.push(LabelColumn { label, column });
+    }
+    labels.sort_by_key(|mapped| Label::ALL.iter().position(|&l| l == mapped.label));
+    let columns = CatalogColumns {
+        id: c.id.filter(|n| !n.is_empty()).unwrap_or(d.id),
+        image: c.image.filter(|n| !n.is_empty()).unwrap_or(d.image),
+        image_uri: c.image_uri.filter(|n| !n.is_empty()).unwrap_or(d.image_uri),
+        labels,
+    };
+    columns.check().map_err(invalid)?;
+    Ok(columns)
 }
 
 /// A named choice from the wire; absent takes `default`, an unknown name

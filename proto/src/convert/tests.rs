@@ -1,8 +1,8 @@
 use super::*;
 use crate::domain::*;
 use crate::options::{
-    Arch, EmbeddingPrecision, FetchOptions, GangOptions, InferenceOptions, ScheduleKind, Task,
-    TrainOptions,
+    Arch, CatalogColumns, EmbeddingPrecision, FetchOptions, Framing, GangOptions, InferenceOptions,
+    Label, ScheduleKind, Task, TrainOptions,
 };
 use crate::v1;
 
@@ -62,6 +62,7 @@ fn an_assignment_survives_the_round_trip() {
         job_id: "job-1".into(),
         work: TaskWork::Tag(ShardWork {
             catalog: "file:///c".into(),
+            columns: Default::default(),
             ranges: vec![FileRowGroups {
                 file: "file:///c/part-00000.parquet".into(),
                 row_groups: vec![2, 3],
@@ -91,9 +92,16 @@ fn an_assignment_survives_the_round_trip() {
 fn train_spec() -> TrainJobSpec {
     TrainJobSpec {
         catalog: "file:///c".into(),
+        columns: CatalogColumns {
+            id: "sku".into(),
+            image_uri: "link".into(),
+            labels: vec!["color=baseColour".parse().unwrap()],
+            ..CatalogColumns::default()
+        },
         checkpoint: "file:///k".into(),
         options: TrainOptions {
             task: Task::Color,
+            framing: Framing::Squash,
             arch: Arch::Resnet18,
             schedule: ScheduleKind::Step,
             max_steps: Some(40),
@@ -135,6 +143,7 @@ fn absent_train_options_take_the_recipe() {
     let spec = TrainJobSpec::try_from(request).unwrap();
     assert_eq!(spec.options, TrainOptions::RECIPE);
     assert_eq!(spec.gang, GangOptions::DEFAULT);
+    assert_eq!(spec.columns, CatalogColumns::default());
 }
 
 #[test]
@@ -178,4 +187,33 @@ fn a_train_rank_outside_its_world_is_refused() {
     }
     let error = Assignment::try_from(task).unwrap_err().to_string();
     assert!(error.contains("rank 4 of a world of 4"), "{error}");
+}
+
+#[test]
+fn a_column_mapping_naming_an_unknown_label_or_one_column_twice_is_refused_at_submit() {
+    let request = |labels: &[(&str, &str)], id: &str| v1::SubmitTagJobRequest {
+        catalog: "file:///c".into(),
+        checkpoints: vec!["file:///k".into()],
+        output: "file:///o".into(),
+        columns: Some(v1::CatalogColumns {
+            id: Some(id.into()),
+            labels: labels
+                .iter()
+                .map(|(l, c)| (l.to_string(), c.to_string()))
+                .collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let ok = TagJobSpec::try_from(request(&[("color", "baseColour")], "sku")).unwrap();
+    assert_eq!(ok.columns.id, "sku");
+    assert_eq!(ok.columns.label(Label::Color), "baseColour");
+    let error = TagJobSpec::try_from(request(&[("colour", "baseColour")], "sku"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("\"colour\" is not a label"), "{error}");
+    let error = TagJobSpec::try_from(request(&[], "image_uri"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("\"image_uri\""), "{error}");
 }

@@ -1,7 +1,7 @@
 //! Between workers and the coordinator: registration, leases, tasks, their
 //! reports, the gang rendezvous and the `Work` stream's answers.
 
-use super::jobs::{inference_options, inference_wire};
+use super::jobs::{catalog_columns, inference_options, inference_wire};
 use super::{job_id, non_empty, required};
 use crate::domain::*;
 use crate::error::{ProtoError, Result};
@@ -48,6 +48,7 @@ impl From<Assignment> for v1::Task {
             TaskWork::Tag(s) => {
                 let mut shard = v1::TagShard {
                     catalog: s.catalog,
+                    columns: Some(s.columns.into()),
                     ranges: s
                         .ranges
                         .into_iter()
@@ -96,6 +97,7 @@ impl TryFrom<v1::Task> for Assignment {
         let work = match required(t.work, "work")? {
             v1::task::Work::Tag(s) => TaskWork::Tag(ShardWork {
                 catalog: s.catalog,
+                columns: catalog_columns(s.columns)?,
                 ranges: s
                     .ranges
                     .into_iter()

@@ -35,7 +35,7 @@ macro_rules! named_choices {
             pub const ALL: &'static [Self] = &[$(Self::$variant),+];
 
             /// The name users type and serde stores.
-            pub fn name(self) -> &'static str {
+            pub const fn name(self) -> &'static str {
                 match self {
                     $(Self::$variant => $text,)+
                 }
@@ -101,6 +101,18 @@ impl Task {
 }
 
 named_choices! {
+    /// The labels atelier learns from a catalogue: the attributes of the
+    /// classifier heads and the captioner's text. Each is read from the
+    /// column of its name unless `--label-column` maps it to another.
+    Label ("a label") {
+        Color = "color",
+        Brand = "brand",
+        Category = "category",
+        Caption = "caption",
+    }
+}
+
+named_choices! {
     /// The ResNet backbone.
     Arch ("a backbone architecture") {
         Resnet18 = "resnet18",
@@ -138,6 +150,20 @@ named_choices! {
         /// Linear warm-up over the first 30% then cosine annealing (as
         /// torch's OneCycleLR).
         Onecycle = "onecycle",
+    }
+}
+
+named_choices! {
+    /// How a photo is fitted to the model's square input, the same in
+    /// training (where random crops are drawn from the fitted frame),
+    /// evaluation and tagging; a checkpoint records it.
+    Framing ("a framing") {
+        /// The largest centred square: a portrait photo loses its top and
+        /// bottom.
+        CenterCrop = "center-crop",
+        /// The whole photo, resized to the square: nothing is cut off, and
+        /// the product is stretched sideways a little.
+        Squash = "squash",
     }
 }
 

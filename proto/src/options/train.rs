@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::names::{Arch, OptimizerKind, ScheduleKind, Task};
+use super::names::{Arch, Framing, OptimizerKind, ScheduleKind, Task};
 use super::serde_compat::zero_as_none;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +65,11 @@ pub struct TrainOptions {
     /// Smallest area share of the random resized crop (the largest is 1).
     #[cfg_attr(feature = "cli", arg(long, default_value_t = TrainOptions::RECIPE.crop_scale))]
     pub crop_scale: f32,
+    /// How a photo is fitted to the square input, in training and, from the
+    /// checkpoint, in `test` and `tag`: the whole photo resized (squash), or
+    /// its largest centred square (center-crop).
+    #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = TrainOptions::RECIPE.framing))]
+    pub framing: Framing,
     /// Random affine on top of the crop: rotation within ± this many degrees (0: off).
     #[cfg_attr(feature = "cli", arg(long, default_value_t = TrainOptions::RECIPE.affine_degrees))]
     pub affine_degrees: f32,
@@ -145,6 +150,7 @@ impl TrainOptions {
         // Beat torchvision's 0.08 and 0.35 on colour, clothing type and
         // brand alike: product shots are centred, and small crops lose the item.
         crop_scale: 0.6,
+        framing: Framing::CenterCrop,
         affine_degrees: 0.0,
         affine_translate: 0.0,
         affine_scale: 0.0,

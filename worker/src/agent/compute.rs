@@ -197,8 +197,8 @@ impl Context {
         };
         let target = StoreLocation::parse(&shard.output)?;
         let catalog = match range.rows {
-            Some(_) => handle.block_on(Catalog::open_indexed(&range.file))?,
-            None => handle.block_on(Catalog::open(&range.file))?,
+            Some(_) => handle.block_on(Catalog::open_indexed(&range.file, &shard.columns))?,
+            None => handle.block_on(Catalog::open_mapped(&range.file, &shard.columns))?,
         };
         let ranges = vec![ReadRange {
             file: 0,
@@ -247,6 +247,7 @@ impl Context {
             &EvaluateOptions {
                 checkpoint: spec.checkpoint.clone(),
                 catalog: spec.catalog.clone(),
+                columns: spec.columns.clone(),
                 validation_only: !spec.all_items,
                 threads: self.threads,
                 device: self.device_name.clone(),

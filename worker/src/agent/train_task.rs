@@ -15,6 +15,7 @@ use crate::train::{train_ranked, CheckpointCommit, TrainEvent, TrainSetup};
 pub fn train_setup(spec: &TrainJobSpec, device: &str, threads: usize) -> TrainSetup {
     TrainSetup {
         catalog: spec.catalog.clone(),
+        columns: spec.columns.clone(),
         checkpoint: spec.checkpoint.clone(),
         device: device.to_string(),
         threads,

@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use atelier_catalog::{part_name, seal_tag_output, ManifestPart, TagManifest};
 use atelier_catalog::{Catalog, ReadRange, StoreLocation};
 use atelier_models::Model;
 use atelier_models::{CheckpointDir, Manifest};
-use atelier_proto::{EmbeddingPrecision, InferenceOptions};
+use atelier_proto::{CatalogColumns, EmbeddingPrecision, InferenceOptions};
 use serde::Serialize;
 use tch::Device;
 use tokio::runtime::Handle;
@@ -45,6 +46,8 @@ pub struct TagOptions {
     /// A classifier checkpoint, a captioner checkpoint, or one of each.
     pub checkpoints: Vec<String>,
     pub catalog: String,
+    /// The catalogue's column names.
+    pub columns: CatalogColumns,
     pub out: String,
     pub threads: usize,
     pub device: String,
@@ -145,9 +148,10 @@ impl Taggers {
         for (manifest, _) in rest {
             if manifest.image_size != first.0.image_size
                 || manifest.normalization != first.0.normalization
+                || manifest.framing != first.0.framing
             {
                 return Err(WorkerError::InvalidOptions(
-                    "the checkpoints were trained at different image sizes or normalisations; tag with each separately".into(),
+                    "the checkpoints were trained at different image sizes, framings or normalisations; tag with each separately".into(),
                 ));
             }
         }
@@ -160,10 +164,11 @@ impl Taggers {
         })
     }
 
-    /// The output's columns; an `embedding` one when `embeddings` says how
-    /// to store it.
-    pub fn schema(&self, embeddings: Option<EmbeddingPrecision>) -> SchemaRef {
-        let mut fields = vec![Field::new("item_id", DataType::Utf8, false)];
+    /// The output's columns: `item_id` in the catalogue's own id type (a
+    /// join back to it needs no cast), and an `embedding` one when
+    /// `embeddings` says how to store it.
+    pub fn schema(&self, id_type: DataType, embeddings: Option<EmbeddingPrecision>) -> SchemaRef {
+        let mut fields = vec![Field::new("item_id", id_type, false)];
         for (attribute, _) in &self.attributes {
             fields.push(Field::new(attribute, DataType::Utf8, true));
             fields.push(Field::new(
@@ -206,7 +211,7 @@ pub fn tag(
     let layout = Layout::from(&options.inference);
     crate::device::check_gpu_decode(layout.gpu_decode, device)?;
     let taggers = Taggers::load(&options.checkpoints, handle, device, layout)?;
-    let catalog = handle.block_on(Catalog::open(&options.catalog))?;
+    let catalog = handle.block_on(Catalog::open_mapped(&options.catalog, &options.columns))?;
     let out = StoreLocation::parse(&options.out)?;
     handle.block_on(atelier_catalog::prepare_output(&out, options.overwrite))?;
     let mut summary = TagSummary {
@@ -221,12 +226,15 @@ pub fn tag(
         fetch: options.inference.fetch,
         embeddings: options.inference.embeddings,
     };
+    let created_unix_ms = unix_ms();
+    let mut parts = Vec::with_capacity(catalog.files.len());
     for (index, file) in catalog.files.iter().enumerate() {
         let range = ReadRange::groups(
             index,
             (0..file.metadata.metadata().num_row_groups()).collect(),
         );
-        let target = out.child(&file.location.file_name());
+        let name = part_name(index);
+        let target = out.child(&name);
         let before = summary.items;
         let written = taggers.write(
             &tagging,
@@ -241,7 +249,38 @@ pub fn tag(
         summary.errors += written.errors;
         summary.stages.add(&written.stages);
         summary.files.push(target.url());
+        parts.push(ManifestPart {
+            file: name,
+            rows: written.rows as u64,
+            items_with_errors: written.errors as u64,
+            attempts: 1,
+        });
     }
     summary.seconds = started.elapsed().as_secs_f64();
+    // The layout a cluster job's coordinator commits, so every reader of
+    // an output (and `similar`) sees one format.
+    let manifest = TagManifest {
+        job_id: None,
+        catalog: catalog.location.url(),
+        columns: options.columns.clone(),
+        checkpoints: options.checkpoints.clone(),
+        model_version: summary.model_version.clone(),
+        rows: summary.items as u64,
+        items_with_errors: summary.errors as u64,
+        shards: parts.len(),
+        shards_retried: 0,
+        created_unix_ms,
+        started_unix_ms: Some(created_unix_ms),
+        finished_unix_ms: unix_ms(),
+        seconds: summary.seconds,
+        parts,
+    };
+    handle.block_on(seal_tag_output(&out, manifest.to_json().into()))?;
     Ok(summary)
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

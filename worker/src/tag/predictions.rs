@@ -201,7 +201,21 @@ impl Taggers {
                 Err(e) => errors.append_value(e.to_string()),
             }
         }
-        columns.push(Arc::new(ids.finish()));
+        // The loader reads every id as text; the output keeps the
+        // catalogue's type, which the text of an integer casts back to exactly.
+        let ids: ArrayRef = Arc::new(ids.finish());
+        let id_type = schema.field(0).data_type();
+        columns.push(if id_type == ids.data_type() {
+            ids
+        } else {
+            let exact = arrow::compute::CastOptions {
+                safe: false,
+                ..Default::default()
+            };
+            arrow::compute::cast_with_options(&ids, id_type, &exact).map_err(|e| {
+                WorkerError::BadInput(format!("item ids do not read back as {id_type}: {e}"))
+            })?
+        });
         let mut offset = 0;
         for (attribute, index) in &self.attributes {
             let map = &self.models[*index].1.spec.labels[attribute];

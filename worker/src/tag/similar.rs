@@ -168,17 +168,26 @@ impl TagOutput {
 fn columns<'a>(
     batch: &'a RecordBatch,
     url: &str,
-) -> Result<(&'a arrow_array::StringArray, &'a FixedSizeListArray, usize)> {
+) -> Result<(arrow_array::StringArray, &'a FixedSizeListArray, usize)> {
     let bad = |problem: String| {
         WorkerError::Catalog(CatalogError::Schema {
             file: url.to_string(),
             problem,
         })
     };
+    // Ids are compared as text, whatever the catalogue's id type.
     let ids = batch
         .column_by_name("item_id")
-        .and_then(|c| c.as_string_opt::<i32>())
-        .ok_or_else(|| bad("item_id is missing or not utf8".into()))?;
+        .ok_or_else(|| bad("item_id is missing".into()))?;
+    let ids = arrow::compute::cast(ids, &DataType::Utf8)
+        .map_err(|e| {
+            bad(format!(
+                "item_id of type {} is not text: {e}",
+                ids.data_type()
+            ))
+        })?
+        .as_string::<i32>()
+        .clone();
     let vectors = batch
         .column_by_name(EMBEDDING)
         .and_then(|c| c.as_fixed_size_list_opt())

@@ -46,7 +46,7 @@ impl Taggers {
         cancelled: &dyn Fn() -> bool,
         progress: &mut dyn FnMut(Written),
     ) -> Result<Written> {
-        let schema = self.schema(tagging.embeddings);
+        let schema = self.schema(catalog.id_type()?, tagging.embeddings);
         let loader_options = inference_loader_options(
             &self.models[0].0,
             tagging.batch_size,

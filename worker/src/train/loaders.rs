@@ -93,6 +93,7 @@ pub(super) fn loader_for(
         } else {
             Augment::CenterCrop
         },
+        framing: options.framing,
         seed: options.seed.wrapping_add(epoch as u64),
         keep: Some(keep),
         shuffle_window: if validation { 0 } else { shuffle_window },

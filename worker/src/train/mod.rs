@@ -18,7 +18,7 @@ use atelier_models::Model;
 use atelier_models::{CheckpointDir, Manifest};
 use atelier_models::{Optimizer, Schedule};
 use atelier_pipeline::ItemFilter;
-use atelier_proto::TrainOptions;
+use atelier_proto::{CatalogColumns, TrainOptions};
 use tch::Kind;
 use tokio::runtime::Handle;
 
@@ -40,6 +40,8 @@ pub use validation::loss;
 pub struct TrainSetup {
     /// The catalogue to learn from (path or object-store URL).
     pub catalog: String,
+    /// The catalogue's column names.
+    pub columns: CatalogColumns,
     /// Where checkpoints go; a run there already is resumed.
     pub checkpoint: String,
     /// cpu or cuda:N.
@@ -175,7 +177,7 @@ pub fn train_ranked(
         crate::device::check_gpu_decode(options.gpu_decode, device)?;
     }
     let autocast = Bf16Autocast::new(options.bf16, device)?;
-    let catalog = handle.block_on(Catalog::open(&setup.catalog))?;
+    let catalog = handle.block_on(Catalog::open_mapped(&setup.catalog, &setup.columns))?;
     let checkpoint = CheckpointDir::parse(&setup.checkpoint)?;
     let scan = handle.block_on(scan_labels(
         &catalog,
@@ -209,6 +211,7 @@ pub fn train_ranked(
     }
     let mut run = start_or_resume(
         options,
+        &setup.columns,
         &checkpoint,
         handle,
         &scan,

@@ -14,12 +14,13 @@ use tokio::runtime::Handle;
 use crate::device::device_name;
 use crate::error::{Result, WorkerError};
 
-use atelier_proto::TrainOptions;
+use atelier_proto::{CatalogColumns, TrainOptions};
 
 use super::{CheckpointCommit, MetricsLine, Run};
 
 pub(super) fn start_or_resume(
     options: &TrainOptions,
+    columns: &CatalogColumns,
     checkpoint: &CheckpointDir,
     handle: &Handle,
     scan: &crate::dataset::LabelScan,
@@ -45,6 +46,13 @@ pub(super) fn start_or_resume(
     };
     if let Some(manifest) = handle.block_on(checkpoint.manifest())? {
         let spec = manifest.model.clone();
+        if manifest.framing != options.framing {
+            return Err(WorkerError::InvalidOptions(format!(
+                "{} was trained with --framing {}; resume it with the same, or use another --checkpoint",
+                checkpoint.url(),
+                manifest.framing,
+            )));
+        }
         if spec.task != options.task || spec.arch != options.arch {
             return Err(WorkerError::InvalidOptions(format!(
                 "{} holds a {} {} model; use another --checkpoint for a {} {} model",
@@ -118,6 +126,7 @@ pub(super) fn start_or_resume(
         atelier_version: env!("CARGO_PKG_VERSION").to_string(),
         model: spec,
         image_size: options.image_size,
+        framing: options.framing,
         normalization: SavedNormalization {
             mean: normalization.mean,
             std: normalization.std,
@@ -131,6 +140,7 @@ pub(super) fn start_or_resume(
         schedule: Some(schedule),
         metrics: BTreeMap::new(),
         train: serde_json::to_value(options).unwrap_or_default(),
+        columns: columns.clone(),
         metrics_log: None,
     };
     tracing::info!(checkpoint = %checkpoint.url(), device = %device_name(device), finetune, "starting a new run");
