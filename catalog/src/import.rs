@@ -212,12 +212,12 @@ pub fn import(
                 .map(str::to_string)
         });
         chunk.push(CatalogItem {
-            labels: Labels {
-                color: value(color_col),
-                brand,
-                category: value(category_col),
-                caption: name.map(|n| n.to_lowercase()),
-            },
+            labels: Labels::from_pairs([
+                (crate::schema::COLOR, value(color_col)),
+                (crate::schema::BRAND, brand),
+                (crate::schema::CATEGORY, value(category_col)),
+                (crate::schema::CAPTION, name.map(|n| n.to_lowercase())),
+            ]),
             extra: extra_cols.iter().map(|&i| value(Some(i))).collect(),
             item_id,
             image,

@@ -1,22 +1,32 @@
-/// The labels a catalogue row may carry; all optional.
+use std::collections::BTreeMap;
+
+/// The labels a catalogue row carries, by attribute (`color`, `caption`, or
+/// any label column a model is trained on); an attribute the row has no
+/// value for is absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Labels {
-    pub color: Option<String>,
-    pub brand: Option<String>,
-    pub category: Option<String>,
-    pub caption: Option<String>,
-}
+pub struct Labels(BTreeMap<String, String>);
 
 impl Labels {
-    /// The label for a column of [`crate::schema::LABEL_COLUMNS`].
-    pub fn get(&self, column: &str) -> Option<&str> {
-        match column {
-            crate::schema::COLOR => self.color.as_deref(),
-            crate::schema::BRAND => self.brand.as_deref(),
-            crate::schema::CATEGORY => self.category.as_deref(),
-            crate::schema::CAPTION => self.caption.as_deref(),
-            _ => None,
+    /// The row's label for `attribute`.
+    pub fn get(&self, attribute: &str) -> Option<&str> {
+        self.0.get(attribute).map(String::as_str)
+    }
+
+    /// Sets `attribute` to `value`, or leaves it absent for `None`.
+    pub fn set(&mut self, attribute: &str, value: Option<String>) {
+        match value {
+            Some(value) => self.0.insert(attribute.to_string(), value),
+            None => self.0.remove(attribute),
+        };
+    }
+
+    /// Labels from `(attribute, value)` pairs; `None` values are left out.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, Option<String>)>) -> Self {
+        let mut labels = Self::default();
+        for (attribute, value) in pairs {
+            labels.set(attribute, value);
         }
+        labels
     }
 }
 

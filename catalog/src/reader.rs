@@ -130,6 +130,13 @@ pub fn is_hidden(prefix: &object_store::path::Path, object: &object_store::path:
         .any(|part| part.as_ref().starts_with(['_', '.']))
 }
 
+fn is_label_type(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(..)
+    ) || data_type.is_integer()
+}
+
 fn footer_error(file: &str, error: ParquetError) -> CatalogError {
     match error {
         ParquetError::External(inner) => match inner.downcast::<object_store::Error>() {
@@ -281,6 +288,39 @@ impl Catalog {
 
     pub fn num_rows(&self) -> usize {
         self.files.iter().map(CatalogFile::num_rows).sum()
+    }
+
+    /// Refuses, naming the file, a label column that is missing from a file or
+    /// cannot be read as text; before any image is read.
+    pub fn check_label_columns(&self, attributes: &[String]) -> Result<()> {
+        for attribute in attributes {
+            let column = self.names.column_of(attribute);
+            for file in &self.files {
+                let schema = file.schema();
+                let problem = match schema.field_with_name(column) {
+                    Err(_) if attribute.parse::<atelier_proto::Label>().is_ok() => continue,
+                    Err(_) => format!(
+                        "no label column {column:?} (found: {})",
+                        schema
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    Ok(field) if is_label_type(field.data_type()) => continue,
+                    Ok(field) => format!(
+                        "label column {column:?} has type {}, expected text or integers",
+                        field.data_type()
+                    ),
+                };
+                return Err(CatalogError::Schema {
+                    file: file.location.url(),
+                    problem,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The type of the id column, the same in every file (tag outputs keep

@@ -22,6 +22,11 @@ pub struct ModelSpec {
     /// One label map per predicted attribute (classifiers).
     #[serde(default)]
     pub labels: BTreeMap<String, LabelMap>,
+    /// The attributes the heads predict, in order (`--targets`, or those of
+    /// the task the catalogue labels). Checkpoints from before targets
+    /// existed have none: their heads are the task's own.
+    #[serde(default)]
+    pub targets: Vec<String>,
     /// The caption vocabulary (captioner).
     #[serde(default)]
     pub vocab: Option<Vocab>,
@@ -38,6 +43,15 @@ fn default_max_caption_len() -> usize {
 }
 
 impl ModelSpec {
+    /// The attributes the classifier heads predict, in order.
+    pub fn attributes(&self) -> Vec<&str> {
+        if self.targets.is_empty() {
+            self.task.attributes().to_vec()
+        } else {
+            self.targets.iter().map(String::as_str).collect()
+        }
+    }
+
     /// Restores lookup tables after deserialising.
     pub fn reindexed(mut self) -> Self {
         self.labels = self
@@ -93,13 +107,13 @@ impl Model {
         let backbone = ResNet::new(&(&root / BACKBONE_PREFIX), spec.arch);
         let feature_dim = spec.arch.feature_dim();
         let mut heads = Vec::new();
-        for attribute in spec.task.attributes() {
+        for attribute in spec.attributes() {
             let labels = spec
                 .labels
-                .get(*attribute)
+                .get(attribute)
                 .ok_or_else(|| ModelError::Spec(format!("no label map for {attribute}")))?;
             let head = nn::linear(
-                &root / "heads" / *attribute,
+                &root / "heads" / attribute,
                 feature_dim,
                 labels.len() as i64,
                 Default::default(),
@@ -356,6 +370,7 @@ mod tests {
             ]
             .into_iter()
             .collect(),
+            targets: Vec::new(),
             vocab: None,
             finetune: true,
             max_caption_len: 16,

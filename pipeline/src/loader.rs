@@ -44,6 +44,9 @@ pub struct LoaderOptions {
     pub fetch_concurrency: usize,
     /// How `http(s)://` image URIs are fetched.
     pub http: HttpLimits,
+    /// The label attributes read into [`BatchItem::labels`], each from its
+    /// column under the catalogue's names (`CatalogColumns::column_of`).
+    pub labels: Vec<String>,
     /// Columns outside the contract to carry into [`BatchItem::extra`].
     pub extra_columns: Vec<String>,
     /// Rows whose item id this rejects are left out (train/validation splits).
@@ -93,6 +96,7 @@ impl Default for LoaderOptions {
             limits: DecodeLimits::default(),
             fetch_concurrency: 32,
             http: HttpLimits::default(),
+            labels: Label::ALL.iter().map(|l| l.name().to_string()).collect(),
             extra_columns: Vec::new(),
             keep: None,
             shuffle_window: 0,
@@ -146,7 +150,7 @@ impl ImageLoader {
         validate(&options, &handle)?;
         let names = catalog.names.clone();
         let mut columns: Vec<&str> = vec![&names.id, &names.image, &names.image_uri];
-        columns.extend(Label::ALL.iter().map(|&label| names.label(label)));
+        columns.extend(options.labels.iter().map(|a| names.column_of(a)));
         columns.extend(options.extra_columns.iter().map(String::as_str));
         let read_rows = options.batch_size.clamp(64, 1024);
         let stream = catalog.stream(ranges, &columns, read_rows);
@@ -377,9 +381,11 @@ impl RawBatches {
         }
         let images = binary(batch, &names.image)?;
         let uris = utf8(batch, &names.image_uri)?;
-        let labels: Vec<Option<StringArray>> = Label::ALL
+        let labels: Vec<Option<StringArray>> = self
+            .options
+            .labels
             .iter()
-            .map(|&label| utf8(batch, names.label(label)))
+            .map(|attribute| utf8(batch, names.column_of(attribute)))
             .collect::<Result<_>>()?;
         let extras: Vec<Option<StringArray>> = self
             .options
@@ -419,12 +425,13 @@ impl RawBatches {
             };
             items.push(RawItem {
                 item_id,
-                labels: Labels {
-                    color: value(&labels[0], row),
-                    brand: value(&labels[1], row),
-                    category: value(&labels[2], row),
-                    caption: value(&labels[3], row),
-                },
+                labels: Labels::from_pairs(
+                    self.options
+                        .labels
+                        .iter()
+                        .zip(&labels)
+                        .map(|(attribute, array)| (attribute.as_str(), value(array, row))),
+                ),
                 extra: extras.iter().map(|e| value(e, row)).collect(),
                 source,
             });

@@ -45,20 +45,23 @@ fn warehouse_export(dir: &Path, base: &str) -> HashMap<String, Vec<u8>> {
     };
     let mut photos = HashMap::new();
     let (mut ids, mut links, mut colours, mut prices) = (vec![], vec![], vec![], vec![]);
+    let mut fits = vec![];
     for row in 0..ITEMS {
         let mut item = render_item(&options, row as u64).unwrap();
         let path = format!("/cdn/{row}.jpg");
         photos.insert(path.clone(), item.image.take().unwrap());
         ids.push(id_of(row));
         links.push(format!("{base}{path}"));
-        colours.push(item.labels.color.clone());
+        colours.push(item.labels.get("color").map(str::to_string));
         prices.push(9.5 + row as f64);
+        fits.push(["slim", "regular", "loose"][row as usize % 3]);
     }
     let batch = RecordBatch::try_from_iter([
         ("id", Arc::new(Int64Array::from(ids)) as _),
         ("link", Arc::new(StringArray::from(links)) as _),
         ("baseColour", Arc::new(StringArray::from(colours)) as _),
         ("price", Arc::new(Float64Array::from(prices)) as _),
+        ("fit", Arc::new(StringArray::from(fits)) as _),
     ])
     .unwrap();
     std::fs::create_dir_all(dir).unwrap();
@@ -120,14 +123,17 @@ fn a_warehouse_export_is_read_through_its_column_mapping_and_keeps_its_integer_i
     );
     assert!(report.contains("color (column baseColour)"), "{report}");
 
-    // Train and evaluate on the export as it is, the whole photo squashed
-    // to the square; the checkpoint records both the mapping and the framing.
+    // Train and evaluate on the export as it is: a head for the shop's own
+    // `fit` beside colour, the whole photo squashed to the square; the
+    // checkpoint records the mapping, the targets and the framing.
     let model = path("model");
     let train = |framing: &'static str| {
         with_mapping(&[
             "train",
             "--model-type",
-            "color",
+            "pool",
+            "--targets",
+            "fit,color",
             "--arch",
             "resnet18",
             "--image-size",
@@ -149,6 +155,10 @@ fn a_warehouse_export_is_read_through_its_column_mapping_and_keeps_its_integer_i
         serde_json::from_slice(&std::fs::read(dir.path().join("model/manifest.json")).unwrap())
             .unwrap();
     assert_eq!(recorded["framing"], "squash");
+    assert_eq!(
+        recorded["model"]["targets"],
+        serde_json::json!(["fit", "color"])
+    );
     assert_eq!(recorded["columns"]["id"], "id");
     // Resuming it framed otherwise would mix two inputs in one model.
     let error = failed_saying(&train("center-crop"));
@@ -166,6 +176,19 @@ fn a_warehouse_export_is_read_through_its_column_mapping_and_keeps_its_integer_i
         "{tested}"
     );
     assert!(tested.contains("color: accuracy"), "{tested}");
+    assert!(tested.contains("fit: accuracy"), "{tested}");
+    // A target that is not a label column is refused before training, named.
+    let mut wrong = train("squash");
+    let at = wrong.iter().position(|a| *a == "fit,color").unwrap();
+    wrong[at] = "price";
+    let error = failed_saying(&wrong);
+    assert!(error.contains("\"price\" has type Float64"), "{error}");
+    wrong[at] = "size";
+    let error = failed_saying(&wrong);
+    assert!(
+        error.contains("export.parquet") && error.contains("no label column \"size\""),
+        "{error}"
+    );
 
     // Tags keep the ids' type and every row, the repeated id twice.
     let expected: Vec<Option<String>> = (0..ITEMS).map(|r| Some(id_of(r).to_string())).collect();
@@ -180,6 +203,10 @@ fn a_warehouse_export_is_read_through_its_column_mapping_and_keeps_its_integer_i
     ]));
     let tags = dir.path().join("tags");
     assert_eq!(column_type(&tags, "item_id"), DataType::Int64);
+    assert_eq!(column_type(&tags, "fit_prob"), DataType::Float32);
+    assert!(read_column(&tags, "fit").iter().all(|f| f
+        .as_deref()
+        .is_some_and(|f| ["slim", "regular", "loose"].contains(&f))));
     assert_eq!(read_column(&tags, "item_id"), expected);
     assert!(read_column(&tags, "error").iter().all(Option::is_none));
 

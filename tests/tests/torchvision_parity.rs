@@ -76,6 +76,7 @@ fn torchvision_resnet50_weights_give_the_same_features_and_logits() {
         labels: [("color".to_string(), LabelMap::from_classes(classes))]
             .into_iter()
             .collect(),
+        targets: Vec::new(),
         vocab: None,
         finetune: false,
         max_caption_len: 16,
@@ -113,6 +114,7 @@ fn mismatched_weights_are_refused_with_the_tensor_named() {
         )]
         .into_iter()
         .collect(),
+        targets: Vec::new(),
         vocab: None,
         finetune: true,
         max_caption_len: 16,

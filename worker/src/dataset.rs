@@ -24,20 +24,47 @@ pub struct LabelScan {
     pub train_items: usize,
     pub validation_items: usize,
     pub labels: BTreeMap<String, LabelMap>,
+    /// The attributes the heads predict, in order.
+    pub attributes: Vec<String>,
     pub vocab: Option<Vocab>,
+}
+
+/// The attributes a run's heads predict: `targets` when given, each one
+/// required; otherwise the task's own, where a pool keeps those the
+/// catalogue labels (colour, brand and category where present).
+pub(crate) fn wanted_attributes(task: Task, targets: &[String]) -> (Vec<String>, bool) {
+    if targets.is_empty() {
+        let own = task.attributes().iter().map(|a| a.to_string()).collect();
+        (own, task == Task::Pool)
+    } else {
+        (targets.to_vec(), false)
+    }
+}
+
+/// The labels a loader reads for a model of these attributes: theirs and
+/// the caption.
+pub(crate) fn label_attributes<'a>(attributes: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut labels: Vec<String> = attributes.into_iter().map(str::to_string).collect();
+    labels.push(Label::Caption.name().to_string());
+    labels
 }
 
 /// Builds label maps (and the vocabulary for captions) from the training split.
 pub async fn scan_labels(
     catalog: &Catalog,
     task: Task,
+    targets: &[String],
     val_fraction: f64,
     min_label_count: usize,
     min_word_count: usize,
 ) -> Result<LabelScan> {
     let names = &catalog.names;
+    let (wanted, where_present) = wanted_attributes(task, targets);
+    catalog.check_label_columns(&wanted)?;
+    let mut read: Vec<String> = wanted.clone();
+    read.push(Label::Caption.name().to_string());
     let mut columns = vec![names.id.as_str()];
-    columns.extend(Label::ALL.iter().map(|&label| names.label(label)));
+    columns.extend(read.iter().map(|a| names.column_of(a)));
     let mut stream = catalog.stream(catalog.full_ranges(), &columns, 8192);
     let mut values: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let (mut train_items, mut validation_items) = (0, 0);
@@ -56,9 +83,9 @@ pub async fn scan_labels(
         let Some(ids) = column(&names.id)? else {
             continue;
         };
-        let labels: Vec<(&str, Option<StringArray>)> = Label::ALL
+        let labels: Vec<(&str, Option<StringArray>)> = read
             .iter()
-            .map(|&label| column(names.label(label)).map(|a| (label.name(), a)))
+            .map(|attribute| column(names.column_of(attribute)).map(|a| (attribute.as_str(), a)))
             .collect::<Result<_>>()?;
         for row in 0..batch.num_rows() {
             if !ids.is_valid(row) {
@@ -84,22 +111,37 @@ pub async fn scan_labels(
         }
     }
     let mut maps = BTreeMap::new();
-    for attribute in task.attributes() {
-        let seen = values.get(attribute).map(Vec::as_slice).unwrap_or_default();
+    let mut attributes = Vec::new();
+    for attribute in &wanted {
+        let seen = values
+            .get(attribute.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if seen.is_empty() && where_present {
+            tracing::warn!(%attribute, "no training item has this label; no head for it");
+            continue;
+        }
         if seen.is_empty() {
-            let column = attribute
-                .parse::<Label>()
-                .map_or(*attribute, |label| names.label(label));
+            let column = names.column_of(attribute);
             return Err(crate::WorkerError::BadInput(format!(
                 "{}: no training item has a {attribute:?} label (read from column {column:?}; \
-                 map another with --label-column {attribute}=COLUMN)",
+                 map another with --label-column, or choose others with --targets)",
                 catalog.location
             )));
         }
         maps.insert(
-            attribute.to_string(),
+            attribute.clone(),
             LabelMap::build(seen.iter().map(String::as_str), min_label_count),
         );
+        attributes.push(attribute.clone());
+    }
+    if attributes.is_empty() && !wanted.is_empty() {
+        return Err(crate::WorkerError::BadInput(format!(
+            "{}: no training item has any of the labels {} (map the shop's columns with \
+             --label-column, or choose them with --targets)",
+            catalog.location,
+            wanted.join(", ")
+        )));
     }
     let captions = values
         .get(Label::Caption.name())
@@ -123,6 +165,7 @@ pub async fn scan_labels(
         train_items,
         validation_items,
         labels: maps,
+        attributes,
         vocab,
     })
 }

@@ -124,6 +124,7 @@ pub fn inference_loader_options(
         prefetch: threads.max(1) * 2,
         augment: Augment::CenterCrop,
         framing: manifest.framing,
+        labels: crate::dataset::label_attributes(manifest.model.attributes()),
         normalization: Normalization {
             mean: manifest.normalization.mean,
             std: manifest.normalization.std,
@@ -198,7 +199,7 @@ pub fn evaluate(
                 annotator.annotate(&features, spec.max_caption_len)
             };
             for (item, tokens) in ok.iter().zip(decoded) {
-                if let Some(caption) = &item.labels.caption {
+                if let Some(caption) = item.labels.get(atelier_catalog::CAPTION) {
                     references.push(tokenize(caption));
                     hypotheses.push(tokenize(&vocab.decode(&tokens)));
                 }

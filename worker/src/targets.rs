@@ -41,7 +41,7 @@ pub fn inputs(spec: &ModelSpec, batch: &mut Batch, device: Device) -> Inputs {
             .iter()
             .map(|item| {
                 let mut row = vec![START];
-                if let Some(caption) = &item.labels.caption {
+                if let Some(caption) = item.labels.get(atelier_catalog::CAPTION) {
                     row.extend(vocab.encode(caption).into_iter().take(spec.max_caption_len));
                     row.push(END);
                 }

@@ -84,12 +84,15 @@ pub fn render_item(options: &GenerateOptions, index: u64) -> Result<CatalogItem>
         item_id: format!("syn{}-{index:08}", options.seed),
         image: Some(jpeg),
         image_uri: None,
-        labels: Labels {
-            color: Some(product.color_name().to_string()),
-            brand: Some(product.brand_name().to_string()),
-            category: Some(product.category.name().to_string()),
-            caption: Some(product.caption()),
-        },
+        labels: Labels::from_pairs([
+            (crate::schema::COLOR, Some(product.color_name().to_string())),
+            (crate::schema::BRAND, Some(product.brand_name().to_string())),
+            (
+                crate::schema::CATEGORY,
+                Some(product.category.name().to_string()),
+            ),
+            (crate::schema::CAPTION, Some(product.caption())),
+        ]),
         extra: Vec::new(),
     })
 }

@@ -115,8 +115,11 @@ impl JobApi {
     }
 
     async fn plan_train(&self, spec: TrainJobSpec) -> Result<Planned> {
-        Catalog::open_mapped(&spec.catalog, &spec.columns)
+        let catalog = Catalog::open_mapped(&spec.catalog, &spec.columns)
             .await
+            .map_err(CoordinatorError::BadCatalog)?;
+        catalog
+            .check_label_columns(&spec.options.targets)
             .map_err(CoordinatorError::BadCatalog)?;
         Ok(Planned {
             works: (0..spec.gang.world_size)

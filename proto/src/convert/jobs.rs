@@ -184,6 +184,7 @@ impl TryFrom<v1::SubmitTrainJobRequest> for TrainJobSpec {
         let d = TrainOptions::RECIPE;
         let options = TrainOptions {
             task: name_or(r.model_type, "model_type", d.task)?,
+            targets: r.targets,
             arch: name_or(r.arch, "arch", d.arch)?,
             lr: r.lr.unwrap_or(d.lr),
             epochs: count_or(r.n_epochs, d.epochs),
@@ -249,6 +250,7 @@ impl From<TrainJobSpec> for v1::SubmitTrainJobRequest {
             catalog: s.catalog,
             checkpoint: s.checkpoint,
             model_type: Some(o.task.to_string()),
+            targets: o.targets,
             arch: Some(o.arch.to_string()),
             lr: Some(o.lr),
             n_epochs: Some(wire_count(o.epochs)),

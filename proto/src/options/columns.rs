@@ -50,6 +50,15 @@ impl CatalogColumns {
             .map_or(label.name(), |mapped| mapped.column.as_str())
     }
 
+    /// The column a model attribute is read from: one of atelier's labels
+    /// as mapped, any other attribute (a `--targets` column) under its own name.
+    pub fn column_of<'a>(&'a self, attribute: &'a str) -> &'a str {
+        match attribute.parse::<Label>() {
+            Ok(label) => self.label(label),
+            Err(_) => attribute,
+        }
+    }
+
     /// Every column the mapping names, each with what it holds, in the order
     /// id, image, image URI, then the labels in [`Label::ALL`] order.
     pub fn named(&self) -> Vec<(&'static str, &str)> {

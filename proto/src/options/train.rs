@@ -20,6 +20,15 @@ pub struct TrainOptions {
     #[cfg_attr(feature = "cli", arg(long = "model-type", value_name = "MODEL_TYPE", value_enum, default_value_t = TrainOptions::RECIPE.task))]
     #[serde(rename = "model_type")]
     pub task: Task,
+    /// With `--model-type pool`: one head per label column named here, on
+    /// one backbone (for example gender,articleType,baseColour); color,
+    /// brand and category read their mapped columns (--label-column)
+    /// [default: color, brand and category, those the catalogue labels].
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, value_delimiter = ',', value_name = "COLUMNS")
+    )]
+    pub targets: Vec<String>,
     #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = TrainOptions::RECIPE.arch))]
     pub arch: Arch,
     /// Peak learning rate.
@@ -132,6 +141,7 @@ impl TrainOptions {
     /// smaller backbone and image for small synthetic photos).
     pub const RECIPE: Self = Self {
         task: Task::Pool,
+        targets: Vec::new(),
         arch: Arch::Resnet50,
         lr: 0.1,
         epochs: 10,
@@ -207,6 +217,7 @@ impl TrainOptions {
                 self.label_smoothing
             ));
         }
+        self.check_targets()?;
         if self.max_steps.is_some_and(|steps| steps <= 0) {
             return Err("--max-steps must be positive".into());
         }
@@ -215,6 +226,44 @@ impl TrainOptions {
                 "--gpu-decode cannot apply the --affine-* warps (they run on the CPU); leave one out"
                     .into(),
             );
+        }
+        Ok(())
+    }
+}
+
+impl TrainOptions {
+    /// Tag outputs name their columns after the targets, so a target may
+    /// not take a column's name that an output already has.
+    const RESERVED: [&'static str; 5] =
+        ["item_id", "caption", "embedding", "model_version", "error"];
+
+    fn check_targets(&self) -> Result<(), String> {
+        if self.targets.is_empty() {
+            return Ok(());
+        }
+        if self.task != Task::Pool {
+            return Err(format!(
+                "--targets needs --model-type pool (one head per target), not {}",
+                self.task
+            ));
+        }
+        for (i, target) in self.targets.iter().enumerate() {
+            if target.trim().is_empty() || target.trim() != target {
+                return Err(format!(
+                    "--targets names an empty or padded column {target:?}"
+                ));
+            }
+            if Self::RESERVED.contains(&target.as_str())
+                || target.ends_with("_prob")
+                || target.contains("_top")
+            {
+                return Err(format!(
+                    "--targets cannot name {target:?}: tag outputs use that name for another column"
+                ));
+            }
+            if self.targets[..i].contains(target) {
+                return Err(format!("--targets names {target} twice"));
+            }
         }
         Ok(())
     }

@@ -123,7 +123,7 @@ impl Taggers {
         for (index, url) in checkpoints.iter().enumerate() {
             let dir = CheckpointDir::parse(url)?;
             let (manifest, model) = load_model(&dir, handle, device, layout)?;
-            for attribute in model.spec.task.attributes() {
+            for attribute in model.spec.attributes() {
                 if attributes.iter().any(|(a, _)| a == attribute) {
                     return Err(WorkerError::InvalidOptions(format!(
                         "two checkpoints predict {attribute}"

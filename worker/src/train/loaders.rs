@@ -7,7 +7,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tokio::runtime::Handle;
 
-use crate::dataset::in_validation;
+use crate::dataset::{in_validation, label_attributes, wanted_attributes};
 use crate::error::Result;
 use crate::sampler::single_row_groups;
 
@@ -94,6 +94,10 @@ pub(super) fn loader_for(
             Augment::CenterCrop
         },
         framing: options.framing,
+        labels: {
+            let (attributes, _) = wanted_attributes(options.task, &options.targets);
+            label_attributes(attributes.iter().map(String::as_str))
+        },
         seed: options.seed.wrapping_add(epoch as u64),
         keep: Some(keep),
         shuffle_window: if validation { 0 } else { shuffle_window },

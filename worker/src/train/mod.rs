@@ -182,6 +182,7 @@ pub fn train_ranked(
     let scan = handle.block_on(scan_labels(
         &catalog,
         options.task,
+        &options.targets,
         options.val_fraction,
         options.min_label_count,
         options.min_word_count,

@@ -53,6 +53,20 @@ pub(super) fn start_or_resume(
                 manifest.framing,
             )));
         }
+        if !options.targets.is_empty()
+            && spec.attributes()
+                != options
+                    .targets
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+        {
+            return Err(WorkerError::InvalidOptions(format!(
+                "{} predicts {}; resume it with those --targets, or use another --checkpoint",
+                checkpoint.url(),
+                spec.attributes().join(","),
+            )));
+        }
         if spec.task != options.task || spec.arch != options.arch {
             return Err(WorkerError::InvalidOptions(format!(
                 "{} holds a {} {} model; use another --checkpoint for a {} {} model",
@@ -102,6 +116,7 @@ pub(super) fn start_or_resume(
         arch: options.arch,
         task: options.task,
         labels: scan.labels.clone(),
+        targets: scan.attributes.clone(),
         vocab: scan.vocab.clone(),
         finetune,
         max_caption_len: options.max_caption_len,

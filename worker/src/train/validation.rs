@@ -54,7 +54,7 @@ pub(super) fn validate_epoch(
     let keep =
         ItemFilter::new(move |id| in_validation(id, fraction) && validates_on(id, rank, world));
     let loader = loader_for(setup, catalog, handle, epoch, true, keep, 0)?;
-    let heads: &[&str] = model.spec.task.attributes();
+    let heads: Vec<&str> = model.spec.attributes();
     // loss sum, items, then (correct, labelled) per head.
     let mut sums = vec![0.0f64; 2 + 2 * heads.len()];
     {
