@@ -11,7 +11,7 @@
 #
 # FRAMING (center-crop or squash, atelier's --framing) applies to both.
 #
-#   [SEED=0] [CROP_SCALE=0.6] [FRAMING=squash] bench/training/real_sample.sh [PEER_EPOCHS] [ATELIER_EPOCHS]
+#   [SEED=0] [CROP_SCALE=0.6] [FRAMING=center-crop] bench/training/real_sample.sh [PEER_EPOCHS] [ATELIER_EPOCHS]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 . scripts/setup.sh
@@ -20,7 +20,7 @@ peer_epochs="${1:-8}"
 atelier_epochs="${2:-9}"
 seed="${SEED:-0}"
 crop="${CROP_SCALE:-0.6}"
-framing="${FRAMING:-squash}"
+framing="${FRAMING:-center-crop}"
 data="${ATELIER_FASHION_DATA:-../shared/data/fashion-products}"
 work="$ATELIER_CACHE/bench/real-sample"
 atelier_build -q
